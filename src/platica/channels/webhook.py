@@ -1,0 +1,209 @@
+"""Twilio's webhooks: POST /webhook/whatsapp, /webhook/sms (messages) and /webhook/status (deliveries).
+
+Each request is verified, recorded once, logged in webhook_logs, and acknowledged at once with an
+empty TwiML response; replying happens elsewhere, in the background.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from twilio.request_validator import RequestValidator, get_signature_algorithm
+
+from platica.channels.parsing import FormData, first, parse_form, parse_inbound, parse_status
+from platica.config import Settings
+from platica.conversations import repository, service
+from platica.deps import AppState, StateDep
+from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
+from platica.logging import get_logger, mask_phone
+from platica.metrics import WEBHOOK_SECONDS, WEBHOOKS
+from platica.models import Channel, WebhookLog
+
+router = APIRouter(prefix="/webhook", tags=["webhooks"])
+log = get_logger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Acknowledged: an empty TwiML response",
+        "content": {"text/xml": {"example": EMPTY_TWIML}},
+    },
+    400: {"description": "A required field is missing or malformed"},
+    403: {"description": "X-Twilio-Signature is missing or wrong"},
+    413: {"description": "The body is over 64 KiB"},
+    415: {"description": "Not an application/x-www-form-urlencoded post"},
+}
+
+
+def twiml_ack() -> Response:
+    return Response(content=EMPTY_TWIML, media_type="text/xml")
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refusing more than MAX_BODY_BYTES without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def signed_url(request: Request, settings: Settings) -> str:
+    """The URL Twilio signed: PUBLIC_BASE_URL + path when set (proxies change the rest)."""
+    if not settings.PUBLIC_BASE_URL:
+        return str(request.url)
+    url = settings.PUBLIC_BASE_URL + request.url.path
+    return f"{url}?{request.url.query}" if request.url.query else url
+
+
+def signature_matches(
+    token: str, url: str, form: FormData, signature: str, algorithm: str | None = None
+) -> bool:
+    """Twilio's signature check (the official RequestValidator) over every form field."""
+    return bool(
+        RequestValidator(token).validate(url, _MultiValues(form), signature, algorithm=algorithm)
+    )
+
+
+def verify_signature(request: Request, form: FormData, settings: Settings) -> bool | None:
+    """Check X-Twilio-Signature over the URL and every form field; None when checks are off."""
+    if settings.TWILIO_AUTH_TOKEN is None:
+        return None
+    signature = request.headers.get("x-twilio-signature")
+    if not signature:
+        raise InvalidSignature("missing X-Twilio-Signature header")
+    url = signed_url(request, settings)
+    algorithm = get_signature_algorithm(request.headers.get("x-twilio-webhooks-signature-settings"))
+    if not signature_matches(
+        settings.TWILIO_AUTH_TOKEN.get_secret_value(), url, form, signature, algorithm
+    ):
+        hint = "" if settings.PUBLIC_BASE_URL else "; behind a proxy, set PUBLIC_BASE_URL"
+        raise InvalidSignature(f"X-Twilio-Signature does not match {url}{hint}")
+    return True
+
+
+class _MultiValues(dict[str, list[str]]):
+    """Form data in the shape RequestValidator reads repeated fields from (`getall`)."""
+
+    def getall(self, name: str) -> list[str]:
+        return self[name]
+
+
+async def _save_log(state: AppState, entry: WebhookLog) -> None:
+    async with state.sessionmaker() as session:
+        session.add(entry)
+        await session.commit()
+
+
+async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
+    started = time.perf_counter()
+    entry = WebhookLog(
+        endpoint=endpoint,
+        idempotency_token=(request.headers.get("i-twilio-idempotency-token") or "")[:128] or None,
+    )
+    try:
+        form = parse_form(await read_body(request), request.headers.get("content-type"))
+        entry.params = dict(form)
+        entry.message_sid = (first(form, "MessageSid") or "")[:64] or None
+        entry.signature_valid = verify_signature(request, form, state.settings)
+        if endpoint == "status":
+            await _record_status(state, form, entry)
+        else:
+            await _record_message(state, form, Channel(endpoint), entry)
+    except PlaticaError as error:
+        entry.status_code = error.status_code
+        entry.outcome = "rejected"
+        entry.reason = error.message
+        if isinstance(error, InvalidSignature):
+            entry.signature_valid = False
+        await _save_log(state, entry)
+        WEBHOOKS.labels(endpoint, "rejected").inc()
+        log.warning(
+            "webhook.rejected",
+            endpoint=endpoint,
+            status=error.status_code,
+            reason=mask_phone(error.message),
+            message_sid=entry.message_sid,
+        )
+        raise
+    WEBHOOKS.labels(endpoint, entry.outcome).inc()
+    WEBHOOK_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+    return twiml_ack()
+
+
+async def _record_message(
+    state: AppState, form: FormData, channel: Channel, entry: WebhookLog
+) -> None:
+    inbound = parse_inbound(form, channel)
+    async with state.sessionmaker() as session:
+        config = await repository.find_channel_config(session, channel, inbound.recipient)
+        if config is None:
+            raise NotFound(
+                f"no account owns {mask_phone(inbound.recipient)} on {channel.value}; "
+                "add it with `platica accounts create` or TWILIO_"
+                + ("WHATSAPP_NUMBER" if channel is Channel.whatsapp else "PHONE_NUMBER")
+            )
+        entry.account_id = config.account_id
+        message_id = await service.record_inbound(session, inbound, config.account_id)
+        if message_id is None:
+            # A repeated delivery: undo whatever this transaction touched, keep only the log.
+            await session.rollback()
+            entry.outcome, entry.reason = "duplicate", "MessageSid already recorded"
+        else:
+            entry.outcome = "accepted"
+        entry.status_code = 200
+        session.add(entry)
+        await session.commit()
+    log.info(
+        "webhook.duplicate" if message_id is None else "webhook.accepted",
+        channel=channel.value,
+        message_sid=inbound.sid,
+        message_id=message_id,
+        sender=inbound.sender,
+    )
+    log.debug("webhook.body", message_sid=inbound.sid, body=inbound.body)
+
+
+async def _record_status(state: AppState, form: FormData, entry: WebhookLog) -> None:
+    update = parse_status(form)
+    async with state.sessionmaker() as session:
+        outcome = await service.record_status(session, update)
+        entry.status_code = 200
+        entry.outcome = f"status_{outcome.value}"
+        session.add(entry)
+        await session.commit()
+    log.info(
+        "webhook.status",
+        message_sid=update.sid,
+        status=update.status.value,
+        error_code=update.error_code,
+        outcome=outcome.value,
+    )
+
+
+@router.post("/whatsapp", responses=TWIML_RESPONSE, response_class=Response)
+async def receive_whatsapp(request: Request, state: StateDep) -> Response:
+    """Twilio's inbound WhatsApp message webhook."""
+    return await _handle(request, state, "whatsapp")
+
+
+@router.post("/sms", responses=TWIML_RESPONSE, response_class=Response)
+async def receive_sms(request: Request, state: StateDep) -> Response:
+    """Twilio's inbound SMS webhook."""
+    return await _handle(request, state, "sms")
+
+
+@router.post("/status", responses=TWIML_RESPONSE, response_class=Response)
+async def receive_status(request: Request, state: StateDep) -> Response:
+    """Twilio's delivery status callback for the messages Plática sends."""
+    return await _handle(request, state, "status")

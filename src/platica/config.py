@@ -1,0 +1,213 @@
+"""Settings: every variable of SPEC §2, read from the environment or `.env`, checked at start-up."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+# Values copied from tutorials and templates that were never replaced with a real secret.
+PLACEHOLDER = re.compile(
+    r"^(<.*>|\$\{.*\}|x+|changeme|change[-_]?me|secret|token|password|your[-_ ].*|.*[-_]here|"
+    r"replace[-_ ]?me|todo|none|null|example|test|placeholder|sk-\.\.\.|\.\.\.)$",
+    re.IGNORECASE,
+)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable, one line each."""
+
+
+def _check_url(value: str | None, *, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"must be a URL like {schemes[-1]}://host, got {value!r}")
+    return value.rstrip("/")
+
+
+def _check_secret(value: SecretStr | None) -> SecretStr | None:
+    if value is None or value.get_secret_value() == "":
+        return None
+    if PLACEHOLDER.match(value.get_secret_value().strip()):
+        raise ValueError("is a placeholder, not a real secret")
+    return value
+
+
+def strip_channel_prefix(address: str) -> str:
+    """`whatsapp:+1415...` -> `+1415...`; other addresses unchanged."""
+    return address.split(":", 1)[1] if address.startswith("whatsapp:") else address
+
+
+class Settings(BaseSettings):
+    """Plática's configuration. Field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=True,
+        env_ignore_empty=True,
+    )
+
+    DATABASE_URL: str = "sqlite+aiosqlite:///./platica.db"
+    OPENAI_API_KEY: SecretStr | None = None
+    OPENAI_BASE_URL: str | None = None
+    OPENAI_MODEL: str = "gpt-4o-mini"
+    TWILIO_ACCOUNT_SID: str | None = None
+    TWILIO_AUTH_TOKEN: SecretStr | None = None
+    TWILIO_WHATSAPP_NUMBER: str | None = None
+    TWILIO_PHONE_NUMBER: str | None = None
+    TWILIO_API_BASE_URL: str = "https://api.twilio.com"
+    PUBLIC_BASE_URL: str | None = None
+    PLATICA_ADMIN_TOKEN: SecretStr | None = None
+    SUPABASE_JWT_SECRET: SecretStr | None = None
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    SENTRY_DSN: str | None = None
+    LOG_LEVEL: str | None = None
+    LOG_FORMAT: Literal["console", "json"] = "console"
+    # Names from the original WhatsApp and SMS services, still honoured.
+    WHATSAPP_ENABLE_DEBUG: bool = False
+    WHATSAPP_LOG_LEVEL: str | None = None
+    SMS_ENABLE_DEBUG: bool = False
+    SMS_LOG_LEVEL: str | None = None
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme.startswith("sqlite"):
+            if not value.split("://", 1)[-1].startswith("/"):
+                raise ValueError(
+                    f"must look like sqlite+aiosqlite:///path/to/file.db, got {value!r}"
+                )
+            return value
+        if scheme.split("+")[0] in ("postgresql", "postgres"):
+            if not urlsplit(value).hostname and "host=" not in value:
+                raise ValueError("must name a host, like postgresql://user@host:5432/db")
+            return value
+        raise ValueError(
+            f"must start with sqlite+aiosqlite:/// or postgresql://, got {scheme or value!r}"
+        )
+
+    @field_validator("OPENAI_BASE_URL", "PUBLIC_BASE_URL")
+    @classmethod
+    def _optional_url(cls, value: str | None) -> str | None:
+        return _check_url(value)
+
+    @field_validator("TWILIO_API_BASE_URL")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        checked = _check_url(value)
+        if checked is None:
+            raise ValueError("must be a URL like https://api.twilio.com")
+        return checked
+
+    @field_validator("SENTRY_DSN")
+    @classmethod
+    def _sentry(cls, value: str | None) -> str | None:
+        return _check_url(value)
+
+    @field_validator(
+        "OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "PLATICA_ADMIN_TOKEN", "SUPABASE_JWT_SECRET"
+    )
+    @classmethod
+    def _secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_secret(value)
+
+    @field_validator("TWILIO_ACCOUNT_SID")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not ACCOUNT_SID.match(value):
+            raise ValueError("must be AC followed by 32 hexadecimal characters")
+        return value
+
+    @field_validator("TWILIO_WHATSAPP_NUMBER", "TWILIO_PHONE_NUMBER")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        number = strip_channel_prefix(value.strip())
+        if not E164.match(number):
+            raise ValueError("must be an E.164 number like +14155550100")
+        return number
+
+    @field_validator("LOG_LEVEL", "WHATSAPP_LOG_LEVEL", "SMS_LOG_LEVEL")
+    @classmethod
+    def _level(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+            for origin in origins:
+                if origin != "*":
+                    _check_url(origin)
+            return origins
+        return value
+
+    @model_validator(mode="after")
+    def _twilio_pair(self) -> Settings:
+        if bool(self.TWILIO_ACCOUNT_SID) != bool(self.TWILIO_AUTH_TOKEN):
+            missing = "TWILIO_AUTH_TOKEN" if self.TWILIO_ACCOUNT_SID else "TWILIO_ACCOUNT_SID"
+            raise ValueError(f"{missing}: must be set together with the other Twilio credential")
+        return self
+
+    @property
+    def twilio_configured(self) -> bool:
+        """Real Twilio credentials are set: signatures are checked and replies really sent."""
+        return self.TWILIO_AUTH_TOKEN is not None
+
+    @property
+    def log_level(self) -> str:
+        """LOG_LEVEL, else the seed-era variables (DEBUG wins when either asks for it)."""
+        if self.LOG_LEVEL:
+            return self.LOG_LEVEL
+        if self.WHATSAPP_ENABLE_DEBUG or self.SMS_ENABLE_DEBUG:
+            return "DEBUG"
+        seeds = [lvl for lvl in (self.WHATSAPP_LOG_LEVEL, self.SMS_LOG_LEVEL) if lvl]
+        return min(seeds, key=LOG_LEVELS.index) if seeds else "INFO"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.DATABASE_URL.startswith("sqlite")
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per bad variable, naming it, without echoing secrets."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False):
+        name = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if name else message)
+    return "\n".join(f"Invalid configuration: {line}" for line in lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation failures into a ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigError(describe_errors(error)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests build their own with load_settings)."""
+    return load_settings()

@@ -1,0 +1,75 @@
+"""Recording inbound messages and delivery statuses; flushes, never commits."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from platica.channels.parsing import InboundMessage, StatusUpdate
+from platica.conversations import repository
+from platica.models import Author, Direction, MessageStatus, ReplyState, utcnow
+
+
+class StatusOutcome(StrEnum):
+    updated = "updated"
+    stale = "stale"  # an older status arrived after a newer one; ignored
+    unknown = "unknown"  # no message has this SID
+
+
+async def record_inbound(
+    session: AsyncSession, inbound: InboundMessage, account_id: uuid.UUID
+) -> int | None:
+    """Store an inbound message once, in its contact's active conversation.
+
+    Returns the new message's id, or None when its MessageSid is already stored (a repeated
+    delivery). The caller should roll back on None: the transaction may have touched the
+    contact and conversation for nothing.
+    """
+    if await repository.message_id_by_sid(session, inbound.sid) is not None:
+        return None
+    contact = await repository.get_or_create_contact(
+        session, account_id, inbound.channel, inbound.sender
+    )
+    now = utcnow()
+    contact.last_inbound_at = now
+    if inbound.profile_name:
+        contact.profile_name = inbound.profile_name[:200]
+    if inbound.wa_id:
+        contact.wa_id = inbound.wa_id[:64]
+    conversation = await repository.get_or_open_conversation(session, contact)
+    message_id = await repository.insert_message(
+        session,
+        {
+            "account_id": account_id,
+            "conversation_id": conversation.id,
+            "channel": inbound.channel,
+            "direction": Direction.inbound,
+            "author": Author.contact,
+            "body": inbound.body,
+            "media": [{"url": m.url, "content_type": m.content_type} for m in inbound.media],
+            "twilio_sid": inbound.sid,
+            "status": MessageStatus.received,
+            "reply_state": ReplyState.pending,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    if message_id is None:
+        return None
+    await repository.touch_conversation(session, conversation.id, now)
+    await session.flush()
+    return message_id
+
+
+async def record_status(session: AsyncSession, update: StatusUpdate) -> StatusOutcome:
+    """Apply a delivery status callback; statuses only move forward."""
+    moved = await repository.advance_status(
+        session, update.sid, update.status, update.error_code, update.error_message
+    )
+    if moved:
+        return StatusOutcome.updated
+    if await repository.message_id_by_sid(session, update.sid) is None:
+        return StatusOutcome.unknown
+    return StatusOutcome.stale

@@ -1,0 +1,80 @@
+"""Structured logging with structlog: console in development, JSON in production, phone numbers masked."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+from platica.config import Settings
+
+# E.164 numbers and bare digit runs long enough to be one, with or without the "whatsapp:" prefix.
+PHONE = re.compile(r"(?<![\w+])(\+?)(\d{2,4})(\d{3,9})(\d{2})(?!\w)")
+
+
+def mask_phone(text: str) -> str:
+    """`+14155238886` -> `+1415*****86`: enough to tell numbers apart, not enough to call one."""
+    return PHONE.sub(lambda m: m[1] + m[2] + "*" * len(m[3]) + m[4], text)
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_phone(value)
+    if isinstance(value, dict):
+        return {key: _mask_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_value(item) for item in value]
+    return value
+
+
+def mask_phone_numbers(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: masks phone numbers in every value of the event."""
+    return {key: _mask_value(value) for key, value in event_dict.items()}
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route structlog and the standard library (uvicorn, alembic) through one renderer."""
+    level = logging.getLevelName(settings.log_level)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        mask_phone_numbers,
+    ]
+    renderer: Any
+    if settings.LOG_FORMAT == "json":
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Twilio's client logs full request URLs and bodies (phone numbers) at INFO.
+    logging.getLogger("twilio").setLevel(max(level, logging.WARNING))
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(level, logging.WARNING))
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.stdlib.get_logger(name)

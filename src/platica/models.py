@@ -1,0 +1,297 @@
+"""ORM tables of SPEC §4: accounts, api_keys, channel_configs, contacts, conversations, messages, webhook_logs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from platica.db import Base
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime stored; use timezone-aware UTC")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Channel(StrEnum):
+    whatsapp = "whatsapp"
+    sms = "sms"
+
+
+class Direction(StrEnum):
+    inbound = "inbound"
+    outbound = "outbound"
+
+
+class Author(StrEnum):
+    """Who wrote a message."""
+
+    contact = "contact"
+    ai = "ai"
+    operator = "operator"
+    system = "system"
+
+
+class ConversationStatus(StrEnum):
+    active = "active"
+    closed = "closed"
+
+
+class MessageStatus(StrEnum):
+    """Twilio's message statuses, plus `pending` for an outbound row stored before its send."""
+
+    received = "received"
+    pending = "pending"
+    accepted = "accepted"
+    scheduled = "scheduled"
+    queued = "queued"
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"
+    undelivered = "undelivered"
+    delivered = "delivered"
+    read = "read"
+    canceled = "canceled"
+
+
+# How far along each status is: a callback may only move a message to a higher rank.
+STATUS_RANK: dict[MessageStatus, int] = {
+    MessageStatus.received: 0,
+    MessageStatus.pending: 0,
+    MessageStatus.accepted: 1,
+    MessageStatus.scheduled: 1,
+    MessageStatus.queued: 2,
+    MessageStatus.sending: 3,
+    MessageStatus.sent: 4,
+    MessageStatus.failed: 5,
+    MessageStatus.undelivered: 5,
+    MessageStatus.canceled: 5,
+    MessageStatus.delivered: 6,
+    MessageStatus.read: 7,
+}
+
+
+class ReplyState(StrEnum):
+    """Where an inbound message stands in the reply pipeline."""
+
+    pending = "pending"
+    answered = "answered"
+    skipped = "skipped"
+    failed = "failed"
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    # The Supabase user (JWT `sub`) that owns this account, if any.
+    auth_user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200), default="default")
+    # The first characters of the key, shown to operators so they can tell keys apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ChannelConfig(Base):
+    __tablename__ = "channel_configs"
+    __table_args__ = (
+        UniqueConstraint("account_id", "channel"),
+        UniqueConstraint("channel", "phone_number"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    channel: Mapped[Channel] = mapped_column(String(16))
+    # E.164, without the "whatsapp:" prefix.
+    phone_number: Mapped[str] = mapped_column(String(32))
+    system_prompt: Mapped[str] = mapped_column(
+        Text,
+        default="You are a helpful, friendly assistant answering customers by text message. Be brief.",
+    )
+    # None: the OPENAI_MODEL setting.
+    openai_model: Mapped[str | None] = mapped_column(String(100))
+    max_tokens: Mapped[int] = mapped_column(Integer, default=300)
+    temperature: Mapped[float] = mapped_column(Float, default=0.7)
+    context_messages: Mapped[int] = mapped_column(Integer, default=10)
+    debounce_seconds: Mapped[float] = mapped_column(Float, default=2.0)
+    sms_max_chars: Mapped[int] = mapped_column(Integer, default=160)
+    fallback_message: Mapped[str] = mapped_column(
+        Text, default="Sorry, we can't answer right now. We'll get back to you soon."
+    )
+    help_message: Mapped[str] = mapped_column(
+        Text,
+        default="This is an automated assistant. Reply STOP to stop receiving messages.",
+    )
+    handoff_timeout_minutes: Mapped[int] = mapped_column(Integer, default=60)
+    ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Contact(Base):
+    """One person on one channel of one account, with their opt-out state."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("account_id", "channel", "address"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    channel: Mapped[Channel] = mapped_column(String(16))
+    # E.164 (or a WhatsApp user id), without the "whatsapp:" prefix.
+    address: Mapped[str] = mapped_column(String(64))
+    profile_name: Mapped[str | None] = mapped_column(String(200))
+    wa_id: Mapped[str | None] = mapped_column(String(64))
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        # At most one active conversation per contact: concurrent first messages cannot open two.
+        Index(
+            "uq_conversations_active_contact",
+            "contact_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+        Index("ix_conversations_account_channel_last", "account_id", "channel", "last_message_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    channel: Mapped[Channel] = mapped_column(String(16))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    # The contact's address, copied here so listings need no join.
+    contact_address: Mapped[str] = mapped_column(String(64))
+    status: Mapped[ConversationStatus] = mapped_column(
+        String(16), default=ConversationStatus.active
+    )
+    ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # While set and in the future, an operator has the conversation and the AI stays quiet.
+    handoff_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_message_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_conversation_created", "conversation_id", "id"),
+        Index(
+            "ix_messages_reply_pending",
+            "reply_state",
+            sqlite_where=text("reply_state = 'pending'"),
+            postgresql_where=text("reply_state = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    channel: Mapped[Channel] = mapped_column(String(16))
+    direction: Mapped[Direction] = mapped_column(String(16))
+    author: Mapped[Author] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text, default="")
+    # [{"url": ..., "content_type": ...}, ...]
+    media: Mapped[list[dict[str, str]]] = mapped_column(JsonDoc, default=list)
+    twilio_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    status: Mapped[MessageStatus] = mapped_column(String(16))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # Outbound: the inbound message this answers, and its place among the parts of a split reply.
+    reply_to_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    part: Mapped[int] = mapped_column(Integer, default=0)
+    # Inbound: where the message stands in the reply pipeline.
+    reply_state: Mapped[ReplyState | None] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    segments: Mapped[int | None] = mapped_column(Integer)
+    encoding: Mapped[str | None] = mapped_column(String(8))
+    model: Mapped[str | None] = mapped_column(String(100))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WebhookLog(Base):
+    """Every webhook request, accepted or refused, with why."""
+
+    __tablename__ = "webhook_logs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    endpoint: Mapped[str] = mapped_column(String(32))
+    account_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="SET NULL")
+    )
+    message_sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    idempotency_token: Mapped[str | None] = mapped_column(String(128))
+    status_code: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    signature_valid: Mapped[bool | None] = mapped_column(Boolean)
+    # The form fields as received (for replay), or None when they could not be parsed.
+    params: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
