@@ -1,7 +1,9 @@
-"""create_app(): the ASGI application, with a lifespan that owns the engine and start-up checks."""
+"""create_app(): the ASGI application; its lifespan owns the engine, the clients and the worker."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,22 +13,26 @@ from fastapi.middleware.cors import CORSMiddleware
 from platica import db, ops
 from platica.accounts import ensure_default_account
 from platica.channels import webhook
+from platica.channels.sender import create_sender
 from platica.config import ConfigError, Settings, get_settings
 from platica.deps import AppState
 from platica.errors import install_error_handlers
+from platica.jobs.locks import ConversationLocks, LocalLocks, PostgresLocks
+from platica.jobs.runner import InProcessRunner, ProcrastinateRunner, Sweeper, TaskRunner
 from platica.logging import configure_logging, get_logger
+from platica.replies.generator import OfflineReplyGenerator, create_generator
+from platica.replies.pipeline import ReplyContext, reply_to_conversation
 
 log = get_logger(__name__)
 
 
-async def _check_schema(settings: Settings) -> None:
-    """SQLite (the embedded default) is migrated automatically; PostgreSQL must be migrated first."""
+def check_schema(settings: Settings) -> None:
+    """SQLite (the embedded default) is migrated here; PostgreSQL must be migrated beforehand,
+    since several processes may share it (blocking)."""
     if settings.is_sqlite:
-        await db.upgrade_async(settings.DATABASE_URL)
+        db.upgrade(settings.DATABASE_URL)
         return
-    import asyncio
-
-    current = await asyncio.to_thread(db.current_revision, settings.DATABASE_URL)
+    current = db.current_revision(settings.DATABASE_URL)
     if current != db.head_revision():
         raise ConfigError(
             f"DATABASE_URL: the database schema is at {current or 'nothing'}, "
@@ -34,17 +40,73 @@ async def _check_schema(settings: Settings) -> None:
         )
 
 
-def _warn_about_insecure_defaults(settings: Settings) -> None:
+def _warn_about_defaults(settings: Settings) -> None:
     if not settings.twilio_configured:
         log.warning(
             "startup.twilio_not_configured",
             detail="TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset: webhook signatures are NOT checked "
-            "and replies are not sent (dry run). Never expose this instance to the internet.",
+            "and replies are stored but not sent (dry run). Never expose this to the internet.",
         )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The Plática ASGI app; mount it in another Starlette/FastAPI app or serve it directly."""
+async def start_services(settings: Settings, *, work: bool) -> AppState:
+    """Engine, clients, task runner and (when `work`) the workers and sweeper of one process."""
+    await asyncio.to_thread(check_schema, settings)
+    engine = db.create_engine(settings.DATABASE_URL)
+    sessionmaker = db.create_sessionmaker(engine)
+    async with db.transaction(sessionmaker) as session:
+        await ensure_default_account(session, settings)
+    generator = create_generator(settings)
+    sender = create_sender(settings)
+    locks: ConversationLocks = LocalLocks() if settings.is_sqlite else PostgresLocks(engine)
+    state = AppState(settings=settings, engine=engine, sessionmaker=sessionmaker)
+    context = ReplyContext(
+        settings=settings,
+        sessionmaker=sessionmaker,
+        generator=generator,
+        sender=sender,
+        locks=locks,
+        status_callback=state.status_callback_url,
+    )
+    handler = functools.partial(reply_to_conversation, context)
+    runner: TaskRunner = (
+        InProcessRunner(handler)
+        if settings.is_sqlite
+        else ProcrastinateRunner(settings.DATABASE_URL, handler)
+    )
+    await runner.start(work=work)
+    sweeper = Sweeper(sessionmaker, runner)
+    if work:
+        await sweeper.start()
+    state.runner, state.sweeper, state.generator, state.sender = runner, sweeper, generator, sender
+    _warn_about_defaults(settings)
+    if isinstance(generator, OfflineReplyGenerator):
+        log.warning(
+            "startup.offline_responder",
+            detail="no OPENAI_API_KEY or OPENAI_BASE_URL: canned replies",
+        )
+    log.info("startup.ready", database=engine.dialect.name, worker=work)
+    return state
+
+
+async def stop_services(state: AppState) -> None:
+    if state.sweeper is not None:
+        await state.sweeper.stop()
+    if state.runner is not None:
+        await state.runner.stop()
+    if state.sender is not None:
+        await state.sender.aclose()
+    if state.generator is not None:
+        await state.generator.aclose()
+    await state.engine.dispose()
+
+
+def create_app(settings: Settings | None = None, *, worker: bool = True) -> FastAPI:
+    """The Plática ASGI app. With `worker`, this process also answers messages in the background.
+
+    To mount it inside another app, enter its lifespan from yours:
+    `async with platica_app.router.lifespan_context(platica_app): ...`.
+    """
     settings = settings or get_settings()
     configure_logging(settings)
     if settings.SENTRY_DSN:
@@ -54,18 +116,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await _check_schema(settings)
-        engine = db.create_engine(settings.DATABASE_URL)
-        sessionmaker = db.create_sessionmaker(engine)
-        async with db.transaction(sessionmaker) as session:
-            await ensure_default_account(session, settings)
-        _warn_about_insecure_defaults(settings)
-        app.state.platica = AppState(settings=settings, engine=engine, sessionmaker=sessionmaker)
-        log.info("startup.ready", database=engine.dialect.name)
+        state = await start_services(settings, work=worker)
+        app.state.platica = state
         try:
             yield
         finally:
-            await engine.dispose()
+            await stop_services(state)
 
     app = FastAPI(
         title="Plática",

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.config import Settings
 
+if TYPE_CHECKING:
+    from platica.channels.sender import MessageSender
+    from platica.jobs.runner import Sweeper, TaskRunner
+    from platica.replies.generator import ReplyGenerator
+
 
 @dataclass
 class AppState:
-    """Built by the lifespan in app.py; one per application."""
+    """Built by app.start_services; one per process."""
 
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    runner: TaskRunner | None = None
+    sweeper: Sweeper | None = None
+    generator: ReplyGenerator | None = None
+    sender: MessageSender | None = None
+    # Where Twilio reached us last, for StatusCallback URLs when PUBLIC_BASE_URL is unset.
+    observed_base_url: str | None = None
+
+    def status_callback_url(self) -> str | None:
+        base = self.settings.PUBLIC_BASE_URL or self.observed_base_url
+        return f"{base}/webhook/status" if base else None
 
 
 def get_state(request: Request) -> AppState:

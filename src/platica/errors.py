@@ -8,6 +8,9 @@
     └── UnsupportedMediaType         415    not a form post
 
 Validation errors of FastAPI request models are rendered in the same shape, with status 422.
+
+    RetryableError                          a transient failure of an outside service (timeout,
+                                            429, 5xx): the job backs off and tries again
 """
 
 from __future__ import annotations
@@ -54,6 +57,15 @@ class PayloadTooLarge(PlaticaError):
 class UnsupportedMediaType(PlaticaError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class RetryableError(Exception):
+    """A transient failure of an outside service; `ambiguous` when the request may have landed."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ambiguous = ambiguous
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

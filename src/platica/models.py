@@ -79,7 +79,7 @@ class ConversationStatus(StrEnum):
 
 
 class MessageStatus(StrEnum):
-    """Twilio's message statuses, plus `pending` for an outbound row stored before its send."""
+    """Twilio's message statuses, plus our own `pending` (stored, not yet sent) and `dry_run`."""
 
     received = "received"
     pending = "pending"
@@ -93,6 +93,8 @@ class MessageStatus(StrEnum):
     delivered = "delivered"
     read = "read"
     canceled = "canceled"
+    # Stored and logged but deliberately not sent: Twilio is not configured.
+    dry_run = "dry_run"
 
 
 # How far along each status is: a callback may only move a message to a higher rank.
@@ -107,6 +109,7 @@ STATUS_RANK: dict[MessageStatus, int] = {
     MessageStatus.failed: 5,
     MessageStatus.undelivered: 5,
     MessageStatus.canceled: 5,
+    MessageStatus.dry_run: 5,
     MessageStatus.delivered: 6,
     MessageStatus.read: 7,
 }
@@ -237,6 +240,15 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_conversation_created", "conversation_id", "id"),
+        # One reply per inbound message: a second worker cannot store another.
+        Index(
+            "uq_messages_reply_part",
+            "reply_to_id",
+            "part",
+            unique=True,
+            sqlite_where=text("direction = 'outbound'"),
+            postgresql_where=text("direction = 'outbound'"),
+        ),
         Index(
             "ix_messages_reply_pending",
             "reply_state",
@@ -266,6 +278,8 @@ class Message(Base):
     # Inbound: where the message stands in the reply pipeline.
     reply_state: Mapped[ReplyState | None] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Why an inbound message was not answered by the AI, or what went wrong on the way.
+    note: Mapped[str | None] = mapped_column(Text)
     segments: Mapped[int | None] = mapped_column(Integer)
     encoding: Mapped[str | None] = mapped_column(String(8))
     model: Mapped[str | None] = mapped_column(String(100))

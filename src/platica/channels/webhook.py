@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Request, Response
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from platica.channels.parsing import FormData, first, parse_form, parse_inbound, parse_status
@@ -105,7 +105,9 @@ async def _save_log(state: AppState, entry: WebhookLog) -> None:
         await session.commit()
 
 
-async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
+async def _handle(
+    request: Request, state: AppState, endpoint: str, background: BackgroundTasks
+) -> Response:
     started = time.perf_counter()
     entry = WebhookLog(
         endpoint=endpoint,
@@ -116,10 +118,12 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
         entry.params = dict(form)
         entry.message_sid = (first(form, "MessageSid") or "")[:64] or None
         entry.signature_valid = verify_signature(request, form, state.settings)
+        if not state.settings.PUBLIC_BASE_URL:
+            state.observed_base_url = str(request.base_url).rstrip("/")
         if endpoint == "status":
             await _record_status(state, form, entry)
         else:
-            await _record_message(state, form, Channel(endpoint), entry)
+            await _record_message(state, form, Channel(endpoint), entry, background)
     except PlaticaError as error:
         entry.status_code = error.status_code
         entry.outcome = "rejected"
@@ -142,7 +146,11 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
 
 
 async def _record_message(
-    state: AppState, form: FormData, channel: Channel, entry: WebhookLog
+    state: AppState,
+    form: FormData,
+    channel: Channel,
+    entry: WebhookLog,
+    background: BackgroundTasks,
 ) -> None:
     inbound = parse_inbound(form, channel)
     async with state.sessionmaker() as session:
@@ -154,8 +162,8 @@ async def _record_message(
                 + ("WHATSAPP_NUMBER" if channel is Channel.whatsapp else "PHONE_NUMBER")
             )
         entry.account_id = config.account_id
-        message_id = await service.record_inbound(session, inbound, config.account_id)
-        if message_id is None:
+        recorded = await service.record_inbound(session, inbound, config.account_id)
+        if recorded is None:
             # A repeated delivery: undo whatever this transaction touched, keep only the log.
             await session.rollback()
             entry.outcome, entry.reason = "duplicate", "MessageSid already recorded"
@@ -164,11 +172,14 @@ async def _record_message(
         entry.status_code = 200
         session.add(entry)
         await session.commit()
+    if recorded is not None and state.runner is not None:
+        # After the response: the sweeper catches anything a crash here would drop.
+        background.add_task(state.runner.defer, recorded.conversation_id, config.debounce_seconds)
     log.info(
-        "webhook.duplicate" if message_id is None else "webhook.accepted",
+        "webhook.duplicate" if recorded is None else "webhook.accepted",
         channel=channel.value,
         message_sid=inbound.sid,
-        message_id=message_id,
+        message_id=recorded.message_id if recorded else None,
         sender=inbound.sender,
     )
     log.debug("webhook.body", message_sid=inbound.sid, body=inbound.body)
@@ -192,18 +203,22 @@ async def _record_status(state: AppState, form: FormData, entry: WebhookLog) -> 
 
 
 @router.post("/whatsapp", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_whatsapp(request: Request, state: StateDep) -> Response:
+async def receive_whatsapp(
+    request: Request, state: StateDep, background: BackgroundTasks
+) -> Response:
     """Twilio's inbound WhatsApp message webhook."""
-    return await _handle(request, state, "whatsapp")
+    return await _handle(request, state, "whatsapp", background)
 
 
 @router.post("/sms", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_sms(request: Request, state: StateDep) -> Response:
+async def receive_sms(request: Request, state: StateDep, background: BackgroundTasks) -> Response:
     """Twilio's inbound SMS webhook."""
-    return await _handle(request, state, "sms")
+    return await _handle(request, state, "sms", background)
 
 
 @router.post("/status", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_status(request: Request, state: StateDep) -> Response:
+async def receive_status(
+    request: Request, state: StateDep, background: BackgroundTasks
+) -> Response:
     """Twilio's delivery status callback for the messages Plática sends."""
-    return await _handle(request, state, "status")
+    return await _handle(request, state, "status", background)

@@ -16,8 +16,11 @@ from platica.models import (
     Contact,
     Conversation,
     ConversationStatus,
+    Direction,
     Message,
     MessageStatus,
+    ReplyState,
+    WebhookLog,
     utcnow,
 )
 
@@ -138,3 +141,43 @@ async def advance_status(
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def insert_reply_part(session: AsyncSession, values: dict[str, object]) -> int | None:
+    """Insert one part of a reply unless that part of a reply to that message exists already."""
+    now = utcnow()
+    statement = insert_ignore(
+        session,
+        Message,
+        {"created_at": now, "updated_at": now, "attempts": 0, **values},
+        index_elements=["reply_to_id", "part"],
+        index_where=Message.direction == Direction.outbound,
+    ).returning(Message.id)
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def conversations_needing_work(
+    session: AsyncSession, older_than: datetime, limit: int = 500
+) -> list[int]:
+    """Conversations with an unanswered inbound or an unsent outbound message last touched
+    before `older_than`: work a crash or a lost wake-up may have left behind."""
+    pending = select(Message.conversation_id).where(
+        Message.reply_state == ReplyState.pending, Message.created_at < older_than
+    )
+    unsent = select(Message.conversation_id).where(
+        Message.direction == Direction.outbound,
+        Message.status.in_([MessageStatus.pending, MessageStatus.sending]),
+        Message.updated_at < older_than,
+    )
+    rows = await session.scalars(pending.union(unsent).limit(limit))
+    return list(rows)
+
+
+async def early_statuses(session: AsyncSession, sid: str) -> list[WebhookLog]:
+    """Status callbacks for `sid` that arrived before the SID was stored."""
+    rows = await session.scalars(
+        select(WebhookLog)
+        .where(WebhookLog.message_sid == sid, WebhookLog.outcome == "status_unknown")
+        .order_by(WebhookLog.id)
+    )
+    return list(rows)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platica.channels.parsing import InboundMessage, StatusUpdate
+from platica.channels.parsing import InboundMessage, StatusUpdate, parse_status
 from platica.conversations import repository
 from platica.models import Author, Direction, MessageStatus, ReplyState, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    message_id: int
+    conversation_id: int
 
 
 class StatusOutcome(StrEnum):
@@ -20,10 +27,10 @@ class StatusOutcome(StrEnum):
 
 async def record_inbound(
     session: AsyncSession, inbound: InboundMessage, account_id: uuid.UUID
-) -> int | None:
+) -> Recorded | None:
     """Store an inbound message once, in its contact's active conversation.
 
-    Returns the new message's id, or None when its MessageSid is already stored (a repeated
+    Returns the new message and its conversation, or None when its MessageSid is already stored (a repeated
     delivery). The caller should roll back on None: the transaction may have touched the
     contact and conversation for nothing.
     """
@@ -60,7 +67,7 @@ async def record_inbound(
         return None
     await repository.touch_conversation(session, conversation.id, now)
     await session.flush()
-    return message_id
+    return Recorded(message_id=message_id, conversation_id=conversation.id)
 
 
 async def record_status(session: AsyncSession, update: StatusUpdate) -> StatusOutcome:
@@ -73,3 +80,11 @@ async def record_status(session: AsyncSession, update: StatusUpdate) -> StatusOu
     if await repository.message_id_by_sid(session, update.sid) is None:
         return StatusOutcome.unknown
     return StatusOutcome.stale
+
+
+async def replay_early_statuses(session: AsyncSession, sid: str) -> None:
+    """Apply status callbacks that reached us before the message's SID was stored."""
+    for entry in await repository.early_statuses(session, sid):
+        if entry.params:
+            await record_status(session, parse_status(entry.params))
+        entry.outcome = "status_replayed"

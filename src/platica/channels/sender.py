@@ -1,0 +1,154 @@
+"""MessageSender: Twilio's REST API through the official SDK, or the dry run when Twilio is not set up."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import aiohttp
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from platica.config import Settings
+from platica.errors import RetryableError
+from platica.logging import get_logger
+from platica.models import Channel, MessageStatus
+
+log = get_logger(__name__)
+
+TWILIO_TIMEOUT_SECONDS = 10.0
+# Twilio errors about the recipient or the content: sending again cannot succeed.
+UNSUBSCRIBED = 21610
+OUTSIDE_WINDOW = 63016
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    channel: Channel
+    to: str  # E.164 (or WhatsApp id), no channel prefix
+    from_: str
+    body: str
+    status_callback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    sid: str | None
+    status: MessageStatus
+
+
+class SendFailed(Exception):
+    """Twilio refused the message for good (an unsubscribed or invalid recipient...)."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class MessageSender(Protocol):
+    async def send(self, message: OutgoingMessage) -> SentMessage:
+        """Raises RetryableError for transient failures and SendFailed for permanent ones."""
+        ...
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
+        """The message if an earlier, interrupted attempt did reach Twilio."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def channel_address(channel: Channel, number: str) -> str:
+    return f"whatsapp:{number}" if channel is Channel.whatsapp else number
+
+
+def _status(value: object) -> MessageStatus:
+    try:
+        return MessageStatus(str(value))
+    except ValueError:
+        return MessageStatus.queued
+
+
+class TwilioSender:
+    """Sends through Twilio's Messages API with the SDK's async (aiohttp) client."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.TWILIO_ACCOUNT_SID is not None
+        assert settings.TWILIO_AUTH_TOKEN is not None
+        # Retries are the job's (with backoff and a check for an earlier landed attempt).
+        self._http = AsyncTwilioHttpClient(timeout=TWILIO_TIMEOUT_SECONDS)
+        self._client = Client(
+            settings.TWILIO_ACCOUNT_SID,
+            settings.TWILIO_AUTH_TOKEN.get_secret_value(),
+            http_client=self._http,
+        )
+        self._client.api.base_url = settings.TWILIO_API_BASE_URL
+
+    async def send(self, message: OutgoingMessage) -> SentMessage:
+        try:
+            created = await self._client.messages.create_async(
+                to=channel_address(message.channel, message.to),
+                from_=channel_address(message.channel, message.from_),
+                body=message.body,
+                status_callback=message.status_callback,
+            )
+        except TwilioRestException as error:
+            if error.status == 429 or error.status >= 500:
+                # 429 (20429) was never processed; a 5xx may have been.
+                raise RetryableError(
+                    f"Twilio answered {error.status}", ambiguous=error.status >= 500
+                ) from error
+            raise SendFailed(str(error.msg or "Twilio refused the message"), error.code) from error
+        except (aiohttp.ClientError, TimeoutError, TwilioException) as error:
+            raise RetryableError(
+                f"Twilio could not be reached ({type(error).__name__})", ambiguous=True
+            ) from error
+        return SentMessage(sid=created.sid, status=_status(created.status))
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
+        try:
+            candidates = await self._client.messages.list_async(
+                to=channel_address(message.channel, message.to),
+                from_=channel_address(message.channel, message.from_),
+                date_sent_after=since - timedelta(days=1),
+                limit=50,
+            )
+        except (TwilioRestException, aiohttp.ClientError, TimeoutError, TwilioException) as error:
+            raise RetryableError(f"Twilio could not be asked ({type(error).__name__})") from error
+        skew = timedelta(minutes=2)
+        for candidate in candidates:
+            created_at = candidate.date_created
+            if candidate.body == message.body and (
+                created_at is None or created_at >= since - skew
+            ):
+                return SentMessage(sid=candidate.sid, status=_status(candidate.status))
+        return None
+
+    async def aclose(self) -> None:
+        await self._http.close()
+
+
+class DryRunSender:
+    """Twilio is not configured: replies are stored and logged, never sent."""
+
+    async def send(self, message: OutgoingMessage) -> SentMessage:
+        log.info(
+            "reply.dry_run", channel=message.channel.value, to=message.to, chars=len(message.body)
+        )
+        await asyncio.sleep(0)
+        return SentMessage(sid=None, status=MessageStatus.dry_run)
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def create_sender(settings: Settings) -> MessageSender:
+    if settings.twilio_configured:
+        return TwilioSender(settings)
+    return DryRunSender()

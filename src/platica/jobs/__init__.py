@@ -1,0 +1,1 @@
+"""Background work: how reply tasks are queued, locked and run."""

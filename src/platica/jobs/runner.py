@@ -1,0 +1,215 @@
+"""How reply tasks run: Procrastinate on PostgreSQL, an in-process runner on SQLite.
+
+Both run the same task, `reply_to_conversation(conversation_id)`, which returns how long to wait
+before running it again (debounce, a busy lock, a failing service) or None when it is done.
+Neither queue is the source of truth: a sweeper re-queues, at start-up and periodically, every
+conversation whose stored messages still need work, so a crash between storing a message and
+queueing its task loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from platica.conversations import repository
+from platica.db import transaction
+from platica.logging import get_logger
+from platica.models import utcnow
+
+log = get_logger(__name__)
+
+Handler = Callable[[int], Awaitable[float | None]]
+
+TASK_NAME = "reply_to_conversation"
+QUEUE = "replies"
+# How long to wait before re-running a task that raised, and how often the sweeper looks.
+CRASH_RETRY_SECONDS = 5.0
+SWEEP_INTERVAL_SECONDS = 10.0
+# Work younger than this is someone's in-flight task, not a leftover.
+SWEEP_GRACE_SECONDS = 30.0
+
+
+class TaskRunner(Protocol):
+    async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
+        """Queue the conversation's reply task to run after `delay` seconds."""
+        ...
+
+    async def start(self, *, work: bool) -> None:
+        """Get ready to queue tasks and, when `work`, start running them."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+async def run_handler(handler: Handler, conversation_id: int) -> float | None:
+    """Run the task; a crash in it is logged and retried later, never lost or fatal."""
+    try:
+        return await handler(conversation_id)
+    except Exception:
+        log.exception("task.crashed", conversation_id=conversation_id)
+        return CRASH_RETRY_SECONDS
+
+
+class InProcessRunner:
+    """Tasks on asyncio in this process: a timer per conversation and a bounded pool of workers."""
+
+    def __init__(self, handler: Handler, concurrency: int = 8) -> None:
+        self._handler = handler
+        self._concurrency = concurrency
+        self._due: dict[int, float] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._ready: asyncio.Queue[int] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+
+    async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + max(delay, 0.0)
+        current = self._due.get(conversation_id)
+        if current is not None and current <= due:
+            return  # already due as soon or sooner
+        if (timer := self._timers.pop(conversation_id, None)) is not None:
+            timer.cancel()
+        self._due[conversation_id] = due
+        self._timers[conversation_id] = loop.call_at(due, self._make_ready, conversation_id)
+
+    def _make_ready(self, conversation_id: int) -> None:
+        self._timers.pop(conversation_id, None)
+        self._due.pop(conversation_id, None)
+        self._ready.put_nowait(conversation_id)
+
+    async def start(self, *, work: bool) -> None:
+        if work:
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"reply-worker-{i}")
+                for i in range(self._concurrency)
+            ]
+
+    async def _work(self) -> None:
+        while True:
+            conversation_id = await self._ready.get()
+            wait = await run_handler(self._handler, conversation_id)
+            if wait is not None:
+                await self.defer(conversation_id, wait)
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+
+def psycopg_conninfo(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class ProcrastinateRunner:
+    """Tasks as Procrastinate jobs in PostgreSQL, shared by every serve and worker process.
+
+    A queueing lock keeps at most one waiting job per conversation; the task takes the
+    conversation's advisory lock itself (see jobs/locks.py), which, unlike a job lock, cannot
+    outlive a killed worker.
+    """
+
+    def __init__(self, database_url: str, handler: Handler, concurrency: int = 10) -> None:
+        import procrastinate
+
+        self._handler = handler
+        self._concurrency = concurrency
+        self._app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(
+                conninfo=psycopg_conninfo(database_url),
+                kwargs={"prepare_threshold": None},
+            )
+        )
+        self._worker: asyncio.Task[None] | None = None
+        self._opened = False
+
+        @self._app.task(name=TASK_NAME, queue=QUEUE)
+        async def reply_to_conversation(conversation_id: int) -> None:
+            wait = await run_handler(self._handler, conversation_id)
+            if wait is not None:
+                await self.defer(conversation_id, wait)
+
+        self._task = reply_to_conversation
+
+    async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
+        import procrastinate.exceptions
+
+        options: dict[str, object] = {"queueing_lock": f"conversation:{conversation_id}"}
+        if delay > 0:
+            options["schedule_in"] = {"seconds": delay}
+        # AlreadyEnqueued: a waiting job will look at the whole conversation anyway.
+        with contextlib.suppress(procrastinate.exceptions.AlreadyEnqueued):
+            await self._task.configure(**options).defer_async(conversation_id=conversation_id)  # type: ignore[arg-type]
+
+    async def start(self, *, work: bool) -> None:
+        await self._app.open_async()
+        self._opened = True
+        if work:
+            self._worker = asyncio.create_task(
+                self._app.run_worker_async(
+                    queues=[QUEUE],
+                    concurrency=self._concurrency,
+                    install_signal_handlers=False,
+                    delete_jobs="successful",
+                    update_heartbeat_interval=5.0,
+                    stalled_worker_timeout=20.0,
+                ),
+                name="procrastinate-worker",
+            )
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        if self._opened:
+            await self._app.close_async()
+            self._opened = False
+
+
+class Sweeper:
+    """Re-queues conversations whose stored messages still need work."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], runner: TaskRunner) -> None:
+        self._sessionmaker = sessionmaker
+        self._runner = runner
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self, grace_seconds: float) -> int:
+        older_than = utcnow() - timedelta(seconds=grace_seconds)
+        async with transaction(self._sessionmaker) as session:
+            conversation_ids = await repository.conversations_needing_work(session, older_than)
+        for conversation_id in conversation_ids:
+            await self._runner.defer(conversation_id)
+        if conversation_ids:
+            log.info("sweep.requeued", conversations=len(conversation_ids))
+        return len(conversation_ids)
+
+    async def _loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep(SWEEP_GRACE_SECONDS)
+            except Exception:
+                log.exception("sweep.failed")
+
+    async def start(self, interval: float = SWEEP_INTERVAL_SECONDS) -> None:
+        """Sweep everything now (nothing of ours is in flight yet), then periodically."""
+        await self.sweep(grace_seconds=0)
+        self._task = asyncio.create_task(self._loop(interval), name="sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

@@ -1,0 +1,150 @@
+"""ReplyGenerator: the LLM behind the replies (OpenAI-compatible) and the offline responder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, Protocol, cast
+
+import openai
+from openai import AsyncOpenAI, omit
+from openai.types.chat import ChatCompletionMessageParam
+
+from platica.config import Settings
+from platica.errors import RetryableError
+
+Role = Literal["system", "user", "assistant"]
+
+# Twilio gives a webhook 15 s; a reply should not wait much longer than that on one LLM call.
+OPENAI_TIMEOUT_SECONDS = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRequest:
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedReply:
+    text: str
+    model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: int
+
+
+class GenerationFailed(Exception):
+    """The model cannot answer this request, and asking again will not help."""
+
+
+class ReplyGenerator(Protocol):
+    async def generate(self, request: ReplyRequest) -> GeneratedReply:
+        """Raises RetryableError for transient failures and GenerationFailed for the rest."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class OpenAIReplyGenerator:
+    """Chat Completions through the official SDK: OpenAI, or any compatible server."""
+
+    def __init__(self, settings: Settings) -> None:
+        key = settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None
+        self._custom_server = settings.OPENAI_BASE_URL is not None
+        self._client = AsyncOpenAI(
+            # Local servers (Ollama, llama.cpp) accept any key, but the SDK insists on one.
+            api_key=key or "unused",
+            base_url=settings.OPENAI_BASE_URL,
+            timeout=OPENAI_TIMEOUT_SECONDS,
+            # Retries are ours (with the job's backoff and bookkeeping), not the SDK's.
+            max_retries=0,
+        )
+
+    async def generate(self, request: ReplyRequest) -> GeneratedReply:
+        started = time.perf_counter()
+        messages = cast(
+            "list[ChatCompletionMessageParam]",
+            [{"role": m.role, "content": m.content} for m in request.messages],
+        )
+        try:
+            completion = await self._client.chat.completions.create(
+                model=request.model,
+                messages=messages,
+                temperature=request.temperature,
+                # OpenAI's newer models want max_completion_tokens; compatible servers max_tokens.
+                max_tokens=request.max_tokens if self._custom_server else omit,
+                max_completion_tokens=omit if self._custom_server else request.max_tokens,
+            )
+        except openai.RateLimitError as error:
+            if error.code == "insufficient_quota":
+                raise GenerationFailed("the OpenAI account is out of credit") from error
+            raise RetryableError("the LLM is rate limited (429)") from error
+        except openai.APITimeoutError as error:
+            raise RetryableError("the LLM timed out") from error
+        except openai.APIConnectionError as error:
+            raise RetryableError("the LLM could not be reached") from error
+        except openai.InternalServerError as error:
+            raise RetryableError(f"the LLM failed ({error.status_code})") from error
+        except openai.APIStatusError as error:
+            if error.status_code in (408, 409):
+                raise RetryableError(f"the LLM failed ({error.status_code})") from error
+            raise GenerationFailed(
+                f"the LLM refused the request ({error.status_code} {error.code or ''})".strip()
+            ) from error
+        latency_ms = round((time.perf_counter() - started) * 1000)
+        choice = completion.choices[0] if completion.choices else None
+        text = (choice.message.content or "").strip() if choice else ""
+        if not text:
+            refusal = getattr(choice.message, "refusal", None) if choice else None
+            raise GenerationFailed(
+                "the LLM refused to answer" if refusal else "the LLM answered nothing"
+            )
+        usage = completion.usage
+        return GeneratedReply(
+            text=text,
+            model=completion.model or request.model,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_ms=latency_ms,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+OFFLINE_NOTICE = (
+    "[Plática demo: this is a canned reply, not AI. Set OPENAI_API_KEY for real answers.]"
+)
+
+
+class OfflineReplyGenerator:
+    """Answers without any LLM, saying so plainly, so the loop can be tried without keys."""
+
+    async def generate(self, request: ReplyRequest) -> GeneratedReply:
+        last = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        quoted = last if len(last) <= 60 else last[:57] + "..."
+        return GeneratedReply(
+            text=f'{OFFLINE_NOTICE} You said: "{quoted}"',
+            model="offline",
+            prompt_tokens=None,
+            completion_tokens=None,
+            latency_ms=0,
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+def create_generator(settings: Settings) -> ReplyGenerator:
+    if settings.OPENAI_API_KEY is None and settings.OPENAI_BASE_URL is None:
+        return OfflineReplyGenerator()
+    return OpenAIReplyGenerator(settings)
