@@ -55,31 +55,72 @@ def _e164(value: str | None, option: str) -> str | None:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    worker: Annotated[
+        bool, typer.Option(help="Also answer messages in this process (--no-worker: API only).")
+    ] = True,
 ) -> None:
-    """Serve the webhooks and the API."""
+    """Serve the webhooks and the API (and, by default, answer messages)."""
     import uvicorn
 
-    from platica.app import create_app
+    from platica.app import check_schema, create_app
 
     settings = _settings()
-    application = create_app(settings)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    typer.echo(f"Plática on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
-    typer.echo(
-        "Log in with an API key from `platica accounts create NAME`, or with PLATICA_ADMIN_TOKEN."
-    )
     try:
-        uvicorn.run(
-            application,
-            host=host,
-            port=port,
-            log_config=None,
-            proxy_headers=True,
-            server_header=False,
-        )
+        check_schema(settings)
     except ConfigError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
+    if not worker and settings.is_sqlite:
+        typer.echo("Warning: with SQLite and --no-worker, nothing will answer messages.", err=True)
+    application = create_app(settings, worker=worker)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    typer.echo(f"Plática on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
+    typer.echo(f'Try it: platica simulate --url http://{shown}:{port} --from +15550100001 "Hola"')
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Answer messages without serving HTTP (PostgreSQL: run as many as you like)."""
+    import signal
+
+    from platica.app import check_schema, start_services, stop_services
+    from platica.logging import configure_logging
+
+    settings = _settings()
+    if settings.is_sqlite:
+        typer.echo(
+            "Error: with SQLite the worker runs inside `platica serve`; "
+            "separate workers need PostgreSQL (DATABASE_URL=postgresql://...).",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        check_schema(settings)
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        state = await start_services(settings, work=True)
+        try:
+            await stop.wait()
+        finally:
+            await stop_services(state)
+
+    asyncio.run(run())
 
 
 @db_app.command("upgrade")
@@ -141,8 +182,11 @@ def simulate(
         str | None, typer.Option(help="The account's number (default: the configured one).")
     ] = None,
     url: Annotated[str, typer.Option(help="Where Plática is running.")] = "http://127.0.0.1:8000",
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the reply (0: don't wait).", min=0)
+    ] = 30.0,
 ) -> None:
-    """Post a signed test webhook to a running Plática, as Twilio would."""
+    """Post a signed test webhook to a running Plática, as Twilio would, and print the reply."""
     settings = _settings()
     sender = _e164(from_, "--from")
     chosen = Channel(channel.value)
@@ -183,6 +227,32 @@ def simulate(
         typer.echo(f"Error: Plática answered {response.status_code}: {response.text}", err=True)
         raise typer.Exit(1)
     typer.echo(f"Accepted: {sid} from {sender} to {recipient} on {chosen.value}.")
+    if wait > 0:
+        outcome = asyncio.run(_wait_for_reply(settings, sid, wait))
+        if outcome is None:
+            typer.echo(f"No reply within {wait:g} s (is the worker running?).", err=True)
+            raise typer.Exit(1)
+        typer.echo(outcome)
+
+
+async def _wait_for_reply(settings: Settings, sid: str, seconds: float) -> str | None:
+    """Poll the database until the message is answered (or skipped); what happened, in words."""
+    from platica.conversations.service import find_reply
+
+    engine = db.create_engine(settings.DATABASE_URL)
+    sessionmaker = db.create_sessionmaker(engine)
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                async with sessionmaker() as session:
+                    reply = await find_reply(session, sid)
+                if reply is not None:
+                    return reply
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        return None
+    finally:
+        await engine.dispose()
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.db import insert_ignore
@@ -179,5 +179,24 @@ async def early_statuses(session: AsyncSession, sid: str) -> list[WebhookLog]:
         select(WebhookLog)
         .where(WebhookLog.message_sid == sid, WebhookLog.outcome == "status_unknown")
         .order_by(WebhookLog.id)
+    )
+    return list(rows)
+
+
+async def reply_parts(session: AsyncSession, inbound: Message) -> list[Message]:
+    """The parts of the reply that answered `inbound` (alone or in a burst), in order."""
+    answered_by = await session.scalar(
+        select(func.min(Message.reply_to_id)).where(
+            Message.conversation_id == inbound.conversation_id,
+            Message.direction == Direction.outbound,
+            Message.reply_to_id >= inbound.id,
+        )
+    )
+    if answered_by is None:
+        return []
+    rows = await session.scalars(
+        select(Message)
+        .where(Message.reply_to_id == answered_by, Message.direction == Direction.outbound)
+        .order_by(Message.part)
     )
     return list(rows)

@@ -6,11 +6,12 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.channels.parsing import InboundMessage, StatusUpdate, parse_status
 from platica.conversations import repository
-from platica.models import Author, Direction, MessageStatus, ReplyState, utcnow
+from platica.models import Author, Direction, Message, MessageStatus, ReplyState, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +89,20 @@ async def replay_early_statuses(session: AsyncSession, sid: str) -> None:
         if entry.params:
             await record_status(session, parse_status(entry.params))
         entry.outcome = "status_replayed"
+
+
+async def find_reply(session: AsyncSession, sid: str) -> str | None:
+    """How the inbound message `sid` was answered, in words, once its reply is settled."""
+    inbound = await session.scalar(select(Message).where(Message.twilio_sid == sid))
+    if inbound is None or inbound.reply_state in (None, ReplyState.pending):
+        return None
+    if inbound.reply_state == ReplyState.skipped:
+        return f"Not answered: {inbound.note or 'skipped'}"
+    parts = await repository.reply_parts(session, inbound)
+    if not parts or any(p.status in (MessageStatus.pending, MessageStatus.sending) for p in parts):
+        return None
+    lines = []
+    for part in parts:
+        state = f"{part.status}" if part.error_code is None else f"{part.status} {part.error_code}"
+        lines.append(f"Reply ({state}): {part.body}")
+    return "\n".join(lines)
