@@ -121,9 +121,8 @@ class OpenAIReplyGenerator:
         await self._client.close()
 
 
-OFFLINE_NOTICE = (
-    "[Plática demo: this is a canned reply, not AI. Set OPENAI_API_KEY for real answers.]"
-)
+# Plain ASCII, so the demo reply stays one cheap GSM-7 SMS segment where it can.
+OFFLINE_NOTICE = "[Demo reply, not AI: set OPENAI_API_KEY for real answers.]"
 
 
 class OfflineReplyGenerator:
