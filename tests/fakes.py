@@ -1,0 +1,1092 @@
+"""Protocol-faithful fakes of the OpenAI Chat Completions API and Twilio's Messages API.
+
+Each fake is a small Starlette app served by uvicorn over real HTTP on 127.0.0.1, so the official
+SDKs (``openai`` 3.x ``AsyncOpenAI`` and ``twilio`` 9.x with ``AsyncTwilioHttpClient``) talk to it
+exactly as they would talk to the real services.
+
+In a test::
+
+    with FakeOpenAI() as openai_fake, FakeTwilio() as twilio_fake:
+        openai_fake.fail_next("429")            # the next completion gets a 429
+        twilio_fake.callbacks = True            # post signed "sent"/"delivered" status callbacks
+        ...  # point OPENAI_BASE_URL at openai_fake.url, TWILIO_API_BASE_URL at twilio_fake.url
+
+As separate processes (e.g. for a benchmark)::
+
+    python -m tests.fakes openai --port 9101 --latency 1.0
+    python -m tests.fakes twilio --port 9102 --latency 0.1 --callbacks
+
+An out-of-process fake is scripted over HTTP: ``POST /_fake/control`` with a JSON body such as
+``{"fail_next": ["429"], "fail_always": null, "latency": 0.5, "reset": true}``, and inspected with
+``GET /_fake/state``.
+
+Client timeouts against the Twilio fake (the ``"timeout"`` behaviour), as found with twilio 9.13 and
+aiohttp 3.14:
+
+* ``AsyncTwilioHttpClient(timeout=...)`` does NOT bound requests. Its ``request()`` forwards the
+  per-request ``timeout`` argument (``None`` from ``Client.request_async``) to aiohttp, and aiohttp
+  turns an explicit ``None`` into ``ClientTimeout(total=None)``, i.e. no timeout at all, overriding
+  the session default. A hung Twilio API therefore hangs the caller forever.
+* Bounding the call with ``asyncio.timeout(...)`` / ``asyncio.wait_for(...)`` raises the builtin
+  ``TimeoutError`` (``asyncio.TimeoutError`` is the same class on 3.11). No ``TwilioException``
+  is involved: twilio-python never wraps transport errors.
+* A client that passes a real timeout to aiohttp (e.g. a subclass of ``AsyncTwilioHttpClient``
+  whose ``request()`` uses ``self.timeout`` when no timeout is given) gets aiohttp's total-timeout
+  error, which is also a ``TimeoutError`` (``asyncio.TimeoutError``), not a ``TwilioException``.
+  Either way, catch ``TimeoutError`` (and ``aiohttp.ClientError`` for connection failures).
+
+Also found: with aiohttp 3.14, every twilio async request emits two DeprecationWarnings ("BasicAuth
+is deprecated ..." and "The 'auth' parameter is deprecated ..."), which ``filterwarnings = error``
+turns into failures; tests/test_fakes.py ignores them by message.
+
+The timeout is ambiguous on purpose: the fake has accepted (and recorded in ``.sent``) the message,
+like Twilio may have, before the client gave up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import copy
+import email.utils
+import hmac
+import json
+import logging
+import math
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from twilio.request_validator import RequestValidator
+
+from tests.factories import ACCOUNT_SID, AUTH_TOKEN
+
+logger = logging.getLogger("tests.fakes")
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared machinery: uvicorn in a background thread, scripted failures, interruptible sleeps
+
+
+class _FakeServer:
+    """A Starlette app served by uvicorn in a daemon thread on a free 127.0.0.1 port."""
+
+    #: Behaviours accepted by ``fail_next``/``fail_always`` (subclasses extend ``_is_behaviour``).
+    BEHAVIOURS: frozenset[str] = frozenset()
+
+    def __init__(self, *, port: int | None, latency: float, hang_seconds: float) -> None:
+        self.latency = latency
+        self.hang_seconds = hang_seconds
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._failures: deque[str] = deque()
+        self._always: str | None = None
+        self._socket: socket.socket | None = None
+        self._port = port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        routes = [
+            *self._routes(),
+            Route("/_fake/state", self._state_endpoint, methods=["GET"]),
+            Route("/_fake/control", self._control_endpoint, methods=["POST"]),
+            Route("/{path:path}", self._not_found, methods=ALL_METHODS),
+        ]
+        self.app = Starlette(routes=routes)
+
+    # -- to be provided by the fakes -------------------------------------------------------------
+
+    def _routes(self) -> list[Route]:
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _clear_records(self) -> None:
+        raise NotImplementedError
+
+    async def _not_found(self, request: Request) -> Response:
+        raise NotImplementedError
+
+    def _is_behaviour(self, behaviour: str) -> bool:
+        return behaviour in self.BEHAVIOURS
+
+    # -- scripting -------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port given, or else the free one chosen by start()."""
+        if self._port is None:
+            raise RuntimeError(f"{type(self).__name__} has no port until started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail_next(self, *behaviours: str) -> None:
+        """Queue behaviours; each is consumed by one request, then normal answers resume."""
+        for behaviour in behaviours:
+            if not self._is_behaviour(behaviour):
+                raise ValueError(f"unknown behaviour {behaviour!r} for {type(self).__name__}")
+        with self._lock:
+            self._failures.extend(behaviours)
+
+    def fail_always(self, behaviour: str | None) -> None:
+        """Apply ``behaviour`` to every request once the ``fail_next`` queue is empty (None: off)."""
+        if behaviour is not None and not self._is_behaviour(behaviour):
+            raise ValueError(f"unknown behaviour {behaviour!r} for {type(self).__name__}")
+        with self._lock:
+            self._always = behaviour
+
+    @property
+    def pending_failures(self) -> list[str]:
+        with self._lock:
+            return list(self._failures)
+
+    def reset(self) -> None:
+        """Forget recorded traffic and scripted failures."""
+        with self._lock:
+            self._failures.clear()
+            self._always = None
+            self._clear_records()
+
+    def _next_behaviour(self) -> str | None:
+        with self._lock:
+            if self._failures:
+                return self._failures.popleft()
+            return self._always
+
+    async def _sleep(self, seconds: float) -> None:
+        """asyncio.sleep that ends early when the fake is stopping (so stop() never hangs)."""
+        if seconds <= 0:
+            return
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, 0.05))
+
+    # -- control endpoints (for fakes running in another process) --------------------------------
+
+    async def _state_endpoint(self, request: Request) -> Response:
+        state = self._state()
+        state["pending_failures"] = self.pending_failures
+        state["latency"] = self.latency
+        return JSONResponse(state)
+
+    async def _control_endpoint(self, request: Request) -> Response:
+        try:
+            command = json.loads(await request.body() or b"{}")
+            if not isinstance(command, dict):
+                raise ValueError("expected a JSON object")
+            if command.get("reset"):
+                self.reset()
+            if "latency" in command:
+                self.latency = float(command["latency"])
+            if "hang_seconds" in command:
+                self.hang_seconds = float(command["hang_seconds"])
+            if "fail_always" in command:
+                self.fail_always(command["fail_always"])
+            self.fail_next(*command.get("fail_next", []))
+            self._control(command)
+        except (ValueError, TypeError) as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+        return await self._state_endpoint(request)
+
+    def _control(self, command: dict[str, Any]) -> None:
+        """Fake-specific settings from ``POST /_fake/control``."""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            raise RuntimeError(f"{type(self).__name__} already started")
+        if self._port is None:
+            # Bind here and hand the socket to uvicorn: no race for the port.
+            self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._socket.bind(("127.0.0.1", 0))
+            self._port = int(self._socket.getsockname()[1])
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self._port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        sockets = [self._socket] if self._socket is not None else None
+        self._server = server
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": sockets},
+            name=f"{type(self).__name__}:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{type(self).__name__} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self._server = None
+        self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _estimate_tokens(text: str) -> int:
+    """Roughly 4 characters per token, as OpenAI's rule of thumb for English text."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def _text_of(content: Any) -> str:
+    """The text of a Chat Completions message content: a string or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def echo_reply(messages: list[dict[str, Any]]) -> str:
+    """Default FakeOpenAI reply: "Echo: " + the last user message's text."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return "Echo: " + _text_of(message.get("content"))
+    return "Echo: "
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI
+
+
+class FakeOpenAI(_FakeServer):
+    """``POST /v1/chat/completions`` answering like OpenAI, with scripted failures.
+
+    Behaviours for ``fail_next``/``fail_always``:
+      "429"      429 rate_limit_exceeded (header ``retry-after: <self.retry_after>``)
+      "quota"    429 insufficient_quota
+      "500"      500 server_error
+      "400"      400 context_length_exceeded
+      "timeout"  sleep ``hang_seconds`` before answering normally (the client should time out)
+      "refusal"  200, message.content None and message.refusal set
+      "empty"    200, message.content ""
+    """
+
+    BEHAVIOURS = frozenset({"429", "quota", "500", "400", "timeout", "refusal", "empty"})
+    REFUSAL = "I'm sorry, I can't help with that."
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        hang_seconds: float = 30.0,
+        reply: Callable[[list[dict[str, Any]]], str] | None = None,
+        api_key: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.reply: Callable[[list[dict[str, Any]]], str] = reply or echo_reply
+        #: When set, requests must carry ``Authorization: Bearer <api_key>`` (else 401).
+        self.api_key = api_key
+        #: Value of the ``retry-after`` header on "429" (None: no header). The openai SDK ignores
+        #: 0 (it only honours 0 < retry-after <= 60 s) and falls back to its own backoff.
+        self.retry_after: str | None = "0"
+        self._requests: list[dict[str, Any]] = []
+        super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
+
+    @property
+    def url(self) -> str:
+        """The base URL to give the SDK (``OPENAI_BASE_URL``)."""
+        return self.base_url + "/v1"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """A snapshot of every request body received (failed ones included), in order."""
+        with self._lock:
+            return copy.deepcopy(self._requests)
+
+    def _routes(self) -> list[Route]:
+        return [Route("/v1/chat/completions", self._chat_completions, methods=["POST"])]
+
+    def _state(self) -> dict[str, Any]:
+        return {"requests": self.requests}
+
+    def _clear_records(self) -> None:
+        self._requests.clear()
+
+    # -- responses -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _headers(extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {
+            "x-request-id": "req_" + uuid.uuid4().hex,
+            "openai-version": "2020-10-01",
+            "openai-processing-ms": "1",
+        }
+        headers.update(extra or {})
+        return headers
+
+    def _error(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
+        body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+        return JSONResponse(body, status_code=status, headers=self._headers(headers))
+
+    def _scripted_error(self, behaviour: str | None, model: str) -> JSONResponse | None:
+        if behaviour == "429":
+            headers = {
+                "x-ratelimit-limit-requests": "3",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "20s",
+            }
+            if self.retry_after is not None:
+                headers["retry-after"] = self.retry_after
+            return self._error(
+                429,
+                f"Rate limit reached for {model} in organization org-fake on requests per min "
+                "(RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.",
+                "requests",
+                "rate_limit_exceeded",
+                headers=headers,
+            )
+        if behaviour == "quota":
+            return self._error(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                "insufficient_quota",
+            )
+        if behaviour == "500":
+            return self._error(
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            )
+        if behaviour == "400":
+            return self._error(
+                400,
+                "This model's maximum context length is 128000 tokens. However, your messages "
+                "resulted in 131072 tokens. Please reduce the length of the messages.",
+                "invalid_request_error",
+                "context_length_exceeded",
+                param="messages",
+            )
+        return None
+
+    async def _not_found(self, request: Request) -> Response:
+        return self._error(
+            404,
+            f"Invalid URL ({request.method} {request.url.path})",
+            "invalid_request_error",
+            None,
+        )
+
+    async def _chat_completions(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return self._error(
+                400,
+                "We could not parse the JSON body of your request.",
+                "invalid_request_error",
+                None,
+            )
+        with self._lock:
+            self._requests.append(body)
+        if self.api_key is not None and not hmac.compare_digest(
+            request.headers.get("authorization", ""), f"Bearer {self.api_key}"
+        ):
+            return self._error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        behaviour = self._next_behaviour()
+        await self._sleep(self.latency)
+        if behaviour == "timeout":
+            await self._sleep(self.hang_seconds)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return self._error(
+                400, "you must provide a model parameter", "invalid_request_error", None
+            )
+        error = self._scripted_error(behaviour, model)
+        if error is not None:
+            return error
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._error(
+                400,
+                "Missing required parameter: 'messages'.",
+                "invalid_request_error",
+                "missing_required_parameter",
+                param="messages",
+            )
+        if body.get("stream"):
+            return self._error(
+                400,
+                "FakeOpenAI does not implement streaming.",
+                "invalid_request_error",
+                None,
+                param="stream",
+            )
+        return JSONResponse(
+            self._completion(model, messages, body, behaviour), headers=self._headers()
+        )
+
+    def _completion(
+        self, model: str, messages: list[Any], body: dict[str, Any], behaviour: str | None
+    ) -> dict[str, Any]:
+        typed = [message for message in messages if isinstance(message, dict)]
+        content: str | None
+        refusal: str | None = None
+        finish_reason = "stop"
+        if behaviour == "refusal":
+            content, refusal = None, self.REFUSAL
+        elif behaviour == "empty":
+            content = ""
+        else:
+            content = self.reply(typed)
+            limit = body.get("max_completion_tokens") or body.get("max_tokens")
+            if isinstance(limit, int) and limit > 0 and _estimate_tokens(content) > limit:
+                content, finish_reason = content[: limit * 4], "length"
+        prompt_tokens = 3 + sum(4 + _estimate_tokens(_text_of(m.get("content"))) for m in typed)
+        completion_tokens = _estimate_tokens(content or refusal or "")
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:29],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": content,
+                        "refusal": refusal,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Twilio
+
+API_VERSION = "2010-04-01"
+MAX_BODY = 1600
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")
+#: Scripted create errors: behaviour -> (HTTP status, Twilio code, message)
+TWILIO_ERRORS: dict[str, tuple[int, int, str]] = {
+    "429": (429, 20429, "Too Many Requests"),
+    "500": (500, 20500, "An internal server error has occurred"),
+    "21610": (400, 21610, "Attempt to send to unsubscribed recipient"),
+    "63016": (
+        400,
+        63016,
+        "Failed to send freeform message because you are outside the allowed window. "
+        "If you are using WhatsApp, please use a Message Template.",
+    ),
+    "21211": (400, 21211, "Invalid 'To' Phone Number"),
+}
+ASYNC_FAILURE = re.compile(r"^(failed|undelivered):(\d+)$")
+
+
+def utf16_length(text: str) -> int:
+    return sum(2 if ord(char) > 0xFFFF else 1 for char in text)
+
+
+def count_segments(body: str, *, whatsapp: bool = False) -> int:
+    """SMS segments: GSM-7 160/153 per segment, else UCS-2 70/67 (WhatsApp: always 1)."""
+    if whatsapp or not body:
+        return 1
+    if all(char in GSM7_BASIC or char in GSM7_EXTENDED for char in body):
+        units = sum(2 if char in GSM7_EXTENDED else 1 for char in body)
+        single, concatenated = 160, 153
+    else:
+        units = utf16_length(body)
+        single, concatenated = 70, 67
+    return 1 if units <= single else math.ceil(units / concatenated)
+
+
+def rfc2822(moment: datetime | None) -> str | None:
+    return None if moment is None else email.utils.format_datetime(moment)
+
+
+def _twilio_error(
+    status: int, code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    all_headers = {"Twilio-Request-Id": "RQ" + uuid.uuid4().hex}
+    all_headers.update(headers or {})
+    return JSONResponse(body, status_code=status, headers=all_headers)
+
+
+@dataclass
+class _Message:
+    sid: str
+    account_sid: str
+    to: str
+    from_: str
+    body: str
+    media_urls: list[str]
+    status_callback: str | None
+    messaging_service_sid: str | None
+    params: dict[str, list[str]]
+    date_created: datetime
+    received_at: float
+    status: str = "queued"
+    date_sent: datetime | None = None
+    date_updated: datetime | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def whatsapp(self) -> bool:
+        return self.to.startswith("whatsapp:")
+
+    def resource(self) -> dict[str, Any]:
+        uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{self.sid}"
+        return {
+            "account_sid": self.account_sid,
+            "api_version": API_VERSION,
+            "body": self.body,
+            "date_created": rfc2822(self.date_created),
+            "date_sent": rfc2822(self.date_sent),
+            "date_updated": rfc2822(self.date_updated or self.date_created),
+            "direction": "outbound-api",
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "from": self.from_,
+            "messaging_service_sid": self.messaging_service_sid,
+            "num_media": str(len(self.media_urls)),
+            "num_segments": str(count_segments(self.body, whatsapp=self.whatsapp)),
+            "price": None,
+            "price_unit": "USD",
+            "sid": self.sid,
+            "status": self.status,
+            "subresource_uris": {"media": uri + "/Media.json", "feedback": uri + "/Feedback.json"},
+            "to": self.to,
+            "uri": uri + ".json",
+        }
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "sid": self.sid,
+            "to": self.to,
+            "from": self.from_,
+            "body": self.body,
+            "media_urls": list(self.media_urls),
+            "status_callback": self.status_callback,
+            "status": self.status,
+            "params": copy.deepcopy(self.params),
+            "received_at": self.received_at,
+        }
+
+
+def _parse_date_filter(value: str) -> datetime | date:
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return date.fromisoformat(value)
+
+
+def _date_matches(moment: datetime, operator: str, bound: datetime | date) -> bool:
+    """twilio-python sends ``DateSent>``/``DateSent<`` (the API's inclusive ``DateSent>=`` and
+    ``DateSent<=``) and ``DateSent``, always as ``YYYY-MM-DDTHH:MM:SSZ``. Bounds compare to the
+    second (or the day, for a plain date); ``DateSent`` matches the whole day (a guess: Twilio
+    documents it as "messages with a specific sent_date")."""
+    if operator == "=":
+        day = bound.date() if isinstance(bound, datetime) else bound
+        return moment.date() == day
+    if isinstance(bound, datetime):
+        return moment >= bound if operator == ">" else moment <= bound
+    return moment.date() >= bound if operator == ">" else moment.date() <= bound
+
+
+class FakeTwilio(_FakeServer):
+    """The Messages resource of Twilio's API v2010, as twilio-python calls it.
+
+    ``POST/GET /2010-04-01/Accounts/{AccountSid}/Messages.json`` and
+    ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json``, HTTP Basic auth.
+
+    Behaviours for ``fail_next``/``fail_always`` (consumed by message *creations* only):
+      "429"      429, code 20429          "500"    500, code 20500
+      "21610"    400, unsubscribed        "63016"  400, outside the WhatsApp window
+      "21211"    400, invalid To
+      "timeout"  accept and record the message, then sleep ``hang_seconds`` before answering 201
+      "drop"     record nothing, sleep ``hang_seconds``, answer 503 (code 20503)
+      "failed:CODE" / "undelivered:CODE"  accept (201 queued), then the message ends in that
+                 status with ErrorCode CODE (e.g. "failed:63016", "undelivered:30003")
+    """
+
+    BEHAVIOURS = frozenset({*TWILIO_ERRORS, "timeout", "drop"})
+
+    def __init__(
+        self,
+        account_sid: str = ACCOUNT_SID,
+        auth_token: str = AUTH_TOKEN,
+        *,
+        latency: float = 0.0,
+        hang_seconds: float = 30.0,
+        callbacks: bool = False,
+        callback_delay: float = 0.05,
+        port: int | None = None,
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        #: Post signed status callbacks ("sent", then the final status) to each StatusCallback.
+        self.callbacks = callbacks
+        self.callback_delay = callback_delay
+        #: How accepted messages end (after "sent"), and the ErrorCode for failed/undelivered.
+        self.final_status = "delivered"
+        self.final_error_code: int | None = None
+        self._messages: dict[str, _Message] = {}
+        self._attempts: list[dict[str, list[str]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
+
+    def _is_behaviour(self, behaviour: str) -> bool:
+        return behaviour in self.BEHAVIOURS or ASYNC_FAILURE.match(behaviour) is not None
+
+    @property
+    def url(self) -> str:
+        """The API base URL (``TWILIO_API_BASE_URL``; set ``client.api.base_url`` to it)."""
+        return self.base_url
+
+    @property
+    def sent(self) -> list[dict[str, Any]]:
+        """Accepted messages in order: sid, to, from, body, media_urls, status_callback, status,
+        params (the whole form), received_at (time.monotonic())."""
+        with self._lock:
+            return [message.record() for message in self._messages.values()]
+
+    @property
+    def attempts(self) -> list[dict[str, list[str]]]:
+        """Every create request's form (rejected ones included), in order."""
+        with self._lock:
+            return copy.deepcopy(self._attempts)
+
+    @property
+    def callback_log(self) -> list[dict[str, Any]]:
+        """Status callbacks posted: sid, status, url, response status (or error), in order."""
+        with self._lock:
+            return [
+                dict(entry) for message in self._messages.values() for entry in message.callbacks
+            ]
+
+    def message(self, sid: str) -> dict[str, Any]:
+        """The current API representation of one accepted message."""
+        with self._lock:
+            return self._messages[sid].resource()
+
+    def _routes(self) -> list[Route]:
+        base = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages"
+        return [
+            Route(base + ".json", self._messages_endpoint, methods=["GET", "POST"]),
+            Route(base + "/{message_sid}.json", self._fetch_endpoint, methods=["GET"]),
+        ]
+
+    def _state(self) -> dict[str, Any]:
+        return {"sent": self.sent, "attempts": len(self.attempts), "callbacks": self.callback_log}
+
+    def _clear_records(self) -> None:
+        self._messages.clear()
+        self._attempts.clear()
+
+    def _control(self, command: dict[str, Any]) -> None:
+        if "callbacks" in command:
+            self.callbacks = bool(command["callbacks"])
+        if "callback_delay" in command:
+            self.callback_delay = float(command["callback_delay"])
+
+    # -- auth and errors -------------------------------------------------------------------------
+
+    def _authorised(self, request: Request) -> bool:
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, _, password = decoded.partition(":")
+        return hmac.compare_digest(user, self.account_sid) and hmac.compare_digest(
+            password, self.auth_token
+        )
+
+    def _check_access(self, request: Request) -> Response | None:
+        if not self._authorised(request):
+            return _twilio_error(
+                401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'}
+            )
+        if request.path_params["account_sid"] != self.account_sid:
+            return _twilio_error(
+                404, 20404, f"The requested resource {request.url.path} was not found"
+            )
+        return None
+
+    async def _not_found(self, request: Request) -> Response:
+        return _twilio_error(404, 20404, f"The requested resource {request.url.path} was not found")
+
+    # -- endpoints -------------------------------------------------------------------------------
+
+    async def _messages_endpoint(self, request: Request) -> Response:
+        denied = self._check_access(request)
+        if denied is not None:
+            return denied
+        if request.method == "GET":
+            await self._sleep(self.latency)
+            return self._list(request)
+        return await self._create(request)
+
+    async def _fetch_endpoint(self, request: Request) -> Response:
+        denied = self._check_access(request)
+        if denied is not None:
+            return denied
+        await self._sleep(self.latency)
+        with self._lock:
+            message = self._messages.get(request.path_params["message_sid"])
+            resource = None if message is None else message.resource()
+        if resource is None:
+            return _twilio_error(
+                404, 20404, f"The requested resource {request.url.path} was not found"
+            )
+        return JSONResponse(resource)
+
+    async def _create(self, request: Request) -> Response:
+        form: dict[str, list[str]] = {}
+        for name, value in parse_qsl((await request.body()).decode(), keep_blank_values=True):
+            form.setdefault(name, []).append(value)
+        with self._lock:
+            self._attempts.append(copy.deepcopy(form))
+        behaviour = self._next_behaviour()
+        await self._sleep(self.latency)
+        if behaviour in TWILIO_ERRORS:
+            status, code, text = TWILIO_ERRORS[behaviour]
+            return _twilio_error(status, code, text)
+        if behaviour == "drop":
+            await self._sleep(self.hang_seconds)
+            return _twilio_error(503, 20503, "Service unavailable")
+        invalid = self._validate(form)
+        if invalid is not None:
+            return invalid
+        failure = ASYNC_FAILURE.match(behaviour or "")
+        message = self._accept(request, form)
+        self._start_lifecycle(message.sid, failure)
+        resource = message.resource()
+        if behaviour == "timeout":
+            await self._sleep(self.hang_seconds)
+        return JSONResponse(resource, status_code=201)
+
+    @staticmethod
+    def _first(form: dict[str, list[str]], name: str) -> str | None:
+        values = form.get(name)
+        return values[0] if values else None
+
+    def _validate(self, form: dict[str, list[str]]) -> Response | None:
+        to = self._first(form, "To")
+        from_ = self._first(form, "From")
+        body = self._first(form, "Body") or ""
+        if not to:
+            return _twilio_error(400, 21604, "A 'To' phone number is required.")
+        if not from_ and not self._first(form, "MessagingServiceSid"):
+            return _twilio_error(400, 21603, "A 'From' phone number is required.")
+        if not E164.match(to.removeprefix("whatsapp:")):
+            return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+        if from_ and to.startswith("whatsapp:") != from_.startswith("whatsapp:"):
+            return _twilio_error(
+                400,
+                21910,
+                "Invalid 'From' and 'To' pair. 'From' and 'To' should be of the same channel",
+            )
+        if not body and not form.get("MediaUrl") and not self._first(form, "ContentSid"):
+            return _twilio_error(400, 21602, "Message body is required.")
+        if utf16_length(body) > MAX_BODY:
+            return _twilio_error(
+                400,
+                21617,
+                "The concatenated message body exceeds the 1600 character limit.",
+            )
+        return None
+
+    def _accept(self, request: Request, form: dict[str, list[str]]) -> _Message:
+        now = datetime.now(UTC).replace(microsecond=0)
+        message = _Message(
+            sid="SM" + uuid.uuid4().hex,
+            account_sid=request.path_params["account_sid"],
+            to=self._first(form, "To") or "",
+            from_=self._first(form, "From") or "",
+            body=self._first(form, "Body") or "",
+            media_urls=list(form.get("MediaUrl", [])),
+            status_callback=self._first(form, "StatusCallback"),
+            messaging_service_sid=self._first(form, "MessagingServiceSid"),
+            params=form,
+            date_created=now,
+            received_at=time.monotonic(),
+        )
+        with self._lock:
+            self._messages[message.sid] = message
+        return message
+
+    def _list(self, request: Request) -> Response:
+        query = request.query_params
+        try:
+            page_size = min(max(int(query.get("PageSize", "50")), 1), 1000)
+            page = max(int(query.get("Page", "0")), 0)
+            bounds = [
+                (operator, _parse_date_filter(query[name]))
+                for name, operator in (("DateSent", "="), ("DateSent>", ">"), ("DateSent<", "<"))
+                if name in query
+            ]
+        except ValueError as error:
+            return _twilio_error(400, 20001, f"Invalid parameter: {error}")
+        to, from_ = query.get("To"), query.get("From")
+        with self._lock:
+            messages = list(self._messages.values())
+            matching = [
+                message.resource()
+                for message in reversed(messages)  # newest first
+                if (to is None or message.to == to)
+                and (from_ is None or message.from_ == from_)
+                and all(
+                    # A message not yet sent is matched on its creation date (a guess).
+                    _date_matches(message.date_sent or message.date_created, operator, bound)
+                    for operator, bound in bounds
+                )
+            ]
+        start = page * page_size
+        records = matching[start : start + page_size]
+        filters = [
+            (name, query[name])
+            for name in ("To", "From", "DateSent", "DateSent<", "DateSent>")
+            if name in query
+        ]
+
+        def page_uri(number: int) -> str:
+            params = [*filters, ("PageSize", str(page_size)), ("Page", str(number))]
+            return f"{request.url.path}?{urlencode(params)}"
+
+        has_next = start + page_size < len(matching)
+        return JSONResponse(
+            {
+                "messages": records,
+                "page": page,
+                "page_size": page_size,
+                "start": start,
+                "end": start + max(len(records) - 1, 0),
+                "uri": page_uri(page),
+                "first_page_uri": page_uri(0),
+                "next_page_uri": page_uri(page + 1) if has_next else None,
+                "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+            }
+        )
+
+    # -- message lifecycle and status callbacks --------------------------------------------------
+
+    def _start_lifecycle(self, sid: str, failure: re.Match[str] | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._lifecycle(sid, failure))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_status(self, sid: str, status: str, error_code: int | None = None) -> _Message:
+        now = datetime.now(UTC).replace(microsecond=0)
+        with self._lock:
+            message = self._messages[sid]
+            message.status = status
+            message.date_updated = now
+            if status == "sent" and message.date_sent is None:
+                message.date_sent = now
+            if error_code is not None:
+                message.error_code = error_code
+            return message
+
+    async def _lifecycle(self, sid: str, failure: re.Match[str] | None) -> None:
+        """queued -> sent -> delivered (or the scripted failure), posting callbacks if enabled."""
+        try:
+            final: str
+            code: int | None
+            if failure is not None:
+                final, code = failure.group(1), int(failure.group(2))
+            else:
+                final, code = self.final_status, self.final_error_code
+            if final != "failed":  # a message that fails outright is never "sent"
+                await self._callback(self._set_status(sid, "sent"), "sent", None)
+                await self._sleep(self.callback_delay)
+            if final in ("failed", "undelivered") and code is None:
+                code = 30008
+            await self._callback(self._set_status(sid, final, code), final, code)
+        except Exception:
+            logger.exception("FakeTwilio: lifecycle of %s failed", sid)
+
+    async def _callback(self, message: _Message, status: str, error_code: int | None) -> None:
+        url = message.status_callback
+        if not self.callbacks or not url or self._stopping.is_set():
+            return
+        params = {
+            "SmsSid": message.sid,
+            "SmsStatus": status,
+            "MessageStatus": status,
+            "To": message.to,
+            "MessageSid": message.sid,
+            "AccountSid": message.account_sid,
+            "From": message.from_,
+            "ApiVersion": API_VERSION,
+        }
+        if message.whatsapp:
+            params["ChannelPrefix"] = "whatsapp"
+        if error_code is not None:
+            params["ErrorCode"] = str(error_code)
+        signature = str(RequestValidator(self.auth_token).compute_signature(url, params))
+        headers = {
+            "X-Twilio-Signature": signature,
+            "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
+            "User-Agent": "TwilioProxy/1.1",
+        }
+        entry: dict[str, Any] = {"sid": message.sid, "status": status, "url": url}
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.post(url, data=params, headers=headers)
+            entry["response_status"] = response.status_code
+        except httpx.HTTPError as error:
+            logger.warning("FakeTwilio: status callback to %s failed: %r", url, error)
+            entry["error"] = repr(error)
+        with self._lock:
+            message.callbacks.append(entry)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: python -m tests.fakes {openai,twilio} --port N [--latency S]
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes", description="Serve a fake OpenAI or Twilio API."
+    )
+    parser.add_argument("service", choices=["openai", "twilio"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--hang-seconds", type=float, default=30.0, help="for 'timeout'/'drop'")
+    parser.add_argument("--fail-always", default=None, help="a behaviour for every request")
+    parser.add_argument("--api-key", default=None, help="openai: required bearer token")
+    parser.add_argument("--account-sid", default=ACCOUNT_SID, help="twilio")
+    parser.add_argument("--auth-token", default=AUTH_TOKEN, help="twilio")
+    parser.add_argument("--callbacks", action="store_true", help="twilio: post status callbacks")
+    parser.add_argument("--callback-delay", type=float, default=0.05, help="twilio")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(None if argv is None else list(argv))
+
+    fake: _FakeServer
+    if args.service == "openai":
+        fake = FakeOpenAI(
+            latency=args.latency,
+            hang_seconds=args.hang_seconds,
+            api_key=args.api_key,
+            port=args.port,
+        )
+    else:
+        fake = FakeTwilio(
+            args.account_sid,
+            args.auth_token,
+            latency=args.latency,
+            hang_seconds=args.hang_seconds,
+            callbacks=args.callbacks,
+            callback_delay=args.callback_delay,
+            port=args.port,
+        )
+    fake.fail_always(args.fail_always)
+    uvicorn.run(
+        fake.app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+
+
+if __name__ == "__main__":
+    main()
