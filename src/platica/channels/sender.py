@@ -79,7 +79,7 @@ class TwilioSender:
         assert settings.TWILIO_ACCOUNT_SID is not None
         assert settings.TWILIO_AUTH_TOKEN is not None
         # Retries are the job's (with backoff and a check for an earlier landed attempt).
-        self._http = AsyncTwilioHttpClient(timeout=TWILIO_TIMEOUT_SECONDS)
+        self._http = AsyncTwilioHttpClient()
         self._client = Client(
             settings.TWILIO_ACCOUNT_SID,
             settings.TWILIO_AUTH_TOKEN.get_secret_value(),
@@ -89,12 +89,14 @@ class TwilioSender:
 
     async def send(self, message: OutgoingMessage) -> SentMessage:
         try:
-            created = await self._client.messages.create_async(
-                to=channel_address(message.channel, message.to),
-                from_=channel_address(message.channel, message.from_),
-                body=message.body,
-                status_callback=message.status_callback,
-            )
+            # The SDK's own timeout never reaches aiohttp, so bound the call here.
+            async with asyncio.timeout(TWILIO_TIMEOUT_SECONDS):
+                created = await self._client.messages.create_async(
+                    to=channel_address(message.channel, message.to),
+                    from_=channel_address(message.channel, message.from_),
+                    body=message.body,
+                    status_callback=message.status_callback,
+                )
         except TwilioRestException as error:
             if error.status == 429 or error.status >= 500:
                 # 429 (20429) was never processed; a 5xx may have been.
@@ -110,12 +112,13 @@ class TwilioSender:
 
     async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
         try:
-            candidates = await self._client.messages.list_async(
-                to=channel_address(message.channel, message.to),
-                from_=channel_address(message.channel, message.from_),
-                date_sent_after=since - timedelta(days=1),
-                limit=50,
-            )
+            async with asyncio.timeout(TWILIO_TIMEOUT_SECONDS):
+                candidates = await self._client.messages.list_async(
+                    to=channel_address(message.channel, message.to),
+                    from_=channel_address(message.channel, message.from_),
+                    date_sent_after=since - timedelta(days=1),
+                    limit=50,
+                )
         except (TwilioRestException, aiohttp.ClientError, TimeoutError, TwilioException) as error:
             raise RetryableError(f"Twilio could not be asked ({type(error).__name__})") from error
         skew = timedelta(minutes=2)
