@@ -1,0 +1,388 @@
+"""The reply loop end to end over real HTTP: signed webhooks in, the fake LLM and the fake
+Twilio spoken to through the official SDKs, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Database, LiveServer, make_settings
+from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
+from tests.fakes import FakeOpenAI, FakeTwilio
+
+DEADLINE_SECONDS = 20.0
+
+
+def wait_for(condition: Callable[[], Any], what: str, seconds: float = DEADLINE_SECONDS) -> Any:
+    """Poll until `condition()` is truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Stack:
+    server: LiveServer
+    openai: FakeOpenAI
+    twilio: FakeTwilio
+    database: Database
+    client: httpx.Client
+
+    def send(self, channel: str = "sms", **form: Any) -> dict[str, str]:
+        data = inbound_form(channel, **form)
+        response = post_signed(self.client, self.server.url, f"/webhook/{channel}", data)
+        assert response.status_code == 200, response.text
+        return data
+
+    def configure(self, **values: Any) -> None:
+        """Change every channel config (read afresh by each reply task)."""
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        self.database.execute(f"UPDATE channel_configs SET {assignments}", **values)
+
+    def sent_to(self, number: str) -> list[dict[str, Any]]:
+        return [m for m in self.twilio.sent if m["to"].removeprefix("whatsapp:") == number]
+
+    def inbound_states(self) -> list[str]:
+        rows = self.database.rows(
+            "SELECT reply_state FROM messages WHERE direction = 'inbound' ORDER BY id"
+        )
+        return [r.reply_state for r in rows]
+
+    def settled(self) -> bool:
+        """Nothing pending: every inbound handled, every outbound past sending."""
+        return not self.database.scalar(
+            "SELECT count(*) FROM messages WHERE reply_state = 'pending'"
+            " OR (direction = 'outbound' AND status IN ('pending', 'sending'))"
+        )
+
+    def outbound(self) -> list[Any]:
+        return self.database.rows(
+            "SELECT id, author, body, status, twilio_sid, reply_to_id, part, error_code,"
+            " error_message, segments, encoding, model, prompt_tokens, completion_tokens,"
+            " latency_ms, attempts FROM messages WHERE direction = 'outbound' ORDER BY id"
+        )
+
+
+@pytest.fixture
+def stack(database_url, live_server) -> Iterator[Stack]:
+    with FakeOpenAI() as openai, FakeTwilio(callbacks=True) as twilio:
+        openai.retry_after = "0.01"
+        settings = make_settings(
+            database_url,
+            OPENAI_BASE_URL=openai.url,
+            OPENAI_API_KEY="sk-local-0123456789",
+            TWILIO_API_BASE_URL=twilio.url,
+        )
+        server = live_server(settings)
+        database = Database(database_url)
+        with httpx.Client(timeout=30) as client:
+            created = Stack(server, openai, twilio, database, client)
+            created.configure(debounce_seconds=0)
+            yield created
+        database.engine.dispose()
+
+
+@pytest.fixture
+def short_llm_timeout(monkeypatch):
+    """Request it before `stack`: the generator reads the timeout when it is built."""
+    monkeypatch.setattr("platica.replies.generator.OPENAI_TIMEOUT_SECONDS", 0.3)
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch):
+    from platica.replies.pipeline import RetryPolicy
+
+    monkeypatch.setattr(RetryPolicy, "backoff_base", 0.05)
+
+
+class TestReplies:
+    def test_each_message_gets_one_reply_from_the_right_number(self, stack):
+        stack.send(body="¿Abren el domingo?")
+        stack.send("whatsapp", body="Hola")
+
+        wait_for(lambda: len(stack.twilio.sent) == 2 and stack.settled(), "two replies")
+        sms, whatsapp = sorted(stack.twilio.sent, key=lambda m: m["to"].startswith("whatsapp:"))
+        assert (sms["from"], sms["to"]) == (SMS_NUMBER, CONTACT)
+        assert (whatsapp["from"], whatsapp["to"]) == (
+            f"whatsapp:{WHATSAPP_NUMBER}",
+            f"whatsapp:{CONTACT}",
+        )
+        assert sms["body"] == "Echo: ¿Abren el domingo?"
+        assert whatsapp["body"] == "Echo: Hola"
+        assert stack.inbound_states() == ["answered", "answered"]
+
+    def test_reply_records_model_tokens_latency_and_sid(self, stack):
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.outbound(), "the reply")
+
+        reply = stack.outbound()[0]
+        assert reply.author == "ai"
+        assert reply.model == "gpt-4o-mini"
+        assert reply.prompt_tokens > 0
+        assert reply.completion_tokens > 0
+        assert reply.latency_ms >= 0
+        assert reply.twilio_sid == stack.twilio.sent[0]["sid"]
+        assert reply.encoding == "GSM-7"
+        assert reply.segments == 1
+
+    def test_status_callbacks_track_the_reply_to_delivered(self, stack):
+        stack.send(body="Hola")
+        wait_for(lambda: [r.status for r in stack.outbound()] == ["delivered"], "delivered status")
+        callback = stack.twilio.sent[0]["status_callback"]
+        assert callback == stack.server.url + "/webhook/status"
+
+    def test_context_has_the_system_prompt_and_history_in_order(self, stack):
+        stack.configure(system_prompt="You are the bakery's assistant.", context_messages=3)
+        for text in ("uno", "dos", "tres"):
+            stack.send(body=text)
+            wait_for(lambda: stack.settled() and len(stack.twilio.sent) >= 1, "a reply")
+            wait_for(stack.settled, "settled")
+
+        wait_for(lambda: len(stack.twilio.sent) == 3, "three replies")
+        last = stack.openai.requests[-1]
+        assert last["messages"][0]["role"] == "system"
+        assert last["messages"][0]["content"].startswith("You are the bakery's assistant.")
+        history = [(m["role"], m["content"]) for m in last["messages"][1:]]
+        assert history == [("user", "dos"), ("assistant", "Echo: dos"), ("user", "tres")]
+        assert last["model"] == "gpt-4o-mini"
+
+    def test_account_model_and_limits_are_used(self, stack):
+        stack.configure(openai_model="my-local-model", max_tokens=42, temperature=0.2)
+        stack.send(body="Hola")
+        wait_for(lambda: stack.openai.requests, "an LLM request")
+        request = stack.openai.requests[0]
+        assert request["model"] == "my-local-model"
+        assert request["max_tokens"] == 42
+        assert request["temperature"] == 0.2
+
+    def test_repeated_delivery_gets_no_second_reply(self, stack):
+        form = stack.send(body="Hola")
+        post_signed(stack.client, stack.server.url, "/webhook/sms", form)
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+
+        assert len(stack.twilio.sent) == 1
+        assert len(stack.openai.requests) == 1
+
+    def test_burst_is_answered_once_together(self, stack):
+        stack.configure(debounce_seconds=1.5)
+        for text in ("Hola", "quería preguntar", "¿tienen pan sin gluten?"):
+            stack.send(body=text)
+
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "one reply")
+        assert len(stack.openai.requests) == 1
+        users = [m["content"] for m in stack.openai.requests[0]["messages"] if m["role"] == "user"]
+        assert users == ["Hola", "quería preguntar", "¿tienen pan sin gluten?"]
+        assert len(stack.twilio.sent) == 1
+        assert stack.inbound_states() == ["answered"] * 3
+
+    def test_replies_in_one_conversation_stay_in_order(self, stack):
+        stack.openai.latency = 0.2
+        for index in range(4):
+            stack.send(body=f"m{index}")
+        wait_for(lambda: stack.settled() and stack.inbound_states() == ["answered"] * 4, "answers")
+        bodies = [m["body"] for m in stack.twilio.sent]
+        # However they were batched, answers follow the order of the questions.
+        assert bodies == sorted(bodies, key=lambda body: body.split()[-1])
+
+
+class TestChannelShaping:
+    def test_sms_never_exceeds_sms_max_chars(self, stack):
+        stack.configure(sms_max_chars=100)
+        stack.openai.reply = lambda _messages: "**Claro**: " + "palabra " * 80
+        stack.send(body="Cuéntame todo")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+
+        body = stack.twilio.sent[0]["body"]
+        assert 0 < len(body) <= 100
+        assert "**" not in body
+        reply = stack.outbound()[0]
+        assert reply.segments == 1
+        assert reply.encoding == "GSM-7"
+
+    def test_long_whatsapp_reply_arrives_as_ordered_parts(self, stack):
+        stack.configure(max_tokens=4000)
+        paragraphs = [f"Párrafo {i}: " + "texto " * 120 for i in range(6)]
+        stack.openai.reply = lambda _messages: "\n\n".join(paragraphs)
+        stack.send("whatsapp", body="Explícamelo todo")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) >= 2, "the parts")
+
+        bodies = [m["body"] for m in stack.twilio.sent]
+        assert all(len(body) <= 1600 for body in bodies)
+        assert "".join(bodies).replace("\n", "").replace(" ", "") == "".join(paragraphs).replace(
+            " ", ""
+        )
+        parts = [r.part for r in stack.outbound()]
+        assert parts == list(range(len(bodies)))
+
+    def test_whatsapp_formatting_is_converted(self, stack):
+        stack.openai.reply = lambda _messages: "**Horario**: de *lunes* a ~~domingo~~ sábado"
+        stack.send("whatsapp", body="¿Horario?")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+        assert stack.twilio.sent[0]["body"] == "*Horario*: de _lunes_ a ~domingo~ sábado"
+
+
+class TestFailures:
+    def test_transient_llm_errors_are_retried(self, stack):
+        stack.openai.fail_next("500", "429")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+
+        assert stack.twilio.sent[0]["body"] == "Echo: Hola"
+        assert len(stack.openai.requests) == 3
+        assert (
+            stack.database.scalar("SELECT attempts FROM messages WHERE direction = 'inbound'") == 3
+        )
+
+    def test_llm_that_keeps_failing_gets_the_fallback(self, stack):
+        stack.configure(fallback_message="Ahora no podemos responder.")
+        stack.openai.fail_always("500")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the fallback")
+
+        assert [m["body"] for m in stack.twilio.sent] == ["Ahora no podemos responder."]
+        assert stack.outbound()[0].author == "system"
+        note = stack.database.scalar("SELECT note FROM messages WHERE direction = 'inbound'")
+        assert note.startswith("fallback sent")
+        assert len(stack.openai.requests) == 3
+
+    def test_llm_timeout_is_retried_then_falls_back(self, short_llm_timeout, stack):
+        stack.openai.hang_seconds = 5
+        stack.openai.fail_always("timeout")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the fallback")
+
+        assert stack.outbound()[0].author == "system"
+        assert len(stack.openai.requests) == 3
+        note = stack.database.scalar("SELECT note FROM messages WHERE direction = 'inbound'")
+        assert "timed out" in note
+
+    def test_llm_timeout_then_success(self, short_llm_timeout, stack):
+        stack.openai.hang_seconds = 5
+        stack.openai.fail_next("timeout")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+        assert stack.twilio.sent[0]["body"] == "Echo: Hola"
+
+    def test_out_of_credit_falls_back_at_once(self, stack):
+        stack.openai.fail_always("quota")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the fallback")
+        assert len(stack.openai.requests) == 1
+        assert stack.outbound()[0].author == "system"
+
+    def test_twilio_429_and_500_are_retried_without_double_sending(self, stack):
+        stack.twilio.fail_next("429", "500")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+
+        assert len(stack.twilio.sent) == 1
+        assert len(stack.twilio.attempts) == 3
+        reply = stack.outbound()[0]
+        assert reply.twilio_sid == stack.twilio.sent[0]["sid"]
+        assert reply.attempts == 3
+
+    def test_unsubscribed_recipient_is_recorded_not_retried(self, stack):
+        stack.twilio.fail_next("21610")
+        stack.send(body="Hola")
+        wait_for(stack.settled, "settled")
+        wait_for(lambda: stack.outbound() and stack.outbound()[0].status == "failed", "failure")
+
+        reply = stack.outbound()[0]
+        assert reply.error_code == 21610
+        assert len(stack.twilio.attempts) == 1
+        assert stack.database.scalar("SELECT opted_out FROM contacts") in (True, 1)
+
+    def test_delivery_failure_from_callback_keeps_error_code(self, stack):
+        stack.twilio.fail_next("undelivered:30003")
+        stack.send(body="Hola")
+        wait_for(
+            lambda: stack.outbound() and stack.outbound()[0].status == "undelivered",
+            "undelivered status",
+        )
+        assert stack.outbound()[0].error_code == 30003
+
+
+class TestKeywords:
+    def test_sms_stop_is_not_answered_and_blocks_later_replies(self, stack):
+        stack.send(body="STOP")
+        wait_for(stack.settled, "settled")
+        stack.send(body="¿Sigues ahí?")
+        wait_for(lambda: stack.settled() and len(stack.inbound_states()) == 2, "settled")
+
+        assert stack.twilio.sent == []
+        assert stack.openai.requests == []
+        assert stack.inbound_states() == ["skipped", "skipped"]
+        assert stack.database.scalar("SELECT opted_out FROM contacts") in (True, 1)
+
+    def test_sms_start_resumes_replies(self, stack):
+        stack.send(body="STOP")
+        wait_for(stack.settled, "settled")
+        stack.send(body="START")
+        wait_for(stack.settled, "settled")
+        stack.send(body="Hola de nuevo")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+
+        assert [m["body"] for m in stack.twilio.sent] == ["Echo: Hola de nuevo"]
+
+    def test_sms_help_gets_no_reply_from_plática(self, stack):
+        stack.send(body="HELP")
+        wait_for(lambda: stack.settled() and stack.inbound_states() == ["skipped"], "settled")
+        assert stack.twilio.sent == []
+        assert stack.openai.requests == []
+
+    def test_whatsapp_stop_is_confirmed_once(self, stack):
+        stack.send("whatsapp", body="stop")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the confirmation")
+        stack.send("whatsapp", body="STOP")
+        stack.send("whatsapp", body="hola?")
+        wait_for(lambda: stack.settled() and len(stack.inbound_states()) == 3, "settled")
+
+        assert len(stack.twilio.sent) == 1
+        assert "unsubscribed" in stack.twilio.sent[0]["body"]
+        assert stack.openai.requests == []
+
+    def test_whatsapp_help_gets_the_help_message(self, stack):
+        stack.configure(help_message="Escribe tu pregunta; STOP para salir.")
+        stack.send("whatsapp", body="INFO")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the help message")
+        assert [m["body"] for m in stack.twilio.sent] == ["Escribe tu pregunta; STOP para salir."]
+        assert stack.openai.requests == []
+
+
+class TestHandoff:
+    def test_paused_conversation_is_stored_not_answered(self, stack):
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the first reply")
+        stack.database.execute("UPDATE conversations SET ai_enabled = false")
+
+        stack.send(body="¿Hay alguien?")
+        wait_for(lambda: stack.settled() and len(stack.inbound_states()) == 2, "settled")
+        assert len(stack.twilio.sent) == 1
+        assert stack.inbound_states() == ["answered", "skipped"]
+
+    def test_ai_disabled_for_the_channel(self, stack):
+        stack.configure(ai_enabled=False)
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.inbound_states() == ["skipped"], "settled")
+        assert stack.twilio.sent == []
+
+    def test_expired_handoff_resumes_the_ai(self, stack):
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the first reply")
+        stack.database.execute(
+            "UPDATE conversations SET ai_enabled = false, handoff_until = :past",
+            past="2020-01-01 00:00:00+00:00",
+        )
+        stack.send(body="¿Hola?")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the AI's reply")
+        assert stack.twilio.sent[1]["body"] == "Echo: ¿Hola?"
