@@ -30,10 +30,10 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServerProcess:
+    def start(self, *options: str) -> ServerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "platica", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "platica", "serve", "--port", str(self.port), *options],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -226,3 +226,45 @@ class TestTwoServers:
             assert turns == sorted(turns), f"replies to {number} out of order: {turns}"
             assert len(turns) == len(set(turns)), f"{number} answered twice: {turns}"
             assert turns[-1] == 3, "the last message was not answered"
+
+    def test_separate_worker_process_answers_for_an_api_only_server(
+        self, database, server_env, servers, fakes, tmp_path
+    ):
+        openai, twilio = fakes
+        openai.latency = 0
+        api = ServerProcess(server_env, tmp_path / "api.log").start("--no-worker")
+        servers.append(api)
+        database.execute("UPDATE channel_configs SET debounce_seconds = 0")
+        with httpx.Client(timeout=30) as client:
+            post_all(client, [api], [inbound_form(body="hola")])
+        # Nobody works in the API process: the message waits, stored.
+        assert database.scalar("SELECT reply_state FROM messages") == "pending"
+
+        log = (tmp_path / "worker.log").open("ab")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "platica", "worker"],
+            env=server_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        try:
+            wait_for(lambda: settled(database, 1), "the worker's reply", seconds=60)
+            assert [m["body"] for m in twilio.sent] == ["Echo: hola"]
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=20) == 0
+
+
+class TestWorkerCommand:
+    def test_worker_refuses_sqlite(self, sqlite_url, server_env):
+        env = {**server_env, "DATABASE_URL": sqlite_url}
+        result = subprocess.run(
+            [sys.executable, "-m", "platica", "worker"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert "PostgreSQL" in result.stderr
