@@ -1,0 +1,1 @@
+"""The reply pipeline: context, generation, shaping, sending."""

@@ -1,0 +1,684 @@
+"""Replies shaped for SMS (plain, cut, encoded) and WhatsApp (formatted, split)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from platica.replies.shaping import (
+    GSM_BASIC,
+    GSM_EXTENSION,
+    SmsText,
+    markdown_to_plain,
+    markdown_to_whatsapp,
+    shape_sms,
+    shape_whatsapp,
+    sms_encoding,
+    split_whatsapp,
+    utf16_length,
+)
+
+# The GSM 03.38 default alphabet, row by row from 3GPP TS 23.038 (0x1B, the escape, left out).
+GSM_TABLE = (
+    "@£$¥èéùìòÇ\nØø\rÅå"
+    "Δ_ΦΓΛΩΠΨΣΘΞÆæßÉ"
+    " !\"#¤%&'()*+,-./"
+    "0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNO"
+    "PQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmno"
+    "pqrstuvwxyzäöñüà"
+)
+EMOJI = "😀"
+FAMILY = "👨\u200d👩\u200d👧"  # one emoji drawn from three, joined by ZWJs
+
+
+def nonspace(text: str) -> str:
+    return "".join(text.split())
+
+
+def paragraphs(count: int, size: int) -> str:
+    """`count` paragraphs of about `size` characters, of numbered sentences."""
+    out: list[str] = []
+    for p in range(count):
+        sentences: list[str] = []
+        n = 0
+        while len(" ".join(sentences)) < size:
+            sentences.append(f"Paragraph {p} sentence {n} says something useful here.")
+            n += 1
+        out.append(" ".join(sentences))
+    return "\n\n".join(out)
+
+
+class TestUtf16Length:
+    def test_bmp_characters_count_one(self):
+        assert utf16_length("añ€中") == 4
+
+    def test_astral_characters_count_two(self):
+        assert utf16_length(EMOJI) == 2
+
+    def test_zwj_sequence_counts_every_code_unit(self):
+        assert utf16_length(FAMILY) == 8
+
+
+class TestSmsEncoding:
+    def test_gsm_table_has_127_characters(self):
+        assert set(GSM_TABLE) == GSM_BASIC
+        assert len(GSM_BASIC) == 127
+
+    def test_whole_basic_table_is_gsm(self):
+        assert sms_encoding(GSM_TABLE[:100]) == ("GSM-7", 1)
+
+    def test_plain_ascii_is_gsm(self):
+        assert sms_encoding("Hello, world! 123?") == ("GSM-7", 1)
+
+    @pytest.mark.parametrize("char", ["ñ", "Ñ", "é", "ü", "à", "Ç", "¿", "¡", "§", "Δ", "£", "¥"])
+    def test_spanish_and_table_characters_are_gsm(self, char):
+        assert sms_encoding(f"a{char}b")[0] == "GSM-7"
+
+    @pytest.mark.parametrize(
+        "char", ["ç", "á", "í", "ó", "ú", "ã", "õ", "ê", "`", "\u2019", "\u201c", "\u2026"]
+    )
+    def test_characters_outside_the_table_are_ucs2(self, char):
+        # Small ç is not in GSM 03.38 (only capital Ç is), nor are á, í, ó, ú or the backtick.
+        assert sms_encoding(f"a{char}b")[0] == "UCS-2"
+
+    def test_emoji_is_ucs2(self):
+        assert sms_encoding(f"ok {EMOJI}")[0] == "UCS-2"
+
+    def test_chinese_is_ucs2(self):
+        assert sms_encoding("你好")[0] == "UCS-2"
+
+    @pytest.mark.parametrize("char", sorted(GSM_EXTENSION))
+    def test_extension_characters_are_gsm(self, char):
+        assert sms_encoding(char)[0] == "GSM-7"
+
+    def test_extension_characters_count_two_septets(self):
+        assert sms_encoding("€" * 80) == ("GSM-7", 1)
+        assert sms_encoding("€" * 81) == ("GSM-7", 2)
+
+    def test_mixed_extension_and_basic_septets(self):
+        assert sms_encoding("a" * 158 + "{") == ("GSM-7", 1)
+        assert sms_encoding("a" * 159 + "{") == ("GSM-7", 2)
+
+    def test_empty_text_is_one_gsm_segment(self):
+        assert sms_encoding("") == ("GSM-7", 1)
+
+    @pytest.mark.parametrize(
+        ("length", "segments"),
+        [(1, 1), (160, 1), (161, 2), (306, 2), (307, 3), (459, 3), (460, 4), (1530, 10)],
+    )
+    def test_gsm_segments(self, length, segments):
+        assert sms_encoding("a" * length) == ("GSM-7", segments)
+
+    @pytest.mark.parametrize(
+        ("length", "segments"), [(1, 1), (70, 1), (71, 2), (134, 2), (135, 3), (201, 3)]
+    )
+    def test_ucs2_segments(self, length, segments):
+        assert sms_encoding("ç" * length) == ("UCS-2", segments)
+
+    @pytest.mark.parametrize(("count", "segments"), [(35, 1), (36, 2), (67, 2), (68, 3)])
+    def test_emoji_count_two_code_units(self, count, segments):
+        assert sms_encoding(EMOJI * count) == ("UCS-2", segments)
+
+    def test_one_ucs2_character_makes_the_whole_text_ucs2(self):
+        assert sms_encoding("a" * 100 + "ç") == ("UCS-2", 2)
+
+
+class TestMarkdownToPlain:
+    def test_plain_text_is_unchanged(self):
+        assert markdown_to_plain("Hola, ¿cómo estás?") == "Hola, ¿cómo estás?"
+
+    def test_bold_markers_removed(self):
+        assert markdown_to_plain("a **bold** b __also__ c") == "a bold b also c"
+
+    def test_italic_markers_removed(self):
+        assert markdown_to_plain("a *it* b _also_ c") == "a it b also c"
+
+    def test_bold_italic_markers_removed(self):
+        assert markdown_to_plain("***both*** and **bold _it_**") == "both and bold it"
+
+    def test_strike_markers_removed(self):
+        assert markdown_to_plain("was ~~10€~~ now 8€") == "was 10€ now 8€"
+
+    def test_snake_case_kept(self):
+        assert (
+            markdown_to_plain("use snake_case_name and my_var") == "use snake_case_name and my_var"
+        )
+
+    @pytest.mark.parametrize(
+        "text",
+        ["__init__", "def __init__(self):", "obj.__class__", "open __init__.py", "__name__"],
+    )
+    def test_dunder_identifiers_kept(self, text):
+        assert markdown_to_plain(text) == text
+
+    @pytest.mark.parametrize("text", ["2*3*4", "5 * 3 * 2", "a ** b", "rate: 5*"])
+    def test_arithmetic_asterisks_kept(self, text):
+        assert markdown_to_plain(text) == text
+
+    def test_inline_code_keeps_its_text(self):
+        assert markdown_to_plain("run `pip install **x**` now") == "run pip install **x** now"
+
+    def test_double_backtick_code(self):
+        assert markdown_to_plain("``a `b` c``") == "a `b` c"
+
+    def test_fenced_code_keeps_content_without_fences(self):
+        text = "Try:\n```python\nx = **y**\n_z_ = 1\n```\nDone."
+        assert markdown_to_plain(text) == "Try:\nx = **y**\n_z_ = 1\nDone."
+
+    def test_tilde_fence(self):
+        assert markdown_to_plain("~~~\ncode\n~~~") == "code"
+
+    def test_unclosed_fence_keeps_the_rest_as_code(self):
+        assert markdown_to_plain("a\n```\n*b*") == "a\n*b*"
+
+    @pytest.mark.parametrize("hashes", ["#", "##", "###", "######"])
+    def test_headers(self, hashes):
+        assert markdown_to_plain(f"{hashes} Title\nbody") == "Title\nbody"
+
+    def test_header_closing_hashes_and_emphasis_removed(self):
+        assert markdown_to_plain("## **Big** news ##") == "Big news"
+
+    def test_hashtag_is_not_a_header(self):
+        assert markdown_to_plain("#hashtag and C#") == "#hashtag and C#"
+
+    def test_link(self):
+        assert markdown_to_plain("[Docs](https://ex.com/docs)") == "Docs (https://ex.com/docs)"
+
+    def test_link_whose_text_is_its_url(self):
+        assert markdown_to_plain("[https://ex.com](https://ex.com)") == "https://ex.com"
+
+    def test_link_with_title(self):
+        assert markdown_to_plain('[a](https://ex.com "Title")') == "a (https://ex.com)"
+
+    def test_link_with_parentheses_in_url(self):
+        text = "[Wiki](https://en.wikipedia.org/wiki/Foo_(bar))"
+        assert markdown_to_plain(text) == "Wiki (https://en.wikipedia.org/wiki/Foo_(bar))"
+
+    def test_mailto_link_with_address_as_text(self):
+        assert markdown_to_plain("[a@b.co](mailto:a@b.co)") == "mailto:a@b.co"
+
+    def test_image_becomes_its_url(self):
+        assert (
+            markdown_to_plain("See ![a chart](https://ex.com/c.png)") == "See https://ex.com/c.png"
+        )
+
+    def test_autolink(self):
+        assert markdown_to_plain("<https://ex.com/x>") == "https://ex.com/x"
+
+    def test_underscores_in_urls_kept(self):
+        text = "https://ex.com/_a_/b__c__ and [x](https://ex.com/_y_)"
+        assert markdown_to_plain(text) == "https://ex.com/_a_/b__c__ and x (https://ex.com/_y_)"
+
+    @pytest.mark.parametrize("marker", ["-", "*", "+"])
+    def test_bullets_become_dashes(self, marker):
+        assert markdown_to_plain(f"{marker} one\n{marker} *two*") == "- one\n- two"
+
+    def test_numbered_list_kept(self):
+        assert markdown_to_plain("1. one\n2. **two**") == "1. one\n2. two"
+
+    def test_blockquote_marker_removed(self):
+        assert markdown_to_plain("> quoted\n> > nested") == "quoted\nnested"
+
+    @pytest.mark.parametrize("rule", ["---", "***", "___", "* * *", "- - -", "====="])
+    def test_horizontal_rules_removed(self, rule):
+        assert markdown_to_plain(f"a\n\n{rule}\n\nb") == "a\n\nb"
+
+    def test_three_or_more_newlines_collapse_to_two(self):
+        assert markdown_to_plain("a\n\n\n\n\nb\n \n \n \nc") == "a\n\nb\n\nc"
+
+    def test_result_is_stripped(self):
+        assert markdown_to_plain("\n\n  hi  \n\n") == "hi"
+
+    def test_backslash_escapes(self):
+        assert markdown_to_plain(r"\*not italic\* and 5\_000") == "*not italic* and 5_000"
+
+    def test_crlf_newlines(self):
+        assert markdown_to_plain("**a**\r\n\r\n\r\n\r\nb") == "a\n\nb"
+
+    def test_unmatched_markers_kept(self):
+        assert markdown_to_plain("**unclosed and _open") == "**unclosed and _open"
+
+
+class TestShapeSms:
+    def test_short_text_passes_through(self):
+        assert shape_sms("Hola, ¿qué tal?", 160) == SmsText("Hola, ¿qué tal?", "GSM-7", 1)
+
+    def test_markdown_removed(self):
+        assert shape_sms("**Hi** _there_", 160).text == "Hi there"
+
+    def test_whitespace_runs_collapsed_within_lines(self):
+        assert shape_sms("a   b\t\tc\n  d  ", 160).text == "a b c\nd"
+
+    def test_newlines_kept(self):
+        assert shape_sms("one\ntwo\n\nthree", 160).text == "one\ntwo\n\nthree"
+
+    def test_cut_on_word_boundary(self):
+        text = "The quick brown fox jumps over the lazy dog"
+        assert shape_sms(text, 20).text == "The quick brown fox"
+
+    def test_cut_exactly_before_a_space(self):
+        assert shape_sms("abcde fghij", 5).text == "abcde"
+
+    def test_trailing_comma_removed_after_cut(self):
+        assert shape_sms("Yes, of course, we open at nine", 15).text == "Yes, of course"
+
+    @pytest.mark.parametrize("mark", [",", ";", ":", "-", "—", "("])
+    def test_dangling_punctuation_removed(self, mark):
+        assert shape_sms(f"word word{mark} more text here", 12).text == "word word"
+
+    def test_sentence_end_kept(self):
+        assert shape_sms("Done. And more text here", 8).text == "Done."
+
+    def test_hard_cut_without_whitespace(self):
+        assert shape_sms("a" * 300, 50).text == "a" * 50
+
+    def test_hard_cut_when_only_whitespace_is_early(self):
+        text = "ab " + "c" * 100
+        assert shape_sms(text, 20).text == ("ab " + "c" * 100)[:20]
+
+    def test_cut_uses_whitespace_in_second_half(self):
+        text = "a" * 12 + " " + "b" * 100
+        assert shape_sms(text, 20).text == "a" * 12
+
+    def test_hard_cut_does_not_split_an_emoji_sequence(self):
+        result = shape_sms(FAMILY * 10, 7)
+        assert result.text == FAMILY
+        assert result.encoding == "UCS-2"
+
+    def test_all_dangling_punctuation_still_not_empty(self):
+        assert shape_sms("-" * 50, 10).text == "-" * 10
+
+    def test_markdown_only_input_is_not_empty(self):
+        assert shape_sms("---", 160).text == "---"
+
+    def test_blank_input_is_empty(self):
+        assert shape_sms("   ", 160) == SmsText("", "GSM-7", 1)
+
+    def test_max_chars_one(self):
+        assert shape_sms("hello world", 1).text == "h"
+
+    def test_max_chars_below_one_is_rejected(self):
+        with pytest.raises(ValueError, match="max_chars"):
+            shape_sms("hi", 0)
+
+    def test_encoding_and_segments_of_the_final_text(self):
+        result = shape_sms("a" * 150 + " ç" + " b" * 20, 160)
+        assert result.text == "a" * 150 + " ç b b b b"
+        assert (result.encoding, result.segments) == ("UCS-2", 3)
+
+    def test_ucs2_dropped_when_cut_away(self):
+        result = shape_sms("plain words here then ç", 17)
+        assert result == SmsText("plain words here", "GSM-7", 1)
+
+    def test_long_gsm_reply_is_several_segments(self):
+        result = shape_sms("word " * 100, 320)
+        assert len(result.text) <= 320
+        assert (result.encoding, result.segments) == ("GSM-7", 3)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "word " * 500,
+            "a" * 2000,
+            EMOJI * 500,
+            f"{EMOJI} " * 500,
+            FAMILY * 200,
+            "ç" * 999,
+            "ñandú, " * 300,
+            "https://example.com/" + "x" * 500,
+            "**bold** _it_ " * 200,
+            "- item\n" * 300,
+            "一二三四五六七八九十" * 100,
+            "a,b;c:d-" * 200,
+            "e\u0301" * 400,  # e + combining acute accent
+        ],
+        ids=[
+            "words",
+            "no-spaces",
+            "emoji",
+            "emoji-spaced",
+            "zwj",
+            "ucs2",
+            "spanish",
+            "url",
+            "markdown",
+            "bullets",
+            "cjk",
+            "punctuation",
+            "combining",
+        ],
+    )
+    @pytest.mark.parametrize("max_chars", [1, 2, 10, 69, 70, 71, 153, 160, 161, 320, 1600])
+    def test_never_exceeds_max_chars_and_never_empty(self, text, max_chars):
+        result = shape_sms(text, max_chars)
+        assert 0 < len(result.text) <= max_chars
+        assert (result.encoding, result.segments) == sms_encoding(result.text)
+
+
+class TestMarkdownToWhatsapp:
+    def test_plain_text_is_unchanged(self):
+        assert markdown_to_whatsapp("Hola, ¿cómo estás?") == "Hola, ¿cómo estás?"
+
+    def test_double_asterisk_bold(self):
+        assert markdown_to_whatsapp("a **bold** b") == "a *bold* b"
+
+    def test_double_underscore_bold(self):
+        assert markdown_to_whatsapp("a __bold__ b") == "a *bold* b"
+
+    def test_single_asterisk_italic(self):
+        assert markdown_to_whatsapp("a *it* b") == "a _it_ b"
+
+    def test_underscore_italic_kept(self):
+        assert markdown_to_whatsapp("a _it_ b") == "a _it_ b"
+
+    def test_bold_is_not_reread_as_italic(self):
+        assert markdown_to_whatsapp("**one** and **two**") == "*one* and *two*"
+
+    def test_bold_and_italic_side_by_side(self):
+        assert markdown_to_whatsapp("**bold** *it* **bold**") == "*bold* _it_ *bold*"
+
+    def test_bold_italic(self):
+        assert markdown_to_whatsapp("***both***") == "*_both_*"
+
+    def test_italic_inside_bold(self):
+        assert markdown_to_whatsapp("**bold _it_ here**") == "*bold _it_ here*"
+
+    def test_bold_inside_italic(self):
+        assert markdown_to_whatsapp("*it **bold** it*") == "_it *bold* it_"
+
+    def test_strike(self):
+        assert markdown_to_whatsapp("~~old~~ new") == "~old~ new"
+
+    def test_bold_at_line_edges_and_punctuation(self):
+        assert markdown_to_whatsapp("**Note:** read **this**.") == "*Note:* read *this*."
+
+    def test_snake_case_not_mangled(self):
+        assert markdown_to_whatsapp("set max_retry_count and my_var") == (
+            "set max_retry_count and my_var"
+        )
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "__init__",
+            "the __init__ method",
+            "def __init__(self):",
+            "obj.__class__.__name__",
+            "edit __init__.py",
+            'if __name__ == "__main__":',
+        ],
+    )
+    def test_dunder_identifiers_not_mangled(self, text):
+        assert markdown_to_whatsapp(text) == text
+
+    @pytest.mark.parametrize("text", ["2*3*4", "5 * 3 * 2", "a ** b", "x^2 * y"])
+    def test_arithmetic_not_mangled(self, text):
+        assert markdown_to_whatsapp(text) == text
+
+    def test_inline_code_untouched(self):
+        assert markdown_to_whatsapp("run `a **b** _c_` now **ok**") == "run `a **b** _c_` now *ok*"
+
+    def test_inline_triple_backticks_untouched(self):
+        assert markdown_to_whatsapp("```x = **y**```") == "```x = **y**```"
+
+    def test_fenced_block_untouched(self):
+        text = "Code:\n```\nx = **y**\n# not a header\n- not a bullet\n```\n**after**"
+        expected = "Code:\n```\nx = **y**\n# not a header\n- not a bullet\n```\n*after*"
+        assert markdown_to_whatsapp(text) == expected
+
+    def test_fence_language_tag_dropped(self):
+        assert markdown_to_whatsapp("```python\nprint(1)\n```") == "```\nprint(1)\n```"
+
+    def test_tilde_fence_becomes_backticks(self):
+        assert markdown_to_whatsapp("~~~\n~~x~~\n~~~") == "```\n~~x~~\n```"
+
+    def test_blank_lines_inside_fence_kept(self):
+        text = "```\na\n\n\n\nb\n```"
+        assert markdown_to_whatsapp(text) == text
+
+    @pytest.mark.parametrize("hashes", ["#", "##", "###", "######"])
+    def test_headers_become_bold(self, hashes):
+        assert markdown_to_whatsapp(f"{hashes} Title\nbody") == "*Title*\nbody"
+
+    def test_header_with_bold_inside_is_not_double_bolded(self):
+        assert markdown_to_whatsapp("## **Big** news") == "*Big news*"
+
+    def test_header_with_italic_inside(self):
+        assert markdown_to_whatsapp("# A *fine* day") == "*A _fine_ day*"
+
+    def test_hashtag_is_not_a_header(self):
+        assert markdown_to_whatsapp("#hashtag") == "#hashtag"
+
+    def test_link(self):
+        assert markdown_to_whatsapp("[our menu](https://ex.com/menu)") == (
+            "our menu (https://ex.com/menu)"
+        )
+
+    def test_link_with_bold_text(self):
+        assert markdown_to_whatsapp("[**menu**](https://ex.com)") == "*menu* (https://ex.com)"
+
+    def test_link_whose_text_is_its_url(self):
+        assert markdown_to_whatsapp("[https://ex.com](https://ex.com)") == "https://ex.com"
+
+    def test_image_becomes_its_url(self):
+        assert markdown_to_whatsapp("![map](https://ex.com/m.png)") == "https://ex.com/m.png"
+
+    def test_underscores_in_urls_kept(self):
+        text = "see https://ex.com/_a_/__b__ now"
+        assert markdown_to_whatsapp(text) == text
+
+    def test_asterisks_in_link_urls_kept(self):
+        assert markdown_to_whatsapp("[x](https://ex.com/*a*)") == "x (https://ex.com/*a*)"
+
+    @pytest.mark.parametrize("marker", ["-", "*", "+"])
+    def test_bullets(self, marker):
+        assert markdown_to_whatsapp(f"{marker} one\n{marker} **two**") == "• one\n• *two*"
+
+    def test_nested_bullet_keeps_indent(self):
+        assert markdown_to_whatsapp("- a\n  - b") == "• a\n  • b"
+
+    def test_italic_line_is_not_a_bullet(self):
+        assert markdown_to_whatsapp("*just italic*") == "_just italic_"
+
+    def test_numbered_list_kept(self):
+        assert markdown_to_whatsapp("1. **one**\n2. two") == "1. *one*\n2. two"
+
+    def test_blockquote_kept_as_whatsapp_quote(self):
+        assert markdown_to_whatsapp("> **note**") == "> *note*"
+
+    def test_horizontal_rule_removed(self):
+        assert markdown_to_whatsapp("a\n\n---\n\nb") == "a\n\nb"
+
+    def test_three_or_more_newlines_collapse_to_two(self):
+        assert markdown_to_whatsapp("a\n\n\n\nb") == "a\n\nb"
+
+    def test_backslash_escaped_asterisks_are_literal(self):
+        assert markdown_to_whatsapp(r"\*\*not bold\*\*") == "**not bold**"
+
+    def test_emphasis_across_lines_is_not_joined(self):
+        assert markdown_to_whatsapp("*a\nb*") == "*a\nb*"
+
+    def test_typical_llm_reply(self):
+        text = (
+            "## Horario\n\n"
+            "Abrimos **de lunes a viernes**:\n\n"
+            "- *Mañana*: 9:00\u201314:00\n"
+            "- *Tarde*: 16:00\u201320:00\n\n"
+            "Más info en [nuestra web](https://ex.com/horario)."
+        )
+        assert markdown_to_whatsapp(text) == (
+            "*Horario*\n\n"
+            "Abrimos *de lunes a viernes*:\n\n"
+            "• _Mañana_: 9:00\u201314:00\n"
+            "• _Tarde_: 16:00\u201320:00\n\n"
+            "Más info en nuestra web (https://ex.com/horario)."
+        )
+
+
+class TestSplitWhatsapp:
+    def test_short_text_is_one_part(self):
+        assert split_whatsapp("Hola") == ["Hola"]
+
+    def test_text_at_the_limit_is_one_part(self):
+        assert split_whatsapp("a" * 1600) == ["a" * 1600]
+
+    def test_text_that_fits_is_stripped(self):
+        assert split_whatsapp("  Hola \n") == ["Hola"]
+
+    def test_blank_text_is_no_parts(self):
+        assert split_whatsapp(" \n ") == []
+
+    def test_4000_chars_of_paragraphs(self):
+        text = paragraphs(10, 390)
+        assert 3900 < len(text) < 4200
+        parts = split_whatsapp(text)
+        assert len(parts) >= 3
+        assert all(0 < len(p) <= 1600 for p in parts)
+        # Greedy: no two neighbouring parts would have fitted in one message.
+        assert all(len(a) + 2 + len(b) > 1600 for a, b in itertools.pairwise(parts))
+        assert nonspace("".join(parts)) == nonspace(text)
+        assert "\n\n".join(parts) == text  # cut only between paragraphs
+
+    def test_parts_are_in_order(self):
+        text = paragraphs(10, 390)
+        parts = split_whatsapp(text)
+        numbers = [int(n) for p in parts for n in re.findall(r"Paragraph (\d+) sentence 0", p)]
+        assert numbers == list(range(10))
+
+    def test_5000_chars_without_spaces_is_hard_split(self):
+        text = "x" * 5000
+        assert split_whatsapp(text) == ["x" * 1600] * 3 + ["x" * 200]
+
+    def test_one_long_paragraph_splits_at_sentence_ends(self):
+        text = paragraphs(1, 3000)
+        parts = split_whatsapp(text)
+        assert len(parts) == 2
+        assert all(p.endswith(".") for p in parts)
+        assert " ".join(parts) == text
+
+    def test_line_breaks_preferred_over_sentences(self):
+        text = "\n".join(f"Line {i}. Still line {i}." for i in range(200))
+        parts = split_whatsapp(text, 200)
+        assert all(
+            p.endswith(("0.", "1.", "2.", "3.", "4.", "5.", "6.", "7.", "8.", "9.")) for p in parts
+        )
+        assert "\n".join(parts) == text
+
+    def test_paragraph_preferred_over_line_breaks(self):
+        text = "a" * 60 + "\n\n" + "b" * 20 + "\n" + "c" * 30
+        assert split_whatsapp(text, 100) == ["a" * 60, "b" * 20 + "\n" + "c" * 30]
+
+    def test_early_paragraph_break_not_taken_when_a_later_boundary_exists(self):
+        text = "Hi!\n\n" + "word " * 50
+        parts = split_whatsapp(text, 100)
+        assert len(parts[0]) > 50
+
+    def test_whitespace_when_no_sentence_end(self):
+        text = "word " * 1000
+        parts = split_whatsapp(text)
+        assert all(p.split() == ["word"] * len(p.split()) for p in parts)
+        assert nonspace("".join(parts)) == nonspace(text)
+
+    @pytest.mark.parametrize("end", ["\u3002", "\uff01", "\uff1f"])
+    def test_cjk_sentence_ends(self, end):
+        text = f"一二三四五六七八九{end}" * 300
+        parts = split_whatsapp(text)
+        assert all(p.endswith(end) for p in parts)
+        assert "".join(parts) == text
+
+    def test_emoji_count_two_towards_the_limit(self):
+        parts = split_whatsapp(EMOJI * 1000)
+        assert [len(p) for p in parts] == [800, 200]
+        assert all(utf16_length(p) <= 1600 for p in parts)
+
+    def test_zwj_sequence_not_split_on_hard_cut(self):
+        parts = split_whatsapp(FAMILY * 100, 50)
+        assert all(p.startswith("👨") and p.endswith("👧") for p in parts)
+        assert "".join(parts) == FAMILY * 100
+
+    def test_fenced_block_that_fits_is_not_split(self):
+        code = "```\n" + "line of code\n" * 60 + "```"
+        text = "intro words " * 100 + "\n" + code + "\nafter"
+        parts = split_whatsapp(text)
+        assert any(code in p for p in parts)
+        assert all(len(p) <= 1600 for p in parts)
+        assert nonspace("".join(parts)) == nonspace(text)
+
+    def test_fenced_block_too_long_is_split(self):
+        code = "```\n" + "line of code\n" * 200 + "```"
+        parts = split_whatsapp(code)
+        assert len(parts) == 2
+        assert all(len(p) <= 1600 for p in parts)
+        assert nonspace("".join(parts)) == nonspace(code)
+
+    def test_custom_limit(self):
+        parts = split_whatsapp("one two three four five six", 10)
+        assert parts == ["one two", "three four", "five six"]
+
+    def test_limit_of_one_still_makes_progress_on_emoji(self):
+        assert split_whatsapp(f"a{EMOJI}b", 1) == ["a", EMOJI, "b"]
+
+    def test_limit_below_one_is_rejected(self):
+        with pytest.raises(ValueError, match="limit"):
+            split_whatsapp("hi", 0)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            paragraphs(10, 390),
+            paragraphs(3, 2500),
+            "word " * 2000,
+            "x" * 5000,
+            EMOJI * 3000,
+            f"{EMOJI} " * 2000,
+            FAMILY * 500,
+            "\n".join("line " * 30 for _ in range(100)),
+            "一二三四五六七八九。" * 600,
+            "e\u0301" * 3000,
+            "- item one\n" * 500,
+            ("```\n" + "code\n" * 100 + "```\n\ntext " * 50) * 3,
+        ],
+        ids=[
+            "paragraphs",
+            "long-paragraphs",
+            "words",
+            "no-spaces",
+            "emoji",
+            "emoji-spaced",
+            "zwj",
+            "lines",
+            "cjk",
+            "combining",
+            "bullets",
+            "code",
+        ],
+    )
+    @pytest.mark.parametrize("limit", [2, 7, 100, 1600])
+    def test_parts_fit_are_non_empty_stripped_and_lose_nothing(self, text, limit):
+        parts = split_whatsapp(text, limit)
+        assert parts
+        assert all(p and p == p.strip() and utf16_length(p) <= limit for p in parts)
+        assert nonspace("".join(parts)) == nonspace(text)
+
+
+class TestShapeWhatsapp:
+    def test_short_reply_is_converted_and_one_part(self):
+        assert shape_whatsapp("**Hola** *amigo*") == ["*Hola* _amigo_"]
+
+    def test_long_reply_is_converted_then_split(self):
+        text = "\n\n".join(f"**Point {i}.** " + "detail " * 60 for i in range(10))
+        parts = shape_whatsapp(text)
+        assert len(parts) > 1
+        assert all(len(p) <= 1600 for p in parts)
+        assert "**" not in "".join(parts)
+        assert all(p.startswith("*Point ") for p in parts)
+
+    def test_custom_limit(self):
+        assert shape_whatsapp("**a** b c d", 5) == ["*a* b", "c d"]
+
+    def test_blank_reply_is_no_parts(self):
+        assert shape_whatsapp("  ") == []
