@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from platica import db, ops
 from platica.accounts import ensure_default_account
+from platica.api import routes as api_routes
 from platica.channels import webhook
 from platica.channels.sender import create_sender
 from platica.config import ConfigError, Settings, get_settings
@@ -138,5 +139,6 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
             allow_headers=["Authorization", "Content-Type"],
         )
     app.include_router(webhook.router)
+    app.include_router(api_routes.router)
     app.include_router(ops.router)
     return app

@@ -48,7 +48,7 @@ from platica.models import (
 from platica.replies import prompts
 from platica.replies.generator import GeneratedReply, GenerationFailed, ReplyGenerator, ReplyRequest
 from platica.replies.keywords import Keyword, detect_keyword
-from platica.replies.shaping import shape_sms, shape_whatsapp
+from platica.replies.shaping import SmsText, shape_sms, shape_whatsapp
 
 log = get_logger(__name__)
 
@@ -302,11 +302,15 @@ async def _answer_pending(ctx: ReplyContext, conversation_id: int) -> float | _A
         attempts_so_far = max(m.attempts for m in remaining)
 
     reply, failure = await _generate(ctx, batch_ids, request, attempts_so_far)
-    texts = _shape(loaded.config, reply.text if reply else loaded.config.fallback_message)
+    parts = _shape(loaded.config, reply.text) if reply else []
+    if not parts:
+        # No answer, or one that was all formatting and nothing to say: the fallback instead.
+        reply, failure = None, failure or "the LLM's answer was empty once formatted"
+        parts = _shape(loaded.config, loaded.config.fallback_message)
 
     async with transaction(ctx.sessionmaker) as session:
         answered = batch_ids[-1]
-        for index, text in enumerate(texts):
+        for index, (text, sms) in enumerate(parts):
             values: dict[str, object] = {
                 "account_id": loaded.conversation.account_id,
                 "conversation_id": conversation_id,
@@ -319,9 +323,8 @@ async def _answer_pending(ctx: ReplyContext, conversation_id: int) -> float | _A
                 "reply_to_id": answered,
                 "part": index,
             }
-            if loaded.conversation.channel == Channel.sms:
-                shaped = shape_sms(text, loaded.config.sms_max_chars)
-                values.update(encoding=shaped.encoding, segments=shaped.segments)
+            if sms is not None:
+                values.update(encoding=sms.encoding, segments=sms.segments)
             if reply is not None and index == 0:
                 values.update(
                     model=reply.model,
@@ -346,7 +349,7 @@ async def _answer_pending(ctx: ReplyContext, conversation_id: int) -> float | _A
     log.info(
         "reply.stored",
         conversation_id=conversation_id,
-        parts=len(texts),
+        parts=len(parts),
         answered=len(batch_ids),
         fallback=failure is not None,
     )
@@ -487,7 +490,9 @@ async def _generate(
     return None, failure
 
 
-def _shape(config: ChannelConfig, text: str) -> list[str]:
+def _shape(config: ChannelConfig, text: str) -> list[tuple[str, SmsText | None]]:
+    """The message parts to send, with the SMS encoding and segments where they apply."""
     if config.channel == Channel.sms:
-        return [shape_sms(text, config.sms_max_chars).text]
-    return shape_whatsapp(text)
+        sms = shape_sms(text, config.sms_max_chars)
+        return [(sms.text, sms)] if sms.text.strip() else []
+    return [(part, None) for part in shape_whatsapp(text)]

@@ -1,0 +1,1 @@
+"""The operators' REST API (SPEC §5)."""

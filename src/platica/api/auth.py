@@ -1,0 +1,146 @@
+"""Who is calling the API: an account's API key, the admin token, or a Supabase user's JWT."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, HTTPException, Query, Request
+from sqlalchemy import event, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+from platica.accounts import API_KEY_PREFIX, hash_api_key
+from platica.deps import AppState, StateDep
+from platica.models import Account, ApiKey, utcnow
+
+UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller. `account_id` is None for the admin, who sees every account."""
+
+    account_id: uuid.UUID | None
+    kind: str  # "api_key", "admin" or "supabase"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.account_id is None
+
+
+def _refuse(message: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=message, headers=UNAUTHORIZED)
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _refuse("send Authorization: Bearer <API key, admin token or Supabase JWT>")
+    return token.strip()
+
+
+async def _api_key_account(session: AsyncSession, token: str) -> uuid.UUID | None:
+    key = await session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_api_key(token), ApiKey.revoked_at.is_(None))
+    )
+    if key is None:
+        return None
+    now = utcnow()
+    # Touch at most once a minute: every request writing a row would cost more than it tells.
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+        await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+    return key.account_id
+
+
+async def _supabase_account(session: AsyncSession, token: str, secret: str) -> uuid.UUID:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience="authenticated",
+            options={"require": ["sub", "exp"]},
+        )
+        user_id = uuid.UUID(str(claims["sub"]))
+    except (jwt.PyJWTError, ValueError):
+        raise _refuse("invalid or expired token") from None
+    account_id = await session.scalar(select(Account.id).where(Account.auth_user_id == user_id))
+    if account_id is None:
+        raise _refuse("this Supabase user has no Plática account")
+    return account_id
+
+
+async def authenticate(state: AppState, session: AsyncSession, token: str) -> Principal:
+    settings = state.settings
+    admin = settings.PLATICA_ADMIN_TOKEN
+    if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
+        return Principal(account_id=None, kind="admin")
+    if token.startswith(API_KEY_PREFIX):
+        account_id = await _api_key_account(session, token)
+        if account_id is None:
+            raise _refuse("unknown or revoked API key")
+        return Principal(account_id=account_id, kind="api_key")
+    if settings.SUPABASE_JWT_SECRET is not None and token.count(".") == 2:
+        secret = settings.SUPABASE_JWT_SECRET.get_secret_value()
+        return Principal(await _supabase_account(session, token, secret), kind="supabase")
+    raise _refuse("invalid credentials")
+
+
+def scope_session(session: AsyncSession, account_id: uuid.UUID | None) -> None:
+    """On PostgreSQL, tell row-level security whose rows each transaction of `session` may see.
+
+    The setting is transaction-local, so it is set again at every BEGIN and never outlives the
+    request on a pooled connection.
+    """
+    if account_id is None or session.get_bind().dialect.name != "postgresql":
+        return
+
+    def _on_begin(
+        _session: Session, _transaction: SessionTransaction, connection: Connection
+    ) -> None:
+        connection.execute(
+            text("SELECT set_config('platica.account_id', :account, true)"),
+            {"account": str(account_id)},
+        )
+
+    event.listen(session.sync_session, "after_begin", _on_begin)
+
+
+@dataclass
+class Caller:
+    principal: Principal
+    session: AsyncSession
+
+    @property
+    def account_id(self) -> uuid.UUID | None:
+        """The account every query is restricted to; None for the admin's view of all."""
+        return self.principal.account_id
+
+
+async def get_caller(
+    request: Request,
+    state: StateDep,
+    account_id: Annotated[
+        uuid.UUID | None,
+        Query(description="Admin token only: act on this account (default: all accounts)."),
+    ] = None,
+) -> AsyncIterator[Caller]:
+    """The authenticated caller, with a session scoped to its account (routes commit writes)."""
+    token = _bearer(request)
+    async with state.sessionmaker() as session:
+        principal = await authenticate(state, session, token)
+        await session.commit()  # the key's last use
+        if principal.is_admin and account_id is not None:
+            principal = Principal(account_id=account_id, kind="admin")
+        scope_session(session, principal.account_id)
+        yield Caller(principal, session)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

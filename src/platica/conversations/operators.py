@@ -1,0 +1,271 @@
+"""What operators do to conversations: list, read, close, take over, reply by hand.
+
+Services flush, never commit; the API route commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from platica.errors import BadRequest, NotFound, PlaticaError
+from platica.models import (
+    Author,
+    Channel,
+    ChannelConfig,
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Direction,
+    Message,
+    MessageStatus,
+    ReplyState,
+    utcnow,
+)
+from platica.replies.shaping import sms_encoding
+
+
+class Conflict(PlaticaError):
+    status_code = 409
+    code = "conflict"
+
+
+@dataclass
+class ConversationView:
+    conversation: Conversation
+    opted_out: bool
+    last_message: str | None
+    awaiting_reply: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.conversation
+        return {
+            "id": c.id,
+            "account_id": c.account_id,
+            "channel": c.channel,
+            "contact": c.contact_address,
+            "status": c.status,
+            "ai_enabled": c.ai_enabled,
+            "handoff_until": c.handoff_until,
+            "opted_out": self.opted_out,
+            "created_at": c.created_at,
+            "last_message_at": c.last_message_at,
+            "closed_at": c.closed_at,
+            "last_message": self.last_message,
+            "awaiting_reply": self.awaiting_reply,
+        }
+
+
+def encode_cursor(conversation: Conversation) -> str:
+    raw = f"{conversation.last_message_at.isoformat()}|{conversation.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, _, ident = raw.partition("|")
+        parsed = datetime.fromisoformat(moment)
+        if parsed.tzinfo is None:
+            raise ValueError("naive")
+        return parsed, int(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest("cursor is not one this API returned") from None
+
+
+def _scope(statement: Select[Any], account_id: uuid.UUID | None) -> Select[Any]:
+    return (
+        statement if account_id is None else statement.where(Conversation.account_id == account_id)
+    )
+
+
+async def _views(
+    session: AsyncSession, conversations: list[Conversation]
+) -> list[ConversationView]:
+    if not conversations:
+        return []
+    ids = [c.id for c in conversations]
+    latest_ids = (
+        select(func.max(Message.id))
+        .where(Message.conversation_id.in_(ids))
+        .group_by(Message.conversation_id)
+    )
+    latest = {
+        m.conversation_id: m
+        for m in await session.scalars(select(Message).where(Message.id.in_(latest_ids)))
+    }
+    contact_ids = {c.contact_id for c in conversations}
+    opted = {
+        row.id: row.opted_out
+        for row in await session.execute(
+            select(Contact.id, Contact.opted_out).where(Contact.id.in_(contact_ids))
+        )
+    }
+    views = []
+    for conversation in conversations:
+        last = latest.get(conversation.id)
+        views.append(
+            ConversationView(
+                conversation=conversation,
+                opted_out=bool(opted.get(conversation.contact_id)),
+                last_message=last.body if last else None,
+                awaiting_reply=bool(
+                    last
+                    and last.direction == Direction.inbound
+                    and last.reply_state == ReplyState.pending
+                ),
+            )
+        )
+    return views
+
+
+async def list_conversations(
+    session: AsyncSession,
+    channel: Channel,
+    account_id: uuid.UUID | None,
+    *,
+    status: ConversationStatus | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[ConversationView], str | None]:
+    """A page of conversations, most recent activity first, and the cursor of the next page."""
+    statement = _scope(select(Conversation).where(Conversation.channel == channel), account_id)
+    if status is not None:
+        statement = statement.where(Conversation.status == status)
+    if cursor:
+        moment, ident = decode_cursor(cursor)
+        statement = statement.where(
+            or_(
+                Conversation.last_message_at < moment,
+                and_(Conversation.last_message_at == moment, Conversation.id < ident),
+            )
+        )
+    statement = statement.order_by(
+        Conversation.last_message_at.desc(), Conversation.id.desc()
+    ).limit(limit + 1)
+    rows = list(await session.scalars(statement))
+    page, more = rows[:limit], len(rows) > limit
+    return await _views(session, page), encode_cursor(page[-1]) if more else None
+
+
+async def get_conversation(
+    session: AsyncSession, channel: Channel, account_id: uuid.UUID | None, conversation_id: int
+) -> Conversation:
+    """The conversation, or NotFound — also when it belongs to another account."""
+    conversation = await session.scalar(
+        _scope(
+            select(Conversation).where(
+                Conversation.id == conversation_id, Conversation.channel == channel
+            ),
+            account_id,
+        )
+    )
+    if not isinstance(conversation, Conversation):
+        raise NotFound(f"no {channel.value} conversation {conversation_id}")
+    return conversation
+
+
+async def view(session: AsyncSession, conversation: Conversation) -> ConversationView:
+    return (await _views(session, [conversation]))[0]
+
+
+async def history(session: AsyncSession, conversation: Conversation, limit: int) -> list[Message]:
+    """The newest `limit` messages, oldest first."""
+    rows = await session.scalars(
+        select(Message)
+        .where(Message.conversation_id == conversation.id)
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(rows)))
+
+
+async def close(session: AsyncSession, conversation: Conversation) -> Conversation:
+    """Close it (idempotent); the contact's next message opens a new conversation."""
+    if conversation.status != ConversationStatus.closed:
+        conversation.status = ConversationStatus.closed
+        conversation.closed_at = utcnow()
+        await session.flush()
+    return conversation
+
+
+async def _config(session: AsyncSession, conversation: Conversation) -> ChannelConfig:
+    config = await session.scalar(
+        select(ChannelConfig).where(
+            ChannelConfig.account_id == conversation.account_id,
+            ChannelConfig.channel == conversation.channel,
+        )
+    )
+    if config is None:
+        raise NotFound("this conversation's channel is no longer configured")
+    return config
+
+
+async def hand_off(session: AsyncSession, conversation: Conversation) -> Conversation:
+    """Pause the AI for the channel's handoff_timeout_minutes (or until resumed)."""
+    config = await _config(session, conversation)
+    conversation.ai_enabled = False
+    conversation.handoff_until = utcnow() + timedelta(minutes=config.handoff_timeout_minutes)
+    await session.flush()
+    return conversation
+
+
+async def resume(session: AsyncSession, conversation: Conversation) -> Conversation:
+    """Give the conversation back to the AI."""
+    conversation.ai_enabled = True
+    conversation.handoff_until = None
+    await session.flush()
+    return conversation
+
+
+async def manual_reply(session: AsyncSession, conversation: Conversation, body: str) -> Message:
+    """Store an operator's reply for sending (by the worker, like any reply) and pause the AI."""
+    if conversation.status != ConversationStatus.active:
+        raise Conflict("the conversation is closed; the contact must write again first")
+    contact = await session.get(Contact, conversation.contact_id)
+    if contact is not None and contact.opted_out:
+        raise Conflict("the contact has opted out (STOP); nothing can be sent to them")
+    if conversation.channel == Channel.whatsapp and len(body) > 1600:
+        raise BadRequest("body is longer than 1600 characters")
+    now = utcnow()
+    message = Message(
+        account_id=conversation.account_id,
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        direction=Direction.outbound,
+        author=Author.operator,
+        body=body,
+        media=[],
+        status=MessageStatus.pending,
+        part=0,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    if conversation.channel == Channel.sms:
+        message.encoding, message.segments = sms_encoding(body)
+    session.add(message)
+    await hand_off(session, conversation)
+    conversation.last_message_at = now
+    await session.flush()
+    return message
+
+
+async def get_config(
+    session: AsyncSession, channel: Channel, account_id: uuid.UUID
+) -> ChannelConfig:
+    config = await session.scalar(
+        select(ChannelConfig).where(
+            ChannelConfig.account_id == account_id, ChannelConfig.channel == channel
+        )
+    )
+    if config is None:
+        raise NotFound(f"this account has no {channel.value} number configured")
+    return config

@@ -1,0 +1,191 @@
+"""The API's JSON shapes (SPEC §5): what operators read and send."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+T = TypeVar("T")
+
+ModelName = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[\w.:/@+-]+$"
+    ),
+]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page."
+    )
+
+
+class ConversationRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    account_id: uuid.UUID
+    channel: str
+    contact: str = Field(description="The contact's number (or WhatsApp id).")
+    status: str = Field(description="active or closed")
+    ai_enabled: bool = Field(description="False while an operator has the conversation.")
+    handoff_until: datetime | None
+    opted_out: bool
+    created_at: datetime
+    last_message_at: datetime
+    closed_at: datetime | None
+    last_message: str | None = None
+    awaiting_reply: bool = Field(
+        default=False, description="The contact's last message has not been answered yet."
+    )
+
+
+class MediaRead(BaseModel):
+    url: str
+    content_type: str
+
+
+class MessageRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    direction: str
+    author: str = Field(description="contact, ai, operator or system")
+    body: str
+    media: list[MediaRead]
+    status: str = Field(
+        description="Delivery state: pending, queued, sent, delivered, read, failed…"
+    )
+    error_code: int | None
+    error_message: str | None
+    twilio_sid: str | None
+    reply_to_id: int | None
+    part: int
+    reply_state: str | None = Field(description="Inbound only: pending, answered or skipped.")
+    note: str | None
+    attempts: int
+    segments: int | None
+    encoding: str | None
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: int | None
+    created_at: datetime
+
+
+class HistoryRead(BaseModel):
+    conversation: ConversationRead
+    messages: list[MessageRead]
+
+
+class ManualReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    body: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
+
+
+class StatsRead(BaseModel):
+    channel: str
+    total_conversations: int
+    active_conversations: int
+    total_messages: int
+    incoming_messages: int
+    outgoing_messages: int
+    avg_response_time_ms: float | None
+    active_users_24h: int
+    active_users_7d: int
+
+
+class EngagementDay(BaseModel):
+    date: date
+    messages: int
+    incoming_messages: int
+    outgoing_messages: int
+    conversations: int = Field(description="Conversations with at least one message that day.")
+    replies: int = Field(description="Replies sent by the AI (or its fallback) that day.")
+    avg_response_time_ms: float | None
+
+
+class EngagementRead(BaseModel):
+    channel: str
+    days: list[EngagementDay]
+
+
+class ChannelConfigRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    account_id: uuid.UUID
+    channel: str
+    phone_number: str
+    system_prompt: str
+    openai_model: str | None
+    max_tokens: int
+    temperature: float
+    context_messages: int
+    debounce_seconds: float
+    sms_max_chars: int
+    fallback_message: str
+    help_message: str
+    handoff_timeout_minutes: int
+    ai_enabled: bool
+    updated_at: datetime
+
+
+class ChannelConfigUpdate(BaseModel):
+    """Fields to change; those left out keep their value."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "system_prompt": "You are the friendly assistant of Panadería Lola. Be brief.",
+                    "temperature": 0.4,
+                    "debounce_seconds": 2,
+                }
+            ]
+        },
+    )
+
+    system_prompt: Annotated[str, StringConstraints(min_length=1, max_length=8000)] | None = None
+    openai_model: ModelName | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=16000)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    context_messages: Annotated[int, Field(ge=1, le=100)] | None = None
+    debounce_seconds: Annotated[float, Field(ge=0, le=60)] | None = None
+    sms_max_chars: Annotated[int, Field(ge=20, le=1600)] | None = None
+    fallback_message: Annotated[str, StringConstraints(min_length=1, max_length=1600)] | None = None
+    help_message: Annotated[str, StringConstraints(min_length=1, max_length=1600)] | None = None
+    handoff_timeout_minutes: Annotated[int, Field(ge=1, le=43200)] | None = None
+    ai_enabled: bool | None = None
+
+    @field_validator("system_prompt", "fallback_message", "help_message")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> ChannelConfigUpdate:
+        # null means "the default model" for openai_model; elsewhere it is a mistake.
+        nulls = [
+            name
+            for name in self.model_fields_set
+            if getattr(self, name) is None and name != "openai_model"
+        ]
+        if nulls:
+            raise ValueError(f"{', '.join(sorted(nulls))}: must not be null")
+        return self
