@@ -1,0 +1,281 @@
+"""The reply generators: OpenAIReplyGenerator over real HTTP against FakeOpenAI, the offline one,
+and the factory choosing between them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI
+
+from platica.config import Settings
+from platica.errors import RetryableError
+from platica.replies.generator import (
+    OFFLINE_NOTICE,
+    ChatMessage,
+    GenerationFailed,
+    OfflineReplyGenerator,
+    OpenAIReplyGenerator,
+    ReplyRequest,
+    create_generator,
+)
+from tests.conftest import free_port, make_settings
+from tests.fakes import FakeOpenAI
+
+API_KEY = "sk-local-abc123"
+MODEL = "gpt-test-mini"
+HISTORY = [
+    ChatMessage("system", "You are Plática. Be brief."),
+    ChatMessage("user", "Hola"),
+    ChatMessage("assistant", "¡Hola! ¿En qué te ayudo?"),
+    ChatMessage("user", "¿Abrís el domingo?"),
+]
+
+
+def fake_tokens(text: str) -> int:
+    """FakeOpenAI's token count: a quarter of the characters, rounded up."""
+    return -(-len(text) // 4) if text else 0
+
+
+def request(messages: list[ChatMessage] | None = None, **overrides: Any) -> ReplyRequest:
+    values: dict[str, Any] = {
+        "model": MODEL,
+        "messages": HISTORY if messages is None else messages,
+        "max_tokens": 123,
+        "temperature": 0.3,
+    }
+    values.update(overrides)
+    return ReplyRequest(**values)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """Settings need a DATABASE_URL; nothing here opens it."""
+    return f"sqlite+aiosqlite:///{tmp_path}/platica.db"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(database_url: str, fake: FakeOpenAI) -> Settings:
+    return make_settings(database_url, OPENAI_BASE_URL=fake.url, OPENAI_API_KEY=API_KEY)
+
+
+async def generate_failing(settings: Settings, fake: FakeOpenAI, behaviour: str) -> Exception:
+    """The exception the generator raises when the fake answers with `behaviour`."""
+    fake.fail_next(behaviour)
+    generator = OpenAIReplyGenerator(settings)
+    try:
+        with pytest.raises((RetryableError, GenerationFailed)) as caught:
+            await generator.generate(request())
+    finally:
+        await generator.aclose()
+    return caught.value
+
+
+class TestOpenAIReplyGenerator:
+    async def test_answer_has_text_model_usage_and_latency(self, settings, fake):
+        fake.latency = 0.05
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            reply = await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+        assert reply.text == "Echo: ¿Abrís el domingo?"
+        assert reply.model == MODEL
+        assert reply.prompt_tokens == 3 + sum(4 + fake_tokens(m.content) for m in HISTORY)
+        assert reply.completion_tokens == fake_tokens("Echo: ¿Abrís el domingo?")
+        assert 50 <= reply.latency_ms < 5000
+
+    async def test_answer_is_stripped(self, settings, fake):
+        fake.reply = lambda messages: "  \n Claro que sí.  \n"
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            reply = await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+        assert reply.text == "Claro que sí."
+
+    async def test_request_carries_history_temperature_and_max_tokens(self, settings, fake):
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+        [body] = fake.requests
+        assert body["model"] == MODEL
+        assert body["messages"] == [{"role": m.role, "content": m.content} for m in HISTORY]
+        assert body["temperature"] == 0.3
+        # A custom (compatible) server gets the classic parameter name.
+        assert body["max_tokens"] == 123
+        assert "max_completion_tokens" not in body
+
+    async def test_openai_itself_gets_max_completion_tokens(self, database_url, fake):
+        settings = make_settings(database_url, OPENAI_API_KEY=API_KEY)
+        assert settings.OPENAI_BASE_URL is None
+        generator = OpenAIReplyGenerator(settings)
+        # Same generator, but its client talks to the fake instead of api.openai.com.
+        await generator._client.close()
+        generator._client = AsyncOpenAI(base_url=fake.url, api_key=API_KEY, max_retries=0)
+        try:
+            await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+        [body] = fake.requests
+        assert body["max_completion_tokens"] == 123
+        assert "max_tokens" not in body
+
+    async def test_sends_the_api_key(self, database_url):
+        with FakeOpenAI(api_key=API_KEY) as strict:
+            settings = make_settings(
+                database_url, OPENAI_BASE_URL=strict.url, OPENAI_API_KEY=API_KEY
+            )
+            generator = OpenAIReplyGenerator(settings)
+            try:
+                reply = await generator.generate(request())
+            finally:
+                await generator.aclose()
+
+        assert reply.text.startswith("Echo: ")
+
+    async def test_rate_limit_is_retryable(self, settings, fake):
+        error = await generate_failing(settings, fake, "429")
+
+        assert isinstance(error, RetryableError)
+        # Our job retries with its own backoff: the SDK must not have tried again.
+        assert len(fake.requests) == 1
+
+    async def test_exhausted_quota_fails_for_good(self, settings, fake):
+        error = await generate_failing(settings, fake, "quota")
+
+        assert isinstance(error, GenerationFailed)
+        assert "credit" in str(error)
+        assert len(fake.requests) == 1
+
+    async def test_server_error_is_retryable(self, settings, fake):
+        error = await generate_failing(settings, fake, "500")
+
+        assert isinstance(error, RetryableError)
+        assert "500" in str(error)
+        assert len(fake.requests) == 1
+
+    async def test_bad_request_fails_for_good(self, settings, fake):
+        error = await generate_failing(settings, fake, "400")
+
+        assert isinstance(error, GenerationFailed)
+        assert "400" in str(error)
+
+    async def test_timeout_is_retryable_and_bounded(self, database_url, fake, monkeypatch):
+        monkeypatch.setattr("platica.replies.generator.OPENAI_TIMEOUT_SECONDS", 0.5)
+        settings = make_settings(database_url, OPENAI_BASE_URL=fake.url, OPENAI_API_KEY=API_KEY)
+        fake.hang_seconds = 5
+        started = time.monotonic()
+
+        error = await generate_failing(settings, fake, "timeout")
+
+        assert isinstance(error, RetryableError)
+        assert "timed out" in str(error)
+        assert time.monotonic() - started < 3
+
+    async def test_refusal_fails_for_good(self, settings, fake):
+        error = await generate_failing(settings, fake, "refusal")
+
+        assert isinstance(error, GenerationFailed)
+        assert "refused" in str(error)
+
+    async def test_empty_answer_fails_for_good(self, settings, fake):
+        error = await generate_failing(settings, fake, "empty")
+
+        assert isinstance(error, GenerationFailed)
+        assert "nothing" in str(error)
+
+    async def test_blank_answer_fails_for_good(self, settings, fake):
+        fake.reply = lambda messages: "  \n "
+
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            with pytest.raises(GenerationFailed):
+                await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+    async def test_unreachable_server_is_retryable(self, database_url):
+        closed = f"http://127.0.0.1:{free_port()}/v1"
+        settings = make_settings(database_url, OPENAI_BASE_URL=closed, OPENAI_API_KEY=API_KEY)
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            with pytest.raises(RetryableError, match="could not be reached"):
+                await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+
+class TestOfflineReplyGenerator:
+    async def test_says_it_is_not_ai_and_quotes_the_last_user_message(self):
+        generator = OfflineReplyGenerator()
+
+        reply = await generator.generate(request())
+
+        assert reply.text.startswith(OFFLINE_NOTICE)
+        assert "not AI" in reply.text
+        assert reply.text.endswith('You said: "¿Abrís el domingo?"')
+        assert reply.model == "offline"
+        assert (reply.prompt_tokens, reply.completion_tokens) == (None, None)
+        await generator.aclose()
+
+    async def test_truncates_a_long_message(self):
+        long = "x" * 57 + "TAIL-NOT-SHOWN"
+        generator = OfflineReplyGenerator()
+
+        reply = await generator.generate(request([ChatMessage("user", long)]))
+
+        assert reply.text.endswith(f'You said: "{"x" * 57}..."')
+        assert "TAIL" not in reply.text
+
+    async def test_keeps_a_60_character_message_whole(self):
+        exact = "y" * 60
+        generator = OfflineReplyGenerator()
+
+        reply = await generator.generate(request([ChatMessage("user", exact)]))
+
+        assert reply.text.endswith(f'You said: "{exact}"')
+
+    async def test_quotes_nothing_without_a_user_message(self):
+        generator = OfflineReplyGenerator()
+
+        reply = await generator.generate(request([ChatMessage("system", "Be brief.")]))
+
+        assert reply.text.endswith('You said: ""')
+
+
+class TestCreateGenerator:
+    async def test_offline_without_key_or_base_url(self, database_url):
+        generator = create_generator(make_settings(database_url))
+
+        assert isinstance(generator, OfflineReplyGenerator)
+        await generator.aclose()
+
+    async def test_openai_with_a_key(self, database_url):
+        generator = create_generator(make_settings(database_url, OPENAI_API_KEY=API_KEY))
+
+        assert isinstance(generator, OpenAIReplyGenerator)
+        await generator.aclose()
+
+    async def test_openai_with_only_a_base_url(self, database_url):
+        generator = create_generator(
+            make_settings(database_url, OPENAI_BASE_URL="http://127.0.0.1:11434/v1")
+        )
+
+        assert isinstance(generator, OpenAIReplyGenerator)
+        await generator.aclose()
