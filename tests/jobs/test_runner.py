@@ -100,11 +100,6 @@ class TestInProcessRunner:
 
         assert handler.calls == [1, 2]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="runner.py:84 _make_ready drops the conversation's _due entry when its timer "
-        "fires, so defer() (runner.py:74) queues it again while it waits for a worker",
-    )
     async def test_deferring_a_conversation_waiting_for_a_worker_runs_it_once(self, start_runner):
         release = asyncio.Event()
         calls: list[int] = []

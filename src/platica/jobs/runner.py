@@ -66,9 +66,12 @@ class InProcessRunner:
         self._due: dict[int, float] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._ready: asyncio.Queue[int] = asyncio.Queue()
+        self._waiting: set[int] = set()  # in the ready queue, not yet picked up
         self._workers: list[asyncio.Task[None]] = []
 
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
+        if conversation_id in self._waiting:
+            return  # it runs as soon as a worker is free, which is as soon as it could
         loop = asyncio.get_running_loop()
         due = loop.time() + max(delay, 0.0)
         current = self._due.get(conversation_id)
@@ -82,7 +85,9 @@ class InProcessRunner:
     def _make_ready(self, conversation_id: int) -> None:
         self._timers.pop(conversation_id, None)
         self._due.pop(conversation_id, None)
-        self._ready.put_nowait(conversation_id)
+        if conversation_id not in self._waiting:
+            self._waiting.add(conversation_id)
+            self._ready.put_nowait(conversation_id)
 
     async def start(self, *, work: bool) -> None:
         if work:
@@ -94,6 +99,7 @@ class InProcessRunner:
     async def _work(self) -> None:
         while True:
             conversation_id = await self._ready.get()
+            self._waiting.discard(conversation_id)
             wait = await run_handler(self._handler, conversation_id)
             if wait is not None:
                 await self.defer(conversation_id, wait)
