@@ -113,11 +113,13 @@ class TwilioSender:
     async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
         try:
             async with asyncio.timeout(TWILIO_TIMEOUT_SECONDS):
+                # No DateSent filter: a message still queued has no send date and would be missed.
+                # Twilio lists newest first, so the attempt in question is among the first few.
                 candidates = await self._client.messages.list_async(
                     to=channel_address(message.channel, message.to),
                     from_=channel_address(message.channel, message.from_),
-                    date_sent_after=since - timedelta(days=1),
                     limit=50,
+                    page_size=50,
                 )
         except (TwilioRestException, aiohttp.ClientError, TimeoutError, TwilioException) as error:
             raise RetryableError(f"Twilio could not be asked ({type(error).__name__})") from error
