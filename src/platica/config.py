@@ -25,12 +25,22 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable, one line each."""
 
 
+def _redact(url: str) -> str:
+    """The URL as it may be shown in an error: without the password of `user:password@`."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    start = head.find("//") + 2 if "//" in head else 0
+    user, colon, _password = head[start:].partition(":")
+    return f"{head[:start]}{user}{colon and ':***'}@{tail}"
+
+
 def _check_url(value: str | None, *, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
     if value is None or value == "":
         return None
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
-        raise ValueError(f"must be a URL like {schemes[-1]}://host, got {value!r}")
+        raise ValueError(f"must be a URL like {schemes[-1]}://host, got {_redact(value)!r}")
     return value.rstrip("/")
 
 
@@ -87,7 +97,7 @@ class Settings(BaseSettings):
         if scheme.startswith("sqlite"):
             if not value.split("://", 1)[-1].startswith("/"):
                 raise ValueError(
-                    f"must look like sqlite+aiosqlite:///path/to/file.db, got {value!r}"
+                    f"must look like sqlite+aiosqlite:///path/to/file.db, got {_redact(value)!r}"
                 )
             return value
         if scheme.split("+")[0] in ("postgresql", "postgres"):
@@ -95,7 +105,8 @@ class Settings(BaseSettings):
                 raise ValueError("must name a host, like postgresql://user@host:5432/db")
             return value
         raise ValueError(
-            f"must start with sqlite+aiosqlite:/// or postgresql://, got {scheme or value!r}"
+            "must start with sqlite+aiosqlite:/// or postgresql://, "
+            f"got {scheme or _redact(value)!r}"
         )
 
     @field_validator("OPENAI_BASE_URL", "PUBLIC_BASE_URL")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -134,7 +135,9 @@ def insert_ignore(
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
-    config = Config()
+    # Config's stdout default is whatever sys.stdout was when alembic was first imported (maybe
+    # a stream closed since, e.g. a test runner's); `alembic check` and friends print to it.
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     return config

@@ -12,7 +12,8 @@ import structlog
 from platica.config import Settings
 
 # E.164 numbers and bare digit runs long enough to be one, with or without the "whatsapp:" prefix.
-PHONE = re.compile(r"(?<![\w+])(\+?)(\d{2,4})(\d{3,9})(\d{2})(?!\w)")
+# Not digit groups joined by hyphens or dots: a UUID's last group may be all digits.
+PHONE = re.compile(r"(?<![\w+.-])(\+?)(\d{2,4})(\d{3,9})(\d{2})(?![\w-])")
 
 
 def mask_phone(text: str) -> str:

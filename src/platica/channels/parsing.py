@@ -145,7 +145,9 @@ def parse_status(form: FormData) -> StatusUpdate:
     except ValueError:
         raise BadRequest(f"unknown MessageStatus {raw_status[:30]!r}") from None
     raw_code = (first(form, "ErrorCode") or "").strip()
-    error_code = int(raw_code) if raw_code.isdigit() and len(raw_code) < 9 else None
+    # isascii(): str.isdigit() also accepts "²" and other digits int() refuses.
+    is_number = raw_code.isascii() and raw_code.isdigit() and len(raw_code) < 9
+    error_code = int(raw_code) if is_number else None
     extra = {}
     if raw_code and error_code is None:
         # Some errors come as words (e.g. the sandbox's InvalidSandboxRequest).

@@ -1,0 +1,287 @@
+"""The `platica` command: db upgrade, accounts create, simulate."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from platica import db
+from platica.cli import app
+from platica.config import Settings, get_settings
+from tests.conftest import Database, LiveServer, free_port, make_settings
+from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, WHATSAPP_NUMBER
+from tests.fakes import FakeTwilio
+from tests.throwaway import throwaway_database
+
+LiveServerFactory = Callable[[Settings], LiveServer]
+
+
+def invoke(*args: str) -> Result:
+    """Run `platica ARGS` in-process, reading the settings afresh from the environment."""
+    get_settings.cache_clear()
+    return CliRunner().invoke(app, list(args))
+
+
+def printed(result: Result, label: str) -> str:
+    """The value printed after `label` on stdout."""
+    [line] = [line for line in result.stdout.splitlines() if line.startswith(label)]
+    return line.split(": ", 1)[1]
+
+
+@pytest.fixture
+def scratch_postgres(postgres_url: str) -> Iterator[str]:
+    with throwaway_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture
+def use_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return database_url
+
+
+class TestDbUpgrade:
+    def test_sqlite_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        url = f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
+        monkeypatch.setenv("DATABASE_URL", url)
+
+        result = invoke("db", "upgrade")
+
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"Database at {db.head_revision()}\n"
+        assert db.current_revision(url) == db.head_revision()
+
+    def test_sqlite_twice(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/fresh.db")
+        assert invoke("db", "upgrade").exit_code == 0
+
+        result = invoke("db", "upgrade")
+
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"Database at {db.head_revision()}\n"
+
+    @pytest.mark.postgres
+    def test_postgresql(self, scratch_postgres: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", scratch_postgres)
+        assert db.current_revision(scratch_postgres) is None
+
+        result = invoke("db", "upgrade")
+
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"Database at {db.head_revision()}\n"
+        assert db.current_revision(scratch_postgres) == db.head_revision()
+
+    def test_bad_database_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", "mysql://db/app")
+
+        result = invoke("db", "upgrade")
+
+        assert result.exit_code == 2
+        assert result.stderr.startswith("Invalid configuration: DATABASE_URL: ")
+
+
+class TestAccountsCreate:
+    def test_prints_key_once_and_stores_its_hash(
+        self, use_database: str, database: Database
+    ) -> None:
+        result = invoke(
+            "accounts",
+            "create",
+            "Acme",
+            "--sms-number",
+            "+15550001111",
+            "--whatsapp-number",
+            "+15550002222",
+        )
+
+        assert result.exit_code == 0, result.output
+        key = printed(result, "API key")
+        assert key.startswith("plk_")
+        assert len(key) > 40
+        assert result.stdout.count(key) == 1
+        [row] = database.rows("SELECT * FROM api_keys")
+        assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
+        assert all(key not in str(value) for value in row)
+
+    def test_creates_channel_configs(self, use_database: str, database: Database) -> None:
+        result = invoke(
+            "accounts",
+            "create",
+            "Acme",
+            "--sms-number",
+            "+15550001111",
+            "--whatsapp-number",
+            "whatsapp:+15550002222",
+        )
+
+        assert result.exit_code == 0, result.output
+        account_id = uuid.UUID(printed(result, "Account 'Acme' created"))
+        [account] = database.rows("SELECT id, name FROM accounts")
+        assert (uuid.UUID(str(account.id)), account.name) == (account_id, "Acme")
+        configs = database.rows("SELECT account_id, channel, phone_number FROM channel_configs")
+        assert sorted(
+            (uuid.UUID(str(c.account_id)), c.channel, c.phone_number) for c in configs
+        ) == [
+            (account_id, "sms", "+15550001111"),
+            (account_id, "whatsapp", "+15550002222"),
+        ]
+
+    def test_number_already_owned(self, use_database: str, database: Database) -> None:
+        assert invoke("accounts", "create", "Acme", "--sms-number", "+15550001111").exit_code == 0
+
+        result = invoke(
+            "accounts",
+            "create",
+            "Other",
+            "--whatsapp-number",
+            "+15550003333",
+            "--sms-number",
+            "+15550001111",
+        )
+
+        assert result.exit_code == 1
+        assert "another account already owns one of those numbers" in result.stderr
+        assert "Traceback" not in result.output
+        assert [row.name for row in database.rows("SELECT name FROM accounts")] == ["Acme"]
+        assert database.count("api_keys") == 1
+        assert database.count("channel_configs") == 1
+
+    def test_same_number_on_other_channel(self, use_database: str, database: Database) -> None:
+        assert invoke("accounts", "create", "Acme", "--sms-number", "+15550001111").exit_code == 0
+
+        result = invoke("accounts", "create", "Other", "--whatsapp-number", "+15550001111")
+
+        assert result.exit_code == 0, result.output
+        assert database.count("accounts") == 2
+
+    @pytest.mark.parametrize(
+        ("option", "value"),
+        [
+            ("--sms-number", "12345"),
+            ("--sms-number", "+1 555 000 1111"),
+            ("--whatsapp-number", "whatsapp:5550002222"),
+        ],
+    )
+    def test_invalid_number(
+        self, option: str, value: str, use_database: str, database: Database
+    ) -> None:
+        result = invoke("accounts", "create", "Acme", option, value)
+
+        assert result.exit_code == 2
+        assert f"Invalid value for {option}: must be an E.164 number" in result.stderr
+        assert database.count("accounts") == 0
+
+
+class TestSimulate:
+    @pytest.fixture
+    def twilio(self) -> Iterator[FakeTwilio]:
+        with FakeTwilio() as fake:
+            yield fake
+
+    @pytest.fixture
+    def server(
+        self,
+        database_url: str,
+        database: Database,
+        live_server: LiveServerFactory,
+        twilio: FakeTwilio,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> LiveServer:
+        """A server with Twilio configured (signatures checked, replies to the fake Twilio),
+        the offline responder, and no debounce; the CLI reads the same settings from the
+        environment."""
+        server = live_server(make_settings(database_url, TWILIO_API_BASE_URL=twilio.url))
+        database.execute("UPDATE channel_configs SET debounce_seconds = 0")
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+        monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        monkeypatch.setenv("TWILIO_PHONE_NUMBER", SMS_NUMBER)
+        monkeypatch.setenv("TWILIO_WHATSAPP_NUMBER", f"whatsapp:{WHATSAPP_NUMBER}")
+        return server
+
+    @pytest.mark.parametrize(
+        ("channel", "recipient"), [("sms", SMS_NUMBER), ("whatsapp", WHATSAPP_NUMBER)]
+    )
+    def test_accepted_stored_and_reply_printed(
+        self,
+        channel: str,
+        recipient: str,
+        server: LiveServer,
+        database: Database,
+        twilio: FakeTwilio,
+    ) -> None:
+        result = invoke(
+            "simulate",
+            "--url",
+            server.url,
+            "--channel",
+            channel,
+            "--from",
+            "+34600111222",
+            "--wait",
+            "15",
+            "¿Abren?",
+        )
+
+        assert result.exit_code == 0, result.output
+        accepted, reply = result.stdout.splitlines()
+        assert accepted.startswith("Accepted: SM")
+        assert accepted.endswith(f"from +34600111222 to {recipient} on {channel}.")
+        sid = accepted.split()[1]
+        rows = database.rows(
+            "SELECT channel, direction, body FROM messages WHERE twilio_sid = :sid", sid=sid
+        )
+        assert [tuple(row) for row in rows] == [(channel, "inbound", "¿Abren?")]
+        assert reply.startswith("Reply (")
+        assert 'You said: "¿Abren?"' in reply
+        [sent] = twilio.sent
+        prefix = "whatsapp:" if channel == "whatsapp" else ""
+        assert (sent["to"], sent["from"]) == (f"{prefix}+34600111222", f"{prefix}{recipient}")
+
+    def test_without_waiting(self, server: LiveServer, database: Database) -> None:
+        result = invoke("simulate", "--url", server.url, "--wait", "0", "Hola")
+
+        assert result.exit_code == 0, result.output
+        [accepted] = result.stdout.splitlines()
+        sid = accepted.split()[1]
+        assert database.scalar("SELECT body FROM messages WHERE twilio_sid = :sid", sid=sid) == (
+            "Hola"
+        )
+
+    def test_wrong_auth_token_refused(
+        self, server: LiveServer, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("TWILIO_AUTH_TOKEN", "f" * 32)
+
+        result = invoke("simulate", "--url", server.url, "Hola")
+
+        assert result.exit_code == 1
+        assert result.stderr.startswith("Error: Plática answered 403")
+        assert database.count("messages") == 0
+
+    def test_number_nobody_owns(self, server: LiveServer, database: Database) -> None:
+        result = invoke("simulate", "--url", server.url, "--to", "+15550009999", "Hola")
+
+        assert result.exit_code == 1
+        assert result.stderr.startswith("Error: Plática answered 404")
+        assert database.count("messages") == 0
+
+    def test_nothing_listening(self) -> None:
+        url = f"http://127.0.0.1:{free_port()}"
+
+        result = invoke("simulate", "--url", url, "Hola")
+
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"Error: could not reach Plática at {url}")
+        assert "Traceback" not in result.output
+
+    def test_invalid_sender(self) -> None:
+        result = invoke("simulate", "--from", "0034600111222", "Hola")
+
+        assert result.exit_code == 2
+        assert "Invalid value for --from" in result.stderr
