@@ -107,6 +107,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_PHONE_NUMBER": SMS_NUMBER,
         "TWILIO_WHATSAPP_NUMBER": WHATSAPP_NUMBER,
+        # Nothing listens on the discard port: tests that want Twilio start the fake; the rest
+        # must never reach the real API.
+        "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
         "LOG_LEVEL": "WARNING",
     }
     values.update(overrides)

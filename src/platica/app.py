@@ -18,7 +18,7 @@ from platica.channels.sender import create_sender
 from platica.config import ConfigError, Settings, get_settings
 from platica.deps import AppState
 from platica.errors import install_error_handlers
-from platica.jobs.locks import ConversationLocks, LocalLocks, PostgresLocks
+from platica.jobs.locks import LeaseLocks
 from platica.jobs.runner import InProcessRunner, ProcrastinateRunner, Sweeper, TaskRunner
 from platica.logging import configure_logging, get_logger
 from platica.replies.generator import OfflineReplyGenerator, create_generator
@@ -59,7 +59,7 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
         await ensure_default_account(session, settings)
     generator = create_generator(settings)
     sender = create_sender(settings)
-    locks: ConversationLocks = LocalLocks() if settings.is_sqlite else PostgresLocks(engine)
+    locks = LeaseLocks(sessionmaker)
     state = AppState(settings=settings, engine=engine, sessionmaker=sessionmaker)
     context = ReplyContext(
         settings=settings,

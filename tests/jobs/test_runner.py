@@ -9,11 +9,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
-from platica.jobs.locks import LOCK_NAMESPACE, LocalLocks, PostgresLocks
+from platica.jobs.locks import LeaseLocks
 from platica.jobs.runner import InProcessRunner, Sweeper, run_handler
 from platica.models import (
     Account,
@@ -212,129 +210,100 @@ class TestRunHandler:
         assert await run_handler(Recorder(ValueError("bad")), 1) == 0.05
 
 
-class TestLocalLocks:
-    async def test_a_second_hold_fails_while_the_first_is_held(self):
-        locks = LocalLocks()
-
-        async with locks.hold(1) as first:
-            async with locks.hold(1) as second:
-                assert (first, second) == (True, False)
-            async with locks.hold(2) as other:
-                assert other is True
-
-        async with locks.hold(1) as again:
-            assert again is True
-
-    async def test_a_failed_hold_does_not_release_the_holders_lock(self):
-        locks = LocalLocks()
-
-        async with locks.hold(1):
-            async with locks.hold(1) as second:
-                assert second is False
-            async with locks.hold(1) as third:
-                assert third is False
-
-    async def test_the_lock_is_released_when_the_holder_raises(self):
-        locks = LocalLocks()
-
-        with pytest.raises(RuntimeError):
-            async with locks.hold(1):
-                raise RuntimeError("task failed")
-
-        async with locks.hold(1) as again:
-            assert again is True
-
-
 @pytest.fixture
-async def engines(postgres_url: str) -> AsyncIterator[Callable[[], AsyncEngine]]:
-    """Separate engines on the test PostgreSQL database, as separate processes would have."""
-    created: list[AsyncEngine] = []
+async def leases(database_url: str) -> AsyncIterator[tuple[Seeder, Callable[..., LeaseLocks], Any]]:
+    """A seeder for conversations and a factory of lease locks (as separate processes would
+    have), on a real database."""
+    engine = db.create_engine(database_url)
+    sessionmaker = db.create_sessionmaker(engine)
 
-    def make() -> AsyncEngine:
-        engine = db.create_engine(postgres_url, pool_size=2)
-        created.append(engine)
-        return engine
+    def make(lease_seconds: float = 30.0) -> LeaseLocks:
+        return LeaseLocks(sessionmaker, lease_seconds=lease_seconds)
 
-    yield make
-    for engine in created:
+    try:
+        yield Seeder(sessionmaker), make, sessionmaker
+    finally:
         await engine.dispose()
 
 
-async def advisory_lock_pids(engine: AsyncEngine, key: int) -> list[int]:
-    async with engine.connect() as connection:
-        rows = await connection.execute(
-            text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND classid = :namespace AND objid = :key"
-            ),
-            {"namespace": LOCK_NAMESPACE, "key": key},
-        )
-        return [row.pid for row in rows]
+async def lease_of(sessionmaker: Any, conversation_id: int) -> tuple[str | None, datetime | None]:
+    async with sessionmaker() as session:
+        conversation = await session.get(Conversation, conversation_id)
+        assert conversation is not None
+        return conversation.lease_owner, conversation.lease_expires_at
 
 
-@pytest.mark.postgres
-class TestPostgresLocks:
-    async def test_a_second_holder_fails_until_the_first_releases(self, engines):
-        first, second = PostgresLocks(engines()), PostgresLocks(engines())
+class TestLeaseLocks:
+    async def test_a_second_holder_fails_until_the_first_releases(self, leases):
+        seeder, make, _ = leases
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
+        first, second = make(), make()
 
-        async with first.hold(41) as taken, second.hold(41) as refused:
+        async with first.hold(conversation) as taken, second.hold(conversation) as refused:
             assert (taken, refused) == (True, False)
 
-        async with second.hold(41) as taken_later:
+        async with second.hold(conversation) as taken_later:
             assert taken_later is True
 
-    async def test_two_holders_in_one_engine_also_exclude_each_other(self, engines):
-        locks = PostgresLocks(engines())
+    async def test_different_conversations_do_not_block_each_other(self, leases):
+        seeder, make, _ = leases
+        one = await seeder.conversation(**old_inbound(ReplyState.pending))
+        two = await seeder.conversation(**old_inbound(ReplyState.pending))
 
-        async with locks.hold(42) as taken, locks.hold(42) as refused:
-            assert (taken, refused) == (True, False)
-
-    async def test_different_conversations_do_not_block_each_other(self, engines):
-        first, second = PostgresLocks(engines()), PostgresLocks(engines())
-
-        async with first.hold(43) as a, second.hold(44) as b:
+        async with make().hold(one) as a, make().hold(two) as b:
             assert (a, b) == (True, True)
 
-    async def test_a_refused_hold_leaves_the_holders_lock_in_place(self, engines):
-        engine = engines()
-        first, second = PostgresLocks(engine), PostgresLocks(engines())
+    async def test_a_refused_hold_leaves_the_holders_lease_in_place(self, leases):
+        seeder, make, sessionmaker = leases
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
 
-        async with first.hold(45) as taken:
-            async with second.hold(45) as refused:
-                assert (taken, refused) == (True, False)
-            # The refused holder must not have unlocked anything on its way out.
-            assert len(await advisory_lock_pids(engine, 45)) == 1
-        assert await advisory_lock_pids(engine, 45) == []
-
-    async def test_the_lock_dies_with_the_holders_connection(self, engines):
-        observer = engines()
-        holder, other = PostgresLocks(engines()), PostgresLocks(engines())
-        held = asyncio.Event()
-
-        async def hold_forever() -> None:
-            async with holder.hold(46) as taken:
-                assert taken
-                held.set()
-                await asyncio.Event().wait()
-
-        task = asyncio.create_task(hold_forever())
-        try:
-            await asyncio.wait_for(held.wait(), DEADLINE_SECONDS)
-            [pid] = await advisory_lock_pids(observer, 46)
-            async with other.hold(46) as refused:
+        async with make().hold(conversation):
+            owner, _ = await lease_of(sessionmaker, conversation)
+            async with make().hold(conversation) as refused:
                 assert refused is False
+            assert (await lease_of(sessionmaker, conversation))[0] == owner
+        assert await lease_of(sessionmaker, conversation) == (None, None)
 
-            # The worker's connection dies (a SIGKILLed process, a network cut).
-            async with observer.connect() as connection:
-                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            await eventually_async(lambda: advisory_lock_pids(observer, 46), [], "the lock to go")
+    async def test_the_lease_is_released_when_the_holder_raises(self, leases):
+        seeder, make, _ = leases
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
+        locks = make()
 
-            async with other.hold(46) as taken:
-                assert taken is True
-        finally:
-            task.cancel()
-            # Releasing over the dead connection fails; the lock is gone regardless.
-            await asyncio.gather(task, return_exceptions=True)
+        with pytest.raises(RuntimeError):
+            async with locks.hold(conversation):
+                raise RuntimeError("task failed")
+
+        async with make().hold(conversation) as again:
+            assert again is True
+
+    async def test_a_dead_holders_lease_expires(self, leases):
+        """A SIGKILLed worker releases nothing: its lease must lapse on its own."""
+        seeder, make, sessionmaker = leases
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
+        async with db.transaction(sessionmaker) as session:
+            dead = await session.get(Conversation, conversation)
+            assert dead is not None
+            dead.lease_owner, dead.lease_expires_at = "dead-worker", ago(1)
+
+        async with make().hold(conversation) as taken:
+            assert taken is True
+
+    async def test_a_live_lease_is_renewed_past_its_length(self, leases):
+        seeder, make, sessionmaker = leases
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
+        holder = make(lease_seconds=0.3)
+
+        async with holder.hold(conversation) as taken:
+            assert taken
+            _, first_expiry = await lease_of(sessionmaker, conversation)
+            # The scenario itself is time passing: the work outlasts the lease's length.
+            await asyncio.sleep(0.6)
+            async with make().hold(conversation) as refused:
+                assert refused is False
+            _, later_expiry = await lease_of(sessionmaker, conversation)
+            assert first_expiry is not None
+            assert later_expiry is not None
+            assert later_expiry > first_expiry
 
 
 async def eventually_async(probe: Callable[[], Awaitable[Any]], expected: Any, what: str) -> None:

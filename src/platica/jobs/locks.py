@@ -1,17 +1,31 @@
-"""Per-conversation locks, so one conversation is answered by one worker at a time, in order."""
+"""Per-conversation leases, so one worker at a time answers a conversation, in order.
+
+A lease is two columns on the conversation (owner, expiry), taken with one conditional UPDATE
+and renewed while the work goes on. It works the same on SQLite and PostgreSQL and across any
+number of processes; it holds no database connection while the LLM thinks; and when a worker
+dies, its leases simply expire, so no conversation stays stuck.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 from typing import Protocol
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import or_, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-# The first key of PostgreSQL's two-key advisory locks: ours, not some other application's.
-LOCK_NAMESPACE = 0x504C41
+from platica.db import transaction
+from platica.logging import get_logger
+from platica.models import Conversation, utcnow
+
+log = get_logger(__name__)
+
+LEASE_SECONDS = 15.0
 
 
 class ConversationLocks(Protocol):
@@ -20,50 +34,69 @@ class ConversationLocks(Protocol):
         ...
 
 
-class LocalLocks:
-    """Within one process (SQLite deployments run every worker in the serving process)."""
+class LeaseLocks:
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], lease_seconds: float = LEASE_SECONDS
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._lease = timedelta(seconds=lease_seconds)
 
-    def __init__(self) -> None:
-        self._held: set[int] = set()
+    async def _take(self, conversation_id: int, owner: str) -> bool:
+        now = utcnow()
+        async with transaction(self._sessionmaker) as session:
+            result = await session.execute(
+                update(Conversation)
+                .where(
+                    Conversation.id == conversation_id,
+                    or_(
+                        Conversation.lease_expires_at.is_(None),
+                        Conversation.lease_expires_at < now,
+                    ),
+                )
+                .values(lease_owner=owner, lease_expires_at=now + self._lease)
+                .execution_options(synchronize_session=False)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _renew(self, conversation_id: int, owner: str) -> None:
+        """Extend the lease every third of its length for as long as the work lasts."""
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            try:
+                async with transaction(self._sessionmaker) as session:
+                    await session.execute(
+                        update(Conversation)
+                        .where(
+                            Conversation.id == conversation_id, Conversation.lease_owner == owner
+                        )
+                        .values(lease_expires_at=utcnow() + self._lease)
+                        .execution_options(synchronize_session=False)
+                    )
+            except Exception:
+                # The next renewal may succeed; if none does, the lease lapses, as for a crash.
+                log.warning("lease.renew_failed", conversation_id=conversation_id, exc_info=True)
+
+    async def _release(self, conversation_id: int, owner: str) -> None:
+        async with transaction(self._sessionmaker) as session:
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id, Conversation.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+                .execution_options(synchronize_session=False)
+            )
 
     @asynccontextmanager
     async def hold(self, conversation_id: int) -> AsyncIterator[bool]:
-        if conversation_id in self._held:
+        owner = uuid.uuid4().hex
+        if not await self._take(conversation_id, owner):
             yield False
             return
-        self._held.add(conversation_id)
+        renewal = asyncio.create_task(self._renew(conversation_id, owner), name="lease-renewal")
         try:
             yield True
         finally:
-            self._held.discard(conversation_id)
-
-
-class PostgresLocks:
-    """PostgreSQL session advisory locks: shared by every process, and released by the server
-    when the holder's connection dies, so a killed worker never leaves a conversation stuck."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    @asynccontextmanager
-    async def hold(self, conversation_id: int) -> AsyncIterator[bool]:
-        key = conversation_id & 0x7FFFFFFF
-        async with self._engine.connect() as connection:
-            taken = bool(
-                await connection.scalar(select(func.pg_try_advisory_lock(LOCK_NAMESPACE, key)))
-            )
-            await connection.commit()
-            try:
-                yield taken
-            finally:
-                if taken:
-                    # Shielded: a cancelled task must still hand the lock back to the pool clean.
-                    await asyncio.shield(self._release(connection, key))
-
-    @staticmethod
-    async def _release(connection: object, key: int) -> None:
-        from sqlalchemy.ext.asyncio import AsyncConnection
-
-        assert isinstance(connection, AsyncConnection)
-        await connection.execute(select(func.pg_advisory_unlock(LOCK_NAMESPACE, key)))
-        await connection.commit()
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+            # Shielded: a cancelled task still hands its lease back.
+            await asyncio.shield(self._release(conversation_id, owner))

@@ -34,6 +34,7 @@ CRASH_RETRY_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 10.0
 # Work younger than this is someone's in-flight task, not a leftover.
 SWEEP_GRACE_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 5.0
 
 
 class TaskRunner(Protocol):
@@ -174,13 +175,20 @@ class ProcrastinateRunner:
             )
 
     async def stop(self) -> None:
+        # Bounded: with the database gone, Procrastinate's shutdown would wait on it for long.
         if self._worker is not None:
             self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(self._worker, return_exceptions=True), STOP_TIMEOUT_SECONDS
+                )
             self._worker = None
         if self._opened:
-            await self._app.close_async()
             self._opened = False
+            try:
+                await asyncio.wait_for(self._app.close_async(), STOP_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning("worker.close_timed_out")
 
 
 class Sweeper:

@@ -181,6 +181,8 @@ def upgrade() -> None:
         sa.Column("created_at", platica.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_message_at", platica.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("closed_at", platica.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("lease_expires_at", platica.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["accounts.id"],
