@@ -86,7 +86,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(full, pool_size=1, max_overflow=0, pool_timeout=60)
         _configure_sqlite(engine.sync_engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         full,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -94,6 +94,26 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # Supabase's transaction pooler cannot keep prepared statements across transactions.
         connect_args={"prepare_threshold": None},
     )
+    _declare_service(engine.sync_engine)
+    return engine
+
+
+def _declare_service(sync_engine: Any) -> None:
+    """Plática's own connections are the service: row-level security (revision 0003) shows
+    them every account's rows, unless a transaction names an account (`platica.account_id`,
+    set by the API for an account's callers), which wins.
+
+    Matters only when connecting as a role that does not own the tables. Behind a
+    transaction-mode pooler, also `ALTER ROLE <role> SET platica.service = 'on'` (see 0003).
+    """
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET platica.service = 'on'")
+        cursor.close()
+        # Committed, or the pool's rollback on return would undo the SET.
+        dbapi_connection.commit()
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
