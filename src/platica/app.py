@@ -16,6 +16,7 @@ from platica.api import routes as api_routes
 from platica.channels import webhook
 from platica.channels.sender import create_sender
 from platica.config import ConfigError, Settings, get_settings
+from platica.dashboard import routes as dashboard
 from platica.deps import AppState
 from platica.errors import install_error_handlers
 from platica.jobs.locks import LeaseLocks
@@ -141,4 +142,5 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     app.include_router(webhook.router)
     app.include_router(api_routes.router)
     app.include_router(ops.router)
+    dashboard.install(app)
     return app

@@ -1,0 +1,1 @@
+"""The operators' web dashboard: server-rendered pages at /, mounted by platica.app."""

@@ -1,0 +1,107 @@
+"""How the dashboard shows things in words: statuses, delivery states, Twilio error codes, times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from platica.conversations.operators import ConversationView
+from platica.logging import mask_phone
+from platica.models import Channel, ConversationStatus, MessageStatus
+
+CHANNEL_NAMES = {Channel.whatsapp.value: "WhatsApp", Channel.sms.value: "SMS"}
+
+# The four states an operator tells conversations apart by, as the inbox filter offers them.
+CONVERSATION_STATES = {
+    "active": "Active",
+    "handed_off": "Handed off",
+    "opted_out": "Opted out",
+    "closed": "Closed",
+}
+
+DELIVERY_STATES: dict[str, str] = {
+    MessageStatus.received: "received",
+    MessageStatus.pending: "waiting to be sent",
+    MessageStatus.accepted: "accepted by Twilio",
+    MessageStatus.scheduled: "scheduled",
+    MessageStatus.queued: "queued",
+    MessageStatus.sending: "sending",
+    MessageStatus.sent: "sent",
+    MessageStatus.delivered: "delivered",
+    MessageStatus.read: "read",
+    MessageStatus.failed: "failed",
+    MessageStatus.undelivered: "not delivered",
+    MessageStatus.canceled: "canceled",
+    MessageStatus.dry_run: "not sent (dry run: Twilio is not configured)",
+}
+
+# Twilio's error codes operators meet most, in words. https://www.twilio.com/docs/api/errors
+TWILIO_ERRORS: dict[int, str] = {
+    21211: "the number is not a valid phone number",
+    21408: "sending to this region is not enabled on the Twilio account",
+    21608: "a trial account can only send to verified numbers",
+    21610: "the recipient unsubscribed (replied STOP)",
+    21614: "the number is not a mobile number",
+    30003: "the handset is unreachable (switched off or out of coverage)",
+    30005: "the number is unknown or no longer in service",
+    30006: "a landline, or a carrier that cannot receive messages",
+    30007: "the carrier filtered the message (spam filtering)",
+    30008: "unknown error from the carrier",
+    63016: "outside WhatsApp's 24-hour window: only a template can be sent now",
+}
+
+
+def conversation_state(view: ConversationView, now: datetime | None = None) -> str:
+    """One of CONVERSATION_STATES: closed wins, then opted out, then a live handoff."""
+    conversation = view.conversation
+    if conversation.status == ConversationStatus.closed:
+        return "closed"
+    if view.opted_out:
+        return "opted_out"
+    if handed_off(view, now):
+        return "handed_off"
+    return "active"
+
+
+def handed_off(view: ConversationView, now: datetime | None = None) -> bool:
+    """An operator has the conversation (a handoff whose time has run out no longer counts)."""
+    conversation = view.conversation
+    if conversation.ai_enabled:
+        return False
+    until = conversation.handoff_until
+    return until is None or until > (now or datetime.now(UTC))
+
+
+def delivery_state(status: str) -> str:
+    return DELIVERY_STATES.get(status, status)
+
+
+def error_text(code: int | None) -> str | None:
+    if code is None:
+        return None
+    return TWILIO_ERRORS.get(code, "see Twilio's error reference for this code")
+
+
+def masked(contact: str) -> str:
+    return mask_phone(contact)
+
+
+def milliseconds(value: float | None) -> str:
+    """A duration for people: 850 ms, 2.4 s, 3 min."""
+    if value is None:
+        return "no data"
+    if value < 1000:
+        return f"{value:.0f} ms"
+    if value < 60_000:
+        return f"{value / 1000:.1f} s"
+    return f"{value / 60_000:.0f} min"
+
+
+def timestamp(moment: datetime | None) -> str:
+    """UTC, to the minute; the browser rewrites it in local time (app.js)."""
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.astimezone(UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,159 @@
+"""The dashboard's session: a signed cookie saying who logged in, and the CSRF token of its forms.
+
+The cookie never holds a credential. After an API key login it holds the key's account and the
+key's SHA-256 hash (as stored in `api_keys`), so revoking the key ends the session at the next
+request; after an admin login, an HMAC of the admin token, so changing PLATICA_ADMIN_TOKEN ends it.
+It is signed (itsdangerous, HMAC-SHA256), HttpOnly, SameSite=Lax, Secure over https, and expires
+12 hours after login.
+
+The signing key is derived (HMAC) from the secrets the deployment already has: PLATICA_ADMIN_TOKEN,
+TWILIO_AUTH_TOKEN and SUPABASE_JWT_SECRET, whichever are set. Every process of one deployment
+derives the same key, and changing any of those secrets logs everyone out. With none of them set
+(local mode) the key is random per process, so sessions end when the server restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import Response
+
+from platica.config import Settings
+
+COOKIE_NAME = "platica_session"
+MAX_AGE_SECONDS = 12 * 3600
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+_SALT = "platica.dashboard.session"
+_PROCESS_SECRET = secrets.token_bytes(32)
+
+
+def signing_key(settings: Settings) -> bytes:
+    """The cookie's signing key (see the module docstring)."""
+    material = [
+        secret.get_secret_value()
+        for secret in (
+            settings.PLATICA_ADMIN_TOKEN,
+            settings.TWILIO_AUTH_TOKEN,
+            settings.SUPABASE_JWT_SECRET,
+        )
+        if secret is not None
+    ]
+    if not material:
+        return _PROCESS_SECRET
+    return hmac.new(_SALT.encode(), "\x00".join(material).encode(), hashlib.sha256).digest()
+
+
+def admin_fingerprint(settings: Settings) -> str | None:
+    """What an admin session stores instead of the admin token."""
+    if settings.PLATICA_ADMIN_TOKEN is None:
+        return None
+    token = settings.PLATICA_ADMIN_TOKEN.get_secret_value().encode()
+    return hmac.new(signing_key(settings), b"admin:" + token, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class CookieSession:
+    """The cookie's content. `changed` sessions are written back with the response."""
+
+    csrf: str
+    kind: str | None = None  # "api_key" or "admin" once logged in
+    account_id: str | None = None  # api_key: the key's account
+    credential: str | None = None  # api_key: the key's hash; admin: admin_fingerprint()
+    viewing: str | None = None  # admin: the account chosen in the header (None: all)
+    logged_in_at: float | None = None
+    changed: bool = False
+
+    @classmethod
+    def anonymous(cls) -> CookieSession:
+        return cls(csrf=secrets.token_urlsafe(32), changed=True)
+
+    @property
+    def logged_in(self) -> bool:
+        return self.kind is not None
+
+    def log_in(self, kind: str, credential: str, account_id: str | None) -> None:
+        """Start a fresh session (a new CSRF token too: nothing from before the login carries over)."""
+        self.csrf = secrets.token_urlsafe(32)
+        self.kind, self.credential, self.account_id = kind, credential, account_id
+        self.viewing = None
+        self.logged_in_at = time.time()
+        self.changed = True
+
+    def log_out(self) -> None:
+        fresh = CookieSession.anonymous()
+        self.__dict__.update(fresh.__dict__)
+
+    def valid_csrf(self, submitted: str | None) -> bool:
+        return bool(submitted) and hmac.compare_digest(
+            self.csrf.encode(), (submitted or "").encode()
+        )
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "csrf": self.csrf,
+            "kind": self.kind,
+            "account_id": self.account_id,
+            "credential": self.credential,
+            "viewing": self.viewing,
+            "logged_in_at": self.logged_in_at,
+        }
+
+
+def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(signing_key(settings), salt=_SALT)
+
+
+def _optional_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    return value if isinstance(value, str) else None
+
+
+def load(request: Request, settings: Settings) -> CookieSession:
+    """The request's session; a new anonymous one when the cookie is missing, forged or expired."""
+    raw = request.cookies.get(COOKIE_NAME)
+    if not raw:
+        return CookieSession.anonymous()
+    try:
+        data = _serializer(settings).loads(raw, max_age=MAX_AGE_SECONDS)
+    except BadSignature:  # also SignatureExpired
+        return CookieSession.anonymous()
+    csrf = data.get("csrf") if isinstance(data, dict) else None
+    if not isinstance(csrf, str) or len(csrf) < 32:
+        return CookieSession.anonymous()
+    logged_in_at = data.get("logged_in_at")
+    session = CookieSession(
+        csrf=csrf,
+        kind=_optional_str(data, "kind"),
+        account_id=_optional_str(data, "account_id"),
+        credential=_optional_str(data, "credential"),
+        viewing=_optional_str(data, "viewing"),
+        logged_in_at=float(logged_in_at) if isinstance(logged_in_at, int | float) else None,
+    )
+    if session.kind is not None and (
+        session.logged_in_at is None or time.time() - session.logged_in_at > MAX_AGE_SECONDS
+    ):
+        return CookieSession.anonymous()
+    return session
+
+
+def save(response: Response, request: Request, settings: Settings, session: CookieSession) -> None:
+    """Write the session into the response's cookie when it changed."""
+    if not session.changed:
+        return
+    response.set_cookie(
+        COOKIE_NAME,
+        _serializer(settings).dumps(session._payload()),
+        max_age=MAX_AGE_SECONDS if session.logged_in else None,
+        path=request.scope.get("root_path") or "/",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )

@@ -1,0 +1,286 @@
+"""The dashboard's plumbing: who is looking (the Visit), CSRF-checked forms, and responses
+(pages, polled fragments, redirects) that carry the session cookie and security headers."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from platica.api.auth import scope_session
+from platica.channels.parsing import FormData, first, parse_form
+from platica.channels.webhook import read_body
+from platica.dashboard import display
+from platica.dashboard.session import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    CookieSession,
+    admin_fingerprint,
+)
+from platica.dashboard.session import load as load_session
+from platica.dashboard.session import save as save_session
+from platica.deps import AppState, get_state
+from platica.models import Account, ApiKey
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+templates = Jinja2Templates(directory=HERE / "templates")
+
+# Changes whenever our CSS or JS does, so browsers never run a stale copy.
+ASSET_VERSION = hashlib.sha256(
+    b"".join((STATIC / name).read_bytes() for name in ("app.css", "app.js"))
+).hexdigest()[:10]
+SECURITY_HEADERS = {
+    # Everything is served from here (no CDN); Twilio's media previews are the only outside images.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data: https:; media-src 'self' https:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class LoginRequired(Exception):
+    """No one is logged in (or the key was revoked): off to the login page."""
+
+
+class CsrfRejected(Exception):
+    """A POST without this session's CSRF token."""
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who is looking, and at whose data."""
+
+    kind: str  # "api_key" or "admin"
+    account_id: uuid.UUID | None  # the account every page shows; None: all of them (admin)
+    account_name: str | None
+    accounts: list[tuple[uuid.UUID, str]] = field(default_factory=list)  # admin: to switch
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == "admin"
+
+
+@dataclass
+class Visit:
+    """One request to the dashboard: the app's state, the cookie and the operator, if any."""
+
+    request: Request
+    state: AppState
+    cookie: CookieSession
+    operator: Operator | None
+
+    @property
+    def root(self) -> str:
+        """The path the app is mounted at ("" at the top)."""
+        return str(self.request.scope.get("root_path") or "").rstrip("/")
+
+    @property
+    def me(self) -> Operator:
+        if self.operator is None:
+            raise LoginRequired
+        return self.operator
+
+    @asynccontextmanager
+    async def db(self) -> AsyncIterator[AsyncSession]:
+        """A session that sees only the operator's account (row-level security on PostgreSQL)."""
+        async with self.state.sessionmaker() as session:
+            scope_session(session, self.operator.account_id if self.operator else None)
+            yield session
+
+
+# -- who is logged in ------------------------------------------------------------------------------
+
+
+async def _operator(state: AppState, cookie: CookieSession) -> Operator | None:
+    """The operator the cookie names, checked afresh: a revoked key or a new admin token ends it."""
+    async with state.sessionmaker() as session:
+        if cookie.kind == "admin":
+            expected = admin_fingerprint(state.settings)
+            if expected is None or cookie.credential != expected:
+                return None
+            rows = await session.execute(
+                select(Account.id, Account.name).order_by(Account.name, Account.created_at)
+            )
+            accounts = [(row.id, row.name) for row in rows]
+            names = dict(accounts)
+            viewing = uuid_or_none(cookie.viewing)
+            if viewing not in names:
+                # With a single account, "all accounts" and that account are the same thing.
+                viewing = accounts[0][0] if len(accounts) == 1 else None
+            return Operator("admin", viewing, names.get(viewing) if viewing else None, accounts)
+        if cookie.kind == "api_key" and cookie.credential:
+            row = (
+                await session.execute(
+                    select(ApiKey.account_id, Account.name)
+                    .join(Account, Account.id == ApiKey.account_id)
+                    .where(ApiKey.key_hash == cookie.credential, ApiKey.revoked_at.is_(None))
+                )
+            ).first()
+            if row is None or str(row.account_id) != cookie.account_id:
+                return None
+            return Operator("api_key", row.account_id, row.name)
+    return None
+
+
+def uuid_or_none(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+async def get_visit(request: Request) -> Visit:
+    state = get_state(request)
+    cookie = load_session(request, state.settings)
+    request.state.dashboard_cookie = cookie
+    operator = await _operator(state, cookie) if cookie.logged_in else None
+    if cookie.logged_in and operator is None:
+        cookie.log_out()
+    return Visit(request, state, cookie, operator)
+
+
+async def get_operator_visit(visit: Annotated[Visit, Depends(get_visit)]) -> Visit:
+    if visit.operator is None:
+        raise LoginRequired
+    return visit
+
+
+async def get_posted_form(
+    request: Request, visit: Annotated[Visit, Depends(get_visit)]
+) -> FormData:
+    """The posted form, once its CSRF token (field or htmx header) matches the session's."""
+    form = parse_form(await read_body(request), request.headers.get("content-type"))
+    if not visit.cookie.valid_csrf(request.headers.get(CSRF_HEADER) or first(form, CSRF_FIELD)):
+        raise CsrfRejected
+    return form
+
+
+AnyVisit = Annotated[Visit, Depends(get_visit)]
+OperatorVisit = Annotated[Visit, Depends(get_operator_visit)]
+PostedForm = Annotated[FormData, Depends(get_posted_form)]
+
+
+# -- responses -------------------------------------------------------------------------------------
+
+
+def _finish(visit: Visit | None, request: Request, response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    cookie = visit.cookie if visit else getattr(request.state, "dashboard_cookie", None)
+    if cookie is not None:
+        save_session(response, request, get_state(request).settings, cookie)
+    return response
+
+
+def _context(visit: Visit, page: str, **values: Any) -> dict[str, Any]:
+    root = visit.root
+    return {
+        "root": root,
+        "asset": lambda name: f"{root}/static/{name}?v={ASSET_VERSION}",
+        "csrf": visit.cookie.csrf,
+        "operator": visit.operator,
+        "page": page,
+        "path": visit.request.url.path,
+        "display": display,
+        **values,
+    }
+
+
+def render(
+    visit: Visit, template: str, page: str, status_code: int = 200, **values: Any
+) -> Response:
+    response = templates.TemplateResponse(
+        visit.request, template, _context(visit, page, **values), status_code=status_code
+    )
+    return _finish(visit, visit.request, response)
+
+
+def _fragment(
+    visit: Visit, template: str, live_id: str, every: float, poll_url: str, values: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    context = _context(visit, "", **values)
+    inner = templates.get_template(template).render(context)
+    version = hashlib.sha256(inner.encode()).hexdigest()[:16]
+    part = {"id": live_id, "every": every, "url": poll_url, "inner": inner, "version": version}
+    return part, context
+
+
+def embed(
+    visit: Visit, template: str, *, live_id: str, every: float, poll_url: str, **values: Any
+) -> dict[str, Any]:
+    """A polled fragment for a page to include (`_live.html` with `live` set to this)."""
+    return _fragment(visit, template, live_id, every, poll_url, values)[0]
+
+
+def live(
+    visit: Visit, template: str, *, live_id: str, every: float, poll_url: str, **values: Any
+) -> Response:
+    """The fragment a page polls; 204 (htmx keeps what it shows) when nothing changed."""
+    part, context = _fragment(visit, template, live_id, every, poll_url, values)
+    if visit.request.query_params.get("v") == part["version"]:
+        return _finish(visit, visit.request, Response(status_code=204))
+    html = templates.get_template("_live.html").render({**context, "live": part})
+    return _finish(visit, visit.request, HTMLResponse(html))
+
+
+def redirect(visit: Visit, path: str) -> Response:
+    return _finish(visit, visit.request, RedirectResponse(visit.root + path, status_code=303))
+
+
+def safe_next(value: str | None) -> str:
+    """Only paths of this site (not //host or /\\host) are followed after logging in."""
+    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
+        return value
+    return "/"
+
+
+async def login_required(request: Request, _exc: Exception) -> Response:
+    root = str(request.scope.get("root_path") or "").rstrip("/")
+    # After logging in, back to the page, not to the fragment it was polling.
+    url = httpx.URL(request.headers.get("hx-current-url") or str(request.url))
+    target = url.path.removeprefix(root) or "/"
+    if url.query:
+        target += "?" + url.query.decode()
+    login = f"{root}/login?{httpx.QueryParams({'next': target})}"
+    if request.headers.get("hx-request"):
+        # htmx follows this with a full page load instead of swapping the login page in.
+        return _finish(None, request, Response(status_code=204, headers={"HX-Redirect": login}))
+    return _finish(None, request, RedirectResponse(login, status_code=303))
+
+
+async def csrf_rejected(request: Request, _exc: Exception) -> Response:
+    visit = Visit(request, get_state(request), request.state.dashboard_cookie, None)
+    return render(
+        visit,
+        "error.html",
+        "",
+        status_code=403,
+        title="Form expired",
+        message="This form is out of date or did not come from this dashboard. "
+        "Go back, reload the page and try again.",
+    )
+
+
+def not_found(visit: Visit, what: str) -> Response:
+    return render(
+        visit,
+        "error.html",
+        "",
+        status_code=404,
+        title="Not found",
+        message=f"There is no {what} here, or it belongs to another account.",
+    )
