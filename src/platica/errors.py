@@ -89,10 +89,12 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = [
-        {"field": ".".join(str(p) for p in err["loc"] if p != "body"), "message": err["msg"]}
-        for err in exc.errors()
-    ]
+    problems = []
+    for err in exc.errors():
+        # The first element says where (body, query, path, header); the rest names the field.
+        where, *field = err["loc"] or ("body",)
+        name = ".".join(str(part) for part in field) or str(where)
+        problems.append({"field": name, "message": err["msg"]})
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return JSONResponse(
         error_body("validation_error", summary or "invalid request", fields=problems),

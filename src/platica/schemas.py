@@ -11,8 +11,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 T = TypeVar("T")
@@ -90,10 +90,25 @@ class HistoryRead(BaseModel):
     messages: list[MessageRead]
 
 
+def _check_text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError("must not be blank")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 class ManualReply(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     body: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
+
+    @field_validator("body")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _check_text(value) or value
 
 
 class StatsRead(BaseModel):
@@ -171,21 +186,15 @@ class ChannelConfigUpdate(BaseModel):
     handoff_timeout_minutes: Annotated[int, Field(ge=1, le=43200)] | None = None
     ai_enabled: bool | None = None
 
-    @field_validator("system_prompt", "fallback_message", "help_message")
+    @field_validator("*", mode="before")
     @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
+    def _not_null(cls, value: object, info: ValidationInfo) -> object:
+        # null means "the default model" for openai_model; elsewhere it is a mistake.
+        if value is None and info.field_name != "openai_model":
+            raise ValueError("must not be null")
         return value
 
-    @model_validator(mode="after")
-    def _no_nulls(self) -> ChannelConfigUpdate:
-        # null means "the default model" for openai_model; elsewhere it is a mistake.
-        nulls = [
-            name
-            for name in self.model_fields_set
-            if getattr(self, name) is None and name != "openai_model"
-        ]
-        if nulls:
-            raise ValueError(f"{', '.join(sorted(nulls))}: must not be null")
-        return self
+    @field_validator("system_prompt", "fallback_message", "help_message")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _check_text(value)

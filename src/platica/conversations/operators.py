@@ -72,10 +72,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         moment, _, ident = raw.partition("|")
-        parsed = datetime.fromisoformat(moment)
-        if parsed.tzinfo is None:
-            raise ValueError("naive")
-        return parsed, int(ident)
+        parsed, number = datetime.fromisoformat(moment), int(ident)
+        if parsed.tzinfo is None or not 0 < number < 2**63:
+            raise ValueError("out of range")
+        return parsed, number
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadRequest("cursor is not one this API returned") from None
 
