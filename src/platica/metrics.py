@@ -1,6 +1,6 @@
 """Prometheus metrics, served at /metrics by ops.py."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 WEBHOOKS = Counter(
     "platica_webhooks_total",
@@ -13,3 +13,38 @@ WEBHOOK_SECONDS = Histogram(
     ["endpoint"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+REPLY_OUTCOMES = ("ai", "fallback", "keyword", "skipped", "rate_limited", "send_failed")
+REPLIES = Counter(
+    "platica_replies_total",
+    "How inbound messages were dealt with. ai, fallback: replies stored (a burst answered "
+    "together counts once); keyword: STOP/START/HELP messages; skipped: messages not answered "
+    "(opted out, closed, paused or AI disabled); rate_limited: messages over an abuse limit; "
+    "send_failed: reply messages Twilio refused, or given up on.",
+    ["channel", "outcome"],
+)
+LLM_SECONDS = Histogram(
+    "platica_llm_seconds",
+    "Time of each LLM (Chat Completions) call, failed ones included.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30),
+)
+LLM_TOKENS = Counter(
+    "platica_llm_tokens_total",
+    "Tokens the LLM reported using, by kind (prompt or completion).",
+    ["kind"],
+)
+TWILIO_SECONDS = Histogram(
+    "platica_twilio_seconds",
+    "Time of each call to Twilio's Messages API to send a message, failed ones included.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+PENDING_REPLIES = Gauge(
+    "platica_pending_replies",
+    "Inbound messages waiting for their reply (reply_state pending), counted at each scrape.",
+)
+
+# Every series from the start, at zero, so rates and alerts work before the first event.
+for _channel in ("whatsapp", "sms"):
+    for _outcome in REPLY_OUTCOMES:
+        REPLIES.labels(_channel, _outcome)
+for _kind in ("prompt", "completion"):
+    LLM_TOKENS.labels(_kind)

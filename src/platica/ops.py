@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
-from platica.deps import StateDep
+from platica.deps import AppState, StateDep
 from platica.logging import get_logger
+from platica.metrics import PENDING_REPLIES
+from platica.models import Message, ReplyState
 
 router = APIRouter(tags=["operations"])
 log = get_logger(__name__)
@@ -36,7 +39,24 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
+async def _count_pending(state: AppState) -> None:
+    """Set the queue depth gauge: one COUNT on the partial index of pending messages."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), state.engine.connect() as connection:
+            pending = await connection.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.reply_state == ReplyState.pending)
+            )
+    except Exception as error:  # the other metrics are still worth serving
+        log.warning("metrics.pending_unavailable", error=type(error).__name__)
+        PENDING_REPLIES.set(math.nan)
+        return
+    PENDING_REPLIES.set(pending or 0)
+
+
 @router.get("/metrics")
-async def metrics() -> Response:
+async def metrics(state: StateDep) -> Response:
     """Prometheus metrics."""
+    await _count_pending(state)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

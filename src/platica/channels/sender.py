@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -15,6 +16,7 @@ from twilio.rest import Client
 from platica.config import Settings
 from platica.errors import RetryableError
 from platica.logging import get_logger
+from platica.metrics import TWILIO_SECONDS
 from platica.models import Channel, MessageStatus
 
 log = get_logger(__name__)
@@ -88,6 +90,7 @@ class TwilioSender:
         self._client.api.base_url = settings.TWILIO_API_BASE_URL
 
     async def send(self, message: OutgoingMessage) -> SentMessage:
+        started = time.perf_counter()
         try:
             # The SDK's own timeout never reaches aiohttp, so bound the call here.
             async with asyncio.timeout(TWILIO_TIMEOUT_SECONDS):
@@ -108,6 +111,8 @@ class TwilioSender:
             raise RetryableError(
                 f"Twilio could not be reached ({type(error).__name__})", ambiguous=True
             ) from error
+        finally:
+            TWILIO_SECONDS.observe(time.perf_counter() - started)
         return SentMessage(sid=created.sid, status=_status(created.status))
 
     async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:

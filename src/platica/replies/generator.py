@@ -12,6 +12,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from platica.config import Settings
 from platica.errors import RetryableError
+from platica.metrics import LLM_SECONDS, LLM_TOKENS
 
 Role = Literal["system", "user", "assistant"]
 
@@ -100,7 +101,12 @@ class OpenAIReplyGenerator:
             raise GenerationFailed(
                 f"the LLM refused the request ({error.status_code} {error.code or ''})".strip()
             ) from error
+        finally:
+            LLM_SECONDS.observe(time.perf_counter() - started)
         latency_ms = round((time.perf_counter() - started) * 1000)
+        if completion.usage is not None:  # spent even when the answer turns out unusable
+            LLM_TOKENS.labels("prompt").inc(completion.usage.prompt_tokens or 0)
+            LLM_TOKENS.labels("completion").inc(completion.usage.completion_tokens or 0)
         choice = completion.choices[0] if completion.choices else None
         text = (choice.message.content or "").strip() if choice else ""
         if not text:

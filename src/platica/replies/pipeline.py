@@ -32,6 +32,7 @@ from platica.db import transaction
 from platica.errors import RetryableError
 from platica.jobs.locks import ConversationLocks
 from platica.logging import get_logger
+from platica.metrics import REPLIES
 from platica.models import (
     Author,
     Channel,
@@ -204,6 +205,7 @@ async def _deliver(ctx: ReplyContext, loaded: _Loaded, message: Message) -> floa
                 error_message=error.message[:500],
             )
             log.warning("reply.send_failed", message_id=message.id, error_code=error.code)
+            REPLIES.labels(message.channel, "send_failed").inc()
             if error.code == UNSUBSCRIBED:
                 await _set_opted_out(ctx, loaded.contact.id, True)
             return None
@@ -224,6 +226,7 @@ async def _send_failed_transiently(
         await _set(
             ctx, message, status=MessageStatus.failed, error_message=f"gave up: {error.message}"
         )
+        REPLIES.labels(message.channel, "send_failed").inc()
         return None
     await _set(ctx, message, status=message.status, error_message=error.message)
     return ctx.policy.backoff(message.attempts)
@@ -284,22 +287,24 @@ async def _answer_pending(ctx: ReplyContext, conversation_id: int) -> float | _A
         if wait is not None:
             return wait
         remaining = await _handle_keywords(session, loaded, batch)
-        if not remaining:
-            return AGAIN
-        reason = _why_not_answer(loaded, utcnow())
+        reason = _why_not_answer(loaded, utcnow()) if remaining else None
         if reason is not None:
             _mark(remaining, ReplyState.skipped, reason)
             log.info("reply.skipped", conversation_id=conversation_id, reason=reason)
-            return AGAIN
-        history = await _history(session, loaded)
-        request = ReplyRequest(
-            model=loaded.config.openai_model or ctx.settings.OPENAI_MODEL,
-            messages=prompts.build_messages(loaded.config, history),
-            max_tokens=loaded.config.max_tokens,
-            temperature=loaded.config.temperature,
-        )
-        batch_ids = [m.id for m in remaining]
-        attempts_so_far = max(m.attempts for m in remaining)
+        answering = bool(remaining) and reason is None
+        if answering:
+            history = await _history(session, loaded)
+            request = ReplyRequest(
+                model=loaded.config.openai_model or ctx.settings.OPENAI_MODEL,
+                messages=prompts.build_messages(loaded.config, history),
+                max_tokens=loaded.config.max_tokens,
+                temperature=loaded.config.temperature,
+            )
+            batch_ids = [m.id for m in remaining]
+            attempts_so_far = max(m.attempts for m in remaining)
+    _count_unanswered(loaded.conversation.channel, batch)  # now that it is committed
+    if not answering:
+        return AGAIN
 
     reply, failure = await _generate(ctx, batch_ids, request, attempts_so_far)
     parts = _shape(loaded.config, reply.text) if reply else []
@@ -346,6 +351,7 @@ async def _answer_pending(ctx: ReplyContext, conversation_id: int) -> float | _A
             )
         )
         await repository.touch_conversation(session, conversation_id, utcnow())
+    REPLIES.labels(loaded.conversation.channel, "ai" if reply else "fallback").inc()
     log.info(
         "reply.stored",
         conversation_id=conversation_id,
@@ -354,6 +360,14 @@ async def _answer_pending(ctx: ReplyContext, conversation_id: int) -> float | _A
         fallback=failure is not None,
     )
     return AGAIN
+
+
+def _count_unanswered(channel: Channel, batch: Sequence[Message]) -> None:
+    """Count the messages of `batch` this run decided not to have the AI answer."""
+    for message in batch:
+        if message.reply_state == ReplyState.skipped:
+            keyword = (message.note or "").startswith("keyword:")
+            REPLIES.labels(channel, "keyword" if keyword else "skipped").inc()
 
 
 def _debounce_wait(
