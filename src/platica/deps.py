@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.config import Settings
+from platica.ratelimit import RateLimits
 
 if TYPE_CHECKING:
     from platica.channels.sender import MessageSender
@@ -27,6 +28,8 @@ class AppState:
     sweeper: Sweeper | None = None
     generator: ReplyGenerator | None = None
     sender: MessageSender | None = None
+    # In memory, so per process (see ratelimit.py).
+    limits: RateLimits = field(default_factory=RateLimits)
     # Where Twilio reached us last, for StatusCallback URLs when PUBLIC_BASE_URL is unset.
     observed_base_url: str | None = None
 

@@ -124,6 +124,14 @@ class Caller:
         return self.principal.account_id
 
 
+def _credential(principal: Principal, token: str) -> str:
+    """What the API's rate limit counts calls by: the key or token; a Supabase user's account
+    (their tokens change every hour)."""
+    if principal.kind == "supabase":
+        return f"supabase:{principal.account_id}"
+    return f"{principal.kind}:{hash_api_key(token)}"
+
+
 async def get_caller(
     request: Request,
     state: StateDep,
@@ -137,6 +145,14 @@ async def get_caller(
     async with state.sessionmaker() as session:
         principal = await authenticate(state, session, token)
         await session.commit()  # the key's last use
+        retry_after = state.limits.api(_credential(principal, token))
+        if retry_after is not None:
+            raise HTTPException(
+                status_code=429,
+                detail=f"too many requests (at most {state.limits.api_limit} for one "
+                f"credential); try again in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
         if principal.is_admin and account_id is not None:
             principal = Principal(account_id=account_id, kind="admin")
         scope_session(session, principal.account_id)

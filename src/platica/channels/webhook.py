@@ -18,8 +18,9 @@ from platica.conversations import repository, service
 from platica.deps import AppState, StateDep
 from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
 from platica.logging import get_logger, mask_phone
-from platica.metrics import WEBHOOK_SECONDS, WEBHOOKS
+from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS
 from platica.models import Channel, WebhookLog
+from platica.ratelimit import RATE_LIMITED_NOTE
 
 router = APIRouter(prefix="/webhook", tags=["webhooks"])
 log = get_logger(__name__)
@@ -162,16 +163,37 @@ async def _record_message(
                 + ("WHATSAPP_NUMBER" if channel is Channel.whatsapp else "PHONE_NUMBER")
             )
         entry.account_id = config.account_id
-        recorded = await service.record_inbound(session, inbound, config.account_id)
+        # Over a limit, the message is still stored (and acknowledged), but never answered.
+        limited = state.limits.inbound(config.account_id, channel.value, inbound.sender)
+        recorded = await service.record_inbound(
+            session,
+            inbound,
+            config.account_id,
+            skip_reason=RATE_LIMITED_NOTE if limited else None,
+        )
         if recorded is None:
             # A repeated delivery: undo whatever this transaction touched, keep only the log.
             await session.rollback()
             entry.outcome, entry.reason = "duplicate", "MessageSid already recorded"
+        elif limited:
+            entry.outcome, entry.reason = "rate_limited", f"over the per-{limited} limit"
         else:
             entry.outcome = "accepted"
         entry.status_code = 200
         session.add(entry)
         await session.commit()
+    if recorded is not None and limited:
+        REPLIES.labels(channel.value, "rate_limited").inc()
+        # No sender here: the account and the message are enough to find it.
+        log.info(
+            "webhook.rate_limited",
+            channel=channel.value,
+            account_id=str(config.account_id),
+            message_sid=inbound.sid,
+            message_id=recorded.message_id,
+            limit=limited,
+        )
+        return
     if recorded is not None and state.runner is not None:
         # After the response: the sweeper catches anything a crash here would drop.
         background.add_task(state.runner.defer, recorded.conversation_id, config.debounce_seconds)

@@ -27,13 +27,18 @@ class StatusOutcome(StrEnum):
 
 
 async def record_inbound(
-    session: AsyncSession, inbound: InboundMessage, account_id: uuid.UUID
+    session: AsyncSession,
+    inbound: InboundMessage,
+    account_id: uuid.UUID,
+    *,
+    skip_reason: str | None = None,
 ) -> Recorded | None:
     """Store an inbound message once, in its contact's active conversation.
 
     Returns the new message and its conversation, or None when its MessageSid is already stored (a repeated
     delivery). The caller should roll back on None: the transaction may have touched the
-    contact and conversation for nothing.
+    contact and conversation for nothing. With `skip_reason`, the message is stored as skipped
+    (that reason its note), never to be answered.
     """
     if await repository.message_id_by_sid(session, inbound.sid) is not None:
         return None
@@ -59,7 +64,8 @@ async def record_inbound(
             "media": [{"url": m.url, "content_type": m.content_type} for m in inbound.media],
             "twilio_sid": inbound.sid,
             "status": MessageStatus.received,
-            "reply_state": ReplyState.pending,
+            "reply_state": ReplyState.pending if skip_reason is None else ReplyState.skipped,
+            "note": skip_reason,
             "created_at": now,
             "updated_at": now,
         },
