@@ -16,6 +16,7 @@ from platica.api import routes as api_routes
 from platica.channels import webhook
 from platica.channels.sender import create_sender
 from platica.config import ConfigError, Settings, get_settings
+from platica.conversations.retention import DailyCleanup
 from platica.dashboard import routes as dashboard
 from platica.deps import AppState
 from platica.errors import install_error_handlers
@@ -52,7 +53,8 @@ def _warn_about_defaults(settings: Settings) -> None:
 
 
 async def start_services(settings: Settings, *, work: bool) -> AppState:
-    """Engine, clients, task runner and (when `work`) the workers and sweeper of one process."""
+    """Engine, clients, task runner and (when `work`) the workers, sweeper and daily cleanup of
+    one process."""
     await asyncio.to_thread(check_schema, settings)
     engine = db.create_engine(settings.DATABASE_URL)
     sessionmaker = db.create_sessionmaker(engine)
@@ -80,6 +82,8 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
     sweeper = Sweeper(sessionmaker, runner)
     if work:
         await sweeper.start()
+        state.cleanup = DailyCleanup(sessionmaker)
+        await state.cleanup.start()
     state.runner, state.sweeper, state.generator, state.sender = runner, sweeper, generator, sender
     _warn_about_defaults(settings)
     if isinstance(generator, OfflineReplyGenerator):
@@ -92,6 +96,8 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
 
 
 async def stop_services(state: AppState) -> None:
+    if state.cleanup is not None:
+        await state.cleanup.stop()
     if state.sweeper is not None:
         await state.sweeper.stop()
     if state.runner is not None:

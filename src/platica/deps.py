@@ -13,6 +13,7 @@ from platica.ratelimit import RateLimits
 
 if TYPE_CHECKING:
     from platica.channels.sender import MessageSender
+    from platica.conversations.retention import DailyCleanup
     from platica.jobs.runner import Sweeper, TaskRunner
     from platica.replies.generator import ReplyGenerator
 
@@ -28,6 +29,7 @@ class AppState:
     sweeper: Sweeper | None = None
     generator: ReplyGenerator | None = None
     sender: MessageSender | None = None
+    cleanup: DailyCleanup | None = None
     # In memory, so per process (see ratelimit.py).
     limits: RateLimits = field(default_factory=RateLimits)
     # Where Twilio reached us last, for StatusCallback URLs when PUBLIC_BASE_URL is unset.

@@ -132,6 +132,8 @@ class Account(Base):
     # The Supabase user (JWT `sub`) that owns this account, if any.
     auth_user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Days to keep messages (and webhook logs) for; None keeps them. See conversations/retention.py.
+    retention_days: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):
@@ -276,7 +278,10 @@ class Message(Base):
     error_code: Mapped[int | None] = mapped_column(Integer)
     error_message: Mapped[str | None] = mapped_column(Text)
     # Outbound: the inbound message this answers, and its place among the parts of a split reply.
-    reply_to_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    # Indexed so that deleting old messages (ON DELETE SET NULL here) does not scan the table.
+    reply_to_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True
+    )
     part: Mapped[int] = mapped_column(Integer, default=0)
     # Inbound: where the message stands in the reply pipeline.
     reply_state: Mapped[ReplyState | None] = mapped_column(String(16))
