@@ -1,11 +1,14 @@
-"""The `platica` command: serve, db upgrade, accounts create, simulate."""
+"""The `platica` command: serve, worker, db upgrade, accounts (and their keys), simulate, stats,
+cleanup."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
@@ -14,7 +17,10 @@ from twilio.request_validator import RequestValidator
 from platica import db
 from platica.accounts import DEMO_NUMBERS, create_account
 from platica.config import E164, ConfigError, Settings, get_settings, strip_channel_prefix
+from platica.conversations.retention import DEFAULT_IDLE_DAYS
 from platica.models import Channel
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Plática: answers WhatsApp and SMS conversations with an LLM, through Twilio.",
@@ -23,8 +29,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Accounts and their API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="An account's API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
+accounts_app.add_typer(keys_app, name="keys")
 
 
 class ChannelChoice(StrEnum):
@@ -171,6 +179,253 @@ def accounts_create(
     account_id, key = asyncio.run(run())
     typer.echo(f"Account {name.strip()!r} created: {account_id}")
     typer.echo(f"API key (shown once, store it now): {key}")
+
+
+def _migrated_settings() -> Settings:
+    """The settings, with the schema checked (SQLite: migrated) as `serve` does."""
+    from platica.app import check_schema
+
+    settings = _settings()
+    try:
+        check_schema(settings)
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    return settings
+
+
+def _with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(session)` in one transaction (committed if it returns) on a short-lived engine."""
+
+    async def run() -> T:
+        engine = db.create_engine(settings.DATABASE_URL)
+        try:
+            async with db.transaction(db.create_sessionmaker(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(1)
+
+
+@keys_app.command("create")
+def keys_create(
+    account_id: Annotated[uuid.UUID, typer.Argument(help="The account's id.")],
+    name: Annotated[str, typer.Option(help="A label to tell the key apart.")] = "default",
+) -> None:
+    """Create an API key for an account and print it (shown this once only)."""
+    from platica.accounts import create_api_key
+    from platica.models import Account
+
+    if not name.strip() or len(name) > 200:
+        raise typer.BadParameter("must be 1 to 200 characters", param_hint="--name")
+    settings = _migrated_settings()
+
+    async def work(session: Any) -> str | None:
+        if await session.get(Account, account_id) is None:
+            return None
+        return await create_api_key(session, account_id, name.strip())
+
+    key = _with_session(settings, work)
+    if key is None:
+        raise _fail(f"no account {account_id}")
+    typer.echo(f"API key {key[:12]} ({name.strip()!r}) created for account {account_id}.")
+    typer.echo(f"API key (shown once, store it now): {key}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[
+        str, typer.Argument(help="The key's first 12 characters (as `keys list` shows them).")
+    ],
+) -> None:
+    """Revoke an API key: it stops working at once."""
+    from sqlalchemy import select
+
+    from platica.accounts import hash_api_key
+    from platica.models import ApiKey, utcnow
+
+    settings = _migrated_settings()
+    given = prefix.strip()
+
+    async def work(session: Any) -> tuple[list[ApiKey], ApiKey | None]:
+        # The whole key works too, and names exactly one.
+        exact = len(given) > 12
+        match = ApiKey.key_hash == hash_api_key(given) if exact else ApiKey.prefix == given
+        keys = list(await session.scalars(select(ApiKey).where(match)))
+        active = [key for key in keys if key.revoked_at is None]
+        if len(active) != 1:
+            return keys, None
+        active[0].revoked_at = utcnow()
+        return keys, active[0]
+
+    keys, revoked = _with_session(settings, work)
+    if revoked is not None:
+        typer.echo(
+            f"API key {revoked.prefix} ({revoked.name!r}) of account {revoked.account_id} revoked."
+        )
+        return
+    if not keys:
+        raise _fail(f"no API key starts with {given[:12]!r}")
+    if all(key.revoked_at is not None for key in keys):
+        typer.echo(f"API key {keys[0].prefix} was already revoked.")
+        return
+    raise _fail(f"several active keys start with {given[:12]!r}; give the whole key")
+
+
+@keys_app.command("list")
+def keys_list(account_id: Annotated[uuid.UUID, typer.Argument(help="The account's id.")]) -> None:
+    """List an account's API keys (their prefixes, never the keys)."""
+    from sqlalchemy import select
+
+    from platica.models import ApiKey
+
+    settings = _migrated_settings()
+
+    async def work(session: Any) -> list[ApiKey]:
+        query = select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id)
+        return list(await session.scalars(query))
+
+    keys = _with_session(settings, work)
+    if not keys:
+        typer.echo(f"Account {account_id} has no API keys.")
+        return
+    typer.echo(f"{'PREFIX':<14}{'NAME':<22}{'CREATED':<18}{'LAST USED':<18}REVOKED")
+    for key in keys:
+        typer.echo(
+            f"{key.prefix:<14}{key.name[:20]:<22}{_when(key.created_at):<18}"
+            f"{_when(key.last_used_at):<18}{_when(key.revoked_at)}"
+        )
+
+
+def _when(moment: Any) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M}"
+
+
+@accounts_app.command("retention")
+def accounts_retention(
+    account_id: Annotated[uuid.UUID, typer.Argument(help="The account's id.")],
+    days: Annotated[
+        str | None, typer.Argument(help="Days to keep messages for, or 'keep' to keep them all.")
+    ] = None,
+) -> None:
+    """Show or set how long an account's messages are kept (`platica cleanup` deletes older)."""
+    from platica.models import Account
+
+    retention: int | None = None
+    if days is not None and days != "keep":
+        if not days.isdigit() or int(days) < 1:
+            raise typer.BadParameter("must be a number of days (1 or more) or 'keep'")
+        retention = int(days)
+    settings = _migrated_settings()
+
+    async def work(session: Any) -> tuple[bool, int | None]:
+        account = await session.get(Account, account_id)
+        if account is None:
+            return False, None
+        if days is not None:
+            account.retention_days = retention
+        return True, account.retention_days
+
+    found, current = _with_session(settings, work)
+    if not found:
+        raise _fail(f"no account {account_id}")
+    kept = "every message is kept" if current is None else f"messages are kept {current} days"
+    typer.echo(f"Account {account_id}: {kept}.")
+
+
+STATS_ROWS = (
+    ("total_conversations", "Conversations"),
+    ("active_conversations", "  active"),
+    ("total_messages", "Messages"),
+    ("incoming_messages", "  incoming"),
+    ("outgoing_messages", "  outgoing"),
+    ("avg_response_time_ms", "Average response (ms)"),
+    ("active_users_24h", "Active users, 24 h"),
+    ("active_users_7d", "Active users, 7 days"),
+)
+
+
+def _figure(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def stats(
+    account_id: Annotated[
+        uuid.UUID | None, typer.Option(help="Only this account (default: all accounts).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON: {channel: the API's /stats object}.")
+    ] = False,
+) -> None:
+    """Print the conversation and message figures of both channels."""
+    from platica.conversations.stats import channel_stats
+    from platica.models import Account
+
+    settings = _migrated_settings()
+
+    async def work(session: Any) -> dict[str, dict[str, Any]] | None:
+        if account_id is not None and await session.get(Account, account_id) is None:
+            return None
+        return {
+            channel.value: await channel_stats(session, channel, account_id) for channel in Channel
+        }
+
+    figures = _with_session(settings, work)
+    if figures is None:
+        raise _fail(f"no account {account_id}")
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    typer.echo(f"Plática stats, {'account ' + str(account_id) if account_id else 'all accounts'}")
+    channels = list(figures)
+    typer.echo(f"{'':<24}" + "".join(f"{name:>12}" for name in channels))
+    for key, label in STATS_ROWS:
+        values = [_figure(figures[c][key]) for c in channels]
+        typer.echo(f"{label:<24}" + "".join(f"{value:>12}" for value in values))
+
+
+@app.command()
+def cleanup(
+    days: Annotated[
+        int, typer.Option(help="Close conversations with no message for this many days.", min=1)
+    ] = DEFAULT_IDLE_DAYS,
+) -> None:
+    """Close idle conversations; delete messages past their account's retention and old
+    webhook logs (also run daily by every working process)."""
+    from platica.conversations.retention import WEBHOOK_LOG_DAYS, run_cleanup
+
+    settings = _migrated_settings()
+
+    async def run() -> Any:
+        engine = db.create_engine(settings.DATABASE_URL)
+        try:
+            return await run_cleanup(db.create_sessionmaker(engine), idle_days=days)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(run())
+    if report is None:
+        raise _fail("another process is cleaning up right now; try again in a minute")
+    typer.echo(
+        f"Closed {report.closed_conversations} conversation(s) with no message for {days} days."
+    )
+    typer.echo(
+        f"Deleted {report.deleted_messages} message(s) older than their account's retention "
+        "(accounts without one keep theirs)."
+    )
+    typer.echo(
+        f"Deleted {report.deleted_webhook_logs} webhook log entries older than "
+        f"{WEBHOOK_LOG_DAYS} days (or their account's retention, if shorter)."
+    )
 
 
 @app.command()
