@@ -10,6 +10,7 @@ from typing import Annotated
 
 import jwt
 from fastapi import Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import event, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -132,9 +133,18 @@ def _credential(principal: Principal, token: str) -> str:
     return f"{principal.kind}:{hash_api_key(token)}"
 
 
+# Declares the scheme in OpenAPI (/docs gets its "Authorize" button); _bearer() does the checking,
+# so that every failure gets the same 401 and message.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An account's API key (plk_…), the admin token, or a Supabase user's JWT.",
+)
+
+
 async def get_caller(
     request: Request,
     state: StateDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     account_id: Annotated[
         uuid.UUID | None,
         Query(description="Admin token only: act on this account (default: all accounts)."),
