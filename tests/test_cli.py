@@ -285,3 +285,20 @@ class TestSimulate:
 
         assert result.exit_code == 2
         assert "Invalid value for --from" in result.stderr
+
+
+class TestAccountsList:
+    def test_lists_ids_names_and_numbers(self, use_database: str) -> None:
+        created = invoke("accounts", "create", "Panadería Sol", "--sms-number", "+34911222334")
+        assert created.exit_code == 0, created.output
+        listed = invoke("accounts", "list")
+
+        assert listed.exit_code == 0, listed.output
+        [line] = [line for line in listed.stdout.splitlines() if "Panadería Sol" in line]
+        assert "sms +34911222334" in line
+        assert uuid.UUID(line.split()[0])
+
+    def test_empty(self, use_database: str) -> None:
+        listed = invoke("accounts", "list")
+        assert listed.exit_code == 0
+        assert "No accounts yet" in listed.stdout

@@ -84,6 +84,11 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"Plática on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
     typer.echo(f'Try it: platica simulate --url http://{shown}:{port} --from +15550100001 "Hola"')
+    typer.echo(
+        f"Dashboard: http://{shown}:{port}/ - log in with an API key "
+        "(`platica accounts list`, then `platica accounts keys create ACCOUNT_ID`) "
+        "or with PLATICA_ADMIN_TOKEN."
+    )
     uvicorn.run(
         application,
         host=host,
@@ -211,6 +216,28 @@ def _with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"Error: {message}", err=True)
     return typer.Exit(1)
+
+
+@accounts_app.command("list")
+def accounts_list() -> None:
+    """List the accounts with their ids and numbers."""
+    from sqlalchemy import select
+
+    from platica.models import Account, ChannelConfig
+
+    settings = _migrated_settings()
+
+    async def work(session: Any) -> list[tuple[Account, list[ChannelConfig]]]:
+        accounts = list(await session.scalars(select(Account).order_by(Account.created_at)))
+        configs = list(await session.scalars(select(ChannelConfig)))
+        return [(a, [c for c in configs if c.account_id == a.id]) for a in accounts]
+
+    rows = _with_session(settings, work)
+    if not rows:
+        typer.echo("No accounts yet: `platica serve` creates the default one.")
+    for account, configs in rows:
+        numbers = ", ".join(f"{c.channel} {c.phone_number}" for c in configs) or "no numbers"
+        typer.echo(f"{account.id}  {account.name}  ({numbers})")
 
 
 @keys_app.command("create")
