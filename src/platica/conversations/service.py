@@ -51,6 +51,9 @@ async def record_inbound(
         contact.profile_name = inbound.profile_name[:200]
     if inbound.wa_id:
         contact.wa_id = inbound.wa_id[:64]
+    # Rows are locked in one order everywhere (contact, conversation, messages), so concurrent
+    # transactions on PostgreSQL wait for each other instead of deadlocking.
+    await session.flush()
     conversation = await repository.get_or_open_conversation(session, contact)
     message_id = await repository.insert_message(
         session,
