@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import Database, free_port
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
-from tests.replies.test_pipeline import wait_for
+from tests.polling import wait_for
 
 
 class ServerProcess:

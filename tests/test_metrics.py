@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Database, make_settings
 from tests.fakes import FakeOpenAI, FakeTwilio
-from tests.replies.test_pipeline import Stack, wait_for
+from tests.polling import wait_for
+from tests.replies.test_pipeline import Stack
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from platica.ratelimit import RateLimits
 from tests.conftest import Database, make_settings
 from tests.factories import CONTACT
 from tests.fakes import FakeOpenAI, FakeTwilio
-from tests.replies.test_pipeline import Stack, wait_for
+from tests.polling import wait_for
+from tests.replies.test_pipeline import Stack
 
 FLOODER = "+34611000999"
 ADMIN_TOKEN = "admin-0f3e5d7c9b"

@@ -47,7 +47,7 @@ from platica.models import (
 from tests.conftest import LiveServer, make_settings, truncate_all
 from tests.factories import SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, new_sid, post_signed
 from tests.fakes import FakeTwilio
-from tests.replies.test_pipeline import wait_for
+from tests.polling import wait_for
 from tests.throwaway import throwaway_database
 
 pytestmark = pytest.mark.postgres

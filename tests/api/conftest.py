@@ -4,7 +4,6 @@ key for the default account, a second account with its own numbers, and seeded d
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from platica.models import (
 from tests.conftest import Database, LiveServer, make_settings
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
+from tests.polling import wait_for
 
 T = TypeVar("T")
 
@@ -45,18 +45,6 @@ B_SMS_NUMBER = "+15005550001"
 B_WHATSAPP_NUMBER = "+14155550123"
 DEADLINE_SECONDS = 20.0
 _DEFAULT = object()
-
-
-def wait_for(condition: Callable[[], Any], what: str, seconds: float = DEADLINE_SECONDS) -> Any:
-    """Poll until `condition()` is truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ from platica.dashboard import session as dashboard_session
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
 from tests.factories import CONTACT, SMS_NUMBER, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
+from tests.polling import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -54,18 +54,6 @@ DEADLINE_SECONDS = 20.0
 EXPECTED_STATUS = re.compile(r"status of (401|403|404|409|422)\b")
 
 expect.set_options(timeout=20_000)
-
-
-def wait_for(condition: Callable[[], Any], what: str, seconds: float = DEADLINE_SECONDS) -> Any:
-    """Poll the database (not the page) until `condition()` is truthy."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def in_session(database_url: str, work: Callable[[AsyncSession], Any]) -> Any:

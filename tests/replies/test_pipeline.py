@@ -3,8 +3,7 @@ Twilio spoken to through the official SDKs, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,20 +13,9 @@ import pytest
 from tests.conftest import Database, LiveServer, make_settings
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
+from tests.polling import wait_for
 
 DEADLINE_SECONDS = 20.0
-
-
-def wait_for(condition: Callable[[], Any], what: str, seconds: float = DEADLINE_SECONDS) -> Any:
-    """Poll until `condition()` is truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
