@@ -36,8 +36,9 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
+## bench: SPEC §6 on this machine (fakes, PostgreSQL and SQLite, < 10 min) -> docs/benchmark.md
 bench: $(STAMP)
-	@echo "The benchmark (SPEC §6) is not built yet; see the benchmark issue."
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## lock: re-pin every dependency from pyproject.toml into requirements.lock
 lock:

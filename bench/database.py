@@ -1,0 +1,339 @@
+"""Throwaway PostgreSQL databases, the INSERT+COMMIT probe, history seeding and the checks.
+
+Every scenario gets its own database, copied (CREATE DATABASE … TEMPLATE) from one that
+`python -m platica db upgrade` migrated at the start of the run, and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+MIGRATE_TIMEOUT = 120.0
+
+
+def with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def conninfo(url: str) -> str:
+    """A libpq URL (no SQLAlchemy driver suffix)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PostgresServer:
+    """The PostgreSQL server the benchmark borrows databases from (BENCH_DATABASE_URL)."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = conninfo(admin_url)
+        self.prefix = f"platica_bench_{uuid.uuid4().hex[:8]}"
+        self.created: list[str] = []
+        self.template: str | None = None
+
+    def available(self) -> str | None:
+        """None when the server answers, else why not."""
+        try:
+            with psycopg.connect(self.admin_url, connect_timeout=3) as connection:
+                connection.execute("SELECT 1")
+        except psycopg.Error as error:
+            return str(error).strip().splitlines()[0]
+        return None
+
+    def version(self) -> str:
+        with psycopg.connect(self.admin_url) as connection:
+            row = connection.execute("SHOW server_version").fetchone()
+            return str(row[0]) if row else "?"
+
+    def settings(self) -> dict[str, str]:
+        names = ["synchronous_commit", "fsync", "shared_buffers", "max_connections"]
+        found = {}
+        with psycopg.connect(self.admin_url) as connection:
+            for name in names:
+                row = connection.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+                found[name] = str(row[0]) if row else "?"
+        return found
+
+    def _admin(self, statement: sql.Composed | sql.SQL) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as connection:
+            connection.execute(statement)
+
+    def create(self, suffix: str, *, template: str | None = None) -> str:
+        """A new empty (or template-copied) database; its URL."""
+        name = f"{self.prefix}_{suffix}"
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        self._admin(statement)
+        self.created.append(name)
+        return with_database(self.admin_url, name)
+
+    def create_migrated_template(self, env: dict[str, str], log_path: Path) -> float:
+        """Migrate one database with `python -m platica db upgrade`; seconds it took."""
+        url = self.create("template")
+        self.template = f"{self.prefix}_template"
+        started = time.monotonic()
+        with log_path.open("ab") as log:
+            subprocess.run(
+                [sys.executable, "-m", "platica", "db", "upgrade"],
+                env={**env, "DATABASE_URL": url},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=MIGRATE_TIMEOUT,
+                check=True,
+            )
+        return time.monotonic() - started
+
+    def create_migrated(self, suffix: str) -> str:
+        assert self.template is not None, "create_migrated_template() first"
+        return self.create(suffix, template=self.template)
+
+    def drop(self, url: str) -> None:
+        name = make_url(url).database
+        assert name is not None
+        assert name.startswith(self.prefix)
+        self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if name in self.created:
+            self.created.remove(name)
+
+    def drop_all(self) -> None:
+        # The template last: the others were copied from it.
+        for name in sorted(self.created, key=lambda n: n.endswith("_template")):
+            try:
+                self._admin(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            except psycopg.Error as error:
+                sys.stderr.write(f"bench: could not drop {name}: {error}\n")
+        self.created.clear()
+
+
+# -- the INSERT+COMMIT probe -------------------------------------------------------------------
+
+
+@dataclass
+class InsertProbe:
+    connections: int
+    rows: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+PROBE_TABLE = """
+CREATE TABLE IF NOT EXISTS bench_probe (
+    id bigserial PRIMARY KEY,
+    sender text NOT NULL,
+    body text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def insert_probe(url: str, connections: int, seconds: float) -> InsertProbe:
+    """Durable single-row INSERT + COMMIT, back to back on `connections` connections."""
+    with psycopg.connect(conninfo(url), autocommit=True) as setup:
+        setup.execute(PROBE_TABLE)
+        setup.execute("SET synchronous_commit = on")
+    rows = 0
+    started = time.monotonic()
+    stop_at = started + seconds
+
+    async def one() -> None:
+        nonlocal rows
+        async with await psycopg.AsyncConnection.connect(conninfo(url)) as connection:
+            await connection.execute("SET synchronous_commit = on")
+            await connection.commit()
+            while time.monotonic() < stop_at:
+                await connection.execute(
+                    "INSERT INTO bench_probe (sender, body) VALUES (%s, %s)",
+                    ("+12025550100", "Hola"),
+                )
+                await connection.commit()
+                rows += 1
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return InsertProbe(connections, rows, time.monotonic() - started)
+
+
+# -- Plática's database ------------------------------------------------------------------------
+
+
+def set_debounce_zero(url: str) -> int:
+    """debounce_seconds = 0 for every channel config (else the 2 s window dominates latency)."""
+    with psycopg.connect(conninfo(url), autocommit=True) as connection:
+        return connection.execute("UPDATE channel_configs SET debounce_seconds = 0").rowcount
+
+
+SEED_SQL = """
+WITH account AS (
+    SELECT account_id FROM channel_configs WHERE channel = 'sms' ORDER BY id LIMIT 1
+)
+INSERT INTO contacts (account_id, channel, address, opted_out, last_inbound_at, created_at)
+SELECT account.account_id, 'sms', '+1999' || lpad(g::text, 7, '0'), false,
+       now() - interval '1 day', now() - interval '30 days'
+FROM account, generate_series(1, %(conversations)s) AS g;
+
+INSERT INTO conversations (account_id, channel, contact_id, contact_address, status, ai_enabled,
+                           created_at, last_message_at)
+SELECT account_id, channel, id, address, 'active', true, created_at, now() - interval '1 day'
+FROM contacts WHERE address LIKE '+1999%%';
+
+INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
+                      twilio_sid, status, part, reply_state, attempts, created_at, updated_at)
+SELECT c.account_id, c.id, 'sms', 'inbound', 'contact',
+       'seeded message ' || k || ' of conversation ' || c.id, '[]'::jsonb,
+       'SM' || md5(c.id::text || ':' || k::text), 'received', 0, 'answered', 0,
+       c.created_at + k * interval '2 minutes', c.created_at + k * interval '2 minutes'
+FROM conversations c, generate_series(0, %(inbound_per_conversation)s - 1) AS k
+WHERE c.contact_address LIKE '+1999%%';
+
+-- One reply to each seeded message, as the worker would have stored and sent it.
+INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
+                      twilio_sid, status, reply_to_id, part, attempts, model, created_at,
+                      updated_at)
+SELECT i.account_id, i.conversation_id, 'sms', 'outbound', 'ai', 'seeded reply to ' || i.id,
+       '[]'::jsonb, 'SM' || md5('reply:' || i.id::text), 'delivered', i.id, 0, 1, 'gpt-4o-mini',
+       i.created_at + interval '2 seconds', i.created_at + interval '5 seconds'
+FROM messages i WHERE i.direction = 'inbound' AND i.body LIKE 'seeded message %%';
+
+INSERT INTO webhook_logs (received_at, endpoint, account_id, message_sid, status_code, outcome,
+                          signature_valid, params)
+SELECT m.created_at, 'sms', m.account_id, m.twilio_sid, 200, 'accepted', true,
+       jsonb_build_object('MessageSid', jsonb_build_array(m.twilio_sid),
+                          'Body', jsonb_build_array(m.body))
+FROM messages m WHERE m.direction = 'inbound' AND m.body LIKE 'seeded message %%';
+"""
+
+
+def seed_history(url: str, messages: int, per_conversation: int = 10) -> float:
+    """Store `messages` old, answered messages (half inbound, half replies) plus their webhook
+    logs, in conversations of `per_conversation`; seconds it took (ANALYZE included)."""
+    started = time.monotonic()
+    conversations = max(1, messages // per_conversation)
+    with psycopg.connect(conninfo(url), autocommit=True) as connection:
+        params = {
+            "conversations": conversations,
+            "inbound_per_conversation": max(1, per_conversation // 2),
+        }
+        with connection.transaction():
+            # Consistent by construction: skip the per-row foreign-key triggers (superuser).
+            with contextlib.suppress(psycopg.Error), connection.transaction():
+                connection.execute("SET LOCAL session_replication_role = replica")
+            for statement in SEED_SQL.split(";\n"):
+                if statement.strip():
+                    connection.execute(statement, params)
+        connection.execute("VACUUM ANALYZE")
+    return time.monotonic() - started
+
+
+def count_rows(url: str) -> dict[str, int]:
+    counts = {}
+    with psycopg.connect(conninfo(url)) as connection:
+        for table in ("messages", "conversations", "contacts", "webhook_logs"):
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            row = connection.execute(query).fetchone()
+            counts[table] = int(row[0]) if row else 0
+    return counts
+
+
+def stored_inbound(url: str | None, sids: Sequence[str], sqlite_path: Path | None = None) -> int:
+    """How many of these MessageSids are stored as inbound messages (PostgreSQL or SQLite)."""
+    query = "SELECT twilio_sid FROM messages WHERE direction = 'inbound'"
+    if sqlite_path is not None:
+        import sqlite3
+
+        connection = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True, timeout=30)
+        try:
+            stored = {row[0] for row in connection.execute(query)}
+        finally:
+            connection.close()
+    else:
+        assert url is not None
+        with psycopg.connect(conninfo(url)) as pg:
+            stored = {row[0] for row in pg.execute(query)}
+    return sum(1 for sid in sids if sid in stored)
+
+
+# -- tenants ----------------------------------------------------------------------------------
+
+
+def bench_numbers(count: int) -> list[str]:
+    """The SMS numbers of the benchmark's extra accounts (E.164, never a real subscriber)."""
+    return [f"+1415000{index:04d}" for index in range(1, count + 1)]
+
+
+def add_accounts(url: str | None, count: int, sqlite_path: Path | None = None) -> list[str]:
+    """Give `count` more accounts an SMS number each, configured like the default account's
+    (copied column by column, so schema changes elsewhere do not break this) with debounce 0;
+    and set debounce 0 everywhere. Returns every SMS number that answers, default included.
+
+    Why: Plática limits inbound messages per account (src/platica/ratelimit.py); a multi-tenant
+    load spread over many accounts stays under it, as real traffic at these rates would."""
+    if sqlite_path is not None:
+        import sqlite3
+
+        connection: Any = sqlite3.connect(sqlite_path, timeout=30)
+        mark = "?"
+    else:
+        assert url is not None
+        connection = psycopg.connect(conninfo(url))
+        mark = "%s"
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT * FROM channel_configs WHERE channel = 'sms' ORDER BY id LIMIT 1")
+        config_columns = [d[0] for d in cursor.description]
+        config = dict(zip(config_columns, cursor.fetchone(), strict=True))
+        cursor.execute(f"SELECT * FROM accounts WHERE id = {mark}", (config["account_id"],))
+        account_columns = [d[0] for d in cursor.description]
+        account = dict(zip(account_columns, cursor.fetchone(), strict=True))
+        numbers = bench_numbers(count)
+        for index, number in enumerate(numbers, 1):
+            new_id: Any = uuid.uuid4()
+            if isinstance(account["id"], str):  # SQLite keeps UUIDs as text
+                new_id = new_id.hex if len(account["id"]) == 32 else str(new_id)
+            row = {**account, "id": new_id, "name": f"bench-{index}"}
+            if "auth_user_id" in row:
+                row["auth_user_id"] = None
+            _insert(cursor, "accounts", row, mark)
+            copy = {k: v for k, v in config.items() if k != "id"}
+            copy.update(account_id=new_id, phone_number=number, debounce_seconds=0)
+            _insert(cursor, "channel_configs", copy, mark)
+        cursor.execute("UPDATE channel_configs SET debounce_seconds = 0")
+        connection.commit()
+        return [config["phone_number"], *numbers]
+    finally:
+        connection.close()
+
+
+def _insert(cursor: Any, table: str, row: dict[str, Any], mark: str) -> None:
+    columns = ", ".join(row)
+    marks = ", ".join(mark for _ in row)
+    cursor.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
+
+
+def backend_pids(url: str) -> list[int]:
+    """The PostgreSQL backend processes connected to this database (Plática's pools)."""
+    with psycopg.connect(conninfo(url)) as connection:
+        return [
+            int(row[0])
+            for row in connection.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+        ]

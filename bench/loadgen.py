@@ -1,0 +1,305 @@
+"""The load generator: precomputed, correctly signed Twilio webhooks, sent open- or closed-loop.
+
+Every request is built and signed before the clock starts (signing inside the timed loop would
+measure the generator, not the server). Two clients send them:
+
+* ``RawClient`` (the default): HTTP/1.1 over asyncio streams with keep-alive connections, writing
+  the precomputed request bytes and reading the status line, headers and Content-Length body.
+  It costs a few tens of microseconds of CPU per request, so on a 2-core machine the generator
+  steals little from the server it measures.
+* ``HttpxClient``: the same requests through ``httpx.AsyncClient``, for comparison
+  (``--client httpx``); it costs several times more CPU per request.
+
+Open loop: request ``i`` is due at ``t0 + i / rate`` whatever happened to the earlier ones, and its
+latency is counted from when it was due, not from when it was sent, so a stalled server (or
+generator) shows up in the latency instead of silently lowering the rate (no coordinated
+omission). Closed loop: ``concurrency`` senders each send the next request as soon as the
+previous answer is in, for a fixed time: the highest throughput at that concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlencode
+
+import httpx
+
+# The test suite's Twilio identity (tests/factories.py): the same credentials the server gets.
+from tests.factories import AUTH_TOKEN, SMS_NUMBER, inbound_form
+from twilio.request_validator import RequestValidator
+
+from bench.stats import percentile
+
+REQUEST_TIMEOUT = 5.0
+MAX_CONNECTIONS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    sid: str
+    sender: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    raw: bytes  # the whole HTTP/1.1 request, for RawClient
+
+
+@dataclass(slots=True)
+class Sample:
+    """One request's fate, in time.monotonic() seconds (system-wide on Linux)."""
+
+    request: WebhookRequest
+    due: float
+    sent: float
+    done: float
+    status: int  # HTTP status, or -1 for a connection error or a timeout
+
+    @property
+    def latency_ms(self) -> float:
+        """From when it was due (open loop) or sent (closed loop) to the full response."""
+        return (self.done - self.due) * 1000.0
+
+
+class SenderNumbers:
+    """Distinct E.164 senders for the whole run: one message per sender keeps exactly-once
+    checkable as "one reply per sender" and keeps the debounce from merging messages."""
+
+    def __init__(self, prefix: str = "+1202") -> None:
+        self._prefix = prefix
+        self._counter = itertools.count(1)
+
+    def take(self, count: int) -> list[str]:
+        return [f"{self._prefix}{next(self._counter):07d}" for _ in range(count)]
+
+
+def build_requests(
+    base_url: str,
+    senders: Sequence[str],
+    *,
+    path: str = "/webhook/sms",
+    to: Sequence[str] = (SMS_NUMBER,),
+    token: str = AUTH_TOKEN,
+) -> list[WebhookRequest]:
+    """One signed inbound-SMS webhook per sender, as Twilio would post it to base_url + path,
+    to the numbers in `to` in turn (one per account)."""
+    host = base_url.removeprefix("http://")
+    url = base_url + path
+    validator = RequestValidator(token)
+    requests = []
+    for index, sender in enumerate(senders):
+        form = inbound_form(sender=sender, to=to[index % len(to)], body=f"Hola, soy {sender}")
+        body = urlencode(form).encode()
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": str(validator.compute_signature(url, form)),
+            "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
+            "User-Agent": "TwilioProxy/1.1",
+        }
+        head = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        requests.append(WebhookRequest(form["MessageSid"], sender, path, body, headers, raw))
+    return requests
+
+
+class Client(Protocol):
+    async def send(self, request: WebhookRequest) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class RawClient:
+    """Minimal HTTP/1.1 keep-alive client for precomputed requests (Content-Length bodies)."""
+
+    def __init__(self, host: str, port: int, max_connections: int = MAX_CONNECTIONS) -> None:
+        self._host = host
+        self._port = port
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._all: set[_Connection] = set()
+
+    async def send(self, request: WebhookRequest) -> int:
+        async with self._slots:
+            connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                reader, writer = await asyncio.open_connection(self._host, self._port)
+                connection = _Connection(reader, writer)
+                self._all.add(connection)
+            try:
+                connection.writer.write(request.raw)
+                head = await connection.reader.readuntil(b"\r\n\r\n")
+                status, length, keep_alive = _parse_head(head)
+                if length:
+                    await connection.reader.readexactly(length)
+            except BaseException:
+                self._all.discard(connection)
+                connection.close()
+                raise
+            if keep_alive:
+                self._idle.append(connection)
+            else:
+                self._all.discard(connection)
+                connection.close()
+            return status
+
+    async def aclose(self) -> None:
+        for connection in list(self._all):
+            connection.close()
+        self._all.clear()
+        self._idle.clear()
+
+
+def _parse_head(head: bytes) -> tuple[int, int, bool]:
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = 0
+    keep_alive = True
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"connection" and value.strip().lower() == b"close":
+            keep_alive = False
+        elif name == b"transfer-encoding":
+            raise RuntimeError("chunked responses are not expected from a webhook")
+    return status, length, keep_alive
+
+
+class HttpxClient:
+    """The same requests through httpx.AsyncClient (more CPU per request in the generator)."""
+
+    def __init__(self, base_url: str, max_connections: int = MAX_CONNECTIONS) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._client = httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT)
+
+    async def send(self, request: WebhookRequest) -> int:
+        response = await self._client.post(
+            request.path, content=request.body, headers=request.headers
+        )
+        return response.status_code
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def make_client(kind: str, base_url: str) -> Client:
+    if kind == "httpx":
+        return HttpxClient(base_url)
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    return RawClient(host, int(port))
+
+
+async def _timed(client: Client, request: WebhookRequest, due: float) -> Sample:
+    sent = time.monotonic()
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            status = await client.send(request)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, RuntimeError):
+        status = -1
+    return Sample(request, due, sent, time.monotonic(), status)
+
+
+@dataclass
+class PhaseResult:
+    """What one load phase measured."""
+
+    mode: str  # "open" or "closed"
+    target_rate: float | None
+    concurrency: int | None
+    started: float
+    duration: float  # from the first due time to the last response
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if s.status == 200]
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for s in self.samples if s.status != 200)
+
+    @property
+    def achieved_rate(self) -> float:
+        return len(self.ok) / self.duration if self.duration > 0 else 0.0
+
+    def latency(self, q: float) -> float:
+        return percentile([s.latency_ms for s in self.ok], q)
+
+    def max_latency(self) -> float:
+        return max((s.latency_ms for s in self.ok), default=float("nan"))
+
+    def generator_lag_p99(self) -> float:
+        """How late the generator itself sent requests (open loop); large means it is the limit."""
+        return percentile([(s.sent - s.due) * 1000.0 for s in self.samples], 99)
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        return {
+            "mode": self.mode,
+            "target_rate": self.target_rate,
+            "concurrency": self.concurrency,
+            "requests": len(self.samples),
+            "ok": len(self.ok),
+            "errors": self.errors,
+            "achieved_rate": self.achieved_rate,
+            "p50_ms": self.latency(50),
+            "p90_ms": self.latency(90),
+            "p99_ms": self.latency(99),
+            "max_ms": self.max_latency(),
+            "generator_lag_p99_ms": self.generator_lag_p99(),
+            "duration_s": self.duration,
+        }
+
+
+async def open_loop(client: Client, requests: Sequence[WebhookRequest], rate: float) -> PhaseResult:
+    """Send every request at a fixed arrival rate; latency counts from each request's due time."""
+    tasks: list[asyncio.Task[Sample]] = []
+    start = time.monotonic() + 0.02
+    for index, request in enumerate(requests):
+        due = start + index / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_timed(client, request, due)))
+    samples = list(await asyncio.gather(*tasks))
+    end = max((s.done for s in samples), default=start)
+    return PhaseResult("open", rate, None, start, end - start, samples)
+
+
+async def closed_loop(
+    client: Client, requests: Iterator[WebhookRequest], concurrency: int, seconds: float
+) -> PhaseResult:
+    """`concurrency` senders back to back for `seconds` (bounded by the requests given, too)."""
+    samples: list[Sample] = []
+    start = time.monotonic()
+    stop_at = start + seconds
+
+    async def sender() -> None:
+        while time.monotonic() < stop_at:
+            request = next(requests, None)
+            if request is None:
+                return
+            samples.append(await _timed(client, request, time.monotonic()))
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    end = max((s.done for s in samples), default=start)
+    return PhaseResult("closed", None, concurrency, start, end - start, samples)

@@ -1,0 +1,235 @@
+"""Child processes (the fakes, `platica serve`, the bare ASGI app) and their CPU and memory.
+
+CPU and RSS come from /proc (Linux): utime+stime from /proc/PID/stat, VmRSS from
+/proc/PID/status, sampled a few times a second while a phase runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    # After the ")" of comm: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    total = sum(values[:8])
+    return float(total - idle), float(total)
+
+
+def total_cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU time so far of each of these processes that still exists."""
+    found = {}
+    for pid in pids:
+        seconds = cpu_seconds(pid)
+        if seconds is not None:
+            found[pid] = seconds
+    return found
+
+
+@dataclass
+class Usage:
+    """CPU (percent of one core) and memory of the watched processes over a phase."""
+
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    rss_peak_mib: dict[str, float] = field(default_factory=dict)
+    rss_end_mib: dict[str, float] = field(default_factory=dict)
+    machine_busy_percent: float = float("nan")  # of all cores, everything on the machine
+    seconds: float = 0.0
+
+
+class Sampler:
+    """Watches named processes during a phase: `async with Sampler({...}) as usage: ...`."""
+
+    def __init__(
+        self, pids: dict[str, int], pg_pids: list[int] | None = None, interval: float = 0.25
+    ) -> None:
+        self._pids = pids
+        # The PostgreSQL backends serving the scenario's database (its connection pools).
+        self._pg_pids = pg_pids or []
+        self._interval = interval
+        self.usage = Usage()
+        self._task: asyncio.Task[None] | None = None
+        self._start_cpu: dict[str, float] = {}
+        self._start_pg: dict[int, float] = {}
+        self._start_machine = (0.0, 0.0)
+        self._start = 0.0
+
+    def _sample_rss(self) -> None:
+        for name, pid in self._pids.items():
+            rss = rss_mib(pid)
+            if rss is not None:
+                self.usage.rss_end_mib[name] = rss
+                peak = self.usage.rss_peak_mib.get(name, 0.0)
+                self.usage.rss_peak_mib[name] = max(peak, rss)
+
+    async def _loop(self) -> None:
+        while True:
+            self._sample_rss()
+            await asyncio.sleep(self._interval)
+
+    async def __aenter__(self) -> Usage:
+        self._start = time.monotonic()
+        self._start_machine = system_cpu()
+        self._start_pg = total_cpu_seconds(self._pg_pids)
+        for name, pid in self._pids.items():
+            self._start_cpu[name] = cpu_seconds(pid) or 0.0
+        self._task = asyncio.create_task(self._loop())
+        return self.usage
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._sample_rss()
+        elapsed = max(time.monotonic() - self._start, 1e-6)
+        self.usage.seconds = elapsed
+        for name, pid in self._pids.items():
+            end = cpu_seconds(pid)
+            if end is not None:
+                used = end - self._start_cpu[name]
+                self.usage.cpu_seconds[name] = used
+                self.usage.cpu_percent[name] = 100.0 * used / elapsed
+        if self._pg_pids:
+            end_pg = total_cpu_seconds(self._pg_pids)
+            pg_used = sum(
+                end_pg[pid] - self._start_pg[pid] for pid in end_pg if pid in self._start_pg
+            )
+            self.usage.cpu_seconds["postgres"] = pg_used
+            self.usage.cpu_percent["postgres"] = 100.0 * pg_used / elapsed
+        busy, total = system_cpu()
+        if total > self._start_machine[1]:
+            self.usage.machine_busy_percent = (
+                100.0 * (busy - self._start_machine[0]) / (total - self._start_machine[1])
+            )
+
+
+class Child:
+    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, cwd: Path) -> Child:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    async def wait_log(self, text: str, seconds: float = START_TIMEOUT) -> None:
+        """Until `text` appears in the process's log (for processes without HTTP)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            if text in self.log_tail(200_000):
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not log {text!r} in {seconds:.0f} s")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    async def wait_http(self, url: str, seconds: float = START_TIMEOUT) -> None:
+        """Until GET url answers 200; fails if the process exits or the time is up."""
+        deadline = time.monotonic() + seconds
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer {url} in {seconds:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+
+def python_child(name: str, module_args: list[str], env: dict[str, str], log_dir: Path) -> Child:
+    """`python -m <module_args>` with this interpreter and the repository importable."""
+    full_env = dict(env)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    return Child(name, [sys.executable, "-m", *module_args], full_env, log_dir / f"{name}.log")
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without anything that would configure Plática behind our back."""
+    prefixes = ("TWILIO_", "OPENAI_", "PLATICA_", "SUPABASE_", "SENTRY_", "LOG_")
+    names = {"DATABASE_URL", "PUBLIC_BASE_URL", "CORS_ORIGINS"}
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(prefixes)
+        and key not in names
+        and not key.endswith(("_DEBUG", "_LOG_LEVEL"))
+    }

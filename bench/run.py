@@ -1,0 +1,895 @@
+"""`python -m bench.run` (`make bench`): measure SPEC §6 and write docs/benchmark.md.
+
+What one run does, every step bounded in requests and in time (the whole run in a time budget):
+
+1. Starts the fake OpenAI (1 s per completion) and the fake Twilio (100 ms per message) as separate
+   processes (`python -m tests.fakes ...`).
+2. Physical limits: a bare Starlette app served by uvicorn like Plática (closed loop, and open loop
+   at two rates), and durable single-row INSERT+COMMIT per second on the same PostgreSQL.
+3. For PostgreSQL and for SQLite, `repetitions` times: a throwaway database, `platica serve` as a
+   child process, channel debounce set to 0, then
+   - e2e steady: a few messages per second, each answered; reply overhead per message;
+   - e2e burst: a burst of messages answered as fast as the worker goes: replies per second;
+   - ack sweep: open loop at each arrival rate (100…600/s), latency counted from the due time;
+   - closed loop: the most webhooks per second at a fixed concurrency;
+   - checks: every acknowledged message stored once, no reply sent twice, every e2e message
+     answered exactly once.
+4. Scale (PostgreSQL): the same ack and e2e phases with 10x and 100x more stored messages.
+5. Optionally (--profile, needs py-spy on PATH or in the virtualenv) py-spy samples
+   `platica serve` under the 300/s load; the hot spots go into the report.
+
+Numbers from a shared machine are noisy: each figure is min/median/max over the repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER
+
+from bench import database, loadgen, report
+from bench.loadgen import PhaseResult, SenderNumbers, WebhookRequest
+from bench.procs import REPO, Child, Sampler, Usage, clean_env, free_port, python_child
+from bench.stats import percentile
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SPLIT = "postgres-split"  # serve --no-worker + platica worker
+
+
+@dataclass
+class Config:
+    repetitions: int = 3
+    rates: list[float] = field(
+        default_factory=lambda: [25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 600.0]
+    )
+    step_seconds: float = 4.0
+    closed_concurrency: int = 32
+    closed_seconds: float = 4.0
+    e2e_rate: float = 5.0
+    e2e_seconds: float = 6.0
+    burst_messages: int = 60
+    burst_rate: float = 100.0
+    reply_wait_seconds: float = 45.0
+    baseline_rates: list[float] = field(default_factory=lambda: [300.0, 600.0])
+    probe_seconds: float = 3.0
+    probe_connections: list[int] = field(default_factory=lambda: [1, 16])
+    llm_latency: float = 1.0
+    twilio_latency: float = 0.1
+    backends: list[str] = field(default_factory=lambda: ["postgres", "sqlite"])
+    base_messages: int = 3000
+    scale_factors: list[int] = field(default_factory=lambda: [10, 100])
+    bar_rate: float = 300.0
+    bar_p99_ms: float = 50.0
+    bar_overhead_ms: float = 20.0
+    client: str = "raw"
+    accounts: int = 64
+    # A sweep step this bad ends the sweep: higher rates would only pile up work.
+    abort_p99_ms: float = 1000.0
+    settle_seconds: float = 15.0
+    baselines: bool = True
+    # PostgreSQL with `serve --no-worker` + `platica worker`: the ack path without the worker
+    # in its process. Run last (the first thing the time budget drops), with fewer repetitions.
+    split_worker: bool = True
+    split_worker_repetitions: int = 1
+    profile: bool = False
+    profile_seconds: float = 10.0
+    budget_seconds: float = 540.0
+    database_url: str = DEFAULT_DATABASE_URL
+    output: str = "docs/benchmark.md"
+
+
+class OutOfTime(Exception):
+    pass
+
+
+def log(message: str) -> None:
+    sys.stdout.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stdout.flush()
+
+
+class Bench:
+    def __init__(self, config: Config, work_dir: Path) -> None:
+        self.config = config
+        self.work_dir = work_dir
+        self.started = time.monotonic()
+        self.deadline = self.started + config.budget_seconds
+        self.children: list[Child] = []
+        self.senders = SenderNumbers()
+        self.pg: database.PostgresServer | None = None
+        self.openai_url = ""
+        self.twilio_url = ""
+        self.fake_pids: dict[str, int] = {}
+        self.numbers: list[str] = [SMS_NUMBER]  # the accounts' numbers webhooks go to
+        self.pg_pids: list[int] = []  # the scenario database's backends, for their CPU
+        self.http = httpx.AsyncClient(timeout=30)
+        self.results: dict[str, Any] = {
+            "config": asdict(config),
+            "meta": {},
+            "baseline": [],
+            "insert_probe": [],
+            "scenarios": {},
+            "scale": {},
+            "profile": None,
+            "notes": [],
+            "skipped": [],
+        }
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def ensure_time(self, needed: float, what: str) -> None:
+        if time.monotonic() + needed > self.deadline:
+            self.results["skipped"].append(what)
+            log(f"skipping {what}: not enough of the time budget left")
+            raise OutOfTime(what)
+
+    def start_child(self, name: str, module_args: list[str], env: dict[str, str]) -> Child:
+        child = python_child(name, module_args, env, self.work_dir).start(self.work_dir)
+        self.children.append(child)
+        return child
+
+    def stop_child(self, child: Child) -> None:
+        child.stop()
+        if child in self.children:
+            self.children.remove(child)
+
+    async def fake(self, url: str, command: dict[str, Any] | None = None) -> dict[str, Any]:
+        if command is None:
+            response = await self.http.get(url + "/_fake/state")
+        else:
+            response = await self.http.post(url + "/_fake/control", json=command)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def replies(self) -> dict[str, list[float]]:
+        """Reply receive times (fake Twilio's time.monotonic()) per recipient."""
+        state = await self.fake(self.twilio_url)
+        by_recipient: dict[str, list[float]] = {}
+        for message in state["sent"]:
+            by_recipient.setdefault(message["to"], []).append(float(message["received_at"]))
+        return by_recipient
+
+    async def wait_for_replies(
+        self, senders: Sequence[str], seconds: float
+    ) -> dict[str, list[float]]:
+        deadline = min(time.monotonic() + seconds, self.deadline)
+        wanted = set(senders)
+        while True:
+            replies = await self.replies()
+            if wanted <= replies.keys() or time.monotonic() >= deadline:
+                return replies
+            await asyncio.sleep(0.25)
+
+    # -- setup --------------------------------------------------------------------------------
+
+    async def start_fakes(self) -> None:
+        env = clean_env()
+        openai_port, twilio_port = free_port(), free_port()
+        openai = self.start_child(
+            "fake-openai",
+            [
+                "tests.fakes",
+                "openai",
+                "--port",
+                str(openai_port),
+                "--latency",
+                str(self.config.llm_latency),
+            ],
+            env,
+        )
+        twilio = self.start_child(
+            "fake-twilio",
+            [
+                "tests.fakes",
+                "twilio",
+                "--port",
+                str(twilio_port),
+                "--latency",
+                str(self.config.twilio_latency),
+                "--account-sid",
+                ACCOUNT_SID,
+                "--auth-token",
+                AUTH_TOKEN,
+            ],
+            env,
+        )
+        self.openai_url = f"http://127.0.0.1:{openai_port}"
+        self.twilio_url = f"http://127.0.0.1:{twilio_port}"
+        self.fake_pids = {"fake-openai": openai.pid, "fake-twilio": twilio.pid}
+        await openai.wait_http(self.openai_url + "/_fake/state")
+        await twilio.wait_http(self.twilio_url + "/_fake/state")
+        log(
+            f"fakes up: OpenAI {self.openai_url} ({self.config.llm_latency} s), "
+            f"Twilio {self.twilio_url} ({self.config.twilio_latency} s)"
+        )
+
+    def serve_env(self, database_url: str) -> dict[str, str]:
+        env = clean_env()
+        env.update(
+            DATABASE_URL=database_url,
+            TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+            TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+            TWILIO_PHONE_NUMBER=SMS_NUMBER,
+            TWILIO_API_BASE_URL=self.twilio_url,
+            OPENAI_BASE_URL=self.openai_url + "/v1",
+            OPENAI_API_KEY="sk-local-0123456789",
+            LOG_LEVEL="INFO",
+        )
+        return env
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def requests_for(self, base_url: str, count: int) -> list[WebhookRequest]:
+        return loadgen.build_requests(base_url, self.senders.take(count), to=self.numbers)
+
+    async def settle(self, base_url: str) -> float:
+        """Wait (bounded) until the server answers /healthz quickly again: the previous phase's
+        leftovers must not be measured in the next. Seconds waited."""
+        started = time.monotonic()
+        deadline = min(started + self.config.settle_seconds, self.deadline)
+        quick = 0
+        async with httpx.AsyncClient(timeout=5) as client:
+            while time.monotonic() < deadline and quick < 3:
+                before = time.monotonic()
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.get(base_url + "/healthz")
+                quick = quick + 1 if time.monotonic() - before < 0.02 else 0
+                await asyncio.sleep(0.1)
+        return time.monotonic() - started
+
+    def refresh_pg_pids(self, database_url: str, sqlite_path: Path | None) -> None:
+        self.pg_pids = [] if sqlite_path is not None else database.backend_pids(database_url)
+
+    async def open_phase(
+        self, base_url: str, rate: float, seconds: float, pids: dict[str, int]
+    ) -> tuple[PhaseResult, Usage]:
+        requests = self.requests_for(base_url, max(1, round(rate * seconds)))
+        client = loadgen.make_client(self.config.client, base_url)
+        try:
+            async with Sampler(pids, self.pg_pids) as usage:
+                result = await loadgen.open_loop(client, requests, rate)
+        finally:
+            await client.aclose()
+        return result, usage
+
+    async def closed_phase(
+        self,
+        base_url: str,
+        concurrency: int,
+        seconds: float,
+        pids: dict[str, int],
+        max_rate: float = 2500.0,
+    ) -> tuple[PhaseResult, Usage]:
+        requests = self.requests_for(base_url, int(max_rate * seconds))
+        client = loadgen.make_client(self.config.client, base_url)
+        try:
+            async with Sampler(pids, self.pg_pids) as usage:
+                result = await loadgen.closed_loop(client, iter(requests), concurrency, seconds)
+        finally:
+            await client.aclose()
+        if len(result.samples) >= len(requests):
+            self.results["notes"].append(
+                f"closed loop on {base_url} ran out of its {len(requests)} precomputed requests"
+            )
+        return result, usage
+
+    def pids(self, serve: Child, *more: Child) -> dict[str, int]:
+        pids = {"platica": serve.pid, "load generator": os.getpid(), **self.fake_pids}
+        for child in more:
+            pids[child.name] = child.pid
+        return pids
+
+    # -- baselines ----------------------------------------------------------------------------
+
+    async def run_baselines(self) -> None:
+        config = self.config
+        for rep in range(config.repetitions):
+            self.ensure_time(
+                10 + config.closed_seconds + len(config.baseline_rates) * config.step_seconds,
+                f"bare ASGI baseline, repetition {rep + 1}",
+            )
+            port = free_port()
+            app = self.start_child(
+                f"bare-asgi-{rep + 1}", ["bench.baseline_app", "--port", str(port)], clean_env()
+            )
+            base_url = f"http://127.0.0.1:{port}"
+            try:
+                await app.wait_http(base_url + "/healthz")
+                pids = {"bare asgi": app.pid, "load generator": os.getpid()}
+                entry: dict[str, Any] = {"open": {}}
+                for rate in config.baseline_rates:
+                    result, usage = await self.open_phase(base_url, rate, config.step_seconds, pids)
+                    entry["open"][str(int(rate))] = {**result.summary(), "usage": asdict(usage)}
+                closed, usage = await self.closed_phase(
+                    base_url, config.closed_concurrency, config.closed_seconds, pids, 6000.0
+                )
+                entry["closed"] = {**closed.summary(), "usage": asdict(usage)}
+                self.results["baseline"].append(entry)
+                log(
+                    f"bare ASGI rep {rep + 1}: closed loop {closed.achieved_rate:,.0f}/s, "
+                    + ", ".join(f"{r}/s p99 {v['p99_ms']:.1f} ms" for r, v in entry["open"].items())
+                )
+            finally:
+                self.stop_child(app)
+
+    async def run_insert_probe(self) -> None:
+        assert self.pg is not None
+        url = self.pg.create("probe")
+        try:
+            for rep in range(self.config.repetitions):
+                self.ensure_time(
+                    2 + self.config.probe_seconds * len(self.config.probe_connections),
+                    f"INSERT probe, repetition {rep + 1}",
+                )
+                entry = {}
+                for connections in self.config.probe_connections:
+                    probe = await database.insert_probe(url, connections, self.config.probe_seconds)
+                    entry[str(connections)] = probe.per_second
+                self.results["insert_probe"].append(entry)
+                log(
+                    f"INSERT+COMMIT probe rep {rep + 1}: "
+                    + ", ".join(f"{c} conn {v:,.0f}/s" for c, v in entry.items())
+                )
+        finally:
+            self.pg.drop(url)
+
+    # -- Plática ------------------------------------------------------------------------------
+
+    async def start_platica(
+        self, name: str, database_url: str, *, worker: bool = True
+    ) -> tuple[Child, str, list[Child]]:
+        port = free_port()
+        args = ["platica", "serve", "--port", str(port)]
+        if not worker:
+            args.append("--no-worker")
+        env = self.serve_env(database_url)
+        serve = self.start_child(name, args, env)
+        base_url = f"http://127.0.0.1:{port}"
+        extra: list[Child] = []
+        await serve.wait_http(base_url + "/healthz")
+        if not worker:
+            extra.append(self.start_child(f"{name}-worker", ["platica", "worker"], env))
+            await extra[-1].wait_log("startup.ready")
+        return serve, base_url, extra
+
+    async def prepare_tenants(self, database_url: str, sqlite_path: Path | None) -> None:
+        """The benchmark's accounts, debounce 0 everywhere; webhooks go to all their numbers."""
+        self.numbers = await asyncio.to_thread(
+            database.add_accounts,
+            None if sqlite_path else database_url,
+            self.config.accounts,
+            sqlite_path,
+        )
+
+    async def e2e_steady(self, base_url: str, pids: dict[str, int]) -> dict[str, Any]:
+        """A sustainable rate; every message answered; reply overhead per message."""
+        config = self.config
+        result, usage = await self.open_phase(base_url, config.e2e_rate, config.e2e_seconds, pids)
+        acked = result.ok
+        replies = await self.wait_for_replies(
+            [s.request.sender for s in acked], config.reply_wait_seconds
+        )
+        fakes = config.llm_latency + config.twilio_latency
+        overheads, end_to_end = [], []
+        for sample in acked:
+            received = replies.get(sample.request.sender)
+            if received:
+                end_to_end.append((min(received) - sample.done) * 1000)
+                overheads.append((min(received) - sample.done - fakes) * 1000)
+        missing = sum(1 for s in acked if not replies.get(s.request.sender))
+        duplicates = sum(1 for s in acked if len(replies.get(s.request.sender, [])) > 1)
+        return {
+            "ack": result.summary(),
+            "usage": asdict(usage),
+            "messages": len(acked),
+            "replies": len(overheads),
+            "missing": missing,
+            "duplicates": duplicates,
+            "overhead_ms": {
+                "p50": percentile(overheads, 50),
+                "p90": percentile(overheads, 90),
+                "max": max(overheads, default=float("nan")),
+                "min": min(overheads, default=float("nan")),
+            },
+            "reply_latency_ms_p50": percentile(end_to_end, 50),
+            "sids": [s.request.sid for s in acked],
+        }
+
+    async def e2e_burst(self, base_url: str, pids: dict[str, int]) -> dict[str, Any]:
+        """A burst answered as fast as the worker can: replies per second."""
+        config = self.config
+        seconds = config.burst_messages / config.burst_rate
+        result, _ = await self.open_phase(base_url, config.burst_rate, seconds, pids)
+        acked = result.ok
+        senders = [s.request.sender for s in acked]
+        started = time.monotonic()
+        async with Sampler(pids, self.pg_pids) as usage:
+            replies = await self.wait_for_replies(senders, config.reply_wait_seconds + 30)
+        received = [min(replies[s]) for s in senders if replies.get(s)]
+        first_due = min((s.due for s in result.samples), default=started)
+        window = (max(received) - first_due) if received else float("nan")
+        return {
+            "messages": len(acked),
+            "replies": len(received),
+            "missing": len(senders) - len(received),
+            "duplicates": sum(1 for s in senders if len(replies.get(s, [])) > 1),
+            "drain_seconds": window,
+            "replies_per_second": len(received) / window if received and window > 0 else 0.0,
+            "usage": asdict(usage),
+            "sids": [s.request.sid for s in acked],
+        }
+
+    async def platica_rep(
+        self,
+        backend: str,
+        rep: int,
+        *,
+        worker: bool = True,
+        sweep: bool = True,
+        closed: bool = True,
+        burst: bool = True,
+    ) -> dict[str, Any]:
+        config = self.config
+        sqlite_path: Path | None = None
+        if backend == "sqlite":
+            sqlite_path = self.work_dir / f"platica-{rep}.db"
+            database_url = f"sqlite+aiosqlite:///{sqlite_path}"
+        else:
+            assert self.pg is not None
+            database_url = self.pg.create_migrated(f"{backend.replace('+', '_')}_{rep}")
+        name = f"platica-{backend}-{rep}"
+        serve: Child | None = None
+        extra: list[Child] = []
+        await self.fake(self.twilio_url, {"reset": True})
+        await self.fake(self.openai_url, {"reset": True})
+        try:
+            serve, base_url, extra = await self.start_platica(name, database_url, worker=worker)
+            await self.prepare_tenants(database_url, sqlite_path)
+            pids = self.pids(serve, *extra)
+            self.refresh_pg_pids(database_url, sqlite_path)
+            entry: dict[str, Any] = {"sweep": {}}
+            acked_sids: list[str] = []
+
+            entry["steady"] = await self.e2e_steady(base_url, pids)
+            acked_sids += entry["steady"].pop("sids")
+            steady = entry["steady"]
+            log(
+                f"{backend} rep {rep}: e2e steady {steady['replies']}/{steady['messages']} answered, "
+                f"overhead p50 {steady['overhead_ms']['p50']:.1f} ms"
+            )
+            if burst:
+                entry["burst"] = await self.e2e_burst(base_url, pids)
+                acked_sids += entry["burst"].pop("sids")
+                log(
+                    f"{backend} rep {rep}: e2e burst {entry['burst']['replies']}/"
+                    f"{entry['burst']['messages']} in {entry['burst']['drain_seconds']:.1f} s = "
+                    f"{entry['burst']['replies_per_second']:.1f} replies/s"
+                )
+            rates = config.rates if sweep else []
+            for index, rate in enumerate(rates):
+                entry["sweep"][str(int(rate))] = {"settled_seconds": await self.settle(base_url)}
+                self.refresh_pg_pids(database_url, sqlite_path)
+                result, usage = await self.open_phase(base_url, rate, config.step_seconds, pids)
+                acked_sids += [s.request.sid for s in result.ok]
+                entry["sweep"][str(int(rate))].update(result.summary(), usage=asdict(usage))
+                log(
+                    f"{backend} rep {rep}: {rate:.0f}/s → p50 {result.latency(50):.1f} ms, "
+                    f"p99 {result.latency(99):.1f} ms, failed {result.errors}, "
+                    f"platica CPU {usage.cpu_percent.get('platica', 0):.0f}%"
+                )
+                if result.latency(99) > config.abort_p99_ms or result.errors > 0.01 * len(
+                    result.samples
+                ):
+                    skipped = [f"{r:g}" for r in rates[index + 1 :]]
+                    if skipped:
+                        entry["sweep_aborted_after"] = rate
+                        log(
+                            f"{backend} rep {rep}: sweep stops here; not run: {', '.join(skipped)}/s"
+                        )
+                    break
+            if closed:
+                await self.settle(base_url)
+                self.refresh_pg_pids(database_url, sqlite_path)
+                result, usage = await self.closed_phase(
+                    base_url, config.closed_concurrency, config.closed_seconds, pids
+                )
+                acked_sids += [s.request.sid for s in result.ok]
+                entry["closed"] = {**result.summary(), "usage": asdict(usage)}
+                log(
+                    f"{backend} rep {rep}: closed loop ({config.closed_concurrency}) "
+                    f"{result.achieved_rate:,.0f}/s, p99 {result.latency(99):.1f} ms"
+                )
+            entry["checks"] = await self.checks(database_url, sqlite_path, acked_sids, entry)
+            return entry
+        finally:
+            for child in extra:
+                self.stop_child(child)
+            if serve is not None:
+                self.stop_child(serve)
+            if sqlite_path is None and self.pg is not None:
+                self.pg.drop(database_url)
+
+    async def checks(
+        self,
+        database_url: str,
+        sqlite_path: Path | None,
+        acked_sids: list[str],
+        entry: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Acknowledged = stored once; no reply twice; e2e messages all answered."""
+        stored = await asyncio.to_thread(
+            database.stored_inbound, None if sqlite_path else database_url, acked_sids, sqlite_path
+        )
+        replies = await self.replies()
+        counts = Counter({to: len(times) for to, times in replies.items()})
+        e2e_missing = entry["steady"]["missing"] + entry.get("burst", {}).get("missing", 0)
+        checks = {
+            "acknowledged": len(acked_sids),
+            "stored": stored,
+            "replies_sent": sum(counts.values()),
+            "recipients_with_two_or_more_replies": sum(1 for c in counts.values() if c > 1),
+            "e2e_unanswered": e2e_missing,
+        }
+        checks["exactly_once"] = (
+            stored == len(acked_sids)
+            and checks["recipients_with_two_or_more_replies"] == 0
+            and e2e_missing == 0
+        )
+        return checks
+
+    async def run_backend(self, backend: str) -> None:
+        config = self.config
+        reps: list[dict[str, Any]] = []
+        self.results["scenarios"][backend] = reps
+        per_rep = (
+            12
+            + config.e2e_seconds
+            + 12
+            + len(config.rates) * (config.step_seconds + 0.5)
+            + config.closed_seconds
+            + 10
+        )
+        for rep in range(1, config.repetitions + 1):
+            self.ensure_time(per_rep, f"{backend}, repetition {rep}")
+            reps.append(await self.platica_rep(backend, rep))
+
+    async def run_split_worker(self) -> None:
+        """PostgreSQL with `serve --no-worker` + one `platica worker` process."""
+        config = self.config
+        reps: list[dict[str, Any]] = []
+        self.results["scenarios"][SPLIT] = reps
+        per_rep = 40 + len(config.rates) * (config.step_seconds + 0.5) + config.closed_seconds
+        for rep in range(1, config.split_worker_repetitions + 1):
+            self.ensure_time(per_rep, f"{SPLIT}, repetition {rep}")
+            reps.append(await self.platica_rep("postgres", 100 + rep, worker=False))
+
+    async def run_scale(self, factor: int) -> None:
+        """With `factor`x stored history: the e2e steady phase `repetitions` times (no backlog
+        yet), then the closed loop `repetitions` times; one database and process per factor."""
+        assert self.pg is not None
+        config = self.config
+        messages = config.base_messages * factor
+        per_rep = config.e2e_seconds + 4 + config.closed_seconds + 3
+        self.ensure_time(25 + messages / 15000 + config.repetitions * per_rep, f"scale {factor}x")
+        database_url = self.pg.create_migrated(f"scale_{factor}")
+        serve: Child | None = None
+        reps: list[dict[str, Any]] = [{} for _ in range(config.repetitions)]
+        self.results["scale"][str(factor)] = {"messages": messages, "reps": reps}
+        try:
+            serve, base_url, _ = await self.start_platica(f"platica-scale-{factor}", database_url)
+            await self.prepare_tenants(database_url, None)
+            seconds = await asyncio.to_thread(database.seed_history, database_url, messages)
+            rows = await asyncio.to_thread(database.count_rows, database_url)
+            self.results["scale"][str(factor)].update(seed_seconds=seconds, rows=rows)
+            log(f"scale {factor}x: seeded {rows['messages']:,} messages in {seconds:.1f} s")
+            pids = self.pids(serve)
+            self.refresh_pg_pids(database_url, None)
+            acked: list[str] = []
+            for entry in reps:
+                steady = await self.e2e_steady(base_url, pids)
+                acked += steady.pop("sids")
+                entry["steady"] = steady
+                log(
+                    f"scale {factor}x: e2e steady {steady['replies']}/{steady['messages']} "
+                    f"answered, overhead p50 {steady['overhead_ms']['p50']:.1f} ms"
+                )
+            for entry in reps:
+                await self.settle(base_url)
+                self.refresh_pg_pids(database_url, None)
+                result, usage = await self.closed_phase(
+                    base_url, config.closed_concurrency, config.closed_seconds, pids
+                )
+                acked += [s.request.sid for s in result.ok]
+                entry["closed"] = {**result.summary(), "usage": asdict(usage)}
+                log(
+                    f"scale {factor}x: closed loop {result.achieved_rate:,.0f}/s, "
+                    f"p99 {result.latency(99):.1f} ms"
+                )
+            stored = await asyncio.to_thread(database.stored_inbound, database_url, acked)
+            self.results["scale"][str(factor)]["stored_ok"] = stored == len(acked)
+        finally:
+            if serve is not None:
+                self.stop_child(serve)
+            self.pg.drop(database_url)
+
+    async def run_profile(self) -> None:
+        """py-spy on `platica serve` (PostgreSQL) under the bar's arrival rate."""
+        assert self.pg is not None
+        py_spy = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if py_spy is None:
+            self.results["notes"].append(
+                "--profile: py-spy not found (pip install py-spy); no profile taken"
+            )
+            return
+        config = self.config
+        self.ensure_time(40 + config.profile_seconds, "profile")
+        database_url = self.pg.create_migrated("profile")
+        serve: Child | None = None
+        try:
+            serve, base_url, _ = await self.start_platica("platica-profile", database_url)
+            await self.prepare_tenants(database_url, None)
+            pids = self.pids(serve)
+            self.refresh_pg_pids(database_url, None)
+            await self.e2e_steady(base_url, pids)  # warm up: pools, imports, caches
+            raw = self.work_dir / "profile.txt"
+            recorder = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(serve.pid),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--nolineno",
+                    "--full-filenames",
+                    "--gil",
+                    "--duration",
+                    str(int(config.profile_seconds)),
+                    "--output",
+                    str(raw),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                await asyncio.sleep(0.5)
+                result, usage = await self.open_phase(
+                    base_url, config.bar_rate, config.profile_seconds - 1, pids
+                )
+                await asyncio.to_thread(recorder.wait, config.profile_seconds + 30)
+            finally:
+                if recorder.poll() is None:
+                    recorder.kill()
+            self.results["profile"] = {
+                "rate": config.bar_rate,
+                "ack": result.summary(),
+                "cpu_percent": usage.cpu_percent.get("platica"),
+                **report.summarize_profile(await asyncio.to_thread(_read, raw)),
+            }
+            log(f"profile: {raw}")
+        finally:
+            if serve is not None:
+                self.stop_child(serve)
+            self.pg.drop(database_url)
+
+    # -- the whole run ------------------------------------------------------------------------
+
+    def collect_meta(self) -> None:
+        meta = self.results["meta"]
+        meta["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        meta["python"] = platform.python_version()
+        meta["cpus"] = os.cpu_count()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    meta["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal"):
+                    meta["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+            meta["load_average_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            meta["commit"] = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--", "src"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            meta["src_dirty"] = bool(dirty)
+
+    async def run(self) -> None:
+        config = self.config
+        self.collect_meta()
+        self.pg = database.PostgresServer(config.database_url)
+        unavailable = self.pg.available()
+        if unavailable is not None:
+            self.results["notes"].append(f"PostgreSQL unavailable ({unavailable}): SQLite only")
+            log(f"PostgreSQL unavailable: {unavailable}")
+            self.pg = None
+        else:
+            self.results["meta"]["postgres"] = self.pg.version()
+            self.results["meta"]["postgres_settings"] = self.pg.settings()
+        await self.start_fakes()
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        if config.baselines:
+            steps.append(("bare ASGI baseline", self.run_baselines))
+        if self.pg is not None:
+            if config.baselines:
+                steps.append(("insert probe", self.run_insert_probe))
+            started = time.monotonic()
+            await asyncio.to_thread(
+                self.pg.create_migrated_template, clean_env(), self.work_dir / "migrate.log"
+            )
+            self.results["meta"]["migrate_seconds"] = time.monotonic() - started
+        for backend in config.backends:
+            if backend == "postgres" and self.pg is None:
+                continue
+            steps.append((backend, lambda b=backend: self.run_backend(b)))  # type: ignore[misc]
+        if self.pg is not None:
+            for factor in config.scale_factors:
+                steps.append((f"scale {factor}x", lambda f=factor: self.run_scale(f)))  # type: ignore[misc]
+            if config.split_worker and "postgres" in config.backends:
+                steps.append((SPLIT, self.run_split_worker))
+            if config.profile:
+                steps.append(("profile", self.run_profile))
+        for name, step in steps:
+            try:
+                await step()
+            except OutOfTime:
+                continue
+            except Exception as error:  # one broken scenario must not lose the others
+                self.results["notes"].append(f"{name} failed: {error!r}")
+                log(f"{name} FAILED: {error!r}")
+        self.results["meta"]["total_seconds"] = self.elapsed()
+
+    async def close(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+        await self.http.aclose()
+        if self.pg is not None:
+            self.pg.drop_all()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = Config()
+    parser.add_argument("--repetitions", type=int, default=defaults.repetitions)
+    parser.add_argument(
+        "--rates",
+        default=",".join(str(int(r)) for r in defaults.rates),
+        help="open-loop arrival rates for the ack sweep, per second",
+    )
+    parser.add_argument("--step-seconds", type=float, default=defaults.step_seconds)
+    parser.add_argument("--backends", default=",".join(defaults.backends))
+    parser.add_argument(
+        "--scale",
+        default=",".join(str(f) for f in defaults.scale_factors),
+        help="history factors (x base messages); empty for none",
+    )
+    parser.add_argument("--client", choices=["raw", "httpx"], default=defaults.client)
+    parser.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the bare ASGI app and the INSERT probe",
+    )
+    parser.add_argument(
+        "--no-split-worker",
+        dest="split_worker",
+        action="store_false",
+        help="skip the serve --no-worker + platica worker scenario (PostgreSQL)",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the 300/s phase")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=defaults.budget_seconds,
+        help="seconds for the whole run; later scenarios are skipped past it",
+    )
+    parser.add_argument("--llm-latency", type=float, default=defaults.llm_latency)
+    parser.add_argument("--twilio-latency", type=float, default=defaults.twilio_latency)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", os.environ.get("TEST_DATABASE_URL", DEFAULT_DATABASE_URL)
+        ),
+    )
+    parser.add_argument("--output", default=defaults.output)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 repetition, 2 s steps, no scale: a smoke test of the harness",
+    )
+    args = parser.parse_args(argv)
+    config = Config(
+        repetitions=args.repetitions,
+        rates=[float(r) for r in args.rates.split(",") if r],
+        step_seconds=args.step_seconds,
+        backends=[b for b in args.backends.split(",") if b],
+        scale_factors=[int(f) for f in args.scale.split(",") if f],
+        client=args.client,
+        baselines=args.baselines,
+        split_worker=args.split_worker,
+        profile=args.profile,
+        budget_seconds=args.budget,
+        llm_latency=args.llm_latency,
+        twilio_latency=args.twilio_latency,
+        database_url=args.database_url,
+        output=args.output,
+    )
+    if args.quick:
+        config.repetitions, config.step_seconds, config.closed_seconds = 1, 2.0, 2.0
+        config.e2e_seconds, config.burst_messages, config.scale_factors = 3.0, 20, []
+        config.probe_seconds = 1.0
+    return config
+
+
+async def amain(config: Config) -> Path:
+    work_dir = Path(tempfile.mkdtemp(prefix="platica-bench-"))
+    log(f"work directory (logs, raw results): {work_dir}")
+    bench = Bench(config, work_dir)
+    try:
+        await bench.run()
+    finally:
+        await bench.close()
+    (work_dir / "results.json").write_text(json.dumps(bench.results, indent=2, default=str))
+    output = REPO / config.output
+    report.write(bench.results, output)
+    log(f"wrote {output} in {bench.elapsed():.0f} s (raw results: {work_dir / 'results.json'})")
+    return output
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    runner(amain(config))
+
+
+if __name__ == "__main__":
+    main()
