@@ -79,7 +79,7 @@ def _fast_polling(monkeypatch):
     monkeypatch.setattr(dashboard_routes, "SIMULATOR_POLL_SECONDS", 0.4)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's Chromium (never a downloaded one); skipped without it, unless CI=true."""
     if not CHROMIUM.exists():
