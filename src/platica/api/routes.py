@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.encoders import jsonable_encoder
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.api.auth import CallerDep
 from platica.conversations import operators, stats
 from platica.deps import StateDep
 from platica.errors import BadRequest
-from platica.models import Channel, ConversationStatus
+from platica.models import Channel, Conversation, ConversationStatus
 from platica.schemas import (
     ChannelConfigRead,
     ChannelConfigUpdate,
@@ -91,18 +93,28 @@ async def get_history(
     }
 
 
+async def _change(
+    caller: CallerDep,
+    channel: Channel,
+    conversation_id: int,
+    change: Callable[[AsyncSession, Conversation], Awaitable[Conversation]],
+) -> dict[str, Any]:
+    """Apply an operator's change to one of the caller's conversations; its new view, committed."""
+    conversation = await operators.get_conversation(
+        caller.session, channel, caller.account_id, conversation_id
+    )
+    await change(caller.session, conversation)
+    view = await operators.view(caller.session, conversation)
+    await caller.session.commit()
+    return view.as_dict()
+
+
 @router.post("/conversations/{conversation_id}/close", response_model=ConversationRead)
 async def close_conversation(
     channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep
 ) -> dict[str, Any]:
     """Close the conversation (idempotent); the contact's next message opens a new one."""
-    conversation = await operators.get_conversation(
-        caller.session, channel, caller.account_id, conversation_id
-    )
-    await operators.close(caller.session, conversation)
-    view = await operators.view(caller.session, conversation)
-    await caller.session.commit()
-    return view.as_dict()
+    return await _change(caller, channel, conversation_id, operators.close)
 
 
 @router.post(
@@ -134,13 +146,7 @@ async def hand_off(
     channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep
 ) -> dict[str, Any]:
     """Pause the AI on this conversation for the channel's handoff_timeout_minutes."""
-    conversation = await operators.get_conversation(
-        caller.session, channel, caller.account_id, conversation_id
-    )
-    await operators.hand_off(caller.session, conversation)
-    view = await operators.view(caller.session, conversation)
-    await caller.session.commit()
-    return view.as_dict()
+    return await _change(caller, channel, conversation_id, operators.hand_off)
 
 
 @router.post("/conversations/{conversation_id}/resume", response_model=ConversationRead)
@@ -148,13 +154,7 @@ async def resume(
     channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep
 ) -> dict[str, Any]:
     """Give the conversation back to the AI."""
-    conversation = await operators.get_conversation(
-        caller.session, channel, caller.account_id, conversation_id
-    )
-    await operators.resume(caller.session, conversation)
-    view = await operators.view(caller.session, conversation)
-    await caller.session.commit()
-    return view.as_dict()
+    return await _change(caller, channel, conversation_id, operators.resume)
 
 
 def _own_account(caller: CallerDep) -> uuid.UUID:
