@@ -131,12 +131,13 @@ def free_port() -> int:
 class LiveServer:
     """Plática served by uvicorn in a background thread, reached over real HTTP."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, worker=worker)
         config = uvicorn.Config(
-            create_app(settings),
+            self.app,
             host="127.0.0.1",
             port=self.port,
             log_config=None,
@@ -160,12 +161,13 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server() -> Iterator[Callable[[Settings], LiveServer]]:
-    """Start servers with given settings; all are stopped after the test."""
+def live_server() -> Iterator[Callable[..., LiveServer]]:
+    """Start servers with given settings (and `worker=False` for no worker); all are stopped
+    after the test."""
     servers: list[LiveServer] = []
 
-    def start(settings: Settings) -> LiveServer:
-        server = LiveServer(settings).start()
+    def start(settings: Settings, *, worker: bool = True) -> LiveServer:
+        server = LiveServer(settings, worker=worker).start()
         servers.append(server)
         return server
 

@@ -20,6 +20,8 @@ QUIETED = (
     "uvicorn.access",
     "twilio",
     "httpx",
+    "openai",
+    "procrastinate",
     "alembic.runtime.plugins",
 )
 
@@ -159,3 +161,29 @@ class TestConfigureLogging:
 
         [event] = json_lines(capsys.readouterr().err)
         assert event["body"] == "hola"
+
+    def test_access_lines_for_the_api_not_for_webhooks(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging(load_settings(LOG_FORMAT="json"))
+        access = logging.getLogger("uvicorn.access")
+        line = '%s - "%s %s HTTP/%s" %d'
+
+        access.info(line, "127.0.0.1:5000", "POST", "/webhook/sms", "1.1", 200)
+        access.info(line, "127.0.0.1:5000", "GET", "/api/sms/stats", "1.1", 200)
+
+        events = json_lines(capsys.readouterr().err)
+        assert [event["event"] for event in events] == [
+            '127.0.0.1:5000 - "GET /api/sms/stats HTTP/1.1" 200'
+        ]
+
+    def test_per_job_and_per_request_chatter_is_quiet_at_info(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging(load_settings(LOG_FORMAT="json"))
+
+        for name in ("procrastinate", "openai", "httpx", "twilio"):
+            logging.getLogger(f"{name}.worker").info("Starting job")
+        logging.getLogger("procrastinate.worker").warning("Job failed")
+
+        assert [e["event"] for e in json_lines(capsys.readouterr().err)] == ["Job failed"]

@@ -7,18 +7,20 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
 
-from platica import db, ratelimit
+from platica import db
 from platica.accounts import create_api_key
+from platica.config import ConfigError, load_settings
 from platica.models import Account
 from platica.ratelimit import RateLimits
 from tests.conftest import Database, make_settings
-from tests.factories import CONTACT
+from tests.factories import CONTACT, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
 from tests.polling import wait_for
 from tests.replies.test_pipeline import Stack
@@ -27,48 +29,48 @@ FLOODER = "+34611000999"
 ADMIN_TOKEN = "admin-0f3e5d7c9b"
 
 
-@pytest.fixture
-def low_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small limits, read when each server (its RateLimits) is built: request it first."""
-    monkeypatch.setattr(ratelimit, "INBOUND_PER_SENDER", "5/minute")
-    monkeypatch.setattr(ratelimit, "INBOUND_PER_ACCOUNT", "12/minute")
-    monkeypatch.setattr(ratelimit, "API_PER_CREDENTIAL", "3/minute")
+LOW_LIMITS = {
+    "RATE_LIMIT_PER_SENDER": "5/minute",
+    "RATE_LIMIT_PER_ACCOUNT": "12/minute",
+    "RATE_LIMIT_API": "3/minute",
+}
+
+
+def low_limits(**overrides: str) -> RateLimits:
+    return RateLimits(load_settings(_env_file=None, **{**LOW_LIMITS, **overrides}))
 
 
 class TestRateLimits:
-    def test_a_sender_over_its_limit(self, low_limits):
-        limits = RateLimits()
+    def test_the_sender_window_counts_on_then_starts_again(self):
+        window = low_limits().sender
+        start = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+        assert (window.limit, window.seconds) == (5, 60)
+        assert window.next_count(None, 0, start) == (start, 1)
+        later = start + timedelta(seconds=59)
+        assert window.next_count(start, 5, later) == (start, 6)
+        expired = start + timedelta(seconds=60)
+        assert window.next_count(start, 6, expired) == (expired, 1)
+
+    def test_an_account_over_its_limit(self):
+        limits = low_limits()
+        account = uuid.uuid4()
+        for _ in range(12):
+            assert not limits.account_over(account)
+            limits.count_for_account(account)
+
+        assert limits.account_over(account)
+        assert not limits.account_over(uuid.uuid4())
+        assert not limits.account_over(None)
+
+    def test_looking_counts_nothing(self):
+        limits = low_limits()
         account = uuid.uuid4()
 
-        results = [limits.inbound(account, "sms", FLOODER) for _ in range(7)]
+        assert not any(limits.account_over(account) for _ in range(50))
 
-        assert results == [None] * 5 + ["sender"] * 2
-        assert limits.inbound(account, "sms", CONTACT) is None
-        assert limits.inbound(account, "whatsapp", FLOODER) is None
-        assert limits.inbound(uuid.uuid4(), "sms", FLOODER) is None
-
-    def test_an_account_over_its_limit(self, low_limits):
-        limits = RateLimits()
-        account = uuid.uuid4()
-
-        results = [limits.inbound(account, "sms", f"+3461100{i:04d}") for i in range(13)]
-
-        assert results == [None] * 12 + ["account"]
-        assert limits.inbound(uuid.uuid4(), "sms", CONTACT) is None
-
-    def test_a_senders_excess_does_not_use_the_accounts_allowance(self, low_limits):
-        limits = RateLimits()
-        account = uuid.uuid4()
-        for _ in range(50):
-            limits.inbound(account, "sms", FLOODER)
-
-        others = [limits.inbound(account, "sms", f"+3461100{i:04d}") for i in range(7)]
-
-        # 5 of the flood counted; 7 more fit in the account's 12.
-        assert others == [None] * 7
-
-    def test_api_calls_per_credential(self, low_limits):
-        limits = RateLimits()
+    def test_api_calls_per_credential(self):
+        limits = low_limits()
 
         assert [limits.api("key-a") for _ in range(3)] == [None] * 3
         retry_after = limits.api("key-a")
@@ -77,13 +79,31 @@ class TestRateLimits:
         assert 1 <= retry_after <= 60
         assert limits.api("key-b") is None
 
-    def test_each_server_counts_for_itself(self, low_limits):
-        first, second = RateLimits(), RateLimits()
+    def test_each_server_counts_for_itself(self):
+        first, second = low_limits(), low_limits()
         for _ in range(3):
             first.api("key")
 
         assert first.api("key") is not None
         assert second.api("key") is None
+
+    def test_off_means_no_limit(self):
+        limits = low_limits(
+            RATE_LIMIT_PER_SENDER="off", RATE_LIMIT_PER_ACCOUNT="off", RATE_LIMIT_API="off"
+        )
+        account = uuid.uuid4()
+        for _ in range(100):
+            limits.count_for_account(account)
+
+        assert not limits.account_over(account)
+        assert all(limits.api("key") is None for _ in range(100))
+        assert limits.sender.limit > 10**9
+        assert limits.api_limit == "unlimited"
+
+    @pytest.mark.parametrize("value", ["20 a minute", "0/minute", "-1/second", "lots"])
+    def test_a_malformed_limit_stops_start_up_naming_the_variable(self, value):
+        with pytest.raises(ConfigError, match="RATE_LIMIT_PER_SENDER: must look like"):
+            load_settings(_env_file=None, RATE_LIMIT_PER_SENDER=value)
 
 
 class Records(logging.Handler):
@@ -99,7 +119,7 @@ class Records(logging.Handler):
 
 
 @pytest.fixture
-def flood_stack(low_limits, database_url, live_server) -> Iterator[Stack]:
+def flood_stack(database_url, live_server) -> Iterator[Stack]:
     with FakeOpenAI() as openai, FakeTwilio(callbacks=True) as twilio:
         settings = make_settings(
             database_url,
@@ -108,6 +128,7 @@ def flood_stack(low_limits, database_url, live_server) -> Iterator[Stack]:
             TWILIO_API_BASE_URL=twilio.url,
             PLATICA_ADMIN_TOKEN=ADMIN_TOKEN,
             LOG_LEVEL="INFO",
+            **LOW_LIMITS,
         )
         server = live_server(settings)
         database = Database(database_url)
@@ -160,6 +181,40 @@ class TestFlood:
             " GROUP BY outcome"
         )
         assert {row.outcome: row.n for row in outcomes} == {"accepted": 6, "rate_limited": 25}
+
+    def test_an_account_over_its_limit_stores_the_rest_unanswered(self, flood_stack):
+        stack = flood_stack
+        senders = [f"+3461200{i:04d}" for i in range(15)]
+        for sender in senders:
+            stack.send(sender=sender, body="Hola")
+
+        wait_for(stack.settled, "every message settled")
+        rows = stack.database.rows(
+            "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
+        )
+        assert [r.reply_state for r in rows] == ["answered"] * 12 + ["skipped"] * 3
+        assert {r.note for r in rows[12:]} == {"rate limited"}
+        reasons = stack.database.rows(
+            "SELECT reason FROM webhook_logs WHERE outcome = 'rate_limited' ORDER BY id"
+        )
+        assert [r.reason for r in reasons] == ["over the per-account limit"] * 3
+        assert len(stack.twilio.sent) == 12
+
+    def test_the_sender_limit_holds_across_servers(self, flood_stack, live_server):
+        stack = flood_stack
+        other = live_server(stack.server.settings)
+        for index in range(8):
+            url = (stack.server if index % 2 else other).url
+            data = inbound_form("sms", sender=FLOODER, body=f"flood {index}")
+            assert post_signed(stack.client, url, "/webhook/sms", data).status_code == 200
+
+        wait_for(stack.settled, "every message settled")
+        rows = stack.database.rows(
+            "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
+        )
+        assert [r.note for r in rows] == [None] * 5 + ["rate limited"] * 3
+        # (Answered once each, some together: there is no debounce to wait for the others.)
+        assert [r.reply_state for r in rows] == ["answered"] * 5 + ["skipped"] * 3
 
 
 def new_api_key(database_url: str) -> str:

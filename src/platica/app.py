@@ -73,10 +73,11 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
         status_callback=state.status_callback_url,
     )
     handler = functools.partial(reply_to_conversation, context)
+    concurrency = settings.WORKER_CONCURRENCY
     runner: TaskRunner = (
-        InProcessRunner(handler)
+        InProcessRunner(handler, concurrency)
         if settings.is_sqlite
-        else ProcrastinateRunner(settings.DATABASE_URL, handler)
+        else ProcrastinateRunner(settings.DATABASE_URL, handler, concurrency)
     )
     await runner.start(work=work)
     sweeper = Sweeper(sessionmaker, runner)

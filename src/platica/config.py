@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     SENTRY_DSN: str | None = None
     LOG_LEVEL: str | None = None
     LOG_FORMAT: Literal["console", "json"] = "console"
+    # Beyond SPEC §2: how many conversations one worker answers at once (each waits on the LLM
+    # without holding a database connection, so this may be far above the pool size).
+    WORKER_CONCURRENCY: int = Field(50, ge=1, le=1000)
+    # Abuse limits (ratelimit.py), as "N/second|minute|hour|day", or "off".
+    RATE_LIMIT_PER_SENDER: str = "20/minute"
+    RATE_LIMIT_PER_ACCOUNT: str = "600/minute"
+    RATE_LIMIT_API: str = "120/minute"
     # Names from the original WhatsApp and SMS services, still honoured.
     WHATSAPP_ENABLE_DEBUG: bool = False
     WHATSAPP_LOG_LEVEL: str | None = None
@@ -161,6 +168,22 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
+
+    @field_validator("RATE_LIMIT_PER_SENDER", "RATE_LIMIT_PER_ACCOUNT", "RATE_LIMIT_API")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        value = value.strip().lower()
+        if value == "off":
+            return value
+        try:
+            item = parse(value)
+        except ValueError:
+            item = None
+        if item is None or item.amount < 1:
+            raise ValueError(f'must look like "20/minute" (or "off"), got {value!r}')
+        return value
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
@@ -90,12 +91,46 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         full,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         # Supabase's transaction pooler cannot keep prepared statements across transactions.
         connect_args={"prepare_threshold": None},
     )
     _declare_service(engine.sync_engine)
+    _ping_when_idle(engine.sync_engine)
     return engine
+
+
+# A connection back in use within this many seconds is not pinged first (see _ping_when_idle).
+PING_IDLE_SECONDS = 5.0
+
+
+def _ping_when_idle(sync_engine: Any) -> None:
+    """Ping a pooled connection before use only when it has been idle for a while.
+
+    SQLAlchemy's pool_pre_ping would cost a round trip per transaction; a connection used a
+    moment ago is alive unless the server restarted in that moment, and the webhook's write
+    retries once on a dropped connection for that case (channels/inbound.py).
+    """
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", 0.0) < PING_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as error:
+            # The pool discards this connection and checks out another (or a new one).
+            raise exc.DisconnectionError(str(error)) from error
 
 
 def _declare_service(sync_engine: Any) -> None:

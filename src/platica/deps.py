@@ -30,19 +30,27 @@ class AppState:
     generator: ReplyGenerator | None = None
     sender: MessageSender | None = None
     cleanup: DailyCleanup | None = None
-    # In memory, so per process (see ratelimit.py).
-    limits: RateLimits = field(default_factory=RateLimits)
+    # Partly in memory, so per process (see ratelimit.py).
+    limits: RateLimits = field(init=False)
     # Where Twilio reached us last, for StatusCallback URLs when PUBLIC_BASE_URL is unset.
     observed_base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        self.limits = RateLimits(self.settings)
 
     def status_callback_url(self) -> str | None:
         base = self.settings.PUBLIC_BASE_URL or self.observed_base_url
         return f"{base}/webhook/status" if base else None
 
 
-def get_state(request: Request) -> AppState:
+def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.platica
     return state
+
+
+async def get_state(request: Request) -> AppState:
+    """The dependency: async, as FastAPI runs a plain `def` one in its thread pool."""
+    return app_state(request)
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

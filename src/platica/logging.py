@@ -74,10 +74,19 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # Twilio's client logs full request URLs and bodies (phone numbers) at INFO.
-    logging.getLogger("twilio").setLevel(max(level, logging.WARNING))
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+    # Twilio's client logs full request URLs and bodies (phone numbers) at INFO; the others
+    # log a line per HTTP call or per job that our own reply.* events already tell.
+    for name in ("twilio", "httpx", "openai", "procrastinate"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    # Every webhook has its own event (webhook.accepted, ...) and a webhook_logs row.
+    logging.getLogger("uvicorn.access").addFilter(_not_a_webhook)
     logging.getLogger("alembic.runtime.plugins").setLevel(max(level, logging.WARNING))
+
+
+def _not_a_webhook(record: logging.LogRecord) -> bool:
+    """uvicorn's access line, except for webhooks (its arguments: client, method, path, ...)."""
+    args = record.args
+    return not (isinstance(args, tuple) and len(args) > 2 and str(args[2]).startswith("/webhook/"))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -204,6 +204,10 @@ class Contact(Base):
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The sender's current window of RATE_LIMIT_PER_SENDER (ratelimit.py): when it began and
+    # how many inbound messages it has seen.
+    rate_window_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rate_window_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -6,9 +6,12 @@ no reply. Only messages within the sender's limit count towards the account's, s
 sender cannot use up the account's allowance and silence everyone else. An API caller over its
 limit gets 429 with Retry-After.
 
-The counts live in memory (the `limits` library's moving windows) and are per process: with
-two `platica serve` processes, a sender can get up to twice the limit through. They start empty
-when a process starts.
+The per-sender count lives in the database, on the contact row every inbound message writes
+anyway (a fixed window: `contacts.rate_window_start` and `rate_window_count`), so it holds
+across every `platica serve` process and costs nothing per sender in memory. The per-account
+and per-credential counts live in memory (the `limits` library's moving windows, a few keys per
+account) and are per process: with two `platica serve` processes an account can get up to
+twice its limit through. They start empty when a process starts.
 """
 
 from __future__ import annotations
@@ -16,38 +19,81 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-# SPEC §2 has no variables for these; constants, like the other operational bounds.
-INBOUND_PER_SENDER = "20/minute"
-INBOUND_PER_ACCOUNT = "600/minute"
-API_PER_CREDENTIAL = "120/minute"
+from platica.config import Settings
 
 RATE_LIMITED_NOTE = "rate limited"
+# What "off" means for a limit counted in SQL: more than anyone can send.
+UNLIMITED = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class SenderWindow:
+    """RATE_LIMIT_PER_SENDER as the database applies it: `limit` messages per `seconds`."""
+
+    limit: int
+    seconds: int
+
+    def starts_after(self, now: datetime) -> datetime:
+        """A window that began at or before this moment is over."""
+        return now - timedelta(seconds=self.seconds)
+
+    def next_count(self, start: datetime | None, count: int, now: datetime) -> tuple[datetime, int]:
+        """The window after one more message: the same one counting on, or a new one."""
+        if start is not None and start > self.starts_after(now):
+            return start, count + 1
+        return now, 1
+
+
+def _parse(value: str) -> RateLimitItem | None:
+    return None if value == "off" else parse(value)
 
 
 class RateLimits:
-    """One process's limits (read from the constants above when it is built)."""
+    """One process's limits, read from the settings when it is built."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._per_sender: RateLimitItem = parse(INBOUND_PER_SENDER)
-        self._per_account: RateLimitItem = parse(INBOUND_PER_ACCOUNT)
-        self._per_credential: RateLimitItem = parse(API_PER_CREDENTIAL)
+        sender = _parse(settings.RATE_LIMIT_PER_SENDER)
+        self.sender = (
+            SenderWindow(sender.amount, sender.get_expiry())
+            if sender
+            else SenderWindow(UNLIMITED, 1)
+        )
+        self._per_account = _parse(settings.RATE_LIMIT_PER_ACCOUNT)
+        self._per_credential = _parse(settings.RATE_LIMIT_API)
+        # The account that owns each number, as last seen, to check its limit before the
+        # database says again (a stale entry only charges the wrong account, briefly).
+        self._owners: dict[tuple[str, str], uuid.UUID] = {}
 
-    def inbound(self, account_id: uuid.UUID, channel: str, sender: str) -> str | None:
-        """Count one inbound message; which limit it is over ("sender", "account"), or None."""
-        if not self._limiter.hit(self._per_sender, "sender", str(account_id), channel, sender):
-            return "sender"
-        if not self._limiter.hit(self._per_account, "account", str(account_id)):
-            return "account"
-        return None
+    def account_over(self, account_id: uuid.UUID | None) -> bool:
+        """Whether the account has used up its allowance (counts nothing)."""
+        if self._per_account is None or account_id is None:
+            return False
+        return not self._limiter.test(self._per_account, "account", str(account_id))
+
+    def count_for_account(self, account_id: uuid.UUID) -> None:
+        """Count one message the account's limit let through."""
+        if self._per_account is not None:
+            self._limiter.hit(self._per_account, "account", str(account_id))
+
+    def owner(self, channel: str, number: str) -> uuid.UUID | None:
+        return self._owners.get((channel, number))
+
+    def remember_owner(self, channel: str, number: str, account_id: uuid.UUID) -> None:
+        self._owners[(channel, number)] = account_id
 
     def api(self, credential: str) -> int | None:
         """Count one API call; whole seconds until the caller may call again, or None."""
+        if self._per_credential is None:
+            return None
         if self._limiter.hit(self._per_credential, "api", credential):
             return None
         reset_at = self._limiter.get_window_stats(self._per_credential, "api", credential)[0]
@@ -55,4 +101,4 @@ class RateLimits:
 
     @property
     def api_limit(self) -> str:
-        return str(self._per_credential)
+        return str(self._per_credential) if self._per_credential else "unlimited"

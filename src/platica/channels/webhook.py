@@ -9,18 +9,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Request, Response
+from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
+from platica.channels.inbound import record_message
 from platica.channels.parsing import FormData, first, parse_form, parse_inbound, parse_status
 from platica.config import Settings
-from platica.conversations import repository, service
+from platica.conversations import service
 from platica.deps import AppState, StateDep
 from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
 from platica.logging import get_logger, mask_phone
 from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS
 from platica.models import Channel, WebhookLog
-from platica.ratelimit import RATE_LIMITED_NOTE
 
 router = APIRouter(prefix="/webhook", tags=["webhooks"])
 log = get_logger(__name__)
@@ -106,9 +107,7 @@ async def _save_log(state: AppState, entry: WebhookLog) -> None:
         await session.commit()
 
 
-async def _handle(
-    request: Request, state: AppState, endpoint: str, background: BackgroundTasks
-) -> Response:
+async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
     started = time.perf_counter()
     entry = WebhookLog(
         endpoint=endpoint,
@@ -124,7 +123,7 @@ async def _handle(
         if endpoint == "status":
             await _record_status(state, form, entry)
         else:
-            await _record_message(state, form, Channel(endpoint), entry, background)
+            await _record_message(state, form, Channel(endpoint), entry)
     except PlaticaError as error:
         entry.status_code = error.status_code
         entry.outcome = "rejected"
@@ -141,67 +140,47 @@ async def _handle(
             message_sid=entry.message_sid,
         )
         raise
+    except ClientDisconnect:
+        # The caller gave up before its body arrived (Twilio waits 15 s): nothing to store.
+        WEBHOOKS.labels(endpoint, "disconnected").inc()
+        log.warning("webhook.client_disconnected", endpoint=endpoint)
+        return Response(status_code=499)
     WEBHOOKS.labels(endpoint, entry.outcome).inc()
     WEBHOOK_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
     return twiml_ack()
 
 
 async def _record_message(
-    state: AppState,
-    form: FormData,
-    channel: Channel,
-    entry: WebhookLog,
-    background: BackgroundTasks,
+    state: AppState, form: FormData, channel: Channel, entry: WebhookLog
 ) -> None:
     inbound = parse_inbound(form, channel)
-    async with state.sessionmaker() as session:
-        config = await repository.find_channel_config(session, channel, inbound.recipient)
-        if config is None:
-            raise NotFound(
-                f"no account owns {mask_phone(inbound.recipient)} on {channel.value}; "
-                "add it with `platica accounts create` or TWILIO_"
-                + ("WHATSAPP_NUMBER" if channel is Channel.whatsapp else "PHONE_NUMBER")
-            )
-        entry.account_id = config.account_id
-        # Over a limit, the message is still stored (and acknowledged), but never answered.
-        limited = state.limits.inbound(config.account_id, channel.value, inbound.sender)
-        recorded = await service.record_inbound(
-            session,
-            inbound,
-            config.account_id,
-            skip_reason=RATE_LIMITED_NOTE if limited else None,
+    recorded = await record_message(state, inbound, entry)
+    if recorded is None:
+        raise NotFound(
+            f"no account owns {mask_phone(inbound.recipient)} on {channel.value}; "
+            "add it with `platica accounts create` or TWILIO_"
+            + ("WHATSAPP_NUMBER" if channel is Channel.whatsapp else "PHONE_NUMBER")
         )
-        if recorded is None:
-            # A repeated delivery: undo whatever this transaction touched, keep only the log.
-            await session.rollback()
-            entry.outcome, entry.reason = "duplicate", "MessageSid already recorded"
-        elif limited:
-            entry.outcome, entry.reason = "rate_limited", f"over the per-{limited} limit"
-        else:
-            entry.outcome = "accepted"
-        entry.status_code = 200
-        session.add(entry)
-        await session.commit()
-    if recorded is not None and limited:
+    if recorded.message_id is not None and recorded.limited:
         REPLIES.labels(channel.value, "rate_limited").inc()
         # No sender here: the account and the message are enough to find it.
         log.info(
             "webhook.rate_limited",
             channel=channel.value,
-            account_id=str(config.account_id),
+            account_id=str(recorded.account_id),
             message_sid=inbound.sid,
             message_id=recorded.message_id,
-            limit=limited,
+            limit=recorded.limited,
         )
         return
-    if recorded is not None and state.runner is not None:
-        # After the response: the sweeper catches anything a crash here would drop.
-        background.add_task(state.runner.defer, recorded.conversation_id, config.debounce_seconds)
+    if recorded.conversation_id is not None and not recorded.queued and state.runner is not None:
+        # Committed already; the sweeper catches anything a crash right here would drop.
+        await state.runner.defer(recorded.conversation_id, recorded.debounce_seconds)
     log.info(
-        "webhook.duplicate" if recorded is None else "webhook.accepted",
+        "webhook.duplicate" if recorded.message_id is None else "webhook.accepted",
         channel=channel.value,
         message_sid=inbound.sid,
-        message_id=recorded.message_id if recorded else None,
+        message_id=recorded.message_id,
         sender=inbound.sender,
     )
     log.debug("webhook.body", message_sid=inbound.sid, body=inbound.body)
@@ -225,22 +204,18 @@ async def _record_status(state: AppState, form: FormData, entry: WebhookLog) -> 
 
 
 @router.post("/whatsapp", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_whatsapp(
-    request: Request, state: StateDep, background: BackgroundTasks
-) -> Response:
+async def receive_whatsapp(request: Request, state: StateDep) -> Response:
     """Twilio's inbound WhatsApp message webhook."""
-    return await _handle(request, state, "whatsapp", background)
+    return await _handle(request, state, "whatsapp")
 
 
 @router.post("/sms", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_sms(request: Request, state: StateDep, background: BackgroundTasks) -> Response:
+async def receive_sms(request: Request, state: StateDep) -> Response:
     """Twilio's inbound SMS webhook."""
-    return await _handle(request, state, "sms", background)
+    return await _handle(request, state, "sms")
 
 
 @router.post("/status", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_status(
-    request: Request, state: StateDep, background: BackgroundTasks
-) -> Response:
+async def receive_status(request: Request, state: StateDep) -> Response:
     """Twilio's delivery status callback for the messages Plática sends."""
-    return await _handle(request, state, "status", background)
+    return await _handle(request, state, "status")

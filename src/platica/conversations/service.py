@@ -12,12 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from platica.channels.parsing import InboundMessage, StatusUpdate, parse_status
 from platica.conversations import repository
 from platica.models import Author, Direction, Message, MessageStatus, ReplyState, utcnow
+from platica.ratelimit import RATE_LIMITED_NOTE, SenderWindow
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
     message_id: int
     conversation_id: int
+    # "sender" or "account" when the message is over that limit: stored, never answered.
+    limited: str | None = None
 
 
 class StatusOutcome(StrEnum):
@@ -31,14 +34,16 @@ async def record_inbound(
     inbound: InboundMessage,
     account_id: uuid.UUID,
     *,
-    skip_reason: str | None = None,
+    sender_window: SenderWindow | None = None,
+    account_over: bool = False,
 ) -> Recorded | None:
     """Store an inbound message once, in its contact's active conversation.
 
     Returns the new message and its conversation, or None when its MessageSid is already stored (a repeated
     delivery). The caller should roll back on None: the transaction may have touched the
-    contact and conversation for nothing. With `skip_reason`, the message is stored as skipped
-    (that reason its note), never to be answered.
+    contact and conversation for nothing. A message over the sender's window (counted on the
+    contact) or, when `account_over`, the account's limit is stored as skipped, never answered.
+    channels/inbound.py does the same in one statement on PostgreSQL.
     """
     if await repository.message_id_by_sid(session, inbound.sid) is not None:
         return None
@@ -51,6 +56,13 @@ async def record_inbound(
         contact.profile_name = inbound.profile_name[:200]
     if inbound.wa_id:
         contact.wa_id = inbound.wa_id[:64]
+    limited = "account" if account_over else None
+    if sender_window is not None:
+        contact.rate_window_start, contact.rate_window_count = sender_window.next_count(
+            contact.rate_window_start, contact.rate_window_count, now
+        )
+        if contact.rate_window_count > sender_window.limit:
+            limited = "sender"
     # Rows are locked in one order everywhere (contact, conversation, messages), so concurrent
     # transactions on PostgreSQL wait for each other instead of deadlocking.
     await session.flush()
@@ -67,8 +79,8 @@ async def record_inbound(
             "media": [{"url": m.url, "content_type": m.content_type} for m in inbound.media],
             "twilio_sid": inbound.sid,
             "status": MessageStatus.received,
-            "reply_state": ReplyState.pending if skip_reason is None else ReplyState.skipped,
-            "note": skip_reason,
+            "reply_state": ReplyState.pending if limited is None else ReplyState.skipped,
+            "note": RATE_LIMITED_NOTE if limited else None,
             "created_at": now,
             "updated_at": now,
         },
@@ -77,7 +89,7 @@ async def record_inbound(
         return None
     await repository.touch_conversation(session, conversation.id, now)
     await session.flush()
-    return Recorded(message_id=message_id, conversation_id=conversation.id)
+    return Recorded(message_id=message_id, conversation_id=conversation.id, limited=limited)
 
 
 async def record_status(session: AsyncSession, update: StatusUpdate) -> StatusOutcome:

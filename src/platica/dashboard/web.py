@@ -31,7 +31,7 @@ from platica.dashboard.session import (
 )
 from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
-from platica.deps import AppState, get_state
+from platica.deps import AppState, app_state
 from platica.models import Account, ApiKey
 
 HERE = Path(__file__).parent
@@ -145,7 +145,7 @@ def uuid_or_none(value: str | None) -> uuid.UUID | None:
 
 
 async def get_visit(request: Request) -> Visit:
-    state = get_state(request)
+    state = app_state(request)
     cookie = load_session(request, state.settings)
     request.state.dashboard_cookie = cookie
     operator = await _operator(state, cookie) if cookie.logged_in else None
@@ -182,7 +182,7 @@ def _finish(visit: Visit | None, request: Request, response: Response) -> Respon
     response.headers.update(SECURITY_HEADERS)
     cookie = visit.cookie if visit else getattr(request.state, "dashboard_cookie", None)
     if cookie is not None:
-        save_session(response, request, get_state(request).settings, cookie)
+        save_session(response, request, app_state(request).settings, cookie)
     return response
 
 
@@ -263,7 +263,7 @@ async def login_required(request: Request, _exc: Exception) -> Response:
 
 
 async def csrf_rejected(request: Request, _exc: Exception) -> Response:
-    visit = Visit(request, get_state(request), request.state.dashboard_cookie, None)
+    visit = Visit(request, app_state(request), request.state.dashboard_cookie, None)
     return render(
         visit,
         "error.html",

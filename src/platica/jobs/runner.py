@@ -29,6 +29,8 @@ Handler = Callable[[int], Awaitable[float | None]]
 
 TASK_NAME = "reply_to_conversation"
 QUEUE = "replies"
+# At most one waiting job per conversation: its queueing lock is this and the conversation's id.
+QUEUEING_LOCK_PREFIX = "conversation:"
 # How long to wait before re-running a task that raised, and how often the sweeper looks.
 CRASH_RETRY_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 10.0
@@ -61,7 +63,7 @@ async def run_handler(handler: Handler, conversation_id: int) -> float | None:
 class InProcessRunner:
     """Tasks on asyncio in this process: a timer per conversation and a bounded pool of workers."""
 
-    def __init__(self, handler: Handler, concurrency: int = 8) -> None:
+    def __init__(self, handler: Handler, concurrency: int = 50) -> None:
         self._handler = handler
         self._concurrency = concurrency
         self._due: dict[int, float] = {}
@@ -126,7 +128,7 @@ class ProcrastinateRunner:
     outlive a killed worker.
     """
 
-    def __init__(self, database_url: str, handler: Handler, concurrency: int = 10) -> None:
+    def __init__(self, database_url: str, handler: Handler, concurrency: int = 50) -> None:
         import procrastinate
 
         self._handler = handler
@@ -134,7 +136,10 @@ class ProcrastinateRunner:
         self._app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(
                 conninfo=psycopg_conninfo(database_url),
-                kwargs={"prepare_threshold": None},
+                # Job bookkeeping need not wait for the disk: a job whose state a database
+                # crash forgets runs again, and the task is safe to run again. The jobs that
+                # matter are inserted with the message, in the webhook's durable transaction.
+                kwargs={"prepare_threshold": None, "options": "-c synchronous_commit=off"},
             )
         )
         self._worker: asyncio.Task[None] | None = None
@@ -151,7 +156,7 @@ class ProcrastinateRunner:
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
         import procrastinate.exceptions
 
-        options: dict[str, object] = {"queueing_lock": f"conversation:{conversation_id}"}
+        options: dict[str, object] = {"queueing_lock": f"{QUEUEING_LOCK_PREFIX}{conversation_id}"}
         if delay > 0:
             options["schedule_in"] = {"seconds": delay}
         # AlreadyEnqueued: a waiting job will look at the whole conversation anyway.

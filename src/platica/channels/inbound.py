@@ -1,0 +1,265 @@
+"""Recording an inbound message webhook: the message, its contact and conversation, the webhook
+log entry and, on PostgreSQL, the reply job, all in one transaction.
+
+On PostgreSQL this is one SQL statement (one round trip, then COMMIT): this is the path every
+message takes, and Twilio waits on it. On SQLite it is the ORM code of conversations/service.py.
+Both lock rows in the same order as everything else (contact, conversation, messages).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from platica.channels.parsing import InboundMessage
+from platica.conversations import repository, service
+from platica.deps import AppState
+from platica.jobs.runner import QUEUE, QUEUEING_LOCK_PREFIX, TASK_NAME
+from platica.models import WebhookLog, utcnow
+from platica.ratelimit import RATE_LIMITED_NOTE
+
+# A first message from a new contact, arriving twice at once, can find the conversation the
+# other transaction is opening; the statement then stores nothing and is run again.
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    account_id: uuid.UUID
+    debounce_seconds: float
+    # None for a repeated delivery (the MessageSid is stored already).
+    message_id: int | None
+    conversation_id: int | None
+    # "sender" or "account" when the message is over that limit: stored, never answered.
+    limited: str | None
+    # Whether its reply job is queued already (in the same transaction, on PostgreSQL).
+    queued: bool
+
+
+async def record_message(
+    state: AppState, inbound: InboundMessage, entry: WebhookLog
+) -> Recorded | None:
+    """Store the message once and log the webhook; None when no account owns its number."""
+    owner = state.limits.owner(inbound.channel.value, inbound.recipient)
+    account_over = state.limits.account_over(owner)
+    if state.engine.dialect.name == "postgresql":
+        recorded = await _record_postgresql(state, inbound, entry, account_over)
+    else:
+        recorded = await _record_orm(state, inbound, entry, account_over)
+    if recorded is not None:
+        state.limits.remember_owner(inbound.channel.value, inbound.recipient, recorded.account_id)
+        if recorded.message_id is not None and recorded.limited is None:
+            state.limits.count_for_account(recorded.account_id)
+    return recorded
+
+
+def _outcome(recorded: Recorded) -> tuple[str, str | None]:
+    if recorded.message_id is None:
+        return "duplicate", "MessageSid already recorded"
+    if recorded.limited:
+        return "rate_limited", f"over the per-{recorded.limited} limit"
+    return "accepted", None
+
+
+# --- PostgreSQL: one statement ----------------------------------------------------------------
+#
+# Data-modifying CTEs see one snapshot and each other only through RETURNING; each runs once.
+# `contact` locks the contact row first (upsert), then the conversation is found or opened,
+# touched, and the message inserted: the lock order of conversations/service.py.
+
+RECORD_STATEMENT = text(
+    """
+WITH cfg AS (
+    SELECT account_id, debounce_seconds,
+           EXISTS (SELECT 1 FROM messages WHERE twilio_sid = :sid) AS dup
+    FROM channel_configs
+    WHERE channel = :channel AND phone_number = :recipient
+),
+contact AS (
+    INSERT INTO contacts AS c (account_id, channel, address, profile_name, wa_id, opted_out,
+                               last_inbound_at, created_at, rate_window_start, rate_window_count)
+    SELECT account_id, :channel, :sender, :profile_name, :wa_id, false, :now, :now, :now, 1
+    FROM cfg WHERE NOT dup
+    ON CONFLICT (account_id, channel, address) DO UPDATE SET
+        last_inbound_at = EXCLUDED.last_inbound_at,
+        profile_name = COALESCE(EXCLUDED.profile_name, c.profile_name),
+        wa_id = COALESCE(EXCLUDED.wa_id, c.wa_id),
+        rate_window_start = CASE WHEN c.rate_window_start > :window_over
+                                 THEN c.rate_window_start ELSE :now END,
+        rate_window_count = CASE WHEN c.rate_window_start > :window_over
+                                 THEN c.rate_window_count + 1 ELSE 1 END
+    RETURNING c.id, c.account_id, c.rate_window_count > :sender_limit AS sender_limited
+),
+existing AS (
+    SELECT v.id FROM conversations v JOIN contact ON v.contact_id = contact.id
+    WHERE v.status = 'active'
+),
+opened AS (
+    INSERT INTO conversations (account_id, channel, contact_id, contact_address, status,
+                               ai_enabled, created_at, last_message_at)
+    SELECT account_id, :channel, id, :sender, 'active', true, :now, :now
+    FROM contact WHERE NOT EXISTS (SELECT 1 FROM existing)
+    ON CONFLICT (contact_id) WHERE status = 'active' DO NOTHING
+    RETURNING id
+),
+conversation AS (
+    SELECT id FROM existing UNION ALL SELECT id FROM opened
+),
+touched AS (
+    UPDATE conversations SET last_message_at = :now
+    WHERE id IN (SELECT id FROM existing) AND last_message_at < :now
+    RETURNING id
+),
+message AS (
+    INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
+                          twilio_sid, status, reply_state, note, attempts, part,
+                          created_at, updated_at)
+    SELECT contact.account_id, conversation.id, :channel, 'inbound', 'contact', :body,
+           CAST(:media AS jsonb), :sid, 'received',
+           CASE WHEN contact.sender_limited OR :account_over THEN 'skipped' ELSE 'pending' END,
+           CASE WHEN contact.sender_limited OR :account_over THEN :limited_note END,
+           0, 0, :now, :now
+    FROM contact, conversation
+    ON CONFLICT (twilio_sid) DO NOTHING
+    RETURNING id, conversation_id, reply_state
+),
+job AS (
+    INSERT INTO procrastinate_jobs (queue_name, task_name, priority, lock, queueing_lock, args,
+                                    scheduled_at)
+    SELECT :queue, :task, 0, NULL, CAST(:lock_prefix AS text) || message.conversation_id,
+           jsonb_build_object('conversation_id', message.conversation_id),
+           CASE WHEN cfg.debounce_seconds > 0
+                THEN CAST(:now AS timestamptz) + make_interval(secs => cfg.debounce_seconds) END
+    FROM message, cfg
+    WHERE message.reply_state = 'pending'
+    ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
+    RETURNING id
+),
+verdict AS (
+    SELECT message.id AS message_id, message.conversation_id,
+           CASE WHEN message.reply_state = 'pending' THEN NULL
+                WHEN contact.sender_limited THEN 'sender' ELSE 'account' END AS limited
+    FROM message, contact
+),
+logged AS (
+    INSERT INTO webhook_logs (received_at, endpoint, account_id, message_sid, idempotency_token,
+                              status_code, outcome, reason, signature_valid, params)
+    SELECT :now, :endpoint, cfg.account_id, :sid, :token, 200,
+           CASE WHEN verdict.message_id IS NULL THEN 'duplicate'
+                WHEN verdict.limited IS NULL THEN 'accepted' ELSE 'rate_limited' END,
+           CASE WHEN verdict.message_id IS NULL THEN 'MessageSid already recorded'
+                WHEN verdict.limited IS NOT NULL
+                THEN 'over the per-' || verdict.limited || ' limit' END,
+           :signature_valid, CAST(:params AS jsonb)
+    FROM cfg LEFT JOIN verdict ON true
+    WHERE cfg.dup OR EXISTS (SELECT 1 FROM conversation)
+    RETURNING id
+)
+SELECT cfg.account_id, cfg.debounce_seconds,
+       (SELECT count(*) FROM logged) AS logged,
+       (SELECT count(*) FROM job) AS queued,
+       verdict.message_id, verdict.conversation_id, verdict.limited
+FROM cfg LEFT JOIN verdict ON true
+"""
+)
+
+
+async def _record_postgresql(
+    state: AppState, inbound: InboundMessage, entry: WebhookLog, account_over: bool
+) -> Recorded | None:
+    now = utcnow()
+    window = state.limits.sender
+    params: dict[str, Any] = {
+        "sid": inbound.sid,
+        "channel": inbound.channel.value,
+        "recipient": inbound.recipient,
+        "sender": inbound.sender,
+        "profile_name": inbound.profile_name[:200] if inbound.profile_name else None,
+        "wa_id": inbound.wa_id[:64] if inbound.wa_id else None,
+        "body": inbound.body,
+        "media": json.dumps(
+            [{"url": m.url, "content_type": m.content_type} for m in inbound.media]
+        ),
+        "now": now,
+        "window_over": window.starts_after(now),
+        "sender_limit": window.limit,
+        "account_over": account_over,
+        "limited_note": RATE_LIMITED_NOTE,
+        "queue": QUEUE,
+        "task": TASK_NAME,
+        "lock_prefix": QUEUEING_LOCK_PREFIX,
+        "endpoint": entry.endpoint,
+        "token": entry.idempotency_token,
+        "signature_valid": entry.signature_valid,
+        "params": json.dumps(entry.params),
+    }
+    for attempt in range(1, ATTEMPTS + 1):
+        async with state.engine.connect() as connection:
+            try:
+                row = (await connection.execute(RECORD_STATEMENT, params)).one_or_none()
+            except DBAPIError as error:
+                # The database restarted since this connection was last used: nothing was
+                # written, and another connection will do (the pool drops this one).
+                if not error.connection_invalidated or attempt == ATTEMPTS:
+                    raise
+                continue
+            if row is None:
+                return None  # no account owns the number: nothing was written
+            if row.logged:
+                await connection.commit()
+                recorded = Recorded(
+                    account_id=row.account_id,
+                    debounce_seconds=row.debounce_seconds,
+                    message_id=row.message_id,
+                    conversation_id=row.conversation_id,
+                    limited=row.limited,
+                    queued=bool(row.queued),
+                )
+                entry.account_id = recorded.account_id
+                entry.outcome, entry.reason = _outcome(recorded)
+                entry.status_code = 200
+                return recorded
+            await connection.rollback()
+    raise RuntimeError(f"could not record {inbound.sid} in {ATTEMPTS} attempts")
+
+
+# --- SQLite (and any other database): the ORM --------------------------------------------------
+
+
+async def _record_orm(
+    state: AppState, inbound: InboundMessage, entry: WebhookLog, account_over: bool
+) -> Recorded | None:
+    async with state.sessionmaker() as session:
+        config = await repository.find_channel_config(session, inbound.channel, inbound.recipient)
+        if config is None:
+            return None
+        account_id, debounce_seconds = config.account_id, config.debounce_seconds
+        stored = await service.record_inbound(
+            session,
+            inbound,
+            account_id,
+            sender_window=state.limits.sender,
+            account_over=account_over,
+        )
+        if stored is None:
+            # A repeated delivery: undo whatever this transaction touched, keep only the log.
+            await session.rollback()
+        recorded = Recorded(
+            account_id=account_id,
+            debounce_seconds=debounce_seconds,
+            message_id=stored.message_id if stored else None,
+            conversation_id=stored.conversation_id if stored else None,
+            limited=stored.limited if stored else None,
+            queued=False,
+        )
+        entry.account_id = recorded.account_id
+        entry.outcome, entry.reason = _outcome(recorded)
+        entry.status_code = 200
+        session.add(entry)
+        await session.commit()
+    return recorded
