@@ -72,8 +72,7 @@ def _outcome(recorded: Recorded) -> tuple[str, str | None]:
 # `contact` locks the contact row first (upsert), then the conversation is found or opened,
 # touched, and the message inserted: the lock order of conversations/service.py.
 
-RECORD_STATEMENT = text(
-    """
+RECORD_SQL = """
 WITH cfg AS (
     SELECT account_id, debounce_seconds,
            EXISTS (SELECT 1 FROM messages WHERE twilio_sid = :sid) AS dup
@@ -166,7 +165,8 @@ SELECT cfg.account_id, cfg.debounce_seconds,
        verdict.message_id, verdict.conversation_id, verdict.limited
 FROM cfg LEFT JOIN verdict ON true
 """
-)
+# Whitespace collapsed: psycopg caches its parse of statements up to 4 KiB only.
+RECORD_STATEMENT = text(" ".join(RECORD_SQL.split()))
 
 
 async def _record_postgresql(
@@ -199,7 +199,9 @@ async def _record_postgresql(
         "params": json.dumps(entry.params),
     }
     for attempt in range(1, ATTEMPTS + 1):
+        # One statement is one transaction: in autocommit, no BEGIN and COMMIT round trips.
         async with state.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 row = (await connection.execute(RECORD_STATEMENT, params)).one_or_none()
             except DBAPIError as error:
@@ -211,7 +213,6 @@ async def _record_postgresql(
             if row is None:
                 return None  # no account owns the number: nothing was written
             if row.logged:
-                await connection.commit()
                 recorded = Recorded(
                     account_id=row.account_id,
                     debounce_seconds=row.debounce_seconds,
@@ -224,7 +225,9 @@ async def _record_postgresql(
                 entry.outcome, entry.reason = _outcome(recorded)
                 entry.status_code = 200
                 return recorded
-            await connection.rollback()
+            # The conversation was being opened by a concurrent first message from the same
+            # new contact: only the contact row was written (its window counted this message
+            # once too often, a cost of that rare race); run it again to see the conversation.
     raise RuntimeError(f"could not record {inbound.sid} in {ATTEMPTS} attempts")
 
 
