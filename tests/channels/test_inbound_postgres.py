@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from platica.jobs.runner import ProcrastinateRunner
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
-from tests.factories import inbound_form, post_signed
+from tests.factories import inbound_form, new_sid, post_signed, status_form
 
 pytestmark = pytest.mark.postgres
 
@@ -49,6 +49,24 @@ def quiet_server(pg_url, live_server) -> LiveServer:
     return server
 
 
+class Statements:
+    """The SQL statements the server runs while in the block."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.engine = server.app.state.platica.engine.sync_engine
+        self.seen: list[str] = []
+
+    def _record(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.seen.append(statement)
+
+    def __enter__(self) -> Statements:
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+
 def send(client: httpx.Client, server: LiveServer, **form: Any) -> dict[str, str]:
     data = inbound_form(**form)
     response = post_signed(client, server.url, "/webhook/sms", data)
@@ -57,23 +75,40 @@ def send(client: httpx.Client, server: LiveServer, **form: Any) -> dict[str, str
 
 
 class TestOneStatement:
-    def test_a_webhook_is_one_statement_and_a_commit(self, quiet_server, client, database):
+    def test_a_webhook_is_one_statement(self, quiet_server, client, database):
         send(client, quiet_server, body="warm the pool up")
-        statements: list[str] = []
-
-        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            statements.append(statement)
-
-        engine = quiet_server.app.state.platica.engine.sync_engine
-        event.listen(engine, "before_cursor_execute", record)
-        try:
+        with Statements(quiet_server) as statements:
             send(client, quiet_server, body="¿Abren hoy?")
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
 
-        assert len(statements) == 1, statements
+        # In autocommit: no BEGIN or COMMIT either (psycopg sends those as statements of
+        # their own, which this would count).
+        assert len(statements.seen) == 1, statements.seen
         assert database.count("messages") == 2
         assert database.count("webhook_logs") == 2
+
+    def test_a_status_callback_is_one_statement(self, quiet_server, client, database):
+        send(client, quiet_server)
+        sid = new_sid()
+        database.execute(
+            "INSERT INTO messages (account_id, conversation_id, channel, direction, author, body,"
+            " media, twilio_sid, status, part, attempts, created_at, updated_at)"
+            " SELECT account_id, conversation_id, channel, 'outbound', 'ai', 'Hola!', media,"
+            " :sid, 'queued', 0, 0, created_at, updated_at FROM messages",
+            sid=sid,
+        )
+        with Statements(quiet_server) as statements:
+            for status in ("sent", "delivered", "sent"):
+                form = status_form(sid, status)
+                assert post_signed(client, quiet_server.url, "/webhook/status", form).is_success
+
+        assert len(statements.seen) == 3
+        assert database.scalar("SELECT status FROM messages WHERE twilio_sid = :sid", sid=sid) == (
+            "delivered"
+        )
+        outcomes = database.rows(
+            "SELECT outcome FROM webhook_logs WHERE endpoint = 'status' ORDER BY id"
+        )
+        assert [r.outcome for r in outcomes] == ["status_updated", "status_updated", "status_stale"]
 
     def test_the_reply_job_is_queued_with_the_message(self, quiet_server, client, database):
         send(client, quiet_server)

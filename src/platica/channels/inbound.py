@@ -1,9 +1,11 @@
-"""Recording an inbound message webhook: the message, its contact and conversation, the webhook
-log entry and, on PostgreSQL, the reply job, all in one transaction.
+"""Recording Twilio's webhooks. An inbound message: the message, its contact and conversation,
+the webhook log entry and, on PostgreSQL, the reply job, all in one transaction. A status
+callback: the message's status, moved forward only, and the log entry.
 
-On PostgreSQL this is one SQL statement (one round trip, then COMMIT): this is the path every
-message takes, and Twilio waits on it. On SQLite it is the ORM code of conversations/service.py.
-Both lock rows in the same order as everything else (contact, conversation, messages).
+On PostgreSQL each is one SQL statement in autocommit (one round trip): this is the path every
+message and every delivery report takes, and Twilio waits on it. On SQLite it is the ORM code of
+conversations/service.py. Both lock rows in the same order as everything else (contact,
+conversation, messages).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from platica.channels.parsing import InboundMessage
+from platica.channels.parsing import InboundMessage, StatusUpdate
 from platica.conversations import repository, service
 from platica.deps import AppState
 from platica.jobs.runner import QUEUE, QUEUEING_LOCK_PREFIX, TASK_NAME
-from platica.models import WebhookLog, utcnow
+from platica.models import STATUS_RANK, WebhookLog, utcnow
 from platica.ratelimit import RATE_LIMITED_NOTE
 
 # A first message from a new contact, arriving twice at once, can find the conversation the
@@ -266,3 +268,64 @@ async def _record_orm(
         session.add(entry)
         await session.commit()
     return recorded
+
+
+# --- Status callbacks ----------------------------------------------------------------------------
+
+STATUS_SQL = """
+WITH moved AS (
+    UPDATE messages
+    SET status = :status, updated_at = :now,
+        error_code = COALESCE(:error_code, error_code),
+        error_message = COALESCE(:error_message, error_message)
+    WHERE twilio_sid = :sid AND status = ANY(:earlier)
+    RETURNING id
+),
+verdict AS (
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 'updated'
+                WHEN EXISTS (SELECT 1 FROM messages WHERE twilio_sid = :sid) THEN 'stale'
+                ELSE 'unknown' END AS outcome
+),
+logged AS (
+    INSERT INTO webhook_logs (received_at, endpoint, message_sid, idempotency_token,
+                              status_code, outcome, signature_valid, params)
+    SELECT :now, 'status', :sid, :token, 200, 'status_' || outcome, :signature_valid,
+           CAST(:params AS jsonb)
+    FROM verdict
+    RETURNING outcome
+)
+SELECT outcome FROM verdict, (SELECT count(*) FROM logged) AS written
+"""
+STATUS_STATEMENT = text(" ".join(STATUS_SQL.split()))
+
+
+async def record_status(
+    state: AppState, update: StatusUpdate, entry: WebhookLog
+) -> service.StatusOutcome:
+    """Apply a delivery status callback (statuses only move forward) and log it."""
+    if state.engine.dialect.name != "postgresql":
+        async with state.sessionmaker() as session:
+            outcome = await service.record_status(session, update)
+            entry.status_code, entry.outcome = 200, f"status_{outcome.value}"
+            session.add(entry)
+            await session.commit()
+        return outcome
+    rank = STATUS_RANK[update.status]
+    params = {
+        "sid": update.sid,
+        "status": update.status.value,
+        "earlier": [status.value for status, r in STATUS_RANK.items() if r < rank],
+        "error_code": update.error_code,
+        "error_message": update.error_message,
+        "now": utcnow(),
+        "token": entry.idempotency_token,
+        "signature_valid": entry.signature_valid,
+        "params": json.dumps(entry.params),
+    }
+    async with state.engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        outcome = service.StatusOutcome(
+            (await connection.execute(STATUS_STATEMENT, params)).scalar_one()
+        )
+    entry.status_code, entry.outcome = 200, f"status_{outcome.value}"
+    return outcome

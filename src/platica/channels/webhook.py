@@ -13,10 +13,9 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from platica.channels.inbound import record_message
+from platica.channels.inbound import record_message, record_status
 from platica.channels.parsing import FormData, first, parse_form, parse_inbound, parse_status
 from platica.config import Settings
-from platica.conversations import service
 from platica.deps import AppState, StateDep
 from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
 from platica.logging import get_logger, mask_phone
@@ -188,12 +187,7 @@ async def _record_message(
 
 async def _record_status(state: AppState, form: FormData, entry: WebhookLog) -> None:
     update = parse_status(form)
-    async with state.sessionmaker() as session:
-        outcome = await service.record_status(session, update)
-        entry.status_code = 200
-        entry.outcome = f"status_{outcome.value}"
-        session.add(entry)
-        await session.commit()
+    outcome = await record_status(state, update, entry)
     log.info(
         "webhook.status",
         message_sid=update.sid,
