@@ -4,9 +4,11 @@ cleanup."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
@@ -21,6 +23,7 @@ from platica.conversations.retention import DEFAULT_IDLE_DAYS
 from platica.models import Channel
 
 T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 app = typer.Typer(
     help="Plática: answers WhatsApp and SMS conversations with an LLM, through Twilio.",
@@ -64,10 +67,19 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     worker: Annotated[
-        bool, typer.Option(help="Also answer messages in this process (--no-worker: API only).")
+        bool,
+        typer.Option(
+            help="Also answer messages: on PostgreSQL in a child process, on SQLite in this one "
+            "(--no-worker: API only)."
+        ),
     ] = True,
 ) -> None:
-    """Serve the webhooks and the API (and, by default, answer messages)."""
+    """Serve the webhooks and the API (and, by default, answer messages).
+
+    On PostgreSQL the worker runs as a supervised child process (`platica worker` at a lower CPU
+    priority, restarted if it dies, stopped with the server): replies then use another core and
+    yield the CPU to webhook acknowledgements. On SQLite it runs in this process.
+    """
     import uvicorn
 
     from platica.app import check_schema, create_app
@@ -80,7 +92,8 @@ def serve(
         raise typer.Exit(2) from None
     if not worker and settings.is_sqlite:
         typer.echo("Warning: with SQLite and --no-worker, nothing will answer messages.", err=True)
-    application = create_app(settings, worker=worker)
+    child_worker = worker and not settings.is_sqlite
+    application = create_app(settings, worker=worker and not child_worker)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"Plática on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
     typer.echo(f'Try it: platica simulate --url http://{shown}:{port} --from +15550100001 "Hola"')
@@ -89,14 +102,50 @@ def serve(
         "(`platica accounts list`, then `platica accounts keys create ACCOUNT_ID`) "
         "or with PLATICA_ADMIN_TOKEN."
     )
-    uvicorn.run(
-        application,
-        host=host,
-        port=port,
-        log_config=None,
-        proxy_headers=True,
-        server_header=False,
-    )
+
+    def run() -> None:
+        uvicorn.run(
+            application,
+            host=host,
+            port=port,
+            log_config=None,
+            proxy_headers=True,
+            server_header=False,
+        )
+
+    if not child_worker:
+        typer.echo("Worker: in this process." if worker else "Worker: none here (--no-worker).")
+        run()
+        return
+    with _child_worker() as pid:
+        shown_pid = pid if pid is not None else "not started yet (see the log)"
+        typer.echo(f"Worker: child process pid {shown_pid} (lower CPU priority).")
+        run()
+
+
+@contextlib.contextmanager
+def _child_worker() -> Iterator[int | None]:
+    """`platica worker` as a supervised child process while the block runs; its pid.
+
+    uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again. Left to its default
+    action, that would end this process before it could stop the worker (the kernel would then
+    kill the worker outright), so here the signal ends the block (exit status 0), and the
+    worker is stopped in order: SIGTERM, then SIGKILL after 10 s.
+    """
+    from platica.supervise import WorkerSupervisor
+
+    def exit_quietly(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = {signum: signal.signal(signum, exit_quietly) for signum in STOP_SIGNALS}
+    supervisor = WorkerSupervisor()
+    try:
+        yield supervisor.start()
+    finally:
+        # A second signal while the worker stops acts as usual (and the kernel kills the worker).
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        supervisor.stop()
 
 
 @app.command()
