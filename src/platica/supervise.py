@@ -210,7 +210,8 @@ def main(argv: Sequence[str]) -> int:
     parent = int(argv[0])
     if not _die_with_parent():
         watch_parent(parent, _stop_orphan)
-    # The server may have died before we asked: then nothing would ever stop this process.
+    # The server may have died before we asked (`-m` imported Plática first, a second or two):
+    # then nothing would ever stop this process.
     if os.getppid() != parent:
         return 1
     from platica.cli import app
