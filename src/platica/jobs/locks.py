@@ -4,6 +4,10 @@ A lease is two columns on the conversation (owner, expiry), taken with one condi
 and renewed while the work goes on. It works the same on SQLite and PostgreSQL and across any
 number of processes; it holds no database connection while the LLM thinks; and when a worker
 dies, its leases simply expire, so no conversation stays stuck.
+
+The reply task takes, renews and gives back its lease inside its own transactions (`Lease`), so
+that taking the lease also reads the conversation (UPDATE … RETURNING) and giving it back costs
+no transaction of its own; `hold()` is the same with a transaction per step.
 """
 
 from __future__ import annotations
@@ -14,89 +18,197 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
-from typing import Protocol
+from types import TracebackType
+from typing import Any, Protocol, cast
 
-from sqlalchemy import or_, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, or_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from platica.db import transaction
 from platica.logging import get_logger
 from platica.models import Conversation, utcnow
+from platica.replies.store import engine_of, transaction
 
 log = get_logger(__name__)
 
 LEASE_SECONDS = 15.0
 
+_table = cast(Table, Conversation.__table__)
+_conversations = _table.c
+
+
+class LeaseLost(Exception):
+    """The lease expired and another worker may have taken the conversation: stop at once."""
+
+
+def renew_statement(**values: Any) -> Update:
+    """An UPDATE that extends a held lease (and sets `values`), returning the conversation.
+
+    Build it once, at import: executed by `Lease.renew` with the parameters conversation_id,
+    owner and expires_at (plus any bindparam of `values`).
+    """
+    return (
+        update(_table)
+        .where(
+            _conversations.id == bindparam("conversation_id"),
+            _conversations.lease_owner == bindparam("owner"),
+        )
+        .values(lease_expires_at=bindparam("expires_at"), **values)
+        .returning(*_conversations)
+    )
+
+
+def release_statement(*conditions: ColumnElement[bool]) -> Update:
+    """An UPDATE that gives a held lease back, when every one of `conditions` holds.
+
+    Build it once, at import: executed by `Lease.release` with the parameters conversation_id
+    and owner.
+    """
+    return (
+        update(_table)
+        .where(
+            _conversations.id == bindparam("conversation_id"),
+            _conversations.lease_owner == bindparam("owner"),
+            *conditions,
+        )
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+
+
+_TAKE = (
+    update(_table)
+    .where(
+        _conversations.id == bindparam("conversation_id"),
+        or_(
+            _conversations.lease_expires_at.is_(None),
+            _conversations.lease_expires_at < bindparam("now"),
+        ),
+    )
+    .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("expires_at"))
+    .returning(*_conversations)
+)
+_RENEW = renew_statement()
+_RELEASE = release_statement()
+
 
 class ConversationLocks(Protocol):
+    def lease(self, conversation_id: int) -> Lease:
+        """A lease on the conversation, not yet taken (see `Lease`)."""
+        ...
+
     def hold(self, conversation_id: int) -> AbstractAsyncContextManager[bool]:
         """Try to take the conversation's lock; yields whether it was taken (never waits)."""
         ...
+
+
+class Lease:
+    """One worker's lease on one conversation, for `async with`.
+
+    `take()` and `release()` run in the caller's transaction; while the lease is held it is
+    renewed in the background; at the end of the block it is given back unless a committed
+    `release()` already did so.
+    """
+
+    def __init__(self, locks: LeaseLocks, conversation_id: int) -> None:
+        self.conversation_id = conversation_id
+        self.owner = uuid.uuid4().hex
+        self.taken = False
+        self._locks = locks
+        self._released = False
+        self._renewal: asyncio.Task[None] | None = None
+
+    def _params(self, **extra: Any) -> dict[str, Any]:
+        return {"conversation_id": self.conversation_id, "owner": self.owner, **extra}
+
+    async def take(self, connection: AsyncConnection) -> Row[Any] | None:
+        """Take the lease (or, when held, extend it); the conversation's row, or None when
+        another worker holds the lease. Raises LeaseLost if a held lease was lost."""
+        if self.taken:
+            return await self.renew(connection)
+        now = utcnow()
+        row = (
+            await connection.execute(
+                _TAKE, self._params(now=now, expires_at=now + self._locks.lease_length)
+            )
+        ).first()
+        if row is not None:
+            self.taken = True
+            self._renewal = asyncio.create_task(self._renew_while_held(), name="lease-renewal")
+        return row
+
+    async def renew(
+        self, connection: AsyncConnection, statement: Update = _RENEW, **params: Any
+    ) -> Row[Any]:
+        """Extend the held lease with `statement` (see `renew_statement`); the conversation's
+        row. Raises LeaseLost when the lease is no longer this worker's."""
+        expires_at = utcnow() + self._locks.lease_length
+        row = (
+            await connection.execute(statement, self._params(expires_at=expires_at, **params))
+        ).first()
+        if row is None:
+            raise LeaseLost(f"conversation {self.conversation_id}")
+        return row
+
+    async def release(self, connection: AsyncConnection, statement: Update = _RELEASE) -> bool:
+        """Give the lease back in the caller's transaction if `statement`'s conditions hold (see
+        `release_statement`); whether it was given back."""
+        result = await connection.execute(statement, self._params())
+        released = bool(result.rowcount)
+        self._released = self._released or released
+        return released
+
+    async def _renew_while_held(self) -> None:
+        """Extend the lease every third of its length for as long as the work lasts."""
+        while True:
+            await asyncio.sleep(self._locks.lease_length.total_seconds() / 3)
+            try:
+                async with transaction(self._locks.engine, durable=False) as connection:
+                    await self.renew(connection)
+            except LeaseLost:
+                log.warning("lease.lost", conversation_id=self.conversation_id)
+                return
+            except Exception:
+                # The next renewal may succeed; if none does, the lease lapses, as for a crash.
+                log.warning(
+                    "lease.renew_failed", conversation_id=self.conversation_id, exc_info=True
+                )
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
+        # A release inside a block that then failed may have been rolled back: give the lease
+        # back again (a no-op if it is not this worker's any more). Shielded: a cancelled task
+        # still hands its lease back.
+        if self.taken and (exc_type is not None or not self._released):
+            await asyncio.shield(self._release_alone())
+
+    async def _release_alone(self) -> None:
+        async with transaction(self._locks.engine, durable=False) as connection:
+            await self.release(connection)
 
 
 class LeaseLocks:
     def __init__(
         self, sessionmaker: async_sessionmaker[AsyncSession], lease_seconds: float = LEASE_SECONDS
     ) -> None:
-        self._sessionmaker = sessionmaker
-        self._lease = timedelta(seconds=lease_seconds)
+        self.engine: AsyncEngine = engine_of(sessionmaker)
+        self.lease_length = timedelta(seconds=lease_seconds)
 
-    async def _take(self, conversation_id: int, owner: str) -> bool:
-        now = utcnow()
-        async with transaction(self._sessionmaker) as session:
-            result = await session.execute(
-                update(Conversation)
-                .where(
-                    Conversation.id == conversation_id,
-                    or_(
-                        Conversation.lease_expires_at.is_(None),
-                        Conversation.lease_expires_at < now,
-                    ),
-                )
-                .values(lease_owner=owner, lease_expires_at=now + self._lease)
-                .execution_options(synchronize_session=False)
-            )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def _renew(self, conversation_id: int, owner: str) -> None:
-        """Extend the lease every third of its length for as long as the work lasts."""
-        while True:
-            await asyncio.sleep(self._lease.total_seconds() / 3)
-            try:
-                async with transaction(self._sessionmaker) as session:
-                    await session.execute(
-                        update(Conversation)
-                        .where(
-                            Conversation.id == conversation_id, Conversation.lease_owner == owner
-                        )
-                        .values(lease_expires_at=utcnow() + self._lease)
-                        .execution_options(synchronize_session=False)
-                    )
-            except Exception:
-                # The next renewal may succeed; if none does, the lease lapses, as for a crash.
-                log.warning("lease.renew_failed", conversation_id=conversation_id, exc_info=True)
-
-    async def _release(self, conversation_id: int, owner: str) -> None:
-        async with transaction(self._sessionmaker) as session:
-            await session.execute(
-                update(Conversation)
-                .where(Conversation.id == conversation_id, Conversation.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
-                .execution_options(synchronize_session=False)
-            )
+    def lease(self, conversation_id: int) -> Lease:
+        return Lease(self, conversation_id)
 
     @asynccontextmanager
     async def hold(self, conversation_id: int) -> AsyncIterator[bool]:
-        owner = uuid.uuid4().hex
-        if not await self._take(conversation_id, owner):
-            yield False
-            return
-        renewal = asyncio.create_task(self._renew(conversation_id, owner), name="lease-renewal")
-        try:
-            yield True
-        finally:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
-            # Shielded: a cancelled task still hands its lease back.
-            await asyncio.shield(self._release(conversation_id, owner))
+        async with self.lease(conversation_id) as lease:
+            async with transaction(self.engine, durable=False) as connection:
+                taken = await lease.take(connection) is not None
+            yield taken
