@@ -1,17 +1,23 @@
 """The reply task: answer a conversation's pending messages once, in order, whatever fails.
 
 `reply_to_conversation` is the only task. It is safe to run any number of times, from any
-number of processes: the stored messages are the source of truth, a per-conversation lock keeps
+number of processes: the stored messages are the source of truth, a per-conversation lease keeps
 one worker at a time on a conversation, and a unique index lets only one reply exist per
-inbound message. Each run:
+inbound message. Each round:
 
-1. delivers outbound messages stored but not yet sent (after a crash, or a Twilio outage);
-2. waits out the debounce window, so a burst of messages gets one answer;
-3. handles STOP/START/HELP before anything reaches the LLM;
-4. asks the LLM (retrying transient failures, else the fallback message), shapes the answer for
-   the channel, stores it as pending outbound messages and marks the inbound ones answered, in
+1. takes (or renews) the lease and reads the conversation's unsent and unanswered messages, in
    one transaction;
-5. sends the parts in order, storing each Twilio SID as it comes back.
+2. delivers outbound messages stored but not yet sent (after a crash, or a Twilio outage);
+3. waits out the debounce window, so a burst of messages gets one answer;
+4. handles STOP/START/HELP before anything reaches the LLM;
+5. asks the LLM (retrying transient failures, else the fallback message), shapes the answer for
+   the channel, and in one durable transaction stores it, its first part already marked
+   `sending`, and marks the inbound messages answered;
+6. sends the parts in order; the transaction that stores the last SID also gives the lease back
+   when nothing new arrived meanwhile (else another round runs).
+
+A plain reply thus costs three transactions: read (1), store (5), sent (6). See store.py for
+which of them must be durable, and why.
 """
 
 from __future__ import annotations
@@ -22,34 +28,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.channels.sender import UNSUBSCRIBED, MessageSender, OutgoingMessage, SendFailed
 from platica.config import Settings
-from platica.conversations import repository, service
-from platica.db import transaction
 from platica.errors import RetryableError
-from platica.jobs.locks import ConversationLocks
+from platica.jobs.locks import (
+    ConversationLocks,
+    Lease,
+    LeaseLost,
+    release_statement,
+    renew_statement,
+)
 from platica.logging import get_logger
 from platica.metrics import REPLIES
 from platica.models import (
     Author,
     Channel,
     ChannelConfig,
-    Contact,
-    Conversation,
     ConversationStatus,
-    Direction,
-    Message,
     MessageStatus,
     ReplyState,
     utcnow,
 )
-from platica.replies import prompts
+from platica.replies import prompts, store
 from platica.replies.generator import GeneratedReply, GenerationFailed, ReplyGenerator, ReplyRequest
 from platica.replies.keywords import Keyword, detect_keyword
 from platica.replies.shaping import SmsText, shape_sms, shape_whatsapp
+from platica.replies.store import Inbound, Loaded, Outbound
 
 log = get_logger(__name__)
 
@@ -88,13 +94,10 @@ class ReplyContext:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     # The public URL of /webhook/status, when known (PUBLIC_BASE_URL, else the last webhook's).
     status_callback: Callable[[], str | None] = lambda: None
+    engine: AsyncEngine = field(init=False)
 
-
-@dataclass
-class _Loaded:
-    conversation: Conversation
-    config: ChannelConfig
-    contact: Contact
+    def __post_init__(self) -> None:
+        self.engine = store.engine_of(self.sessionmaker)
 
 
 class _Again:
@@ -105,273 +108,220 @@ AGAIN = _Again()
 LOCK_BUSY_RETRY_SECONDS = 1.0
 MAX_ROUNDS = 20
 
+# Gives the lease back only if nothing arrived to answer or send while this worker held it.
+RELEASE_WHEN_IDLE = release_statement(*store.idle())
+# Renews the lease (failing if it was lost) and moves last_message_at forward to `at`.
+RENEW_AND_TOUCH = renew_statement(**store.touch_values())
+
 
 async def reply_to_conversation(ctx: ReplyContext, conversation_id: int) -> float | None:
     """Bring the conversation up to date; seconds until it should run again, or None when done."""
-    async with ctx.locks.hold(conversation_id) as taken:
-        if not taken:
+    async with ctx.locks.lease(conversation_id) as lease:
+        try:
+            for _ in range(MAX_ROUNDS):
+                outcome = await _round(ctx, lease)
+                if not isinstance(outcome, _Again):
+                    return outcome
+        except LeaseLost:
+            # Another worker has the conversation now; it carries on from the stored state.
+            log.warning("reply.lease_lost", conversation_id=conversation_id)
             return LOCK_BUSY_RETRY_SECONDS
-        for _ in range(MAX_ROUNDS):
-            wait = await _deliver_unsent(ctx, conversation_id)
-            if wait is not None:
-                return wait
-            outcome = await _answer_pending(ctx, conversation_id)
-            if outcome is None or isinstance(outcome, float):
-                return outcome
         return 0.0
 
 
-async def _load(session: AsyncSession, conversation_id: int) -> _Loaded | None:
-    conversation = await session.get(Conversation, conversation_id)
-    if conversation is None:
-        return None
-    config = await session.scalar(
-        select(ChannelConfig).where(
-            ChannelConfig.account_id == conversation.account_id,
-            ChannelConfig.channel == conversation.channel,
-        )
-    )
-    contact = await session.get(Contact, conversation.contact_id)
-    if config is None or contact is None:
-        return None
-    return _Loaded(conversation, config, contact)
-
-
-# --- 1. Delivery -------------------------------------------------------------------------
-
-
-async def _deliver_unsent(ctx: ReplyContext, conversation_id: int) -> float | None:
-    """Send every stored, unsent outbound message in order; a wait if Twilio is failing."""
-    async with transaction(ctx.sessionmaker) as session:
-        loaded = await _load(session, conversation_id)
-        unsent = list(
-            await session.scalars(
-                select(Message)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    Message.direction == Direction.outbound,
-                    Message.status.in_([MessageStatus.pending, MessageStatus.sending]),
-                )
-                .order_by(Message.id)
-            )
-        )
-    if not unsent or loaded is None:
-        return None
-    for message in unsent:
-        wait = await _deliver(ctx, loaded, message)
-        if wait is not None:
-            return wait
-    return None
-
-
-async def _deliver(ctx: ReplyContext, loaded: _Loaded, message: Message) -> float | None:
-    outgoing = OutgoingMessage(
-        channel=Channel(message.channel),
-        to=loaded.contact.address,
-        from_=loaded.config.phone_number,
-        body=message.body,
-        status_callback=ctx.status_callback(),
-    )
-    for _ in range(ctx.policy.send_attempts_per_run):
-        if message.status == MessageStatus.sending:
-            # An earlier attempt may have reached Twilio before it was cut off: ask first.
-            try:
-                found = await ctx.sender.find_sent(outgoing, since=message.created_at)
-            except RetryableError as error:
-                return await _send_failed_transiently(ctx, message, error)
-            if found is not None:
-                await _store_sent(ctx, message, found.sid, found.status)
-                log.info("reply.recovered", message_id=message.id, sid=found.sid)
-                return None
-        message.attempts += 1
-        await _set(ctx, message, status=MessageStatus.sending, attempts=message.attempts)
-        message.status = MessageStatus.sending
-        try:
-            sent = await ctx.sender.send(outgoing)
-        except RetryableError as error:
-            if not error.ambiguous:
-                message.status = MessageStatus.pending
-            wait = await _send_failed_transiently(ctx, message, error)
-            if wait is None or wait > ctx.policy.backoff_max:
-                return wait
-            await asyncio.sleep(wait)
-            continue
-        except SendFailed as error:
-            await _set(
-                ctx,
-                message,
-                status=MessageStatus.failed,
-                error_code=error.code,
-                error_message=error.message[:500],
-            )
-            log.warning("reply.send_failed", message_id=message.id, error_code=error.code)
-            REPLIES.labels(message.channel, "send_failed").inc()
-            if error.code == UNSUBSCRIBED:
-                await _set_opted_out(ctx, loaded.contact.id, True)
-            return None
-        await _store_sent(ctx, message, sent.sid, sent.status)
-        log.info("reply.sent", message_id=message.id, sid=sent.sid, part=message.part)
-        return None
-    return ctx.policy.backoff(message.attempts)
-
-
-async def _send_failed_transiently(
-    ctx: ReplyContext, message: Message, error: RetryableError
-) -> float | None:
-    """Record a transient failure; give up for good once the reply is too old to matter."""
-    log.warning(
-        "reply.send_retry", message_id=message.id, attempts=message.attempts, error=error.message
-    )
-    if utcnow() - message.created_at > ctx.policy.send_give_up_after:
-        await _set(
-            ctx, message, status=MessageStatus.failed, error_message=f"gave up: {error.message}"
-        )
-        REPLIES.labels(message.channel, "send_failed").inc()
-        return None
-    await _set(ctx, message, status=message.status, error_message=error.message)
-    return ctx.policy.backoff(message.attempts)
-
-
-async def _store_sent(
-    ctx: ReplyContext, message: Message, sid: str | None, status: MessageStatus
-) -> None:
-    async with transaction(ctx.sessionmaker) as session:
-        await session.execute(
-            update(Message)
-            .where(Message.id == message.id)
-            .values(twilio_sid=sid, status=status, error_message=None, updated_at=utcnow())
-        )
-        if sid is not None:
-            # A status callback may have raced ahead of this write; apply it now.
-            await service.replay_early_statuses(session, sid)
-
-
-async def _set(ctx: ReplyContext, message: Message, **values: object) -> None:
-    async with transaction(ctx.sessionmaker) as session:
-        await session.execute(
-            update(Message).where(Message.id == message.id).values(updated_at=utcnow(), **values)
-        )
-
-
-async def _set_opted_out(ctx: ReplyContext, contact_id: int, opted_out: bool) -> None:
-    async with transaction(ctx.sessionmaker) as session:
-        await session.execute(
-            update(Contact)
-            .where(Contact.id == contact_id)
-            .values(opted_out=opted_out, opted_out_at=utcnow() if opted_out else None)
-        )
-
-
-# --- 2-4. Answering ----------------------------------------------------------------------
-
-
-async def _answer_pending(ctx: ReplyContext, conversation_id: int) -> float | _Again | None:
-    async with transaction(ctx.sessionmaker) as session:
-        loaded = await _load(session, conversation_id)
+async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
+    plan: _Plan | None = None
+    prepared: _Prepared | None = None
+    async with store.transaction(ctx.engine, durable=False) as connection:
+        row = await lease.take(connection)
+        if row is None:
+            return LOCK_BUSY_RETRY_SECONDS
+        loaded = await store.load(connection, store.conversation_state(row))
         if loaded is None:
+            await lease.release(connection)
             return None
-        batch = list(
-            await session.scalars(
-                select(Message)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    Message.direction == Direction.inbound,
-                    Message.reply_state == ReplyState.pending,
-                )
-                .order_by(Message.id)
-            )
-        )
-        if not batch:
-            return None
-        wait = _debounce_wait(ctx, loaded.config, batch)
-        if wait is not None:
-            return wait
-        remaining = await _handle_keywords(session, loaded, batch)
-        reason = _why_not_answer(loaded, utcnow()) if remaining else None
-        if reason is not None:
-            _mark(remaining, ReplyState.skipped, reason)
-            log.info("reply.skipped", conversation_id=conversation_id, reason=reason)
-        answering = bool(remaining) and reason is None
-        if answering:
-            history = await _history(session, loaded)
-            request = ReplyRequest(
-                model=loaded.config.openai_model or ctx.settings.OPENAI_MODEL,
-                messages=prompts.build_messages(loaded.config, history),
-                max_tokens=loaded.config.max_tokens,
-                temperature=loaded.config.temperature,
-            )
-            batch_ids = [m.id for m in remaining]
-            attempts_so_far = max(m.attempts for m in remaining)
-    _count_unanswered(loaded.conversation.channel, batch)  # now that it is committed
-    if not answering:
-        return AGAIN
-
-    reply, failure = await _generate(ctx, batch_ids, request, attempts_so_far)
-    parts = _shape(loaded.config, reply.text) if reply else []
-    if not parts:
-        # No answer, or one that was all formatting and nothing to say: the fallback instead.
-        reply, failure = None, failure or "the LLM's answer was empty once formatted"
-        parts = _shape(loaded.config, loaded.config.fallback_message)
-
-    async with transaction(ctx.sessionmaker) as session:
-        answered = batch_ids[-1]
-        for index, (text, sms) in enumerate(parts):
-            values: dict[str, object] = {
-                "account_id": loaded.conversation.account_id,
-                "conversation_id": conversation_id,
-                "channel": loaded.conversation.channel,
-                "direction": Direction.outbound,
-                "author": Author.ai if reply else Author.system,
-                "body": text,
-                "media": [],
-                "status": MessageStatus.pending,
-                "reply_to_id": answered,
-                "part": index,
-            }
-            if sms is not None:
-                values.update(encoding=sms.encoding, segments=sms.segments)
-            if reply is not None and index == 0:
-                values.update(
-                    model=reply.model,
-                    prompt_tokens=reply.prompt_tokens,
-                    completion_tokens=reply.completion_tokens,
-                    latency_ms=reply.latency_ms,
-                )
-            if await repository.insert_reply_part(session, values) is None:
-                # Another worker stored this reply first: nothing to add.
-                await session.rollback()
-                return AGAIN
-        await session.execute(
-            update(Message)
-            .where(Message.id.in_(batch_ids), Message.reply_state == ReplyState.pending)
-            .values(
-                reply_state=ReplyState.answered,
-                note=f"fallback sent: {failure}" if failure else None,
-                updated_at=utcnow(),
-            )
-        )
-        await repository.touch_conversation(session, conversation_id, utcnow())
-    REPLIES.labels(loaded.conversation.channel, "ai" if reply else "fallback").inc()
-    log.info(
-        "reply.stored",
-        conversation_id=conversation_id,
-        parts=len(parts),
-        answered=len(batch_ids),
-        fallback=failure is not None,
-    )
-    return AGAIN
+        unsent, pending = await store.work(connection, lease.conversation_id)
+        if not unsent:
+            if not pending:
+                await lease.release(connection)
+                return None
+            wait = _debounce_wait(ctx, loaded.config, pending)
+            if wait is not None:
+                await lease.release(connection)
+                return wait
+            plan = _plan(loaded, pending)
+            if plan.opted_out is None:
+                # Rows are locked contact, conversation, messages everywhere (so concurrent
+                # transactions on PostgreSQL wait instead of deadlocking); the lease has locked
+                # the conversation already, so only a plan that leaves the contact alone is
+                # written here.
+                prepared = await _write_plan(ctx, connection, lease, loaded, plan)
+    if plan is None:
+        return await _deliver_unsent(ctx, lease, loaded, unsent)
+    if plan.opted_out is not None:
+        async with store.transaction(ctx.engine, durable=False) as connection:
+            prepared = await _write_plan(ctx, connection, lease, loaded, plan)
+    _count_unanswered(loaded.conversation.channel, plan)  # now that it is committed
+    if prepared is None:
+        return None if plan.released else AGAIN
+    return await _answer(ctx, lease, loaded, plan.remaining, prepared)
 
 
-def _count_unanswered(channel: Channel, batch: Sequence[Message]) -> None:
-    """Count the messages of `batch` this run decided not to have the AI answer."""
+# --- Deciding ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """What to do about a batch of pending messages, decided before anything is written."""
+
+    # Keyword messages, each with its keyword and the confirmation to send (WhatsApp), if any.
+    keywords: list[tuple[Inbound, Keyword, str | None]] = field(default_factory=list)
+    # The contact's new opt-out state, when the keywords change it.
+    opted_out: bool | None = None
+    remaining: list[Inbound] = field(default_factory=list)
+    # Why the remaining messages are not answered, if they are not.
+    skip_reason: str | None = None
+    # An operator's hold ran out: the AI takes over again.
+    resume_ai: bool = False
+    # The lease was given back with the plan written (nothing left to do).
+    released: bool = False
+
+    @property
+    def answering(self) -> bool:
+        return bool(self.remaining) and self.skip_reason is None
+
+
+def _plan(loaded: Loaded, batch: Sequence[Inbound]) -> _Plan:
+    """Opt-out, opt-in and help keywords before any LLM, then whether the rest is answered.
+
+    On SMS Twilio answers these keywords itself, so nothing is sent; on WhatsApp Plática
+    confirms an opt-out once and answers HELP/INFO with the account's help message.
+    """
+    plan = _Plan()
+    opted_out = loaded.contact.opted_out
+    whatsapp = loaded.conversation.channel == Channel.whatsapp
     for message in batch:
-        if message.reply_state == ReplyState.skipped:
-            keyword = (message.note or "").startswith("keyword:")
-            REPLIES.labels(channel, "keyword" if keyword else "skipped").inc()
+        keyword = detect_keyword(message.body)
+        if keyword is None:
+            plan.remaining.append(message)
+            continue
+        confirmation: str | None = None
+        if keyword is Keyword.opt_out:
+            if not opted_out:
+                opted_out = True
+                confirmation = OPT_OUT_CONFIRMATION
+        elif keyword is Keyword.opt_in:
+            if opted_out:
+                opted_out = False
+                confirmation = OPT_IN_CONFIRMATION
+        elif not opted_out:
+            confirmation = loaded.config.help_message
+        plan.keywords.append((message, keyword, confirmation if whatsapp else None))
+    if opted_out != loaded.contact.opted_out:
+        plan.opted_out = opted_out
+    if not plan.remaining:
+        return plan
+    if opted_out:
+        # Anything sent after an opt-out in the same burst stays unanswered.
+        plan.skip_reason = "contact opted out"
+        return plan
+    plan.skip_reason, plan.resume_ai = _why_not_answer(loaded, utcnow())
+    if plan.skip_reason is not None:
+        log.info("reply.skipped", conversation_id=loaded.conversation.id, reason=plan.skip_reason)
+    return plan
+
+
+def _why_not_answer(loaded: Loaded, now: datetime) -> tuple[str | None, bool]:
+    """Why the AI must not answer, if so; and whether an operator's hold has just run out."""
+    conversation = loaded.conversation
+    if conversation.status != ConversationStatus.active:
+        return "conversation closed", False
+    if not loaded.config.ai_enabled:
+        return "AI disabled for this channel", False
+    if not conversation.ai_enabled:
+        if conversation.handoff_until is not None and conversation.handoff_until <= now:
+            return None, True
+        return "AI paused: an operator has the conversation", False
+    return None, False
+
+
+@dataclass
+class _Prepared:
+    request: ReplyRequest
+    batch_ids: list[int]
+    # The LLM attempt counted with the batch read; 0 when no attempts are left.
+    first_attempt: int
+
+
+async def _write_plan(
+    ctx: ReplyContext, connection: AsyncConnection, lease: Lease, loaded: Loaded, plan: _Plan
+) -> _Prepared | None:
+    """Write the plan (contact, conversation, then messages); what to ask the LLM, if anything."""
+    conversation = loaded.conversation
+    if plan.opted_out is not None:
+        await store.set_opted_out(connection, loaded.contact.id, plan.opted_out)
+        loaded.contact.opted_out = plan.opted_out
+    if plan.resume_ai:
+        await store.resume_ai(connection, conversation.id)
+        conversation.ai_enabled, conversation.handoff_until = True, None
+    confirmations = 0
+    for message, keyword, confirmation in plan.keywords:
+        if confirmation:
+            confirmations += 1
+            await store.insert_reply_part(
+                connection,
+                {
+                    "account_id": conversation.account_id,
+                    "conversation_id": conversation.id,
+                    "channel": conversation.channel,
+                    "author": Author.system,
+                    "body": confirmation,
+                    "status": MessageStatus.pending,
+                    "reply_to_id": message.id,
+                    "part": 0,
+                },
+            )
+        await store.settle(
+            connection, [message.id], ReplyState.skipped, f"keyword: {keyword.value}"
+        )
+        log.info("reply.keyword", conversation_id=conversation.id, keyword=keyword.value)
+    if plan.remaining and not plan.answering:
+        await store.settle(
+            connection, [m.id for m in plan.remaining], ReplyState.skipped, plan.skip_reason
+        )
+    if not plan.answering:
+        if not confirmations:
+            plan.released = await lease.release(connection, RELEASE_WHEN_IDLE)
+        return None
+    config = loaded.config
+    batch_ids = [m.id for m in plan.remaining]
+    first_attempt = max(m.attempts for m in plan.remaining) + 1
+    if first_attempt <= ctx.policy.llm_attempts:
+        # Counted before the call, so a crash mid-call still uses up the attempt.
+        await store.count_attempt(connection, batch_ids, first_attempt)
+    else:
+        first_attempt = 0
+    history = await store.history(connection, conversation.id, max(config.context_messages, 1))
+    request = ReplyRequest(
+        model=config.openai_model or ctx.settings.OPENAI_MODEL,
+        messages=prompts.build_messages(config, history),
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+    )
+    return _Prepared(request, batch_ids, first_attempt)
+
+
+def _count_unanswered(channel: Channel, plan: _Plan) -> None:
+    """Count the messages of the batch this run decided not to have the AI answer."""
+    for _ in plan.keywords:
+        REPLIES.labels(channel, "keyword").inc()
+    if not plan.answering:
+        for _ in plan.remaining:
+            REPLIES.labels(channel, "skipped").inc()
 
 
 def _debounce_wait(
-    ctx: ReplyContext, config: ChannelConfig, batch: Sequence[Message]
+    ctx: ReplyContext, config: ChannelConfig, batch: Sequence[Inbound]
 ) -> float | None:
     """Seconds to wait for the burst to end, or None to answer now."""
     window = max(config.debounce_seconds, 0.0)
@@ -387,111 +337,101 @@ def _debounce_wait(
     return (due - now).total_seconds()
 
 
-def _why_not_answer(loaded: _Loaded, now: datetime) -> str | None:
+# --- Answering -----------------------------------------------------------------------------
+
+
+class _Conflict(Exception):
+    """Another worker stored this reply first."""
+
+
+async def _answer(
+    ctx: ReplyContext,
+    lease: Lease,
+    loaded: Loaded,
+    batch: Sequence[Inbound],
+    prepared: _Prepared,
+) -> float | _Again | None:
     conversation = loaded.conversation
-    if loaded.contact.opted_out:
-        return "contact opted out"
-    if conversation.status != ConversationStatus.active:
-        return "conversation closed"
-    if not loaded.config.ai_enabled:
-        return "AI disabled for this channel"
-    if not conversation.ai_enabled:
-        if conversation.handoff_until is not None and conversation.handoff_until <= now:
-            # The operator's hold has run out: the AI takes over again.
-            conversation.ai_enabled = True
-            conversation.handoff_until = None
-            return None
-        return "AI paused: an operator has the conversation"
-    return None
+    reply, failure = await _generate(ctx, prepared)
+    parts = _shape(loaded.config, reply.text) if reply else []
+    if not parts:
+        # No answer, or one that was all formatting and nothing to say: the fallback instead.
+        reply, failure = None, failure or "the LLM's answer was empty once formatted"
+        parts = _shape(loaded.config, loaded.config.fallback_message)
 
-
-def _mark(messages: Sequence[Message], state: ReplyState, note: str | None) -> None:
-    for message in messages:
-        message.reply_state = state
-        message.note = note
-        message.updated_at = utcnow()
-
-
-async def _handle_keywords(
-    session: AsyncSession, loaded: _Loaded, batch: Sequence[Message]
-) -> list[Message]:
-    """Opt-out, opt-in and help keywords, before any LLM; returns the messages left to answer.
-
-    On SMS Twilio answers these keywords itself, so nothing is sent; on WhatsApp Plática
-    confirms an opt-out once and answers HELP/INFO with the account's help message.
-    """
-    contact, config = loaded.contact, loaded.config
-    whatsapp = loaded.conversation.channel == Channel.whatsapp
-    remaining: list[Message] = []
-    for message in batch:
-        keyword = detect_keyword(message.body)
-        if keyword is None:
-            remaining.append(message)
-            continue
-        confirmation: str | None = None
-        if keyword is Keyword.opt_out:
-            if not contact.opted_out:
-                contact.opted_out, contact.opted_out_at = True, utcnow()
-                confirmation = OPT_OUT_CONFIRMATION
-        elif keyword is Keyword.opt_in:
-            if contact.opted_out:
-                contact.opted_out, contact.opted_out_at = False, None
-                confirmation = OPT_IN_CONFIRMATION
-        elif not contact.opted_out:
-            confirmation = config.help_message
-        _mark([message], ReplyState.skipped, f"keyword: {keyword.value}")
-        if whatsapp and confirmation:
-            await repository.insert_reply_part(
-                session,
-                {
-                    "account_id": message.account_id,
-                    "conversation_id": message.conversation_id,
-                    "channel": message.channel,
-                    "direction": Direction.outbound,
-                    "author": Author.system,
-                    "body": confirmation,
-                    "media": [],
-                    "status": MessageStatus.pending,
-                    "reply_to_id": message.id,
-                    "part": 0,
-                },
+    answered = prepared.batch_ids[-1]
+    now = utcnow()
+    outbound: list[Outbound] = []
+    try:
+        # Durable: the first part goes to Twilio as soon as this commits (see store.py).
+        async with store.transaction(ctx.engine, durable=True) as connection:
+            await lease.renew(connection, RENEW_AND_TOUCH, at=now)
+            for index, (text, sms) in enumerate(parts):
+                # The first part is marked `sending` (its first attempt counted) right away; each
+                # later one when the part before it is settled.
+                status = MessageStatus.sending if index == 0 else MessageStatus.pending
+                attempts = 1 if index == 0 else 0
+                values: dict[str, object] = {
+                    "account_id": conversation.account_id,
+                    "conversation_id": conversation.id,
+                    "channel": conversation.channel,
+                    "author": Author.ai if reply else Author.system,
+                    "body": text,
+                    "status": status,
+                    "attempts": attempts,
+                    "reply_to_id": answered,
+                    "part": index,
+                }
+                if sms is not None:
+                    values.update(encoding=sms.encoding, segments=sms.segments)
+                if reply is not None and index == 0:
+                    values.update(
+                        model=reply.model,
+                        prompt_tokens=reply.prompt_tokens,
+                        completion_tokens=reply.completion_tokens,
+                        latency_ms=reply.latency_ms,
+                    )
+                message_id = await store.insert_reply_part(connection, values)
+                if message_id is None:
+                    raise _Conflict
+                outbound.append(
+                    Outbound(message_id, conversation.channel, text, status, attempts, index, now)
+                )
+            await store.settle(
+                connection,
+                prepared.batch_ids,
+                ReplyState.answered,
+                f"fallback sent: {failure}" if failure else None,
             )
-        log.info("reply.keyword", conversation_id=message.conversation_id, keyword=keyword.value)
-    # Anything sent after an opt-out in the same burst stays unanswered.
-    if contact.opted_out and remaining:
-        _mark(remaining, ReplyState.skipped, "contact opted out")
-        return []
-    return remaining
-
-
-async def _history(session: AsyncSession, loaded: _Loaded) -> list[Message]:
-    """The conversation's last `context_messages` messages worth showing the model."""
-    rows = await session.scalars(
-        select(Message)
-        .where(
-            Message.conversation_id == loaded.conversation.id,
-            Message.status.not_in([MessageStatus.failed, MessageStatus.undelivered]),
-            (Message.reply_state.is_(None)) | (Message.reply_state != ReplyState.skipped),
-        )
-        .order_by(Message.id.desc())
-        .limit(max(loaded.config.context_messages, 1))
+    except _Conflict:
+        # Another worker stored this reply first: nothing to add (all rolled back).
+        return AGAIN
+    REPLIES.labels(conversation.channel, "ai" if reply else "fallback").inc()
+    log.info(
+        "reply.stored",
+        conversation_id=conversation.id,
+        parts=len(parts),
+        answered=len(batch),
+        fallback=failure is not None,
     )
-    return list(reversed(list(rows)))
+    return await _send_parts(ctx, lease, loaded, outbound)
 
 
 async def _generate(
-    ctx: ReplyContext, batch_ids: list[int], request: ReplyRequest, attempts_so_far: int
+    ctx: ReplyContext, prepared: _Prepared
 ) -> tuple[GeneratedReply | None, str | None]:
     """The LLM's reply, retrying transient failures; (None, why) when the fallback is due."""
     failure = "no attempts left"
-    for attempt in range(attempts_so_far + 1, ctx.policy.llm_attempts + 1):
-        # Counted before the call, so a crash mid-call still uses up the attempt.
-        async with transaction(ctx.sessionmaker) as session:
-            await session.execute(
-                update(Message).where(Message.id.in_(batch_ids)).values(attempts=attempt)
-            )
+    first = prepared.first_attempt
+    attempts = range(first, ctx.policy.llm_attempts + 1) if first else range(0)
+    for attempt in attempts:
+        if attempt > first:
+            # Counted before the call, so a crash mid-call still uses up the attempt (the first
+            # was counted with the batch read).
+            async with store.transaction(ctx.engine, durable=False) as connection:
+                await store.count_attempt(connection, prepared.batch_ids, attempt)
         try:
-            return await ctx.generator.generate(request), None
+            return await ctx.generator.generate(prepared.request), None
         except RetryableError as error:
             failure = error.message
             log.warning("reply.llm_retry", attempt=attempt, error=error.message)
@@ -510,3 +450,143 @@ def _shape(config: ChannelConfig, text: str) -> list[tuple[str, SmsText | None]]
         sms = shape_sms(text, config.sms_max_chars)
         return [(sms.text, sms)] if sms.text.strip() else []
     return [(part, None) for part in shape_whatsapp(text)]
+
+
+# --- Sending -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    sid: str | None
+    status: MessageStatus
+    recovered: bool = False
+
+
+async def _send_parts(
+    ctx: ReplyContext, lease: Lease, loaded: Loaded, parts: list[Outbound]
+) -> float | _Again | None:
+    """Send a freshly stored reply's parts in order; the first is already marked `sending`."""
+    released = False
+    marked = True
+    for index, message in enumerate(parts):
+        result = await _deliver(ctx, lease, loaded, message, marked=marked)
+        if isinstance(result, float):
+            return result
+        after = parts[index + 1] if index + 1 < len(parts) else None
+        # Durable when it marks the next part `sending`: Twilio is called next (see store.py).
+        async with store.transaction(ctx.engine, durable=after is not None) as connection:
+            if after is not None:
+                await lease.renew(connection)
+            if result is not None:
+                await store.store_sent(connection, message.id, result.sid, result.status)
+            if after is not None:
+                after.attempts += 1
+                await store.mark_sending(connection, after)
+            else:
+                released = await lease.release(connection, RELEASE_WHEN_IDLE)
+        if after is not None:
+            after.status = MessageStatus.sending
+        if result is not None:
+            _log_sent(message, result)
+    return None if released else AGAIN
+
+
+async def _deliver_unsent(
+    ctx: ReplyContext, lease: Lease, loaded: Loaded, unsent: Sequence[Outbound]
+) -> float | _Again | None:
+    """Send every stored, unsent outbound message in order; a wait if Twilio is failing."""
+    for message in unsent:
+        result = await _deliver(ctx, lease, loaded, message, marked=False)
+        if isinstance(result, float):
+            return result
+        if result is not None:
+            async with store.transaction(ctx.engine, durable=False) as connection:
+                await store.store_sent(connection, message.id, result.sid, result.status)
+            _log_sent(message, result)
+    return AGAIN
+
+
+def _log_sent(message: Outbound, result: _Sent) -> None:
+    if result.recovered:
+        log.info("reply.recovered", message_id=message.id, sid=result.sid)
+    else:
+        log.info("reply.sent", message_id=message.id, sid=result.sid, part=message.part)
+
+
+async def _deliver(
+    ctx: ReplyContext, lease: Lease, loaded: Loaded, message: Outbound, *, marked: bool
+) -> _Sent | float | None:
+    """Send `message` once: what Twilio answered (for the caller to store), a wait if Twilio
+    keeps failing, or None when it failed for good (recorded here).
+
+    `marked`: the message was just marked `sending` for this attempt, and never sent before.
+    """
+    outgoing = OutgoingMessage(
+        channel=Channel(message.channel),
+        to=loaded.contact.address,
+        from_=loaded.config.phone_number,
+        body=message.body,
+        status_callback=ctx.status_callback(),
+    )
+    for _ in range(ctx.policy.send_attempts_per_run):
+        if not marked:
+            if message.status == MessageStatus.sending:
+                # An earlier attempt may have reached Twilio before it was cut off: ask first.
+                try:
+                    found = await ctx.sender.find_sent(outgoing, since=message.created_at)
+                except RetryableError as error:
+                    return await _send_failed_transiently(ctx, message, error)
+                if found is not None:
+                    return _Sent(found.sid, found.status, recovered=True)
+            message.attempts += 1
+            # Durable, and only while the lease is still ours: Twilio is called next.
+            async with store.transaction(ctx.engine, durable=True) as connection:
+                await lease.renew(connection)
+                await store.mark_sending(connection, message)
+            message.status = MessageStatus.sending
+        marked = False
+        try:
+            sent = await ctx.sender.send(outgoing)
+        except RetryableError as error:
+            if not error.ambiguous:
+                message.status = MessageStatus.pending
+            wait = await _send_failed_transiently(ctx, message, error)
+            if wait is None or wait > ctx.policy.backoff_max:
+                return wait
+            await asyncio.sleep(wait)
+            continue
+        except SendFailed as error:
+            async with store.transaction(ctx.engine, durable=True) as connection:
+                if error.code == UNSUBSCRIBED:
+                    await store.set_opted_out(connection, loaded.contact.id, True)
+                await store.record_error(
+                    connection,
+                    message.id,
+                    MessageStatus.failed,
+                    error.message[:500],
+                    code=error.code,
+                )
+            log.warning("reply.send_failed", message_id=message.id, error_code=error.code)
+            REPLIES.labels(message.channel, "send_failed").inc()
+            return None
+        return _Sent(sent.sid, sent.status)
+    return ctx.policy.backoff(message.attempts)
+
+
+async def _send_failed_transiently(
+    ctx: ReplyContext, message: Outbound, error: RetryableError
+) -> float | None:
+    """Record a transient failure; give up for good once the reply is too old to matter."""
+    log.warning(
+        "reply.send_retry", message_id=message.id, attempts=message.attempts, error=error.message
+    )
+    if utcnow() - message.created_at > ctx.policy.send_give_up_after:
+        async with store.transaction(ctx.engine, durable=True) as connection:
+            await store.record_error(
+                connection, message.id, MessageStatus.failed, f"gave up: {error.message}"
+            )
+        REPLIES.labels(message.channel, "send_failed").inc()
+        return None
+    async with store.transaction(ctx.engine, durable=True) as connection:
+        await store.record_error(connection, message.id, message.status, error.message)
+    return ctx.policy.backoff(message.attempts)

@@ -1,0 +1,380 @@
+"""The reply task driven directly, with an in-process LLM and Twilio, on SQLite and PostgreSQL:
+how many transactions and statements a reply costs, which commits are durable, and the
+exactly-once guards of the cheaper path (the lease checked before a send, parts marked `sending`
+one at a time, early status callbacks replayed, new messages picked up before the lease goes)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from platica import db
+from platica.channels.sender import OutgoingMessage, SentMessage
+from platica.config import Settings
+from platica.jobs.locks import LeaseLocks
+from platica.models import (
+    Account,
+    Author,
+    Channel,
+    ChannelConfig,
+    Contact,
+    Conversation,
+    Direction,
+    Message,
+    MessageStatus,
+    ReplyState,
+    WebhookLog,
+    utcnow,
+)
+from platica.replies.generator import GeneratedReply, ReplyRequest
+from platica.replies.pipeline import (
+    LOCK_BUSY_RETRY_SECONDS,
+    ReplyContext,
+    reply_to_conversation,
+)
+from tests.conftest import make_settings
+
+# A plain one-part reply: the batch read (lease, config and contact, work, history, LLM
+# attempt), the reply stored (lease renewed, part, inbound answered), the SID stored (SID, early
+# statuses, lease released). Not counting BEGIN IMMEDIATE (SQLite) or SET LOCAL (PostgreSQL).
+PLAIN_REPLY_TRANSACTIONS = 3
+PLAIN_REPLY_STATEMENTS = 11
+NOT_DURABLE = "SET LOCAL synchronous_commit = off"
+
+
+class StubGenerator:
+    def __init__(self) -> None:
+        self.requests: list[ReplyRequest] = []
+        self.text: Callable[[ReplyRequest], str] = lambda request: (
+            "Echo: " + next(m.content for m in reversed(request.messages) if m.role == "user")
+        )
+        # Runs during the LLM call, as other processes would meanwhile.
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def generate(self, request: ReplyRequest) -> GeneratedReply:
+        self.requests.append(request)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return GeneratedReply(self.text(request), request.model, 12, 4, 3)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class StubSender:
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMessage] = []
+        self.found: SentMessage | None = None
+        self.on_send: Callable[[OutgoingMessage], Awaitable[None]] | None = None
+        self._sids = (f"SM{n:032x}" for n in itertools.count(1))
+
+    def next_sid(self) -> str:
+        return next(self._sids)
+
+    async def send(self, message: OutgoingMessage) -> SentMessage:
+        if self.on_send is not None:
+            await self.on_send(message)
+        self.sent.append(message)
+        return SentMessage(self.next_sid(), MessageStatus.queued)
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
+        return self.found
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class Statements:
+    """Every statement run on the engine, grouped by transaction (PostgreSQL's implicit BEGIN
+    and SQLite's BEGIN IMMEDIATE start one; COMMIT or ROLLBACK ends it)."""
+
+    transactions: list[list[str]] = field(default_factory=list)
+    _open: list[str] | None = None
+
+    def statement(self, sql: str) -> None:
+        if sql.startswith("BEGIN"):
+            return
+        if self._open is None:
+            self._open = []
+            self.transactions.append(self._open)
+        self._open.append(sql)
+
+    def end(self) -> None:
+        self._open = None
+
+    def clear(self) -> None:
+        self.transactions.clear()
+        self._open = None
+
+    @property
+    def counted(self) -> list[str]:
+        return [s for t in self.transactions for s in t if s != NOT_DURABLE]
+
+
+@dataclass
+class Path:
+    engine: AsyncEngine
+    ctx: ReplyContext
+    generator: StubGenerator
+    sender: StubSender
+    statements: Statements
+    account_id: Any = None
+    contact_id: int = 0
+
+    async def conversation(self, channel: Channel = Channel.sms, *bodies: str) -> int:
+        """A conversation with an inbound message per body, waiting for its reply."""
+        sessionmaker = db.create_sessionmaker(self.engine)
+        async with db.transaction(sessionmaker) as session:
+            if self.account_id is None:
+                account = Account(name="Panadería")
+                session.add(account)
+                await session.flush()
+                self.account_id = account.id
+                for each, number in (
+                    (Channel.sms, "+15005550006"),
+                    (Channel.whatsapp, "+14155238886"),
+                ):
+                    session.add(
+                        ChannelConfig(
+                            account_id=account.id,
+                            channel=each,
+                            phone_number=number,
+                            debounce_seconds=0.0,
+                        )
+                    )
+            self.contact_id += 1
+            contact = Contact(
+                account_id=self.account_id,
+                channel=channel,
+                address=f"+3460011{self.contact_id:04d}",
+            )
+            session.add(contact)
+            await session.flush()
+            conversation = Conversation(
+                account_id=self.account_id,
+                channel=channel,
+                contact_id=contact.id,
+                contact_address=contact.address,
+            )
+            session.add(conversation)
+            await session.flush()
+            for body in bodies or ("¿Abren el domingo?",):
+                session.add(inbound(conversation, body))
+            conversation_id: int = conversation.id
+        self.statements.clear()
+        return conversation_id
+
+    async def rows(self, sql: str, **params: Any) -> list[Any]:
+        async with self.engine.connect() as connection:
+            return list(await connection.execute(sa.text(sql), params))
+
+    async def scalar(self, sql: str, **params: Any) -> Any:
+        async with self.engine.connect() as connection:
+            return (await connection.execute(sa.text(sql), params)).scalar()
+
+    async def execute(self, sql: str, **params: Any) -> None:
+        async with self.engine.begin() as connection:
+            await connection.execute(sa.text(sql), params)
+
+    async def outbound(self) -> list[Any]:
+        return await self.rows(
+            "SELECT id, body, status, twilio_sid, part, attempts, reply_to_id FROM messages"
+            " WHERE direction = 'outbound' ORDER BY id"
+        )
+
+
+def inbound(conversation: Conversation, body: str) -> Message:
+    return Message(
+        account_id=conversation.account_id,
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        direction=Direction.inbound,
+        author=Author.contact,
+        body=body,
+        media=[],
+        status=MessageStatus.received,
+        reply_state=ReplyState.pending,
+    )
+
+
+@pytest.fixture
+async def path(database_url: str) -> AsyncIterator[Path]:
+    settings: Settings = make_settings(database_url)
+    engine = db.create_engine(database_url)
+    sessionmaker = db.create_sessionmaker(engine)
+    statements = Statements()
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        statements.statement(sql)
+
+    @event.listens_for(engine.sync_engine, "commit")
+    def _commit(_conn: Any) -> None:
+        statements.end()
+
+    @event.listens_for(engine.sync_engine, "rollback")
+    def _rollback(_conn: Any) -> None:
+        statements.end()
+
+    generator, sender = StubGenerator(), StubSender()
+    ctx = ReplyContext(
+        settings=settings,
+        sessionmaker=sessionmaker,
+        generator=generator,
+        sender=sender,
+        locks=LeaseLocks(sessionmaker),
+    )
+    try:
+        yield Path(engine, ctx, generator, sender, statements)
+    finally:
+        await engine.dispose()
+
+
+class TestRoundTrips:
+    async def test_a_plain_reply_takes_three_transactions_and_few_statements(self, path):
+        conversation = await path.conversation()
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert len(path.sender.sent) == 1
+        transactions = path.statements.transactions
+        assert len(transactions) <= PLAIN_REPLY_TRANSACTIONS, transactions
+        assert len(path.statements.counted) <= PLAIN_REPLY_STATEMENTS, transactions
+
+    async def test_only_the_commit_before_twilio_waits_for_the_disk(self, path):
+        """On PostgreSQL every transaction but the one storing the reply as `sending` runs with
+        synchronous_commit off; SQLite needs no such statement."""
+        conversation = await path.conversation()
+
+        await reply_to_conversation(path.ctx, conversation)
+
+        postgres = path.engine.dialect.name == "postgresql"
+        for transaction in path.statements.transactions:
+            stores_the_reply = any(s.startswith("INSERT INTO messages") for s in transaction)
+            relaxed = transaction[0] == NOT_DURABLE
+            assert relaxed is (postgres and not stores_the_reply), transaction
+
+    async def test_a_second_message_meanwhile_costs_another_round_not_a_lost_reply(self, path):
+        conversation = await path.conversation()
+        sessionmaker = db.create_sessionmaker(path.engine)
+
+        async def second_message() -> None:
+            async with db.transaction(sessionmaker) as session:
+                stored = await session.get(Conversation, conversation)
+                assert stored is not None
+                session.add(inbound(stored, "¿Y el lunes?"))
+
+        path.generator.meanwhile = second_message
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert [m.body for m in path.sender.sent] == [
+            "Echo: ¿Abren el domingo?",
+            "Echo: ¿Y el lunes?",
+        ]
+        lease = await path.rows("SELECT lease_owner, lease_expires_at FROM conversations")
+        assert [tuple(row) for row in lease] == [(None, None)]
+
+
+class TestExactlyOnce:
+    async def test_whatsapp_parts_are_marked_sending_one_at_a_time_in_order(self, path):
+        paragraphs = [f"Párrafo {i}: " + "texto " * 120 for i in range(4)]
+        path.generator.text = lambda _request: "\n\n".join(paragraphs)
+        conversation = await path.conversation(Channel.whatsapp, "Explícamelo todo")
+        seen: list[list[str]] = []
+
+        async def record_statuses(_message: OutgoingMessage) -> None:
+            rows = await path.outbound()
+            seen.append([row.status for row in rows])
+
+        path.sender.on_send = record_statuses
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        rows = await path.outbound()
+        count = len(rows)
+        assert count >= 2
+        assert [m.body for m in path.sender.sent] == [row.body for row in rows]
+        assert [row.part for row in rows] == list(range(count))
+        # At each send, the parts before are settled, this one is `sending`, the rest pending.
+        for index, statuses in enumerate(seen):
+            assert statuses == ["queued"] * index + ["sending"] + ["pending"] * (count - index - 1)
+        assert [row.attempts for row in rows] == [1] * count
+        assert all(row.twilio_sid for row in rows)
+
+    async def test_a_reply_left_sending_is_reconciled_not_sent_again(self, path):
+        """As after a crash between the durable `sending` commit and Twilio's answer."""
+        conversation = await path.conversation()
+        reply_to = await path.scalar("SELECT id FROM messages")
+        await path.execute(
+            "UPDATE messages SET reply_state = 'answered' WHERE id = :id", id=reply_to
+        )
+        now = utcnow()
+        await path.execute(
+            "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
+            " body, media, status, reply_to_id, part, attempts, created_at, updated_at)"
+            " SELECT account_id, conversation_id, channel, 'outbound', 'ai', 'Echo', '[]',"
+            " 'sending', id, 0, 1, :now, :now FROM messages WHERE id = :id",
+            id=reply_to,
+            now=now,
+        )
+        sid = path.sender.next_sid()
+        path.sender.found = SentMessage(sid, MessageStatus.sent)
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert path.sender.sent == []
+        [reply] = await path.outbound()
+        assert (reply.twilio_sid, reply.status, reply.attempts) == (sid, "sent", 1)
+
+    async def test_a_lease_lost_during_the_llm_call_stores_and_sends_nothing(self, path):
+        conversation = await path.conversation()
+
+        async def another_worker_takes_over() -> None:
+            await path.execute(
+                "UPDATE conversations SET lease_owner = 'another-worker', lease_expires_at = :at",
+                at=utcnow(),
+            )
+
+        path.generator.meanwhile = another_worker_takes_over
+
+        assert await reply_to_conversation(path.ctx, conversation) == LOCK_BUSY_RETRY_SECONDS
+
+        assert path.sender.sent == []
+        assert await path.outbound() == []
+        assert await path.scalar("SELECT reply_state FROM messages") == "pending"
+        # The other worker's lease is left alone; once it lapses the reply goes out.
+        assert await path.scalar("SELECT lease_owner FROM conversations") == "another-worker"
+        assert await reply_to_conversation(path.ctx, conversation) is None
+        assert len(path.sender.sent) == 1
+
+    async def test_a_status_callback_that_came_before_the_sid_is_replayed(self, path):
+        conversation = await path.conversation()
+        sid = f"SM{1:032x}"  # the stub's first SID
+        async with path.engine.begin() as connection:
+            await connection.execute(
+                sa.insert(WebhookLog).values(
+                    endpoint="status",
+                    message_sid=sid,
+                    status_code=200,
+                    outcome="status_unknown",
+                    params={"MessageSid": [sid], "MessageStatus": ["delivered"]},
+                    received_at=utcnow(),
+                )
+            )
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [reply] = await path.outbound()
+        assert (reply.twilio_sid, reply.status) == (sid, "delivered")
+        assert await path.scalar("SELECT outcome FROM webhook_logs") == "status_replayed"
