@@ -42,11 +42,12 @@ from platica.replies.pipeline import (
 )
 from tests.conftest import make_settings
 
-# A plain one-part reply: the batch read (lease, config and contact, work, history, LLM
-# attempt), the reply stored (lease renewed, part, inbound answered), the SID stored (SID, early
-# statuses, lease released). Not counting BEGIN IMMEDIATE (SQLite) or SET LOCAL (PostgreSQL).
+# A plain one-part reply: the batch read (lease, config and contact, work, LLM attempt,
+# history), the reply stored (lease renewed, part, inbound answered), the SID stored (SID with
+# any early status callback, lease released). Not counting BEGIN IMMEDIATE (SQLite) or SET LOCAL
+# (PostgreSQL).
 PLAIN_REPLY_TRANSACTIONS = 3
-PLAIN_REPLY_STATEMENTS = 11
+PLAIN_REPLY_STATEMENTS = 10
 NOT_DURABLE = "SET LOCAL synchronous_commit = off"
 
 

@@ -390,20 +390,18 @@ async def mark_sending(connection: AsyncConnection, message: Outbound) -> None:
     )
 
 
+_sid: BindParameter[str | None] = bindparam("sid")
 _STORE_SENT = (
     update(_messages)
     .where(_m.id == bindparam("message_id"))
     .values(
-        twilio_sid=bindparam("sid"),
+        twilio_sid=_sid,
         status=bindparam("new_status"),
         error_message=None,
         updated_at=bindparam("now"),
     )
-)
-_EARLY_STATUS = (
-    select(_logs.id)
-    .where(_logs.message_sid == bindparam("sid"), _logs.outcome == "status_unknown")
-    .limit(1)
+    # Whether a status callback for this SID came before it was stored (and waits for it).
+    .returning(exists().where(_logs.message_sid == _sid, _logs.outcome == "status_unknown"))
 )
 
 
@@ -411,11 +409,11 @@ async def store_sent(
     connection: AsyncConnection, message_id: int, sid: str | None, status: MessageStatus
 ) -> None:
     """Store the SID and status Twilio gave the message."""
-    await connection.execute(
+    early = await connection.execute(
         _STORE_SENT,
         {"message_id": message_id, "sid": sid, "new_status": status, "now": utcnow()},
     )
-    if sid is not None and (await connection.execute(_EARLY_STATUS, {"sid": sid})).first():
+    if sid is not None and early.scalar():
         # A status callback raced ahead of this write: apply it now, through the service.
         session = AsyncSession(bind=connection)
         await service.replay_early_statuses(session, sid)
