@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,8 +17,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
-from platica.channels.sender import OutgoingMessage, SentMessage
+from platica.channels.sender import UNSUBSCRIBED, OutgoingMessage, SendFailed, SentMessage
 from platica.config import Settings
+from platica.errors import RetryableError
 from platica.jobs.locks import LeaseLocks
 from platica.models import (
     Account,
@@ -37,7 +38,9 @@ from platica.models import (
 from platica.replies.generator import GeneratedReply, ReplyRequest
 from platica.replies.pipeline import (
     LOCK_BUSY_RETRY_SECONDS,
+    OPT_OUT_CONFIRMATION,
     ReplyContext,
+    RetryPolicy,
     reply_to_conversation,
 )
 from tests.conftest import make_settings
@@ -76,6 +79,8 @@ class StubSender:
         self.sent: list[OutgoingMessage] = []
         self.found: SentMessage | None = None
         self.on_send: Callable[[OutgoingMessage], Awaitable[None]] | None = None
+        # Raised by the next sends, in order, before anything is sent.
+        self.failures: list[Exception] = []
         self._sids = (f"SM{n:032x}" for n in itertools.count(1))
 
     def next_sid(self) -> str:
@@ -84,6 +89,8 @@ class StubSender:
     async def send(self, message: OutgoingMessage) -> SentMessage:
         if self.on_send is not None:
             await self.on_send(message)
+        if self.failures:
+            raise self.failures.pop(0)
         self.sent.append(message)
         return SentMessage(self.next_sid(), MessageStatus.queued)
 
@@ -234,6 +241,7 @@ async def path(database_url: str) -> AsyncIterator[Path]:
         generator=generator,
         sender=sender,
         locks=LeaseLocks(sessionmaker),
+        policy=RetryPolicy(backoff_base=0.01, backoff_max=0.05),
     )
     try:
         yield Path(engine, ctx, generator, sender, statements)
@@ -379,3 +387,85 @@ class TestExactlyOnce:
         [reply] = await path.outbound()
         assert (reply.twilio_sid, reply.status) == (sid, "delivered")
         assert await path.scalar("SELECT outcome FROM webhook_logs") == "status_replayed"
+
+
+class TestDecisions:
+    async def test_whatsapp_stop_in_a_burst_is_confirmed_and_the_rest_skipped(self, path):
+        conversation = await path.conversation(Channel.whatsapp, "STOP", "¿hola?")
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert [m.body for m in path.sender.sent] == [OPT_OUT_CONFIRMATION]
+        assert path.generator.requests == []
+        inbound = await path.rows(
+            "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
+        )
+        assert [tuple(row) for row in inbound] == [
+            ("skipped", "keyword: opt_out"),
+            ("skipped", "contact opted out"),
+        ]
+        assert await path.scalar("SELECT opted_out FROM contacts") in (True, 1)
+        assert await path.scalar("SELECT lease_owner FROM conversations") is None
+
+    async def test_an_expired_handoff_is_given_back_to_the_ai_for_good(self, path):
+        conversation = await path.conversation()
+        await path.execute(
+            "UPDATE conversations SET ai_enabled = false, handoff_until = :past",
+            past=datetime(2020, 1, 1, tzinfo=UTC),
+        )
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert len(path.sender.sent) == 1
+        [row] = await path.rows("SELECT ai_enabled, handoff_until FROM conversations")
+        assert (bool(row.ai_enabled), row.handoff_until) == (True, None)
+
+
+class TestSendFailures:
+    async def test_an_unsubscribed_recipient_fails_the_reply_and_opts_the_contact_out(self, path):
+        conversation = await path.conversation()
+        path.sender.failures = [SendFailed("unsubscribed", UNSUBSCRIBED)]
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [reply] = await path.rows(
+            "SELECT status, error_code, attempts FROM messages WHERE direction = 'outbound'"
+        )
+        assert tuple(reply) == ("failed", UNSUBSCRIBED, 1)
+        assert await path.scalar("SELECT opted_out FROM contacts") in (True, 1)
+
+    async def test_transient_failures_are_retried_then_waited_out(self, path):
+        conversation = await path.conversation()
+        path.sender.failures = [RetryableError("Twilio answered 500", ambiguous=True)] * 3
+
+        wait = await reply_to_conversation(path.ctx, conversation)
+
+        assert wait is not None
+        assert wait > 0
+        [reply] = await path.outbound()
+        assert (reply.status, reply.attempts) == ("sending", 3)
+        assert await path.scalar("SELECT lease_owner FROM conversations") is None
+        # The next run asks Twilio first (nothing landed), then sends.
+        assert await reply_to_conversation(path.ctx, conversation) is None
+        [reply] = await path.outbound()
+        assert (reply.status, reply.attempts) == ("queued", 4)
+        assert len(path.sender.sent) == 1
+
+    async def test_a_reply_still_failing_after_an_hour_is_given_up(self, path):
+        conversation = await path.conversation()
+        path.sender.failures = [RetryableError("Twilio answered 429")] * 3
+        assert await reply_to_conversation(path.ctx, conversation) is not None
+        await path.execute(
+            "UPDATE messages SET created_at = :old WHERE direction = 'outbound'",
+            old=utcnow() - timedelta(hours=2),
+        )
+        path.sender.failures = [RetryableError("Twilio answered 429")]
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [reply] = await path.rows(
+            "SELECT status, error_message FROM messages WHERE direction = 'outbound'"
+        )
+        assert reply.status == "failed"
+        assert reply.error_message.startswith("gave up")
+        assert path.sender.sent == []
