@@ -381,6 +381,8 @@ async def _answer(
                     "attempts": attempts,
                     "reply_to_id": answered,
                     "part": index,
+                    "created_at": now,
+                    "updated_at": now,
                 }
                 if sms is not None:
                     values.update(encoding=sms.encoding, segments=sms.segments)
