@@ -266,10 +266,24 @@ def _sweep_spread(
     return spread(_values(reps, "sweep", rate, key))
 
 
-def _cpu_ms_per_message(phase: dict[str, Any] | None, process: str = "platica") -> float | None:
+# The processes that are Plática: `platica serve` and, on PostgreSQL, its worker child.
+PLATICA = ("platica", "platica worker")
+
+
+def _platica_sum(phase: dict[str, Any], key: str) -> float | None:
+    values = [_get(phase, "usage", key, name) for name in PLATICA]
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _cpu_ms_per_message(phase: dict[str, Any] | None, process: str | None = None) -> float | None:
+    """CPU ms per acknowledged webhook of `process`, or of Plática's processes together."""
     if not phase or not phase.get("ok"):
         return None
-    seconds = _get(phase, "usage", "cpu_seconds", process)
+    if process is None:
+        seconds = _platica_sum(phase, "cpu_seconds")
+    else:
+        seconds = _get(phase, "usage", "cpu_seconds", process)
     return None if seconds is None else 1000.0 * seconds / phase["ok"]
 
 
@@ -338,7 +352,8 @@ def _bars(results: dict[str, Any], backend: str) -> list[tuple[str, str, bool | 
 def _usage_row(label: str, phases: Sequence[dict[str, Any] | None]) -> str:
     phases = [p for p in phases if p]
     cpu = [_get(p, "usage", "cpu_percent", "platica") for p in phases]
-    rss = [_get(p, "usage", "rss_peak_mib", "platica") for p in phases]
+    worker_cpu = [_get(p, "usage", "cpu_percent", "platica worker") for p in phases]
+    rss = [_platica_sum(p, "rss_peak_mib") if p else None for p in phases]
     per_message = [_cpu_ms_per_message(p) for p in phases]
     pg = [_get(p, "usage", "cpu_percent", "postgres") for p in phases]
     generator = [_get(p, "usage", "cpu_percent", "load generator") for p in phases]
@@ -349,7 +364,8 @@ def _usage_row(label: str, phases: Sequence[dict[str, Any] | None]) -> str:
     ]
     machine = [_get(p, "usage", "machine_busy_percent") for p in phases]
     return (
-        f"| {label} | {fmt_spread(cpu, 0)} | {fmt_spread(rss, 0)} | {fmt_spread(per_message, 2)} "
+        f"| {label} | {fmt_spread(cpu, 0)} | {fmt_spread(worker_cpu, 0)} | {fmt_spread(rss, 0)} "
+        f"| {fmt_spread(per_message, 2)} "
         f"| {fmt_spread(pg, 0)} | {fmt_spread(generator, 0)} | {fmt_spread(fakes, 0)} "
         f"| {fmt_spread(machine, 0)} |"
     )
@@ -611,10 +627,11 @@ def write(results: dict[str, Any], output: Path) -> None:
     )
     add("")
     add(
-        "| phase | Plática CPU % | Plática RSS peak MiB | Plática CPU ms/message | PostgreSQL CPU % "
-        "(this database's backends) | load generator CPU % | fakes CPU % | machine busy % (of all cores) |"
+        "| phase | serve CPU % | worker child CPU % | Plática RSS peak MiB | Plática CPU "
+        "ms/message | PostgreSQL CPU % (this database's backends) | load generator CPU % "
+        "| fakes CPU % | machine busy % (of all cores) |"
     )
-    add("|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|")
     for backend, reps in scenarios.items():
         if not reps:
             continue

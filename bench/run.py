@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER
 
-from bench import database, loadgen, report
+from bench import database, loadgen, procs, report
 from bench.loadgen import PhaseResult, SenderNumbers, WebhookRequest
 from bench.procs import REPO, Child, Sampler, Usage, clean_env, free_port, python_child
 from bench.stats import percentile
@@ -295,6 +295,9 @@ class Bench:
 
     def pids(self, serve: Child, *more: Child) -> dict[str, int]:
         pids = {"platica": serve.pid, "load generator": os.getpid(), **self.fake_pids}
+        # On PostgreSQL, `platica serve` runs its worker as a child process.
+        for index, pid in enumerate(procs.children(serve.pid)):
+            pids["platica worker" if index == 0 else f"platica worker {index + 1}"] = pid
         for child in more:
             pids[child.name] = child.pid
         return pids
