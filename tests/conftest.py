@@ -45,6 +45,32 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     get_settings.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _strictest_prepared_statements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every PostgreSQL engine made in a test prepares each statement at its first use and has
+    PostgreSQL plan it once for any parameters (a generic plan). Production prepares a statement
+    after five uses, and PostgreSQL may then switch to a generic plan: a statement that only
+    works with its parameters' values at hand (say, an ON CONFLICT whose index predicate is a
+    parameter) fails here at once instead of there after a while."""
+    real = db.create_engine
+
+    def create_engine(url: str, **kwargs: Any) -> Any:
+        engine = real(url, **kwargs)
+        if engine.dialect.name == "postgresql":
+
+            @sa.event.listens_for(engine.sync_engine, "connect")
+            def _prepare_generically(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.driver_connection.prepare_threshold = 0
+                cursor = dbapi_connection.cursor()
+                cursor.execute("SET plan_cache_mode = force_generic_plan")
+                cursor.close()
+                dbapi_connection.commit()
+
+        return engine
+
+    monkeypatch.setattr(db, "create_engine", create_engine)
+
+
 def _admin_url() -> str:
     return os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platica.db import insert_ignore
+from platica.db import constant, insert_ignore
 from platica.models import (
     STATUS_RANK,
     Channel,
@@ -91,7 +91,7 @@ async def get_or_open_conversation(session: AsyncSession, contact: Contact) -> C
                 "last_message_at": now,
             },
             index_elements=["contact_id"],
-            index_where=Conversation.status == ConversationStatus.active,
+            index_where=Conversation.status == constant(ConversationStatus.active),
         )
     )
     conversation = await session.scalar(active)
@@ -151,7 +151,7 @@ async def insert_reply_part(session: AsyncSession, values: dict[str, object]) ->
         Message,
         {"created_at": now, "updated_at": now, "attempts": 0, **values},
         index_elements=["reply_to_id", "part"],
-        index_where=Message.direction == Direction.outbound,
+        index_where=Message.direction == constant(Direction.outbound),
     ).returning(Message.id)
     return (await session.execute(statement)).scalar_one_or_none()
 

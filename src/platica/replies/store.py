@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.conversations import service
+from platica.db import constant
 from platica.models import (
     Channel,
     ChannelConfig,
@@ -335,7 +336,8 @@ def _insert_part(module: Any) -> Insert:
     # The unique index (reply_to_id, part) among outbound messages: a second worker's reply to
     # the same message is not stored.
     return statement.on_conflict_do_nothing(  # type: ignore[no-any-return]
-        index_elements=["reply_to_id", "part"], index_where=_m.direction == Direction.outbound
+        index_elements=["reply_to_id", "part"],
+        index_where=_m.direction == constant(Direction.outbound),
     ).returning(_m.id)
 
 
