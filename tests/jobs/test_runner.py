@@ -323,6 +323,9 @@ class RecordingRunner:
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
         self.deferred.append((conversation_id, delay))
 
+    def wake(self) -> None:
+        return None
+
     async def start(self, *, work: bool) -> None:
         return None
 

@@ -172,9 +172,12 @@ async def _record_message(
             limit=recorded.limited,
         )
         return
-    if recorded.conversation_id is not None and not recorded.queued and state.runner is not None:
-        # Committed already; the sweeper catches anything a crash right here would drop.
-        await state.runner.defer(recorded.conversation_id, recorded.debounce_seconds)
+    if recorded.conversation_id is not None and state.runner is not None:
+        if recorded.queued:
+            state.runner.wake()
+        else:
+            # Committed already; the sweeper catches anything a crash right here would drop.
+            await state.runner.defer(recorded.conversation_id, recorded.debounce_seconds)
     log.info(
         "webhook.duplicate" if recorded.message_id is None else "webhook.accepted",
         channel=channel.value,

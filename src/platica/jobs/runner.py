@@ -32,6 +32,9 @@ QUEUE = "replies"
 # At most one waiting job per conversation: its queueing lock is this and the conversation's id.
 QUEUEING_LOCK_PREFIX = "conversation:"
 # How long to wait before re-running a task that raised, and how often the sweeper looks.
+# What Procrastinate's workers listen for (its channel for the queue, and a job_inserted event).
+WAKE_CHANNEL = f"procrastinate_queue_v1#{QUEUE}"
+WAKE_PAYLOAD = '{"type": "job_inserted", "job_id": null}'
 CRASH_RETRY_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 10.0
 # Work younger than this is someone's in-flight task, not a leftover.
@@ -42,6 +45,10 @@ STOP_TIMEOUT_SECONDS = 5.0
 class TaskRunner(Protocol):
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
         """Queue the conversation's reply task to run after `delay` seconds."""
+        ...
+
+    def wake(self) -> None:
+        """Tell the workers that reply tasks were queued in SQL, by the webhook's statement."""
         ...
 
     async def start(self, *, work: bool) -> None:
@@ -84,6 +91,9 @@ class InProcessRunner:
             timer.cancel()
         self._due[conversation_id] = due
         self._timers[conversation_id] = loop.call_at(due, self._make_ready, conversation_id)
+
+    def wake(self) -> None:
+        """Nothing to do: on SQLite every task is queued through `defer`."""
 
     def _make_ready(self, conversation_id: int) -> None:
         self._timers.pop(conversation_id, None)
@@ -139,11 +149,13 @@ class ProcrastinateRunner:
                 # Job bookkeeping need not wait for the disk: a job whose state a database
                 # crash forgets runs again, and the task is safe to run again. The jobs that
                 # matter are inserted with the message, in the webhook's durable transaction.
-                kwargs={"prepare_threshold": None, "options": "-c synchronous_commit=off"},
+                kwargs={"options": "-c synchronous_commit=off"},
             )
         )
         self._worker: asyncio.Task[None] | None = None
         self._opened = False
+        self._waker: asyncio.Task[None] | None = None
+        self._wake_pending = False
 
         @self._app.task(name=TASK_NAME, queue=QUEUE)
         async def reply_to_conversation(conversation_id: int) -> None:
@@ -163,6 +175,31 @@ class ProcrastinateRunner:
         with contextlib.suppress(procrastinate.exceptions.AlreadyEnqueued):
             await self._task.configure(**options).defer_async(conversation_id=conversation_id)  # type: ignore[arg-type]
 
+    def wake(self) -> None:
+        """Notify the workers of jobs the webhook's statement inserted (quietly, revision 0006).
+
+        One notification at a time: jobs queued while one is on its way are announced by the
+        next, sent as soon as it is done. Under load that is one NOTIFY for many jobs; idle, a
+        job is announced at once. A lost notification only delays the job until the workers
+        next look for work.
+        """
+        self._wake_pending = True
+        if self._waker is None or self._waker.done():
+            self._waker = asyncio.create_task(self._notify_workers(), name="wake-workers")
+
+    async def _notify_workers(self) -> None:
+        while self._wake_pending:
+            self._wake_pending = False
+            try:
+                await self._app.connector.execute_query_async(
+                    "SELECT pg_notify(%(channel)s, %(payload)s)",
+                    channel=WAKE_CHANNEL,
+                    payload=WAKE_PAYLOAD,
+                )
+            except Exception as error:
+                log.warning("worker.wake_failed", error=str(error))
+                return
+
     async def start(self, *, work: bool) -> None:
         await self._app.open_async()
         self._opened = True
@@ -180,6 +217,10 @@ class ProcrastinateRunner:
             )
 
     async def stop(self) -> None:
+        if self._waker is not None:
+            self._waker.cancel()
+            await asyncio.gather(self._waker, return_exceptions=True)
+            self._waker = None
         # Bounded: with the database gone, Procrastinate's shutdown would wait on it for long.
         if self._worker is not None:
             self._worker.cancel()
