@@ -20,6 +20,7 @@ QUIETED = (
     "uvicorn.access",
     "twilio",
     "httpx",
+    "httpx2",
     "openai",
     "procrastinate",
     "alembic.runtime.plugins",
@@ -182,7 +183,8 @@ class TestConfigureLogging:
     ) -> None:
         configure_logging(load_settings(LOG_FORMAT="json"))
 
-        for name in ("procrastinate", "openai", "httpx", "twilio"):
+        # httpx2: the HTTP client the openai SDK logs each request through.
+        for name in ("procrastinate", "openai", "httpx", "httpx2", "twilio"):
             logging.getLogger(f"{name}.worker").info("Starting job")
         logging.getLogger("procrastinate.worker").warning("Job failed")
 
