@@ -39,6 +39,9 @@ from bench.stats import percentile
 
 REQUEST_TIMEOUT = 5.0
 MAX_CONNECTIONS = 512
+# uvicorn closes a keep-alive connection idle for 5 s; like any HTTP client, do not reuse one
+# that old (a request written to a connection the server just closed fails at once).
+KEEPALIVE_EXPIRY = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,7 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = time.monotonic()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -135,9 +139,19 @@ class RawClient:
         self._slots = asyncio.Semaphore(max_connections)
         self._all: set[_Connection] = set()
 
+    def _reusable(self) -> _Connection | None:
+        """The most recently used idle connection, dropping any the server may have closed."""
+        while self._idle:
+            connection = self._idle.pop()
+            if time.monotonic() - connection.idle_since < KEEPALIVE_EXPIRY:
+                return connection
+            self._all.discard(connection)
+            connection.close()
+        return None
+
     async def send(self, request: WebhookRequest) -> int:
         async with self._slots:
-            connection = self._idle.pop() if self._idle else None
+            connection = self._reusable()
             if connection is None:
                 reader, writer = await asyncio.open_connection(self._host, self._port)
                 connection = _Connection(reader, writer)
@@ -153,6 +167,7 @@ class RawClient:
                 connection.close()
                 raise
             if keep_alive:
+                connection.idle_since = time.monotonic()
                 self._idle.append(connection)
             else:
                 self._all.discard(connection)
