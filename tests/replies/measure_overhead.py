@@ -51,7 +51,9 @@ from platica.replies.pipeline import ReplyContext, reply_to_conversation
 from tests.conftest import DEFAULT_TEST_DATABASE_URL
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN
 
-WARM_UP = 20
+# Enough for every pooled connection to have prepared the reply path's statements (psycopg
+# prepares a statement on its fifth use on a connection).
+WARM_UP = 100
 FAKE_PORTS = {"openai": 9301, "twilio": 9302}
 
 
@@ -145,6 +147,34 @@ def start_fakes() -> list[subprocess.Popen[bytes]]:
     return fakes
 
 
+def server_cpu_seconds() -> float | None:
+    """CPU seconds of the local PostgreSQL server so far: its processes' and, through the
+    postmaster's counts of its reaped children, those of backends that have exited. None when no
+    process of a `postgres` user can be read (a remote server, another OS)."""
+    import pwd
+
+    try:
+        uid = pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, found = 0, False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found = True
+        # utime, stime, cutime, cstime (fields 14-17 of proc(5), counted from the state field)
+        total += sum(int(value) for value in fields[11:15])
+    return total / ticks if found else None
+
+
 async def measure(backend: str, mode: str, count: int) -> str:
     admin = os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
     name = f"platica_measure_{uuid.uuid4().hex[:8]}"
@@ -196,12 +226,19 @@ async def measure(backend: str, mode: str, count: int) -> str:
             await reply_to_conversation(ctx, conversation_id)
         counts.clear()
         walls = []
+        server_cpu = server_cpu_seconds() if backend == "postgresql" else None
         cpu = time.process_time()
         for conversation_id in ids[WARM_UP:]:
             started = time.perf_counter()
             assert await reply_to_conversation(ctx, conversation_id) is None
             walls.append(time.perf_counter() - started)
         cpu = time.process_time() - cpu
+        after = server_cpu_seconds() if server_cpu is not None else None
+        server = (
+            f", PostgreSQL CPU {(after - server_cpu) / count * 1000:.2f} ms/reply"
+            if (server_cpu is not None and after is not None)
+            else ""
+        )
     finally:
         await generator.aclose()
         await sender.aclose()
@@ -214,7 +251,7 @@ async def measure(backend: str, mode: str, count: int) -> str:
     walls.sort()
     per_reply = ", ".join(f"{key} {value / count:.2f}" for key, value in sorted(counts.items()))
     return (
-        f"{backend} {mode}, {count} replies: CPU {cpu / count * 1000:.2f} ms/reply, wall median "
+        f"{backend} {mode}, {count} replies: CPU {cpu / count * 1000:.2f} ms/reply{server}, wall median "
         f"{walls[count // 2] * 1000:.2f} ms, p90 {walls[int(count * 0.9)] * 1000:.2f} ms; "
         f"per reply: {per_reply}"
     )
