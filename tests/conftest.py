@@ -102,11 +102,6 @@ def truncate_all(url: str) -> None:
     engine = sa.create_engine(db.sync_url(url))
     with engine.begin() as connection:
         connection.exec_driver_sql(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-        # Jobs left by the last test would run against this test's conversations.
-        connection.exec_driver_sql(
-            "TRUNCATE procrastinate_jobs, procrastinate_events, procrastinate_periodic_defers"
-            " RESTART IDENTITY CASCADE"
-        )
     engine.dispose()
 
 

@@ -22,7 +22,6 @@ QUIETED = (
     "httpx",
     "httpx2",
     "openai",
-    "procrastinate",
     "alembic.runtime.plugins",
 )
 
@@ -178,14 +177,14 @@ class TestConfigureLogging:
             '127.0.0.1:5000 - "GET /api/sms/stats HTTP/1.1" 200'
         ]
 
-    def test_per_job_and_per_request_chatter_is_quiet_at_info(
+    def test_per_request_chatter_of_the_http_clients_is_quiet_at_info(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
         configure_logging(load_settings(LOG_FORMAT="json"))
 
         # httpx2: the HTTP client the openai SDK logs each request through.
-        for name in ("procrastinate", "openai", "httpx", "httpx2", "twilio"):
-            logging.getLogger(f"{name}.worker").info("Starting job")
-        logging.getLogger("procrastinate.worker").warning("Job failed")
+        for name in ("openai", "httpx", "httpx2", "twilio"):
+            logging.getLogger(f"{name}.client").info("HTTP Request: POST ...")
+        logging.getLogger("httpx2.client").warning("Connection failed")
 
-        assert [e["event"] for e in json_lines(capsys.readouterr().err)] == ["Job failed"]
+        assert [e["event"] for e in json_lines(capsys.readouterr().err)] == ["Connection failed"]

@@ -77,8 +77,8 @@ class TestReadyz:
         client: httpx.Client,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        # An API-only server (`platica serve --no-worker`): with its database dropped, the
-        # Procrastinate worker's graceful shutdown waits for a connection for many seconds.
+        # An API-only server (`platica serve --no-worker`): with its database dropped, nothing
+        # in it waits on the database while shutting down.
         monkeypatch.setattr(
             "tests.conftest.create_app", functools.partial(create_app, worker=False)
         )

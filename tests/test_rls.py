@@ -95,19 +95,6 @@ def grant_app_role(url: str, role: str) -> None:
             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role};
             """
         )
-        # Procrastinate's job queue (no RLS) gets everything.
-        tables = connection.execute(
-            "SELECT tablename FROM pg_tables"
-            " WHERE schemaname = 'public' AND tablename LIKE 'procrastinate%'"
-        ).fetchall()
-        sequences = connection.execute(
-            "SELECT sequencename FROM pg_sequences"
-            " WHERE schemaname = 'public' AND sequencename LIKE 'procrastinate%'"
-        ).fetchall()
-        for (table,) in tables:
-            connection.execute(f"GRANT ALL ON TABLE {table} TO {role}")
-        for (sequence,) in sequences:
-            connection.execute(f"GRANT ALL ON SEQUENCE {sequence} TO {role}")
 
 
 @dataclass(frozen=True)

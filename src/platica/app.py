@@ -22,7 +22,7 @@ from platica.dashboard import routes as dashboard
 from platica.deps import AppState
 from platica.errors import install_error_handlers
 from platica.jobs.locks import LeaseLocks
-from platica.jobs.runner import InProcessRunner, ProcrastinateRunner, Sweeper, TaskRunner
+from platica.jobs.runner import InProcessRunner, PostgresRunner, Sweeper, TaskRunner
 from platica.logging import configure_logging, get_logger
 from platica.replies.generator import OfflineReplyGenerator, create_generator
 from platica.replies.pipeline import ReplyContext, reply_to_conversation
@@ -81,7 +81,7 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
     runner: TaskRunner = (
         InProcessRunner(handler, concurrency)
         if settings.is_sqlite
-        else ProcrastinateRunner(settings.DATABASE_URL, handler, concurrency)
+        else PostgresRunner(settings.DATABASE_URL, engine, handler, concurrency)
     )
     await runner.start(work=work)
     sweeper = Sweeper(sessionmaker, runner)

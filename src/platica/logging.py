@@ -75,8 +75,8 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     # Twilio's client logs full request URLs and bodies (phone numbers) at INFO; the others
-    # log a line per HTTP call or per job that our own reply.* events already tell.
-    for name in ("twilio", "httpx", "httpx2", "openai", "procrastinate"):
+    # log a line per HTTP call that our own reply.* events already tell.
+    for name in ("twilio", "httpx", "httpx2", "openai"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     # Every webhook has its own event (webhook.accepted, ...) and a webhook_logs row.
     logging.getLogger("uvicorn.access").addFilter(_not_a_webhook)

@@ -223,6 +223,13 @@ class Conversation(Base):
             postgresql_where=text("status = 'active'"),
         ),
         Index("ix_conversations_account_channel_last", "account_id", "channel", "last_message_at"),
+        # The reply queue on PostgreSQL: conversations whose reply task is due (jobs/runner.py).
+        Index(
+            "ix_conversations_reply_due",
+            "reply_due_at",
+            sqlite_where=text("reply_due_at IS NOT NULL"),
+            postgresql_where=text("reply_due_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -243,6 +250,9 @@ class Conversation(Base):
     # A worker's lease on the conversation while it answers it (see jobs/locks.py).
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # On PostgreSQL, when the conversation's reply task should next run (None: nothing to do
+    # that no worker has claimed yet; see jobs/runner.py).
+    reply_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Message(Base):

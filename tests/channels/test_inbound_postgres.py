@@ -1,9 +1,8 @@
-"""The webhook's one-statement write on PostgreSQL: its round trips, the reply job it queues in
-the same transaction (as Procrastinate itself would), and a database restart under it."""
+"""The webhook's one-statement write on PostgreSQL: its round trips, the reply it queues in the
+same transaction (the conversation's reply_due_at), and a database restart under it."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -14,13 +13,11 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from platica.jobs.runner import ProcrastinateRunner
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
 from tests.factories import inbound_form, new_sid, post_signed, status_form
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.postgres
-
-JOB_COLUMNS = "queue_name, task_name, priority, lock, queueing_lock, args, status"
 
 
 @pytest.fixture
@@ -75,14 +72,19 @@ def send(client: httpx.Client, server: LiveServer, **form: Any) -> dict[str, str
 
 
 class TestOneStatement:
-    def test_a_webhook_is_one_statement(self, quiet_server, client, database):
+    def test_a_webhook_is_one_statement_and_a_wake_up(self, quiet_server, client, database):
         send(client, quiet_server, body="warm the pool up")
         with Statements(quiet_server) as statements:
             send(client, quiet_server, body="¿Abren hoy?")
+            # The workers' wake-up goes out after the response (and, under load, is shared by
+            # every message that arrives meanwhile: tests/jobs/test_postgres_runner.py).
+            wait_for(lambda: len(statements.seen) >= 2, "the wake-up")
 
         # In autocommit: no BEGIN or COMMIT either (psycopg sends those as statements of
         # their own, which this would count).
-        assert len(statements.seen) == 1, statements.seen
+        record, wake = statements.seen
+        assert record.startswith("WITH cfg AS"), statements.seen
+        assert wake.startswith("SELECT pg_notify("), statements.seen
         assert database.count("messages") == 2
         assert database.count("webhook_logs") == 2
 
@@ -110,68 +112,49 @@ class TestOneStatement:
         )
         assert [r.outcome for r in outcomes] == ["status_updated", "status_updated", "status_stale"]
 
-    def test_the_reply_job_is_queued_with_the_message(self, quiet_server, client, database):
+    def test_the_conversation_is_made_due_with_the_message(self, quiet_server, client, database):
         send(client, quiet_server)
 
-        jobs = database.rows(f"SELECT {JOB_COLUMNS}, scheduled_at FROM procrastinate_jobs")
-        conversation_id = database.scalar("SELECT id FROM conversations")
         received = database.scalar("SELECT created_at FROM messages")
-        assert len(jobs) == 1
-        job = jobs[0]
-        assert (job.queue_name, job.task_name, job.status) == (
-            "replies",
-            "reply_to_conversation",
-            "todo",
-        )
-        assert job.queueing_lock == f"conversation:{conversation_id}"
-        assert job.args == {"conversation_id": conversation_id}
-        # The account's debounce window (2 s by default) is the job's delay.
-        assert job.scheduled_at - received == timedelta(seconds=2)
+        due = database.scalar("SELECT reply_due_at FROM conversations")
+        # The account's debounce window (2 s by default) is the delay.
+        assert due - received == timedelta(seconds=2)
 
-    def test_one_waiting_job_per_conversation(self, quiet_server, client, database):
+    def test_a_burst_keeps_the_first_due_time(self, quiet_server, client, database):
         for body in ("uno", "dos", "tres"):
             send(client, quiet_server, body=body)
         send(client, quiet_server, sender="+34611000222")
 
+        first = database.scalar("SELECT min(created_at) FROM messages")
+        rows = database.rows("SELECT reply_due_at FROM conversations ORDER BY id")
         assert database.count("messages") == 4
-        assert database.count("procrastinate_jobs") == 2
+        # The reply task itself waits out the rest of the burst's window (replies/pipeline.py).
+        assert rows[0].reply_due_at - first == timedelta(seconds=2)
+        assert rows[1].reply_due_at is not None
 
-    def test_no_job_for_a_duplicate_or_a_rate_limited_message(
+    def test_a_due_time_already_sooner_is_kept(self, quiet_server, client, database):
+        send(client, quiet_server)
+        database.execute("UPDATE conversations SET reply_due_at = now() - interval '1 hour'")
+        before = database.scalar("SELECT reply_due_at FROM conversations")
+
+        send(client, quiet_server, body="otra")
+
+        assert database.scalar("SELECT reply_due_at FROM conversations") == before
+
+    def test_a_duplicate_or_a_rate_limited_message_makes_nothing_due(
         self, pg_url, live_server, client, database
     ):
         server = live_server(make_settings(pg_url, RATE_LIMIT_PER_SENDER="1/minute"), worker=False)
         first = send(client, server)
+        database.execute("UPDATE conversations SET reply_due_at = NULL")
         post_signed(client, server.url, "/webhook/sms", first)
-        database.execute("DELETE FROM procrastinate_jobs")
         send(client, server, body="over the limit")
 
-        assert database.count("procrastinate_jobs") == 0
+        assert database.scalar("SELECT reply_due_at FROM conversations") is None
         outcomes = database.rows("SELECT outcome FROM webhook_logs ORDER BY id")
         assert [r.outcome for r in outcomes] == ["accepted", "duplicate", "rate_limited"]
-
-    def test_the_job_row_is_the_one_procrastinate_itself_writes(
-        self, quiet_server, client, database, pg_url
-    ):
-        send(client, quiet_server)
-        ours = database.rows(f"SELECT {JOB_COLUMNS} FROM procrastinate_jobs")[0]
-        conversation_id = ours.args["conversation_id"]
-        database.execute("DELETE FROM procrastinate_jobs")
-
-        async def defer_with_procrastinate() -> None:
-            async def never_called(_conversation_id: int) -> None:
-                raise AssertionError("no worker runs here")
-
-            runner = ProcrastinateRunner(pg_url, never_called)
-            await runner.start(work=False)
-            try:
-                await runner.defer(conversation_id)
-            finally:
-                await runner.stop()
-
-        asyncio.run(defer_with_procrastinate())
-
-        theirs = database.rows(f"SELECT {JOB_COLUMNS} FROM procrastinate_jobs")[0]
-        assert tuple(ours) == tuple(theirs)
+        states = database.rows("SELECT reply_state FROM messages ORDER BY id")
+        assert [r.reply_state for r in states] == ["pending", "skipped"]
 
 
 class TestDatabaseRestart:

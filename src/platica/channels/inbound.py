@@ -1,5 +1,6 @@
 """Recording Twilio's webhooks. An inbound message: the message, its contact and conversation,
-the webhook log entry and, on PostgreSQL, the reply job, all in one transaction. A status
+the webhook log entry and, on PostgreSQL, the conversation's reply due time, all in one
+transaction. A status
 callback: the message's status, moved forward only, and the log entry.
 
 On PostgreSQL each is one SQL statement in autocommit (one round trip): this is the path every
@@ -21,7 +22,6 @@ from sqlalchemy.exc import DBAPIError
 from platica.channels.parsing import InboundMessage, StatusUpdate
 from platica.conversations import repository, service
 from platica.deps import AppState
-from platica.jobs.runner import QUEUE, QUEUEING_LOCK_PREFIX, TASK_NAME
 from platica.models import STATUS_RANK, WebhookLog, utcnow
 from platica.ratelimit import RATE_LIMITED_NOTE
 
@@ -39,7 +39,8 @@ class Recorded:
     conversation_id: int | None
     # "sender" or "account" when the message is over that limit: stored, never answered.
     limited: str | None
-    # Whether its reply job is queued already (in the same transaction, on PostgreSQL).
+    # Whether its reply is queued already, in the same transaction (on PostgreSQL: the
+    # conversation's reply_due_at, see jobs/runner.py).
     queued: bool
 
 
@@ -72,11 +73,13 @@ def _outcome(recorded: Recorded) -> tuple[str, str | None]:
 #
 # Data-modifying CTEs see one snapshot and each other only through RETURNING; each runs once.
 # `contact` locks the contact row first (upsert), then the conversation is found or opened,
-# touched, and the message inserted: the lock order of conversations/service.py.
+# touched (and made due for its reply, debounce included, unless the message is over a rate
+# limit), and the message inserted: the lock order of conversations/service.py.
 
 RECORD_SQL = """
 WITH cfg AS (
     SELECT account_id, debounce_seconds,
+           CAST(:now AS timestamptz) + make_interval(secs => debounce_seconds) AS due,
            EXISTS (SELECT 1 FROM messages WHERE twilio_sid = :sid) AS dup
     FROM channel_configs
     WHERE channel = :channel AND phone_number = :recipient
@@ -94,7 +97,9 @@ contact AS (
                                  THEN c.rate_window_start ELSE :now END,
         rate_window_count = CASE WHEN c.rate_window_start > :window_over
                                  THEN c.rate_window_count + 1 ELSE 1 END
-    RETURNING c.id, c.account_id, c.rate_window_count > :sender_limit AS sender_limited
+    RETURNING c.id, c.account_id,
+              c.rate_window_count > :sender_limit OR :account_over AS limited,
+              c.rate_window_count > :sender_limit AS sender_limited
 ),
 existing AS (
     SELECT v.id FROM conversations v JOIN contact ON v.contact_id = contact.id
@@ -102,9 +107,10 @@ existing AS (
 ),
 opened AS (
     INSERT INTO conversations (account_id, channel, contact_id, contact_address, status,
-                               ai_enabled, created_at, last_message_at)
-    SELECT account_id, :channel, id, :sender, 'active', true, :now, :now
-    FROM contact WHERE NOT EXISTS (SELECT 1 FROM existing)
+                               ai_enabled, created_at, last_message_at, reply_due_at)
+    SELECT contact.account_id, :channel, contact.id, :sender, 'active', true, :now, :now,
+           CASE WHEN NOT contact.limited THEN cfg.due END
+    FROM contact, cfg WHERE NOT EXISTS (SELECT 1 FROM existing)
     ON CONFLICT (contact_id) WHERE status = 'active' DO NOTHING
     RETURNING id
 ),
@@ -112,9 +118,14 @@ conversation AS (
     SELECT id FROM existing UNION ALL SELECT id FROM opened
 ),
 touched AS (
-    UPDATE conversations SET last_message_at = :now
-    WHERE id IN (SELECT id FROM existing) AND last_message_at < :now
-    RETURNING id
+    UPDATE conversations
+    SET last_message_at = GREATEST(last_message_at, :now),
+        reply_due_at = CASE WHEN contact.limited THEN reply_due_at
+                            ELSE LEAST(COALESCE(reply_due_at, cfg.due), cfg.due) END
+    FROM contact, cfg
+    WHERE conversations.id IN (SELECT id FROM existing)
+      AND (last_message_at < :now OR NOT contact.limited)
+    RETURNING conversations.id
 ),
 message AS (
     INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
@@ -122,24 +133,12 @@ message AS (
                           created_at, updated_at)
     SELECT contact.account_id, conversation.id, :channel, 'inbound', 'contact', :body,
            CAST(:media AS jsonb), :sid, 'received',
-           CASE WHEN contact.sender_limited OR :account_over THEN 'skipped' ELSE 'pending' END,
-           CASE WHEN contact.sender_limited OR :account_over THEN :limited_note END,
+           CASE WHEN contact.limited THEN 'skipped' ELSE 'pending' END,
+           CASE WHEN contact.limited THEN :limited_note END,
            0, 0, :now, :now
     FROM contact, conversation
     ON CONFLICT (twilio_sid) DO NOTHING
     RETURNING id, conversation_id, reply_state
-),
-job AS (
-    INSERT INTO procrastinate_jobs (queue_name, task_name, priority, lock, queueing_lock, args,
-                                    scheduled_at)
-    SELECT :queue, :task, 0, NULL, CAST(:lock_prefix AS text) || message.conversation_id,
-           jsonb_build_object('conversation_id', message.conversation_id),
-           CASE WHEN cfg.debounce_seconds > 0
-                THEN CAST(:now AS timestamptz) + make_interval(secs => cfg.debounce_seconds) END
-    FROM message, cfg
-    WHERE message.reply_state = 'pending'
-    ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
-    RETURNING id
 ),
 verdict AS (
     SELECT message.id AS message_id, message.conversation_id,
@@ -161,9 +160,7 @@ logged AS (
     WHERE cfg.dup OR EXISTS (SELECT 1 FROM conversation)
     RETURNING id
 )
-SELECT cfg.account_id, cfg.debounce_seconds,
-       (SELECT count(*) FROM logged) AS logged,
-       (SELECT count(*) FROM job) AS queued,
+SELECT cfg.account_id, cfg.debounce_seconds, (SELECT count(*) FROM logged) AS logged,
        verdict.message_id, verdict.conversation_id, verdict.limited
 FROM cfg LEFT JOIN verdict ON true
 """
@@ -192,9 +189,6 @@ async def _record_postgresql(
         "sender_limit": window.limit,
         "account_over": account_over,
         "limited_note": RATE_LIMITED_NOTE,
-        "queue": QUEUE,
-        "task": TASK_NAME,
-        "lock_prefix": QUEUEING_LOCK_PREFIX,
         "endpoint": entry.endpoint,
         "token": entry.idempotency_token,
         "signature_valid": entry.signature_valid,
@@ -221,7 +215,8 @@ async def _record_postgresql(
                     message_id=row.message_id,
                     conversation_id=row.conversation_id,
                     limited=row.limited,
-                    queued=bool(row.queued),
+                    # The statement made the conversation due with the message.
+                    queued=row.message_id is not None and row.limited is None,
                 )
                 entry.account_id = recorded.account_id
                 entry.outcome, entry.reason = _outcome(recorded)

@@ -91,8 +91,9 @@ _RELEASE = release_statement()
 
 
 class ConversationLocks(Protocol):
-    def lease(self, conversation_id: int) -> Lease:
-        """A lease on the conversation, not yet taken (see `Lease`)."""
+    def lease(self, conversation_id: int, owner: str | None = None) -> Lease:
+        """A lease on the conversation: not yet taken, or taken already by `owner` (a runner
+        that claimed the conversation for this task, see jobs/runner.py)."""
         ...
 
     def hold(self, conversation_id: int) -> AbstractAsyncContextManager[bool]:
@@ -108,10 +109,11 @@ class Lease:
     `release()` already did so.
     """
 
-    def __init__(self, locks: LeaseLocks, conversation_id: int) -> None:
+    def __init__(self, locks: LeaseLocks, conversation_id: int, owner: str | None = None) -> None:
         self.conversation_id = conversation_id
-        self.owner = uuid.uuid4().hex
-        self.taken = False
+        self.owner = owner or uuid.uuid4().hex
+        # Given an owner, the lease was taken in its name already: the first take() renews it.
+        self.taken = owner is not None
         self._locks = locks
         self._released = False
         self._renewal: asyncio.Task[None] | None = None
@@ -132,8 +134,12 @@ class Lease:
         ).first()
         if row is not None:
             self.taken = True
-            self._renewal = asyncio.create_task(self._renew_while_held(), name="lease-renewal")
+            self._start_renewal()
         return row
+
+    def _start_renewal(self) -> None:
+        if self._renewal is None:
+            self._renewal = asyncio.create_task(self._renew_while_held(), name="lease-renewal")
 
     async def renew(
         self, connection: AsyncConnection, statement: Update = _RENEW, **params: Any
@@ -173,6 +179,8 @@ class Lease:
                 )
 
     async def __aenter__(self) -> Lease:
+        if self.taken:
+            self._start_renewal()
         return self
 
     async def __aexit__(
@@ -203,8 +211,8 @@ class LeaseLocks:
         self.engine: AsyncEngine = engine_of(sessionmaker)
         self.lease_length = timedelta(seconds=lease_seconds)
 
-    def lease(self, conversation_id: int) -> Lease:
-        return Lease(self, conversation_id)
+    def lease(self, conversation_id: int, owner: str | None = None) -> Lease:
+        return Lease(self, conversation_id, owner)
 
     @asynccontextmanager
     async def hold(self, conversation_id: int) -> AsyncIterator[bool]:

@@ -1,4 +1,4 @@
-"""How reply tasks run: Procrastinate on PostgreSQL, an in-process runner on SQLite.
+"""How reply tasks run: queued on the conversation rows on PostgreSQL, in-process on SQLite.
 
 Both run the same task, `reply_to_conversation(conversation_id)`, which returns how long to wait
 before running it again (debounce, a busy lock, a failing service) or None when it is done.
@@ -11,35 +11,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Protocol, cast
 
+import psycopg
+from sqlalchemy import Table, bindparam, func, null, or_, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.conversations import repository
 from platica.db import transaction
+from platica.jobs.locks import LEASE_SECONDS
 from platica.logging import get_logger
-from platica.models import utcnow
+from platica.models import Conversation, utcnow
+from platica.replies.store import transaction as store_transaction
 
 log = get_logger(__name__)
 
 Handler = Callable[[int], Awaitable[float | None]]
 
-TASK_NAME = "reply_to_conversation"
-QUEUE = "replies"
-# At most one waiting job per conversation: its queueing lock is this and the conversation's id.
-QUEUEING_LOCK_PREFIX = "conversation:"
+
+class ClaimedHandler(Protocol):
+    """The reply task, run on a conversation whose lease the runner took in the name of
+    `claimed_by`; it gives the lease back when it is done, however it ends."""
+
+    def __call__(self, conversation_id: int, *, claimed_by: str) -> Awaitable[float | None]: ...
+
+
+# What working processes LISTEN on, and `wake` notifies.
+WAKE_CHANNEL = "platica_replies"
 # How long to wait before re-running a task that raised, and how often the sweeper looks.
-# What Procrastinate's workers listen for (its channel for the queue, and a job_inserted event).
-WAKE_CHANNEL = f"procrastinate_queue_v1#{QUEUE}"
-WAKE_PAYLOAD = '{"type": "job_inserted", "job_id": null}'
 CRASH_RETRY_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 10.0
 # Work younger than this is someone's in-flight task, not a leftover.
 SWEEP_GRACE_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 5.0
+# PostgreSQL workers: conversations claimed per statement at most, how often they look for due
+# work with no notification, and how long they wait after a failed claim or LISTEN.
+CLAIM_BATCH = 20
+POLL_SECONDS = 5.0
+CLAIM_RETRY_SECONDS = 1.0
+LISTEN_RETRY_SECONDS = 1.0
 
 
 class TaskRunner(Protocol):
@@ -58,10 +72,12 @@ class TaskRunner(Protocol):
     async def stop(self) -> None: ...
 
 
-async def run_handler(handler: Handler, conversation_id: int) -> float | None:
+async def run_handler(
+    handler: Callable[..., Awaitable[float | None]], conversation_id: int, **kwargs: Any
+) -> float | None:
     """Run the task; a crash in it is logged and retried later, never lost or fatal."""
     try:
-        return await handler(conversation_id)
+        return await handler(conversation_id, **kwargs)
     except Exception:
         log.exception("task.crashed", conversation_id=conversation_id)
         return CRASH_RETRY_SECONDS
@@ -130,58 +146,111 @@ def psycopg_conninfo(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-class ProcrastinateRunner:
-    """Tasks as Procrastinate jobs in PostgreSQL, shared by every serve and worker process.
+# --- PostgreSQL: the conversation row is the job --------------------------------------------
 
-    A queueing lock keeps at most one waiting job per conversation; the task takes the
-    conversation's advisory lock itself (see jobs/locks.py), which, unlike a job lock, cannot
-    outlive a killed worker.
+_table = cast(Table, Conversation.__table__)
+_c = _table.c
+_now = bindparam("now", type_=_c.reply_due_at.type)
+_due = bindparam("due", type_=_c.reply_due_at.type)
+
+# Due conversations nobody holds, oldest due first (the partial index on reply_due_at), locked
+# so that concurrent claims by other processes skip them rather than wait. A CTE: evaluated
+# once, whatever the plan.
+_CLAIMABLE = (
+    select(_c.id)
+    .where(
+        _c.reply_due_at <= _now,
+        or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
+    )
+    .order_by(_c.reply_due_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+    .cte("claimable")
+)
+# Claiming takes the lease (the reply task's, see jobs/locks.py) and clears the due time in one
+# statement: there is no moment when a conversation is claimed but unleased.
+_CLAIM = (
+    update(_table)
+    .where(_c.id == _CLAIMABLE.c.id)
+    .values(
+        lease_owner=bindparam("owner"),
+        lease_expires_at=bindparam("expires_at"),
+        reply_due_at=null(),
+    )
+    .returning(_c.id)
+)
+# The next moment a conversation nobody holds becomes due.
+_NEXT_DUE = (
+    select(_c.reply_due_at)
+    .where(
+        _c.reply_due_at.is_not(None),
+        or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
+    )
+    .order_by(_c.reply_due_at)
+    .limit(1)
+)
+# Due at `due`, unless it is due sooner already.
+_MAKE_DUE = (
+    update(_table)
+    .where(_c.id.in_(bindparam("ids", expanding=True)))
+    .values(reply_due_at=func.least(func.coalesce(_c.reply_due_at, _due), _due))
+)
+_NOTIFY = text(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
+
+
+class PostgresRunner:
+    """Reply tasks queued on the conversations themselves, shared by every serve and worker
+    process on the database.
+
+    A conversation is due when `reply_due_at` has passed: the webhook's statement sets it with
+    the message (debounce included), `defer` sets it for anything else. A working process claims
+    due conversations nobody holds, up to its free task slots, with one UPDATE that takes their
+    leases and clears the due time (FOR UPDATE SKIP LOCKED: processes never claim the same one),
+    and runs the reply task on each. A task that asks to run again makes the conversation due
+    again; a new message during a task makes it due too, and it is claimed once the task gives
+    its lease back. A process that dies leaves its leases to expire, and the sweeper makes their
+    conversations due again.
+
+    Workers wait for the next due time, for a notification (`wake`, LISTEN on WAKE_CHANNEL), or
+    for a free slot, and look anyway every POLL_SECONDS.
     """
 
-    def __init__(self, database_url: str, handler: Handler, concurrency: int = 50) -> None:
-        import procrastinate
-
+    def __init__(
+        self,
+        database_url: str,
+        engine: AsyncEngine,
+        handler: ClaimedHandler,
+        concurrency: int = 50,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self._conninfo = psycopg_conninfo(database_url)
+        self._engine = engine
         self._handler = handler
         self._concurrency = concurrency
-        self._app = procrastinate.App(
-            connector=procrastinate.PsycopgConnector(
-                conninfo=psycopg_conninfo(database_url),
-                # Job bookkeeping need not wait for the disk: a job whose state a database
-                # crash forgets runs again, and the task is safe to run again. The jobs that
-                # matter are inserted with the message, in the webhook's durable transaction.
-                kwargs={"options": "-c synchronous_commit=off"},
-            )
-        )
-        self._worker: asyncio.Task[None] | None = None
-        self._opened = False
+        self._lease_length = timedelta(seconds=lease_seconds)
+        self._running: dict[asyncio.Task[None], int] = {}
+        self._nudged = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._waker: asyncio.Task[None] | None = None
         self._wake_pending = False
 
-        @self._app.task(name=TASK_NAME, queue=QUEUE)
-        async def reply_to_conversation(conversation_id: int) -> None:
-            wait = await run_handler(self._handler, conversation_id)
-            if wait is not None:
-                await self.defer(conversation_id, wait)
-
-        self._task = reply_to_conversation
-
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
-        import procrastinate.exceptions
+        await self._make_due([conversation_id], delay)
+        self.wake()
 
-        options: dict[str, object] = {"queueing_lock": f"{QUEUEING_LOCK_PREFIX}{conversation_id}"}
-        if delay > 0:
-            options["schedule_in"] = {"seconds": delay}
-        # AlreadyEnqueued: a waiting job will look at the whole conversation anyway.
-        with contextlib.suppress(procrastinate.exceptions.AlreadyEnqueued):
-            await self._task.configure(**options).defer_async(conversation_id=conversation_id)  # type: ignore[arg-type]
+    async def _make_due(self, conversation_ids: list[int], delay: float = 0.0) -> None:
+        due = utcnow() + timedelta(seconds=max(delay, 0.0))
+        # Not durable: a due time a database crash forgets is found again by the sweeper.
+        async with store_transaction(self._engine, durable=False) as connection:
+            await connection.execute(_MAKE_DUE, {"ids": conversation_ids, "due": due})
 
     def wake(self) -> None:
-        """Notify the workers of jobs the webhook's statement inserted (quietly, revision 0006).
+        """Tell every working process to look for due conversations now.
 
-        One notification at a time: jobs queued while one is on its way are announced by the
-        next, sent as soon as it is done. Under load that is one NOTIFY for many jobs; idle, a
-        job is announced at once. A lost notification only delays the job until the workers
-        next look for work.
+        One notification at a time: wake-ups asked for while one is on its way are sent as one,
+        as soon as it is done. Under load that is one NOTIFY for many messages; idle, a message is
+        announced at once. A lost notification only delays the reply until the workers next look.
         """
         self._wake_pending = True
         if self._waker is None or self._waker.done():
@@ -191,50 +260,117 @@ class ProcrastinateRunner:
         while self._wake_pending:
             self._wake_pending = False
             try:
-                await self._app.connector.execute_query_async(
-                    "SELECT pg_notify(%(channel)s, %(payload)s)",
-                    channel=WAKE_CHANNEL,
-                    payload=WAKE_PAYLOAD,
-                )
+                async with self._engine.connect() as connection:
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+                    await connection.execute(_NOTIFY)
             except Exception as error:
                 log.warning("worker.wake_failed", error=str(error))
                 return
 
     async def start(self, *, work: bool) -> None:
-        await self._app.open_async()
-        self._opened = True
         if work:
-            self._worker = asyncio.create_task(
-                self._app.run_worker_async(
-                    queues=[QUEUE],
-                    concurrency=self._concurrency,
-                    install_signal_handlers=False,
-                    delete_jobs="successful",
-                    update_heartbeat_interval=5.0,
-                    stalled_worker_timeout=20.0,
-                ),
-                name="procrastinate-worker",
+            self._listener = asyncio.create_task(self._listen(), name="worker-listener")
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="worker-dispatcher")
+
+    async def _listen(self) -> None:
+        """LISTEN for wake-ups, reconnecting when the connection drops."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as connection:
+                    await connection.execute(f'LISTEN "{WAKE_CHANNEL}"')
+                    self._nudged.set()  # whatever was announced while nobody listened
+                    async for _ in connection.notifies():
+                        self._nudged.set()
+            except (psycopg.Error, OSError) as error:
+                log.warning("worker.listen_failed", error=str(error))
+            await asyncio.sleep(LISTEN_RETRY_SECONDS)
+
+    async def _dispatch(self) -> None:
+        while True:
+            self._nudged.clear()
+            try:
+                wait = await self._claim_and_start()
+            except Exception as error:
+                # The database is away: try again shortly; the tasks already started go on.
+                log.warning("worker.claim_failed", error=str(error))
+                wait = CLAIM_RETRY_SECONDS
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._nudged.wait(), wait)
+
+    async def _claim_and_start(self) -> float:
+        """Start tasks for due conversations while there are free slots; seconds until it is
+        worth looking again (0: at once)."""
+        free = self._concurrency - len(self._running)
+        if free <= 0:
+            return POLL_SECONDS  # a task that ends nudges
+        limit = min(free, CLAIM_BATCH)
+        now = utcnow()
+        owner = uuid.uuid4().hex
+        async with store_transaction(self._engine, durable=False) as connection:
+            claimed = list(
+                await connection.scalars(
+                    _CLAIM,
+                    {
+                        "now": now,
+                        "limit": limit,
+                        "owner": owner,
+                        "expires_at": now + self._lease_length,
+                    },
+                )
             )
+            if len(claimed) == limit:
+                next_due = None
+            else:
+                next_due = await connection.scalar(_NEXT_DUE, {"now": now})
+        for conversation_id in claimed:
+            task = asyncio.create_task(
+                self._run(conversation_id, owner), name=f"reply-{conversation_id}"
+            )
+            self._running[task] = conversation_id
+            task.add_done_callback(self._finished)
+        if len(claimed) == limit:
+            return 0.0  # there may be more
+        if next_due is None:
+            return POLL_SECONDS
+        seconds: float = (next_due - utcnow()).total_seconds()
+        return min(max(seconds, 0.0), POLL_SECONDS)
+
+    async def _run(self, conversation_id: int, owner: str) -> None:
+        try:
+            wait = await run_handler(self._handler, conversation_id, claimed_by=owner)
+            if wait is not None:
+                await self._make_due([conversation_id], wait)
+        except Exception as error:
+            # The due time could not be stored (the database is away): the sweeper finds the
+            # conversation's unanswered messages again.
+            log.warning("worker.requeue_failed", conversation_id=conversation_id, error=str(error))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._nudged.set()  # a slot is free
 
     async def stop(self) -> None:
-        if self._waker is not None:
-            self._waker.cancel()
-            await asyncio.gather(self._waker, return_exceptions=True)
-            self._waker = None
-        # Bounded: with the database gone, Procrastinate's shutdown would wait on it for long.
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(self._worker, return_exceptions=True), STOP_TIMEOUT_SECONDS
-                )
-            self._worker = None
-        if self._opened:
-            self._opened = False
+        for task in (self._dispatcher, self._listener, self._waker):
+            if task is not None:
+                task.cancel()
+        running = dict(self._running)
+        for task in running:
+            task.cancel()
+        tasks = [t for t in (self._dispatcher, self._listener, self._waker, *running) if t]
+        if tasks:
+            # Bounded: a task's lease is given back as it is cancelled, unless the database is gone.
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+        self._dispatcher = self._listener = self._waker = None
+        if running:
+            # Their work was cut short: due again at once, for this process's next start or
+            # for another worker, rather than at the sweeper's next look.
             try:
-                await asyncio.wait_for(self._app.close_async(), STOP_TIMEOUT_SECONDS)
-            except TimeoutError:
-                log.warning("worker.close_timed_out")
+                await asyncio.wait_for(self._make_due(list(running.values())), STOP_TIMEOUT_SECONDS)
+            except Exception as error:
+                log.warning("worker.requeue_failed", error=str(error))
 
 
 class Sweeper:

@@ -9,12 +9,6 @@ from platica.db import Base
 config = context.config
 
 
-def include_name(name: str | None, type_: str, _parent_names: object) -> bool:
-    """Leave Procrastinate's job queue tables (revision 0002, not our models) out of autogenerate,
-    which would otherwise drop them."""
-    return not (type_ == "table" and name is not None and name.startswith("procrastinate_"))
-
-
 def run_migrations() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url, "sqlalchemy.url is not set"
@@ -25,7 +19,6 @@ def run_migrations() -> None:
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
-            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()

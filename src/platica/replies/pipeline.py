@@ -114,9 +114,14 @@ RELEASE_WHEN_IDLE = release_statement(*store.idle())
 RENEW_AND_TOUCH = renew_statement(**store.touch_values())
 
 
-async def reply_to_conversation(ctx: ReplyContext, conversation_id: int) -> float | None:
-    """Bring the conversation up to date; seconds until it should run again, or None when done."""
-    async with ctx.locks.lease(conversation_id) as lease:
+async def reply_to_conversation(
+    ctx: ReplyContext, conversation_id: int, *, claimed_by: str | None = None
+) -> float | None:
+    """Bring the conversation up to date; seconds until it should run again, or None when done.
+
+    `claimed_by`: the owner of the lease the runner took on the conversation for this task.
+    """
+    async with ctx.locks.lease(conversation_id, claimed_by) as lease:
         try:
             for _ in range(MAX_ROUNDS):
                 outcome = await _round(ctx, lease)

@@ -4,8 +4,10 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-22
 
-SQLite runs jobs in-process and needs nothing. When upgrading Procrastinate, add a revision
-that applies its SQL migrations between the two versions (procrastinate/sql/migrations).
+SQLite runs jobs in-process and needs nothing. Superseded by revision 0006, which queues
+replies on the conversation row and drops these tables: Plática no longer depends on
+Procrastinate, so on a new database this creates nothing unless Procrastinate happens to be
+installed (and 0006 then drops it again).
 """
 
 from collections.abc import Sequence
@@ -22,7 +24,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    schema = files("procrastinate.sql").joinpath("schema.sql").read_text(encoding="utf-8")
+    try:
+        schema = files("procrastinate.sql").joinpath("schema.sql").read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        return
     # Straight to psycopg without parameters, so the "%" in its SQL is not a placeholder.
     driver = op.get_bind().connection.driver_connection
     assert driver is not None
