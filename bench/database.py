@@ -21,6 +21,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from bench import procs
+
 MIGRATE_TIMEOUT = 120.0
 
 
@@ -327,13 +329,45 @@ def _insert(cursor: Any, table: str, row: dict[str, Any], mark: str) -> None:
     cursor.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
 
 
-def backend_pids(url: str) -> list[int]:
-    """The PostgreSQL backend processes connected to this database (Plática's pools)."""
+def postgres_server_pid(url: str) -> int | None:
+    """The PostgreSQL server's postmaster pid: the parent of this connection's backend (None
+    when the server does not run on this machine, see procs.postgres_server_pid)."""
     with psycopg.connect(conninfo(url)) as connection:
-        return [
-            int(row[0])
-            for row in connection.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
-            )
-        ]
+        row = connection.execute("SELECT pg_backend_pid()").fetchone()
+        # Read /proc while the backend still exists.
+        return procs.postgres_server_pid(int(row[0])) if row else None
+
+
+SESSIONS_SQL = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+
+
+class PostgresWatch:
+    """The whole PostgreSQL server's CPU and the sessions opened on one database, for
+    procs.Sampler: `watch = await PostgresWatch.open(url, postmaster)`, then `aclose()`.
+
+    One connection, opened before the first phase and kept: its own session is counted once,
+    before any phase starts, so the per-phase difference of `sessions` (PostgreSQL 14+) is
+    Plática's new connections alone. A backend reports its session when it first goes idle,
+    i.e. as soon as the connection is usable."""
+
+    def __init__(self, postmaster: int | None, connection: psycopg.AsyncConnection[Any]) -> None:
+        self.postmaster = postmaster
+        self._connection = connection
+
+    @classmethod
+    async def open(cls, url: str, postmaster: int | None) -> PostgresWatch:
+        connection = await psycopg.AsyncConnection.connect(conninfo(url), autocommit=True)
+        watch = cls(postmaster, connection)
+        await watch.sessions()
+        return watch
+
+    def cpu_seconds(self) -> float | None:
+        return None if self.postmaster is None else procs.server_cpu_seconds(self.postmaster)
+
+    async def sessions(self) -> int | None:
+        # Autocommit: each read is its own transaction, so a fresh statistics snapshot.
+        row = await (await self._connection.execute(SESSIONS_SQL)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def aclose(self) -> None:
+        await self._connection.close()

@@ -1,7 +1,8 @@
 """Child processes (the fakes, `platica serve`, the bare ASGI app) and their CPU and memory.
 
 CPU and RSS come from /proc (Linux): utime+stime from /proc/PID/stat, VmRSS from
-/proc/PID/status, sampled a few times a second while a phase runs.
+/proc/PID/status, sampled a few times a second while a phase runs. The PostgreSQL server is
+counted whole, as a process tree: see `server_cpu_seconds`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -32,14 +34,73 @@ def free_port() -> int:
         return port
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far, or None when it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the ")" that ends comm (which may hold spaces): element 0 is
+    field 3 of proc(5) (state), so field N is element N - 3. None when the process is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
-    # After the ")" of comm: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, or None when it is gone."""
+    fields = _stat(pid)
+    if fields is None or len(fields) < 13:
+        return None
+    # utime is field 14 and stime 15.
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def parent_pid(pid: int) -> int | None:
+    """Field 4 of /proc/PID/stat, or None when the process is gone."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields is not None and len(fields) > 1 else None
+
+
+def process_name(pid: int) -> str | None:
+    """comm (field 2 of /proc/PID/stat), or None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.find("(") + 1 : text.rfind(")")]
+
+
+def postgres_server_pid(backend_pid: int) -> int | None:
+    """The postmaster's pid from one of its backends' (call while that backend is connected),
+    or None when these are not PostgreSQL processes on this machine: a server elsewhere (or in
+    another pid namespace) would make the pid name some unrelated process, or none."""
+    parent = parent_pid(backend_pid)
+    if parent is None or process_name(backend_pid) != "postgres":
+        return None
+    return parent if process_name(parent) == "postgres" else None
+
+
+def server_cpu_seconds(root: int, attempts: int = 5) -> float | None:
+    """CPU time so far of a whole server: the root process (the postmaster) with every child it
+    ever had. Its own utime+stime, plus cutime+cstime (the children it has reaped: exited
+    backends, autovacuum workers), plus utime+stime of each live child (backends, WAL writer,
+    checkpointer...). None when the root is gone.
+
+    The difference of two readings is the server's CPU in between, even when children come and
+    go: a child that exits moves its time from "live" to the root's cutime. Reaping during one
+    reading would count that child twice or not at all, so the reading is retried until the
+    root's cutime+cstime is the same before and after the children are read."""
+    total: float | None = None
+    for _ in range(attempts):
+        before = _stat(root)
+        if before is None or len(before) < 15:
+            return None
+        live = sum(cpu_seconds(child) or 0.0 for child in children(root))
+        after = _stat(root)
+        if after is None or len(after) < 15:
+            return None
+        # utime, stime, cutime, cstime: fields 14-17.
+        total = sum(int(v) for v in after[11:15]) / CLOCK_TICKS + live
+        if after[13:15] == before[13:15]:
+            break
+    return total
 
 
 def children(pid: int) -> list[int]:
@@ -71,14 +132,20 @@ def system_cpu() -> tuple[float, float]:
     return float(total - idle), float(total)
 
 
-def total_cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """CPU time so far of each of these processes that still exists."""
-    found = {}
-    for pid in pids:
-        seconds = cpu_seconds(pid)
-        if seconds is not None:
-            found[pid] = seconds
-    return found
+class ServerWatch(Protocol):
+    """A database server read at the start and end of each phase (bench.database.PostgresWatch)."""
+
+    def cpu_seconds(self) -> float | None:
+        """The whole server's CPU time so far (None when it cannot be seen from here)."""
+        ...
+
+    async def sessions(self) -> int | None:
+        """Sessions opened so far on the watched database."""
+        ...
+
+
+# The key of the database server in Usage.cpu_percent and Usage.cpu_seconds.
+POSTGRES_SERVER = "postgres server"
 
 
 @dataclass
@@ -90,6 +157,8 @@ class Usage:
     rss_peak_mib: dict[str, float] = field(default_factory=dict)
     rss_end_mib: dict[str, float] = field(default_factory=dict)
     machine_busy_percent: float = float("nan")  # of all cores, everything on the machine
+    # Sessions (connections) opened on the scenario's database during the phase.
+    postgres_sessions: int | None = None
     seconds: float = 0.0
 
 
@@ -97,16 +166,20 @@ class Sampler:
     """Watches named processes during a phase: `async with Sampler({...}) as usage: ...`."""
 
     def __init__(
-        self, pids: dict[str, int], pg_pids: list[int] | None = None, interval: float = 0.25
+        self,
+        pids: dict[str, int],
+        server: ServerWatch | None = None,
+        interval: float = 0.25,
     ) -> None:
         self._pids = pids
-        # The PostgreSQL backends serving the scenario's database (its connection pools).
-        self._pg_pids = pg_pids or []
+        # The PostgreSQL server, counted whole (POSTGRES_SERVER), and the scenario's sessions.
+        self._server = server
         self._interval = interval
         self.usage = Usage()
         self._task: asyncio.Task[None] | None = None
         self._start_cpu: dict[str, float] = {}
-        self._start_pg: dict[int, float] = {}
+        self._start_server: float | None = None
+        self._start_sessions: int | None = None
         self._start_machine = (0.0, 0.0)
         self._start = 0.0
 
@@ -124,9 +197,12 @@ class Sampler:
             await asyncio.sleep(self._interval)
 
     async def __aenter__(self) -> Usage:
+        if self._server is not None:
+            # First: the query is a round trip, not part of the phase's time or CPU.
+            self._start_sessions = await self._server.sessions()
+            self._start_server = self._server.cpu_seconds()
         self._start = time.monotonic()
         self._start_machine = system_cpu()
-        self._start_pg = total_cpu_seconds(self._pg_pids)
         for name, pid in self._pids.items():
             self._start_cpu[name] = cpu_seconds(pid) or 0.0
         self._task = asyncio.create_task(self._loop())
@@ -146,18 +222,20 @@ class Sampler:
                 used = end - self._start_cpu[name]
                 self.usage.cpu_seconds[name] = used
                 self.usage.cpu_percent[name] = 100.0 * used / elapsed
-        if self._pg_pids:
-            end_pg = total_cpu_seconds(self._pg_pids)
-            pg_used = sum(
-                end_pg[pid] - self._start_pg[pid] for pid in end_pg if pid in self._start_pg
-            )
-            self.usage.cpu_seconds["postgres"] = pg_used
-            self.usage.cpu_percent["postgres"] = 100.0 * pg_used / elapsed
         busy, total = system_cpu()
         if total > self._start_machine[1]:
             self.usage.machine_busy_percent = (
                 100.0 * (busy - self._start_machine[0]) / (total - self._start_machine[1])
             )
+        if self._server is not None:
+            end_server = self._server.cpu_seconds()
+            if end_server is not None and self._start_server is not None:
+                used = end_server - self._start_server
+                self.usage.cpu_seconds[POSTGRES_SERVER] = used
+                self.usage.cpu_percent[POSTGRES_SERVER] = 100.0 * used / elapsed
+            end_sessions = await self._server.sessions()
+            if end_sessions is not None and self._start_sessions is not None:
+                self.usage.postgres_sessions = end_sessions - self._start_sessions
 
 
 class Child:

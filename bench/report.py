@@ -268,6 +268,8 @@ def _sweep_spread(
 
 # The processes that are Plática: `platica serve` and, on PostgreSQL, its worker child.
 PLATICA = ("platica", "platica worker")
+# The whole PostgreSQL server in the usage figures (bench.procs.POSTGRES_SERVER).
+POSTGRES = "postgres server"
 
 
 def _platica_sum(phase: dict[str, Any], key: str) -> float | None:
@@ -355,7 +357,9 @@ def _usage_row(label: str, phases: Sequence[dict[str, Any] | None]) -> str:
     worker_cpu = [_get(p, "usage", "cpu_percent", "platica worker") for p in phases]
     rss = [_platica_sum(p, "rss_peak_mib") if p else None for p in phases]
     per_message = [_cpu_ms_per_message(p) for p in phases]
-    pg = [_get(p, "usage", "cpu_percent", "postgres") for p in phases]
+    pg = [_get(p, "usage", "cpu_percent", POSTGRES) for p in phases]
+    pg_per_message = [_cpu_ms_per_message(p, POSTGRES) for p in phases]
+    sessions = [_get(p, "usage", "postgres_sessions") for p in phases]
     generator = [_get(p, "usage", "cpu_percent", "load generator") for p in phases]
     fakes = [
         (_get(p, "usage", "cpu_percent", "fake-openai") or 0)
@@ -366,8 +370,8 @@ def _usage_row(label: str, phases: Sequence[dict[str, Any] | None]) -> str:
     return (
         f"| {label} | {fmt_spread(cpu, 0)} | {fmt_spread(worker_cpu, 0)} | {fmt_spread(rss, 0)} "
         f"| {fmt_spread(per_message, 2)} "
-        f"| {fmt_spread(pg, 0)} | {fmt_spread(generator, 0)} | {fmt_spread(fakes, 0)} "
-        f"| {fmt_spread(machine, 0)} |"
+        f"| {fmt_spread(pg, 0)} | {fmt_spread(pg_per_message, 2)} | {fmt_spread(sessions, 0)} "
+        f"| {fmt_spread(generator, 0)} | {fmt_spread(fakes, 0)} | {fmt_spread(machine, 0)} |"
     )
 
 
@@ -452,6 +456,20 @@ def write(results: dict[str, Any], output: Path) -> None:
         "- Plática: one `python -m platica serve` process (web + worker), `LOG_LEVEL=INFO`, "
         "console logs to a file, signatures checked (TWILIO_AUTH_TOKEN set)."
     )
+    if meta.get("postgres"):
+        add(
+            "- PostgreSQL CPU is the **whole server's**: the postmaster, its background processes "
+            "(WAL writer, checkpointer, autovacuum…) and every backend, those that exited during "
+            "the phase included (their time moves to the postmaster's cutime/cstime in "
+            "/proc/PID/stat). Any other database's load on the same server is therefore "
+            "included too: read it with the *machine busy* column. Sessions are the connections "
+            "opened on the scenario's database (`pg_stat_database.sessions`) during the phase."
+            + (
+                ""
+                if meta.get("postgres_server_cpu", True)
+                else " **Not measured in this run**: the server's processes were not visible."
+            )
+        )
     add(
         "- **Debounce set to 0** (`UPDATE channel_configs SET debounce_seconds = 0` after "
         "start-up): the default 2 s burst window would otherwise dominate reply latency. One "
@@ -623,15 +641,19 @@ def write(results: dict[str, Any], output: Path) -> None:
         "message = Plática's CPU time in the phase / webhooks acknowledged in it. With the worker "
         "in the process (postgres, sqlite) that CPU includes the replies being worked on: in the "
         "e2e steady row, every message's reply; in the sweep rows, the backlog's. For "
-        "postgres-split only the serve process is counted."
+        "postgres-split only the serve process is counted. PostgreSQL: the whole server (see "
+        "*Machine and setup*), its CPU ms/message likewise; sessions: connections opened on the "
+        "scenario's database in the phase (connection churn: a pool that keeps its connections "
+        "opens none once warm)."
     )
     add("")
     add(
         "| phase | serve CPU % | worker child CPU % | Plática RSS peak MiB | Plática CPU "
-        "ms/message | PostgreSQL CPU % (this database's backends) | load generator CPU % "
-        "| fakes CPU % | machine busy % (of all cores) |"
+        "ms/message | PostgreSQL CPU % (whole server) | PostgreSQL CPU ms/message (whole server) "
+        "| PostgreSQL sessions opened | load generator CPU % | fakes CPU % "
+        "| machine busy % (of all cores) |"
     )
-    add("|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
     for backend, reps in scenarios.items():
         if not reps:
             continue
@@ -655,8 +677,8 @@ def write(results: dict[str, Any], output: Path) -> None:
             generator = [_get(p, "usage", "cpu_percent", "load generator") for p in phases]
             machine = [_get(p, "usage", "machine_busy_percent") for p in phases]
             add(
-                f"| bare ASGI: {rate}/s | {fmt_spread(cpu, 0)} | {fmt_spread(rss, 0)} "
-                f"| {fmt_spread(per_message, 2)} | – | {fmt_spread(generator, 0)} | – "
+                f"| bare ASGI: {rate}/s | {fmt_spread(cpu, 0)} | – | {fmt_spread(rss, 0)} "
+                f"| {fmt_spread(per_message, 2)} | – | – | – | {fmt_spread(generator, 0)} | – "
                 f"| {fmt_spread(machine, 0)} |"
             )
     add("")
@@ -680,10 +702,10 @@ def write(results: dict[str, Any], output: Path) -> None:
         add("")
         add(
             "| history | stored messages | closed-loop acks/s | ack p50 ms | ack p99 ms "
-            "| Plática CPU ms/message | PostgreSQL CPU ms/message | reply overhead p50 ms "
-            "| machine busy % |"
+            "| Plática CPU ms/message | PostgreSQL CPU ms/message (whole server) "
+            "| PostgreSQL sessions opened | reply overhead p50 ms | machine busy % |"
         )
-        add("|---|---|---|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|---|---|---|")
         pg_reps = scenarios.get("postgres") or []
 
         def scale_row(label: str, stored: str, reps: Sequence[dict[str, Any]]) -> str:
@@ -694,7 +716,8 @@ def write(results: dict[str, Any], output: Path) -> None:
                 f"| {fmt_spread(_values(reps, 'closed', 'p50_ms'))} "
                 f"| {fmt_spread(_values(reps, 'closed', 'p99_ms'))} "
                 f"| {fmt_spread([_cpu_ms_per_message(c) for c in closed], 2)} "
-                f"| {fmt_spread([_cpu_ms_per_message(c, 'postgres') for c in closed], 2)} "
+                f"| {fmt_spread([_cpu_ms_per_message(c, POSTGRES) for c in closed], 2)} "
+                f"| {fmt_spread(_values(reps, 'closed', 'usage', 'postgres_sessions'), 0)} "
                 f"| {fmt_spread(_values(reps, 'steady', 'overhead_ms', 'p50'))} "
                 f"| {fmt_spread(_values(reps, 'closed', 'usage', 'machine_busy_percent'), 0)} |"
             )

@@ -18,6 +18,9 @@ What one run does, every step bounded in requests and in time (the whole run in 
 5. Optionally (--profile, needs py-spy on PATH or in the virtualenv) py-spy samples
    `platica serve` under the 300/s load; the hot spots go into the report.
 
+PostgreSQL CPU is the whole server's (the postmaster and all its children, exited ones
+included), per phase; sessions are the connections opened on the scenario's database.
+
 Numbers from a shared machine are noisy: each figure is min/median/max over the repetitions.
 """
 
@@ -117,7 +120,8 @@ class Bench:
         self.twilio_url = ""
         self.fake_pids: dict[str, int] = {}
         self.numbers: list[str] = [SMS_NUMBER]  # the accounts' numbers webhooks go to
-        self.pg_pids: list[int] = []  # the scenario database's backends, for their CPU
+        self.postmaster: int | None = None  # the PostgreSQL server, for its CPU
+        self.postgres: database.PostgresWatch | None = None  # the running scenario's database
         self.http = httpx.AsyncClient(timeout=30)
         self.results: dict[str, Any] = {
             "config": asdict(config),
@@ -257,8 +261,18 @@ class Bench:
                 await asyncio.sleep(0.1)
         return time.monotonic() - started
 
-    def refresh_pg_pids(self, database_url: str, sqlite_path: Path | None) -> None:
-        self.pg_pids = [] if sqlite_path is not None else database.backend_pids(database_url)
+    async def watch_postgres(self, database_url: str, sqlite_path: Path | None) -> None:
+        """From now on every phase counts the PostgreSQL server's CPU and the sessions opened on
+        this database (nothing on SQLite). Call after start-up (its connections are not the
+        phases'); `unwatch_postgres()` at the end of the scenario."""
+        await self.unwatch_postgres()
+        if sqlite_path is None:
+            self.postgres = await database.PostgresWatch.open(database_url, self.postmaster)
+
+    async def unwatch_postgres(self) -> None:
+        if self.postgres is not None:
+            watch, self.postgres = self.postgres, None
+            await watch.aclose()
 
     async def open_phase(
         self, base_url: str, rate: float, seconds: float, pids: dict[str, int]
@@ -266,7 +280,7 @@ class Bench:
         requests = self.requests_for(base_url, max(1, round(rate * seconds)))
         client = loadgen.make_client(self.config.client, base_url)
         try:
-            async with Sampler(pids, self.pg_pids) as usage:
+            async with Sampler(pids, self.postgres) as usage:
                 result = await loadgen.open_loop(client, requests, rate)
         finally:
             await client.aclose()
@@ -283,7 +297,7 @@ class Bench:
         requests = self.requests_for(base_url, int(max_rate * seconds))
         client = loadgen.make_client(self.config.client, base_url)
         try:
-            async with Sampler(pids, self.pg_pids) as usage:
+            async with Sampler(pids, self.postgres) as usage:
                 result = await loadgen.closed_loop(client, iter(requests), concurrency, seconds)
         finally:
             await client.aclose()
@@ -426,7 +440,7 @@ class Bench:
         acked = result.ok
         senders = [s.request.sender for s in acked]
         started = time.monotonic()
-        async with Sampler(pids, self.pg_pids) as usage:
+        async with Sampler(pids, self.postgres) as usage:
             replies = await self.wait_for_replies(senders, config.reply_wait_seconds + 30)
         received = [min(replies[s]) for s in senders if replies.get(s)]
         first_due = min((s.due for s in result.samples), default=started)
@@ -469,7 +483,7 @@ class Bench:
             serve, base_url, extra = await self.start_platica(name, database_url, worker=worker)
             await self.prepare_tenants(database_url, sqlite_path)
             pids = self.pids(serve, *extra)
-            self.refresh_pg_pids(database_url, sqlite_path)
+            await self.watch_postgres(database_url, sqlite_path)
             entry: dict[str, Any] = {"sweep": {}}
             acked_sids: list[str] = []
 
@@ -491,7 +505,6 @@ class Bench:
             rates = config.rates if sweep else []
             for index, rate in enumerate(rates):
                 entry["sweep"][str(int(rate))] = {"settled_seconds": await self.settle(base_url)}
-                self.refresh_pg_pids(database_url, sqlite_path)
                 result, usage = await self.open_phase(base_url, rate, config.step_seconds, pids)
                 acked_sids += [s.request.sid for s in result.ok]
                 entry["sweep"][str(int(rate))].update(result.summary(), usage=asdict(usage))
@@ -512,7 +525,6 @@ class Bench:
                     break
             if closed:
                 await self.settle(base_url)
-                self.refresh_pg_pids(database_url, sqlite_path)
                 result, usage = await self.closed_phase(
                     base_url, config.closed_concurrency, config.closed_seconds, pids
                 )
@@ -525,6 +537,7 @@ class Bench:
             entry["checks"] = await self.checks(database_url, sqlite_path, acked_sids, entry)
             return entry
         finally:
+            await self.unwatch_postgres()
             for child in extra:
                 self.stop_child(child)
             if serve is not None:
@@ -606,7 +619,7 @@ class Bench:
             self.results["scale"][str(factor)].update(seed_seconds=seconds, rows=rows)
             log(f"scale {factor}x: seeded {rows['messages']:,} messages in {seconds:.1f} s")
             pids = self.pids(serve)
-            self.refresh_pg_pids(database_url, None)
+            await self.watch_postgres(database_url, None)
             acked: list[str] = []
             for entry in reps:
                 steady = await self.e2e_steady(base_url, pids)
@@ -618,7 +631,6 @@ class Bench:
                 )
             for entry in reps:
                 await self.settle(base_url)
-                self.refresh_pg_pids(database_url, None)
                 result, usage = await self.closed_phase(
                     base_url, config.closed_concurrency, config.closed_seconds, pids
                 )
@@ -631,6 +643,7 @@ class Bench:
             stored = await asyncio.to_thread(database.stored_inbound, database_url, acked)
             self.results["scale"][str(factor)]["stored_ok"] = stored == len(acked)
         finally:
+            await self.unwatch_postgres()
             if serve is not None:
                 self.stop_child(serve)
             self.pg.drop(database_url)
@@ -654,7 +667,7 @@ class Bench:
             serve, base_url, _ = await self.start_platica("platica-profile", database_url)
             await self.prepare_tenants(database_url, None)
             pids = self.pids(serve)
-            self.refresh_pg_pids(database_url, None)
+            await self.watch_postgres(database_url, None)
             await self.e2e_steady(base_url, pids)  # warm up: pools, imports, caches
             raw = self.work_dir / "profile.txt"
             recorder = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
@@ -695,6 +708,7 @@ class Bench:
             }
             log(f"profile: {raw}")
         finally:
+            await self.unwatch_postgres()
             if serve is not None:
                 self.stop_child(serve)
             self.pg.drop(database_url)
@@ -744,6 +758,15 @@ class Bench:
         else:
             self.results["meta"]["postgres"] = self.pg.version()
             self.results["meta"]["postgres_settings"] = self.pg.settings()
+            self.postmaster = await asyncio.to_thread(
+                database.postgres_server_pid, config.database_url
+            )
+            self.results["meta"]["postgres_server_cpu"] = self.postmaster is not None
+            if self.postmaster is None:
+                self.results["notes"].append(
+                    "PostgreSQL CPU not measured: the server's processes are not in this "
+                    "machine's /proc (another host or container?)"
+                )
         await self.start_fakes()
         steps: list[tuple[str, Callable[[], Any]]] = []
         if config.baselines:
