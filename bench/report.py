@@ -289,6 +289,42 @@ def _cpu_ms_per_message(phase: dict[str, Any] | None, process: str | None = None
     return None if seconds is None else 1000.0 * seconds / phase["ok"]
 
 
+def _sum(checks: Iterable[dict[str, Any]], key: str) -> int:
+    return sum(int(c.get(key) or 0) for c in checks)
+
+
+def _drain_cut(drains: Sequence[dict[str, Any] | None]) -> str:
+    """Which drains ran out of time and why, "" when none did: "repetitions 1, 3: the drain
+    deadline", or just why for a single drain."""
+    cut = [(i, d["stopped_by"]) for i, d in enumerate(drains, 1) if d and d.get("stopped_by")]
+    if not cut:
+        return ""
+    reasons = " / ".join(sorted({f"the {why}" for _, why in cut}))
+    if len(drains) == 1:
+        return reasons
+    which = "repetition" + ("s" if len(cut) > 1 else "") + " " + ", ".join(str(i) for i, _ in cut)
+    return f"{which}: {reasons}"
+
+
+def _once_measured(
+    checks: Sequence[dict[str, Any]], drains: Sequence[dict[str, Any] | None]
+) -> str:
+    """The exactly-once bar's measured text: counts over every acknowledged message."""
+    acknowledged = _sum(checks, "acknowledged")
+    unanswered = _sum(checks, "unanswered")
+    text = (
+        f"{_sum(checks, 'answered_once')}/{acknowledged} acknowledged messages answered exactly "
+        f"once, {_sum(checks, 'answered_twice_or_more')} two or more times, {unanswered} "
+        f"unanswered when the drain ended; {_sum(checks, 'stored')}/{acknowledged} stored once "
+        f"(by MessageSid); {_sum(checks, 'recipients_with_two_or_more_replies')} recipients got "
+        "two or more replies"
+    )
+    cut = _drain_cut(drains)
+    if cut:
+        text += f". **The drain ran out of time** ({cut}) with {unanswered} messages unanswered"
+    return text
+
+
 def _bars(results: dict[str, Any], backend: str) -> list[tuple[str, str, bool | None]]:
     config = results["config"]
     reps = results["scenarios"].get(backend) or []
@@ -321,14 +357,6 @@ def _bars(results: dict[str, Any], backend: str) -> list[tuple[str, str, bool | 
     overhead_ok = None if math.isnan(overhead[1]) else overhead[2] < config["bar_overhead_ms"]
     checks = [r.get("checks", {}) for r in reps]
     once = all(c.get("exactly_once") for c in checks) if checks else None
-    e2e_messages = sum(
-        int(_get(r, "steady", "messages") or 0) + int(_get(r, "burst", "messages") or 0)
-        for r in reps
-    )
-    e2e_unanswered = sum(int(c.get("e2e_unanswered", 0)) for c in checks)
-    acknowledged = sum(int(c.get("acknowledged", 0)) for c in checks)
-    stored = sum(int(c.get("stored", 0)) for c in checks)
-    twice = sum(int(c.get("recipients_with_two_or_more_replies", 0)) for c in checks)
     return [
         (
             f"Webhook ack p99 < {config['bar_p99_ms']:g} ms at {config['bar_rate']:g}/s",
@@ -343,9 +371,7 @@ def _bars(results: dict[str, Any], backend: str) -> list[tuple[str, str, bool | 
         ),
         (
             "Every message answered exactly once",
-            f"{e2e_messages - e2e_unanswered}/{e2e_messages} end-to-end messages answered, "
-            f"{twice} recipients got a reply twice, {stored}/{acknowledged} acknowledged "
-            "webhooks stored once",
+            _once_measured(checks, [r.get("drain") for r in reps]),
             once,
         ),
     ]
@@ -490,6 +516,12 @@ def write(results: dict[str, Any], output: Path) -> None:
         f"the reply − time the webhook was acknowledged) − {config['llm_latency']:g} s − "
         f"{config['twilio_latency']:g} s (both clocks are the machine's CLOCK_MONOTONIC)."
     )
+    add(
+        "- Drain: each repetition (and each scale factor) ends by polling the fake Twilio until "
+        "every message acknowledged in it has been answered, for at most "
+        f"{fmt(config.get('drain_seconds'), 0)} s and never past the run's time budget of "
+        f"{fmt(config.get('budget_seconds'), 0)} s; the exactly-once check is made then."
+    )
     add("")
 
     # -- ack latency
@@ -602,7 +634,7 @@ def write(results: dict[str, Any], output: Path) -> None:
     add("")
     add(
         "| backend | replies/s (burst) | overhead p50 ms | overhead p90 ms | overhead max ms "
-        "| reply latency p50 ms | e2e messages answered once |"
+        "| reply latency p50 ms | e2e messages answered within the phase's wait |"
     )
     add("|---|---|---|---|---|---|---|")
     for backend, reps in scenarios.items():
@@ -638,13 +670,13 @@ def write(results: dict[str, Any], output: Path) -> None:
     add("")
     add(
         "CPU in % of one core over the phase (100 % = one core busy); RSS in MiB; CPU ms per "
-        "message = Plática's CPU time in the phase / webhooks acknowledged in it. With the worker "
-        "in the process (postgres, sqlite) that CPU includes the replies being worked on: in the "
-        "e2e steady row, every message's reply; in the sweep rows, the backlog's. For "
-        "postgres-split only the serve process is counted. PostgreSQL: the whole server (see "
-        "*Machine and setup*), its CPU ms/message likewise; sessions: connections opened on the "
-        "scenario's database in the phase (connection churn: a pool that keeps its connections "
-        "opens none once warm)."
+        "message = the CPU time in the phase / webhooks acknowledged in it (in the drain rows, "
+        "/ replies sent in it). Plática's CPU includes the replies being worked on (the worker "
+        "runs in serve or its child process): in the e2e steady row, every message's reply; in "
+        "the sweep rows, the backlog's; for postgres-split only the serve process is counted. "
+        "PostgreSQL: the whole server (see *Machine and setup*); sessions: connections opened on "
+        "the scenario's database in the phase (connection churn: a pool that keeps its "
+        "connections opens none once warm)."
     )
     add("")
     add(
@@ -668,6 +700,14 @@ def write(results: dict[str, Any], output: Path) -> None:
             if any(p and "usage" in p for p in phases):
                 add(_usage_row(f"{backend}: {rate}/s", phases))
         add(_usage_row(f"{backend}: closed loop", [r.get("closed") for r in reps]))
+        drains = [r.get("drain") for r in reps]
+        if any(drains):
+            add(
+                _usage_row(
+                    f"{backend}: drain (per reply)",
+                    [d | {"ok": d.get("replies")} for d in drains if d],
+                )
+            )
     if baseline:
         for rate in [str(int(r)) for r in config["baseline_rates"]]:
             phases = [_get(b, "open", rate) for b in baseline]
@@ -737,45 +777,62 @@ def write(results: dict[str, Any], output: Path) -> None:
             add(f"Seeding took {seeds}.")
         checks = []
         for factor, entry in sorted(scale.items(), key=lambda kv: int(kv[0])):
-            reps = entry.get("reps") or []
-            answered = sum(int(_get(r, "steady", "replies") or 0) for r in reps)
-            messages = sum(int(_get(r, "steady", "messages") or 0) for r in reps)
-            twice = sum(int(_get(r, "steady", "duplicates") or 0) for r in reps)
-            stored = {True: "all", False: "NOT all"}.get(entry.get("stored_ok"), "?")
-            checks.append(
-                f"{factor}x: {answered}/{messages} e2e messages answered, {twice} twice, "
-                f"{stored} acknowledged webhooks stored once"
-            )
+            if entry.get("checks"):
+                verdict = "holds" if entry["checks"].get("exactly_once") else "does NOT hold"
+                checks.append(
+                    f"{factor}x: exactly once {verdict}: "
+                    f"{_once_measured([entry['checks']], [entry.get('drain')])}"
+                )
         if checks:
             add("")
-            add("Correctness at scale: " + "; ".join(checks) + ".")
+            add("Correctness at scale (see the table below): " + "; ".join(checks) + ".")
             add("")
 
     # -- correctness
     add("## Correctness inside the run")
     add("")
     add(
-        "Each repetition: every acknowledged webhook must be stored exactly once (by MessageSid); "
-        "no recipient may get two replies (every sender sends one message in the whole run); "
-        "every end-to-end message must be answered. Messages of the sweep and the closed loop "
-        "arrive faster than the worker answers them, so most are still waiting when the "
-        "repetition ends; they count for *stored once* and *never twice*."
+        "Each repetition (and each scale factor) ends with a drain: until every message "
+        "acknowledged in it has been answered, at most "
+        f"{fmt(config.get('drain_seconds'), 0)} s and never past the time budget. Then every "
+        "acknowledged webhook must be stored exactly once (by MessageSid) and answered exactly "
+        "once (every sender sends one message in the whole run, so: its sender got exactly one "
+        "reply), and no recipient at all may get two replies. A message still unanswered when "
+        "the drain ends counts against *exactly once*. *Backlog*: acknowledged messages not "
+        "answered yet when the drain began; the drain's seconds run until the last one's reply "
+        "(or until it gave up), and its replies per second count every reply in that time."
     )
     add("")
     add(
-        "| scenario | repetition | acknowledged | stored once | replies sent | recipients "
-        "with 2+ replies | e2e unanswered | exactly once |"
+        "| scenario | repetition | acknowledged | stored once | answered exactly once "
+        "| answered 2+ times | unanswered at the end | backlog at the drain | drain s "
+        "| drain replies/s | replies sent | recipients with 2+ replies | exactly once |"
     )
-    add("|---|---|---|---|---|---|---|---|")
-    for backend, reps in scenarios.items():
-        for index, rep in enumerate(reps, 1):
-            c = rep.get("checks", {})
-            add(
-                f"| {backend} | {index} | {c.get('acknowledged', '–')} | {c.get('stored', '–')} "
-                f"| {c.get('replies_sent', '–')} | "
-                f"{c.get('recipients_with_two_or_more_replies', '–')} | "
-                f"{c.get('e2e_unanswered', '–')} | {'yes' if c.get('exactly_once') else 'NO'} |"
-            )
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows: list[tuple[str, str, dict[str, Any]]] = [
+        (backend, str(index), rep)
+        for backend, reps in scenarios.items()
+        for index, rep in enumerate(reps, 1)
+    ]
+    rows += [
+        (f"scale {factor}x", "all", entry)
+        for factor, entry in sorted(scale.items(), key=lambda kv: int(kv[0]))
+        if entry.get("checks")
+    ]
+    for name, index, rep in rows:
+        c = rep.get("checks", {})
+        drain = rep.get("drain") or {}
+        seconds = fmt(drain.get("seconds"))
+        if drain.get("stopped_by"):
+            seconds += f" (stopped by the {drain['stopped_by']})"
+        add(
+            f"| {name} | {index} | {c.get('acknowledged', '–')} | {c.get('stored', '–')} "
+            f"| {c.get('answered_once', '–')} | {c.get('answered_twice_or_more', '–')} "
+            f"| {c.get('unanswered', '–')} | {drain.get('backlog', '–')} | {seconds} "
+            f"| {fmt(drain.get('replies_per_second'))} | {c.get('replies_sent', '–')} "
+            f"| {c.get('recipients_with_two_or_more_replies', '–')} "
+            f"| {'yes' if c.get('exactly_once') else 'NO'} |"
+        )
     add("")
 
     # -- profile

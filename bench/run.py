@@ -12,9 +12,11 @@ What one run does, every step bounded in requests and in time (the whole run in 
    - e2e burst: a burst of messages answered as fast as the worker goes: replies per second;
    - ack sweep: open loop at each arrival rate (100…600/s), latency counted from the due time;
    - closed loop: the most webhooks per second at a fixed concurrency;
-   - checks: every acknowledged message stored once, no reply sent twice, every e2e message
-     answered exactly once.
-4. Scale (PostgreSQL): the same ack and e2e phases with 10x and 100x more stored messages.
+   - drain: until every message acknowledged in the repetition has been answered (polled,
+     bounded by `drain_seconds` and by the time budget): replies per second of the backlog;
+   - checks: every acknowledged message stored once and answered exactly once, none twice.
+4. Scale (PostgreSQL): the same ack and e2e phases with 10x and 100x more stored messages, and
+   the same drain and checks.
 5. Optionally (--profile, needs py-spy on PATH or in the virtualenv) py-spy samples
    `platica serve` under the 300/s load; the hot spots go into the report.
 
@@ -70,6 +72,8 @@ class Config:
     burst_messages: int = 60
     burst_rate: float = 100.0
     reply_wait_seconds: float = 45.0
+    # The end of each repetition: at most this long for every acknowledged message's reply.
+    drain_seconds: float = 90.0
     baseline_rates: list[float] = field(default_factory=lambda: [300.0, 600.0])
     probe_seconds: float = 3.0
     probe_connections: list[int] = field(default_factory=lambda: [1, 16])
@@ -122,6 +126,10 @@ class Bench:
         self.numbers: list[str] = [SMS_NUMBER]  # the accounts' numbers webhooks go to
         self.postmaster: int | None = None  # the PostgreSQL server, for its CPU
         self.postgres: database.PostgresWatch | None = None  # the running scenario's database
+        # Wall seconds of each finished repetition and of each drain, per scenario: estimates
+        # for the time budget.
+        self.rep_seconds: dict[str, list[float]] = {}
+        self.drain_waits: dict[str, list[float]] = {}
         self.http = httpx.AsyncClient(timeout=30)
         self.results: dict[str, Any] = {
             "config": asdict(config),
@@ -173,16 +181,25 @@ class Bench:
             by_recipient.setdefault(message["to"], []).append(float(message["received_at"]))
         return by_recipient
 
+    async def poll_replies(self, senders: Sequence[str], deadline: float) -> dict[str, list[float]]:
+        """Poll the fake Twilio until every one of `senders` got a reply, or `deadline`."""
+        wanted = set(senders)
+        while True:
+            before = time.monotonic()
+            replies = await self.replies()
+            now = time.monotonic()
+            if wanted <= replies.keys() or now >= deadline:
+                return replies
+            # Each poll fetches every reply so far (the fake has no cheaper query): with
+            # thousands of them that costs CPU, in the fake and here, that the worker being
+            # measured would otherwise have; poll at most about a tenth of the time.
+            interval = min(max(0.25, 10 * (now - before)), 2.0)
+            await asyncio.sleep(min(interval, max(0.0, deadline - now)))
+
     async def wait_for_replies(
         self, senders: Sequence[str], seconds: float
     ) -> dict[str, list[float]]:
-        deadline = min(time.monotonic() + seconds, self.deadline)
-        wanted = set(senders)
-        while True:
-            replies = await self.replies()
-            if wanted <= replies.keys() or time.monotonic() >= deadline:
-                return replies
-            await asyncio.sleep(0.25)
+        return await self.poll_replies(senders, min(time.monotonic() + seconds, self.deadline))
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -429,7 +446,7 @@ class Bench:
                 "min": min(overheads, default=float("nan")),
             },
             "reply_latency_ms_p50": percentile(end_to_end, 50),
-            "sids": [s.request.sid for s in acked],
+            "acked": [s.request for s in acked],  # popped by the caller: not for the JSON
         }
 
     async def e2e_burst(self, base_url: str, pids: dict[str, int]) -> dict[str, Any]:
@@ -453,7 +470,7 @@ class Bench:
             "drain_seconds": window,
             "replies_per_second": len(received) / window if received and window > 0 else 0.0,
             "usage": asdict(usage),
-            "sids": [s.request.sid for s in acked],
+            "acked": [s.request for s in acked],  # popped by the caller: not for the JSON
         }
 
     async def platica_rep(
@@ -467,6 +484,7 @@ class Bench:
         burst: bool = True,
     ) -> dict[str, Any]:
         config = self.config
+        scenario = backend if worker else SPLIT
         sqlite_path: Path | None = None
         if backend == "sqlite":
             sqlite_path = self.work_dir / f"platica-{rep}.db"
@@ -485,10 +503,10 @@ class Bench:
             pids = self.pids(serve, *extra)
             await self.watch_postgres(database_url, sqlite_path)
             entry: dict[str, Any] = {"sweep": {}}
-            acked_sids: list[str] = []
+            acked: list[WebhookRequest] = []
 
             entry["steady"] = await self.e2e_steady(base_url, pids)
-            acked_sids += entry["steady"].pop("sids")
+            acked += entry["steady"].pop("acked")
             steady = entry["steady"]
             log(
                 f"{backend} rep {rep}: e2e steady {steady['replies']}/{steady['messages']} answered, "
@@ -496,7 +514,7 @@ class Bench:
             )
             if burst:
                 entry["burst"] = await self.e2e_burst(base_url, pids)
-                acked_sids += entry["burst"].pop("sids")
+                acked += entry["burst"].pop("acked")
                 log(
                     f"{backend} rep {rep}: e2e burst {entry['burst']['replies']}/"
                     f"{entry['burst']['messages']} in {entry['burst']['drain_seconds']:.1f} s = "
@@ -506,7 +524,7 @@ class Bench:
             for index, rate in enumerate(rates):
                 entry["sweep"][str(int(rate))] = {"settled_seconds": await self.settle(base_url)}
                 result, usage = await self.open_phase(base_url, rate, config.step_seconds, pids)
-                acked_sids += [s.request.sid for s in result.ok]
+                acked += [s.request for s in result.ok]
                 entry["sweep"][str(int(rate))].update(result.summary(), usage=asdict(usage))
                 log(
                     f"{backend} rep {rep}: {rate:.0f}/s → p50 {result.latency(50):.1f} ms, "
@@ -528,13 +546,17 @@ class Bench:
                 result, usage = await self.closed_phase(
                     base_url, config.closed_concurrency, config.closed_seconds, pids
                 )
-                acked_sids += [s.request.sid for s in result.ok]
+                acked += [s.request for s in result.ok]
                 entry["closed"] = {**result.summary(), "usage": asdict(usage)}
                 log(
                     f"{backend} rep {rep}: closed loop ({config.closed_concurrency}) "
                     f"{result.achieved_rate:,.0f}/s, p99 {result.latency(99):.1f} ms"
                 )
-            entry["checks"] = await self.checks(database_url, sqlite_path, acked_sids, entry)
+            entry["drain"], replies = await self.drain(acked, pids, scenario)
+            log(f"{backend} rep {rep}: {_drain_line(entry['drain'])}")
+            entry["checks"] = await self.checks(
+                database_url, sqlite_path, acked, entry["drain"], replies
+            )
             return entry
         finally:
             await self.unwatch_postgres()
@@ -545,39 +567,110 @@ class Bench:
             if sqlite_path is None and self.pg is not None:
                 self.pg.drop(database_url)
 
+    async def drain(
+        self, acked: Sequence[WebhookRequest], pids: dict[str, int], scenario: str
+    ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+        """The end of a repetition: until every acknowledged message's sender got a reply, at
+        most `drain_seconds` and never past the time budget. Its summary, and the replies as it
+        last saw them (for the checks). Every sender sends one message in the whole run, so "its
+        sender got exactly one reply" is "the message was answered exactly once"."""
+        config = self.config
+        started = time.monotonic()
+        own_deadline = started + config.drain_seconds
+        senders = [request.sender for request in acked]
+        async with Sampler(pids, self.postgres) as usage:
+            replies = await self.poll_replies(senders, min(own_deadline, self.deadline))
+        waited = time.monotonic() - started
+        self.drain_waits.setdefault(scenario, []).append(waited)
+        counts = [len(replies.get(sender, [])) for sender in senders]
+        unanswered = sum(1 for count in counts if count == 0)
+        stopped_by = None
+        if unanswered == 0:
+            # Up to the last message's first reply, by the fake's clock (the same
+            # CLOCK_MONOTONIC), not when a poll saw it: 0 if all were answered already.
+            last = max((min(replies[sender]) for sender in senders), default=started)
+            seconds = max(0.0, last - started)
+        else:
+            seconds = waited
+            stopped_by = "time budget" if self.deadline < own_deadline else "drain deadline"
+        # Every reply in the drain's window, to whomever: the worker's pace on the backlog.
+        window = [
+            t for times in replies.values() for t in times if started <= t <= started + seconds
+        ]
+        summary = {
+            "acknowledged": len(senders),
+            "backlog": sum(1 for s in senders if not any(t < started for t in replies.get(s, []))),
+            "answered_once": sum(1 for count in counts if count == 1),
+            "answered_twice_or_more": sum(1 for count in counts if count > 1),
+            "unanswered": unanswered,
+            "complete": unanswered == 0,
+            "stopped_by": stopped_by,
+            "seconds": seconds,
+            "waited_seconds": waited,
+            "replies": len(window),
+            "replies_per_second": len(window) / seconds if seconds > 0 else None,
+            "usage": asdict(usage),
+        }
+        return summary, replies
+
     async def checks(
         self,
         database_url: str,
         sqlite_path: Path | None,
-        acked_sids: list[str],
-        entry: dict[str, Any],
+        acked: Sequence[WebhookRequest],
+        drain: dict[str, Any],
+        replies: dict[str, list[float]],
     ) -> dict[str, Any]:
-        """Acknowledged = stored once; no reply twice; e2e messages all answered."""
+        """Every acknowledged webhook stored once (by MessageSid) and answered exactly once by
+        the end of the drain; no recipient at all got two replies."""
         stored = await asyncio.to_thread(
-            database.stored_inbound, None if sqlite_path else database_url, acked_sids, sqlite_path
+            database.stored_inbound,
+            None if sqlite_path else database_url,
+            [request.sid for request in acked],
+            sqlite_path,
         )
-        replies = await self.replies()
         counts = Counter({to: len(times) for to, times in replies.items()})
-        e2e_missing = entry["steady"]["missing"] + entry.get("burst", {}).get("missing", 0)
         checks = {
-            "acknowledged": len(acked_sids),
+            "acknowledged": len(acked),
             "stored": stored,
+            "answered_once": drain["answered_once"],
+            "answered_twice_or_more": drain["answered_twice_or_more"],
+            "unanswered": drain["unanswered"],
+            "drain_stopped_by": drain["stopped_by"],
             "replies_sent": sum(counts.values()),
             "recipients_with_two_or_more_replies": sum(1 for c in counts.values() if c > 1),
-            "e2e_unanswered": e2e_missing,
         }
         checks["exactly_once"] = (
-            stored == len(acked_sids)
+            stored == len(acked)
+            and drain["answered_once"] == len(acked)
             and checks["recipients_with_two_or_more_replies"] == 0
-            and e2e_missing == 0
         )
         return checks
+
+    def drain_estimate(self, scenario: str) -> float:
+        """Seconds a drain of `scenario` may take: its longest so far, else the most allowed."""
+        waits = self.drain_waits.get(scenario)
+        return min(max(waits), self.config.drain_seconds) if waits else self.config.drain_seconds
+
+    def rep_estimate(self, scenario: str, phases: float) -> float:
+        """Seconds one more repetition of `scenario` should take: its longest so far (the
+        sweep's early stop and the drain make them hard to foresee), else `phases` (the load
+        phases' estimate) and the longest drain allowed."""
+        done = self.rep_seconds.get(scenario)
+        return max(done) if done else phases + self.drain_estimate(scenario)
+
+    async def timed_rep(self, scenario: str, rep: Any) -> dict[str, Any]:
+        """Await one repetition and remember how long it took (for rep_estimate)."""
+        started = time.monotonic()
+        entry: dict[str, Any] = await rep
+        self.rep_seconds.setdefault(scenario, []).append(time.monotonic() - started)
+        return entry
 
     async def run_backend(self, backend: str) -> None:
         config = self.config
         reps: list[dict[str, Any]] = []
         self.results["scenarios"][backend] = reps
-        per_rep = (
+        phases = (
             12
             + config.e2e_seconds
             + 12
@@ -586,31 +679,40 @@ class Bench:
             + 10
         )
         for rep in range(1, config.repetitions + 1):
-            self.ensure_time(per_rep, f"{backend}, repetition {rep}")
-            reps.append(await self.platica_rep(backend, rep))
+            self.ensure_time(self.rep_estimate(backend, phases), f"{backend}, repetition {rep}")
+            reps.append(await self.timed_rep(backend, self.platica_rep(backend, rep)))
 
     async def run_split_worker(self) -> None:
         """PostgreSQL with `serve --no-worker` + one `platica worker` process."""
         config = self.config
         reps: list[dict[str, Any]] = []
         self.results["scenarios"][SPLIT] = reps
-        per_rep = 40 + len(config.rates) * (config.step_seconds + 0.5) + config.closed_seconds
+        phases = 40 + len(config.rates) * (config.step_seconds + 0.5) + config.closed_seconds
         for rep in range(1, config.split_worker_repetitions + 1):
-            self.ensure_time(per_rep, f"{SPLIT}, repetition {rep}")
-            reps.append(await self.platica_rep("postgres", 100 + rep, worker=False))
+            self.ensure_time(self.rep_estimate(SPLIT, phases), f"{SPLIT}, repetition {rep}")
+            entry = self.platica_rep("postgres", 100 + rep, worker=False)
+            reps.append(await self.timed_rep(SPLIT, entry))
 
     async def run_scale(self, factor: int) -> None:
         """With `factor`x stored history: the e2e steady phase `repetitions` times (no backlog
-        yet), then the closed loop `repetitions` times; one database and process per factor."""
+        yet), then the closed loop `repetitions` times, then the drain and the checks; one
+        database and process per factor."""
         assert self.pg is not None
         config = self.config
         messages = config.base_messages * factor
         per_rep = config.e2e_seconds + 4 + config.closed_seconds + 3
-        self.ensure_time(25 + messages / 15000 + config.repetitions * per_rep, f"scale {factor}x")
+        # The drain after the closed loops: as long as PostgreSQL's took so far, at a guess.
+        self.ensure_time(
+            25 + messages / 15000 + config.repetitions * per_rep + self.drain_estimate("postgres"),
+            f"scale {factor}x",
+        )
         database_url = self.pg.create_migrated(f"scale_{factor}")
         serve: Child | None = None
         reps: list[dict[str, Any]] = [{} for _ in range(config.repetitions)]
         self.results["scale"][str(factor)] = {"messages": messages, "reps": reps}
+        # Counted per factor, like a repetition's (and each poll stays small).
+        await self.fake(self.twilio_url, {"reset": True})
+        await self.fake(self.openai_url, {"reset": True})
         try:
             serve, base_url, _ = await self.start_platica(f"platica-scale-{factor}", database_url)
             await self.prepare_tenants(database_url, None)
@@ -620,10 +722,10 @@ class Bench:
             log(f"scale {factor}x: seeded {rows['messages']:,} messages in {seconds:.1f} s")
             pids = self.pids(serve)
             await self.watch_postgres(database_url, None)
-            acked: list[str] = []
+            acked: list[WebhookRequest] = []
             for entry in reps:
                 steady = await self.e2e_steady(base_url, pids)
-                acked += steady.pop("sids")
+                acked += steady.pop("acked")
                 entry["steady"] = steady
                 log(
                     f"scale {factor}x: e2e steady {steady['replies']}/{steady['messages']} "
@@ -634,14 +736,18 @@ class Bench:
                 result, usage = await self.closed_phase(
                     base_url, config.closed_concurrency, config.closed_seconds, pids
                 )
-                acked += [s.request.sid for s in result.ok]
+                acked += [s.request for s in result.ok]
                 entry["closed"] = {**result.summary(), "usage": asdict(usage)}
                 log(
                     f"scale {factor}x: closed loop {result.achieved_rate:,.0f}/s, "
                     f"p99 {result.latency(99):.1f} ms"
                 )
-            stored = await asyncio.to_thread(database.stored_inbound, database_url, acked)
-            self.results["scale"][str(factor)]["stored_ok"] = stored == len(acked)
+            drain, replies = await self.drain(acked, pids, f"scale {factor}x")
+            log(f"scale {factor}x: {_drain_line(drain)}")
+            checks = await self.checks(database_url, None, acked, drain, replies)
+            self.results["scale"][str(factor)].update(
+                drain=drain, checks=checks, stored_ok=checks["stored"] == len(acked)
+            )
         finally:
             await self.unwatch_postgres()
             if serve is not None:
@@ -809,6 +915,18 @@ class Bench:
             self.pg.drop_all()
 
 
+def _drain_line(drain: dict[str, Any]) -> str:
+    """The drain's outcome, for the log."""
+    line = (
+        f"drain: {drain['answered_once']}/{drain['acknowledged']} answered once, "
+        f"{drain['answered_twice_or_more']} twice or more, {drain['unanswered']} unanswered; "
+        f"{drain['replies']} replies in {drain['seconds']:.1f} s"
+    )
+    if drain["stopped_by"]:
+        line += f" (stopped by the {drain['stopped_by']})"
+    return line
+
+
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
@@ -846,6 +964,13 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         action="store_false",
         help="skip the serve --no-worker + platica worker scenario (PostgreSQL)",
     )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=defaults.drain_seconds,
+        help="at the end of each repetition, how long to wait for every acknowledged "
+        "message's reply",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the 300/s phase")
     parser.add_argument(
         "--budget",
@@ -877,6 +1002,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         client=args.client,
         baselines=args.baselines,
         split_worker=args.split_worker,
+        drain_seconds=args.drain_seconds,
         profile=args.profile,
         budget_seconds=args.budget,
         llm_latency=args.llm_latency,
