@@ -314,7 +314,8 @@ def python_child(name: str, module_args: list[str], env: dict[str, str], log_dir
 def clean_env() -> dict[str, str]:
     """The environment without anything that would configure Plática behind our back."""
     prefixes = ("TWILIO_", "OPENAI_", "PLATICA_", "SUPABASE_", "SENTRY_", "LOG_")
-    names = {"DATABASE_URL", "PUBLIC_BASE_URL", "CORS_ORIGINS"}
+    # WORKER_CONCURRENCY only as --worker-concurrency sets it: the report says which was used.
+    names = {"DATABASE_URL", "PUBLIC_BASE_URL", "CORS_ORIGINS", "WORKER_CONCURRENCY"}
     return {
         key: value
         for key, value in os.environ.items()

@@ -401,6 +401,14 @@ def _usage_row(label: str, phases: Sequence[dict[str, Any] | None]) -> str:
     )
 
 
+def _concurrency(config: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The worker concurrency the run used, as the setup section says it."""
+    if config.get("worker_concurrency"):
+        return f"{config['worker_concurrency']} (`WORKER_CONCURRENCY`, from --worker-concurrency)"
+    default = meta.get("worker_concurrency_default")
+    return "Plática's default (`WORKER_CONCURRENCY` unset" + (f": {default})" if default else ")")
+
+
 def write(results: dict[str, Any], output: Path) -> None:
     config = results["config"]
     meta = results["meta"]
@@ -479,8 +487,9 @@ def write(results: dict[str, Any], output: Path) -> None:
         f"{config['twilio_latency']:g}` (no status callbacks)."
     )
     add(
-        "- Plática: one `python -m platica serve` process (web + worker), `LOG_LEVEL=INFO`, "
-        "console logs to a file, signatures checked (TWILIO_AUTH_TOKEN set)."
+        "- Plática: one `python -m platica serve` process (web + worker; on PostgreSQL the worker "
+        "is a child process of it), `LOG_LEVEL=INFO`, console logs to a file, signatures checked "
+        f"(TWILIO_AUTH_TOKEN set); worker concurrency: {_concurrency(config, meta)}."
     )
     if meta.get("postgres"):
         add(
@@ -657,11 +666,26 @@ def write(results: dict[str, Any], output: Path) -> None:
             f"| {answered}/{messages} |"
         )
     add("")
+    reply_seconds = config["llm_latency"] + config["twilio_latency"]
+    concurrency = config.get("worker_concurrency") or meta.get("worker_concurrency_default")
     add(
-        f"Replies per second are capped by the worker's concurrency, not by CPU: with a "
-        f"{config['llm_latency']:g} s LLM and a {config['twilio_latency']:g} s Twilio, "
-        f"concurrency N gives at most N / {config['llm_latency'] + config['twilio_latency']:g} "
-        "replies per second (Procrastinate worker: 10; in-process runner on SQLite: 8)."
+        f"With a {config['llm_latency']:g} s LLM and a {config['twilio_latency']:g} s Twilio, a "
+        f"worker that answers N conversations at once sends at most N / {reply_seconds:g} "
+        "replies per second"
+        + (
+            f": {fmt(concurrency / reply_seconds)}/s at this run's concurrency of {concurrency}"
+            if concurrency
+            else ""
+        )
+        + "; below that, CPU (the worker's, the web path's and the database's on the same cores) "
+        "is the limit. Replies per second while the backlog drained at the end of each "
+        "repetition: "
+        + "; ".join(
+            f"{backend} {fmt_spread(_values(reps, 'drain', 'replies_per_second'))}"
+            for backend, reps in scenarios.items()
+            if reps
+        )
+        + "."
     )
     add("")
 

@@ -74,6 +74,8 @@ class Config:
     reply_wait_seconds: float = 45.0
     # The end of each repetition: at most this long for every acknowledged message's reply.
     drain_seconds: float = 90.0
+    # WORKER_CONCURRENCY for every `platica serve` / `platica worker`; None: Plática's default.
+    worker_concurrency: int | None = None
     baseline_rates: list[float] = field(default_factory=lambda: [300.0, 600.0])
     probe_seconds: float = 3.0
     probe_connections: list[int] = field(default_factory=lambda: [1, 16])
@@ -256,6 +258,8 @@ class Bench:
             OPENAI_API_KEY="sk-local-0123456789",
             LOG_LEVEL="INFO",
         )
+        if self.config.worker_concurrency is not None:
+            env["WORKER_CONCURRENCY"] = str(self.config.worker_concurrency)
         return env
 
     # -- phases -------------------------------------------------------------------------------
@@ -835,6 +839,11 @@ class Bench:
                 if line.startswith("MemTotal"):
                     meta["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
             meta["load_average_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+        # Plática's own default, for the report (read, not copied: it may change).
+        with contextlib.suppress(ImportError, AttributeError, KeyError):
+            from platica.config import Settings
+
+            meta["worker_concurrency_default"] = Settings.model_fields["WORKER_CONCURRENCY"].default
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
             meta["commit"] = subprocess.run(
                 ["git", "rev-parse", "--short", "HEAD"],
@@ -965,6 +974,13 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         help="skip the serve --no-worker + platica worker scenario (PostgreSQL)",
     )
     parser.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=defaults.worker_concurrency,
+        metavar="N",
+        help="WORKER_CONCURRENCY for every platica serve/worker (default: Plática's own)",
+    )
+    parser.add_argument(
         "--drain-seconds",
         type=float,
         default=defaults.drain_seconds,
@@ -1002,6 +1018,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         client=args.client,
         baselines=args.baselines,
         split_worker=args.split_worker,
+        worker_concurrency=args.worker_concurrency,
         drain_seconds=args.drain_seconds,
         profile=args.profile,
         budget_seconds=args.budget,
