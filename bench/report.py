@@ -590,10 +590,14 @@ def write(results: dict[str, Any], output: Path) -> None:
             "app's column shows the floor that the generator, the kernel and uvicorn set together."
         )
     add(
-        "- *postgres* and *sqlite* run the worker in the same process as the webhooks: during "
-        "the sweep it works through the backlog the sweep builds up (more messages per second "
-        "than it can answer), on the same event loop. *postgres-split* moves it to a `platica "
-        "worker` process."
+        "- The worker runs while the webhooks are answered (on SQLite in the same process, on "
+        "PostgreSQL in serve's child process): during the sweep it works through the backlog "
+        "the sweep builds up (more messages per second than it can answer)."
+        + (
+            " *postgres-split* runs it in a separate `platica worker` process."
+            if scenarios.get("postgres-split")
+            else ""
+        )
     )
     add("")
 
