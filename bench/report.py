@@ -401,6 +401,18 @@ def _usage_row(label: str, phases: Sequence[dict[str, Any] | None]) -> str:
     )
 
 
+def _worker_where(reps: Sequence[dict[str, Any]]) -> str:
+    """Where the worker ran, as measured: the processes the bench found and watched."""
+    watched: set[str] = set()
+    for rep in reps:
+        watched |= set(_get(rep, "steady", "usage", "cpu_percent") or {})
+    if any(name.endswith("-worker") for name in watched):  # run.py's `platica worker` child
+        return "a separate `platica worker` process"
+    if "platica worker" in watched:
+        return "a child process of `platica serve`"
+    return "inside the `platica serve` process"
+
+
 def _concurrency(config: dict[str, Any], meta: dict[str, Any]) -> str:
     """The worker concurrency the run used, as the setup section says it."""
     if config.get("worker_concurrency"):
@@ -487,9 +499,9 @@ def write(results: dict[str, Any], output: Path) -> None:
         f"{config['twilio_latency']:g}` (no status callbacks)."
     )
     add(
-        "- Plática: one `python -m platica serve` process (web + worker; on PostgreSQL the worker "
-        "is a child process of it), `LOG_LEVEL=INFO`, console logs to a file, signatures checked "
-        f"(TWILIO_AUTH_TOKEN set); worker concurrency: {_concurrency(config, meta)}."
+        "- Plática: one `python -m platica serve` (web + worker), `LOG_LEVEL=INFO`, console "
+        "logs to a file, signatures checked (TWILIO_AUTH_TOKEN set); worker concurrency: "
+        f"{_concurrency(config, meta)}."
     )
     if meta.get("postgres"):
         add(
@@ -590,14 +602,10 @@ def write(results: dict[str, Any], output: Path) -> None:
             "app's column shows the floor that the generator, the kernel and uvicorn set together."
         )
     add(
-        "- The worker runs while the webhooks are answered (on SQLite in the same process, on "
-        "PostgreSQL in serve's child process): during the sweep it works through the backlog "
-        "the sweep builds up (more messages per second than it can answer)."
-        + (
-            " *postgres-split* runs it in a separate `platica worker` process."
-            if scenarios.get("postgres-split")
-            else ""
-        )
+        "- The worker runs while the webhooks are answered ("
+        + "; ".join(f"{backend}: {_worker_where(scenarios[backend])}" for backend in present)
+        + "): during the sweep it works through the backlog the sweep builds up (more messages "
+        "per second than it can answer)."
     )
     add("")
 
@@ -635,12 +643,17 @@ def write(results: dict[str, Any], output: Path) -> None:
             f"| {fmt_spread(split_closed, 0)} | – |"
         )
     add("")
-    add(
-        "When last traced (see the findings below), each acknowledged webhook cost 14 round trips "
-        "to PostgreSQL on the request's connection (pre-ping, BEGIN, 11 statements, COMMIT) and 4 "
-        "more for the Procrastinate defer after the response."
-    )
-    add("")
+    pg_closed_phases = [r.get("closed") for r in scenarios.get("postgres") or []]
+    pg_ms = [_cpu_ms_per_message(p, POSTGRES) for p in pg_closed_phases]
+    if any(v is not None for v in pg_ms):
+        sessions = [_get(p, "usage", "postgres_sessions") for p in pg_closed_phases]
+        add(
+            "In the PostgreSQL closed loop, each acknowledged webhook cost "
+            f"{fmt_spread(pg_ms, 2)} ms of the whole PostgreSQL server's CPU and "
+            f"{fmt_spread([_cpu_ms_per_message(p) for p in pg_closed_phases], 2)} ms of "
+            f"Plática's; {fmt_spread(sessions, 0)} sessions were opened on the database during it."
+        )
+        add("")
 
     # -- end to end
     add("## End to end: replies per second and Plática's own overhead")
