@@ -135,6 +135,10 @@ def _ping_when_idle(sync_engine: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("SELECT 1")
             cursor.close()
+            # The ping began a transaction: end it, so the connection is handed out as it was
+            # given back (psycopg refuses to switch a connection in a transaction to autocommit,
+            # which the webhook's statement does).
+            dbapi_connection.rollback()
         except Exception as error:
             # The pool discards this connection and checks out another (or a new one).
             raise exc.DisconnectionError(str(error)) from error

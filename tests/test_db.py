@@ -1,0 +1,52 @@
+"""The PostgreSQL pool: connections idle for a while are pinged before use, and handed out as
+they were given back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from platica import db
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def engine(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AsyncEngine]:
+    # Every connection counts as idle for long: each checkout pings it first.
+    monkeypatch.setattr(db, "PING_IDLE_SECONDS", -1.0)
+    created = db.create_engine(postgres_url)
+    yield created
+    await created.dispose()
+
+
+class TestIdlePing:
+    async def test_a_pinged_connection_is_handed_out_outside_a_transaction(self, engine):
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            assert driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            # What the webhook's statement does with its connection.
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            assert await connection.scalar(text("SELECT 2")) == 2
+
+    async def test_a_connection_the_server_dropped_while_idle_is_replaced(
+        self, engine, postgres_url
+    ):
+        async with engine.connect() as connection:
+            backend = await connection.scalar(text("SELECT pg_backend_pid()"))
+        # What a database restart does to the pool's idle connection.
+        conninfo = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT pg_backend_pid()")) != backend
