@@ -412,6 +412,10 @@ class Bench:
         if not worker:
             extra.append(self.start_child(f"{name}-worker", ["platica", "worker"], env))
             await extra[-1].wait_log("startup.ready")
+        elif not database_url.startswith("sqlite"):
+            # On PostgreSQL serve's worker is a child process that starts on its own: measuring
+            # before it is ready would count its start-up as reply latency.
+            await serve.wait_log("worker=True")
         return serve, base_url, extra
 
     async def prepare_tenants(self, database_url: str, sqlite_path: Path | None) -> None:
