@@ -18,7 +18,7 @@ from platica import db
 from platica.accounts import create_api_key
 from platica.config import ConfigError, load_settings
 from platica.models import Account
-from platica.ratelimit import RateLimits
+from platica.ratelimit import MovingWindow, RateLimits
 from tests.conftest import Database, make_settings
 from tests.factories import CONTACT, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
@@ -62,6 +62,24 @@ class TestRateLimits:
         assert limits.account_over(account)
         assert not limits.account_over(uuid.uuid4())
         assert not limits.account_over(None)
+
+    def test_the_account_window_moves(self, monkeypatch):
+        clock = [1000.0]
+        monkeypatch.setattr("platica.ratelimit.time.monotonic", lambda: clock[0])
+        window = MovingWindow(limit=3, seconds=60)
+        for moment in (0, 20, 40):
+            clock[0] = 1000.0 + moment
+            window.hit("account")
+
+        assert window.over("account")
+        clock[0] = 1000.0 + 59.9
+        assert window.over("account")
+        # The first of the three leaves the window: room for one more, not two.
+        clock[0] = 1000.0 + 60.1
+        assert not window.over("account")
+        window.hit("account")
+        assert window.over("account")
+        assert not window.over("another account")
 
     def test_looking_counts_nothing(self):
         limits = low_limits()

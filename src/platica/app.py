@@ -68,6 +68,8 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
     sender = create_sender(settings)
     locks = LeaseLocks(sessionmaker)
     state = AppState(settings=settings, engine=engine, sessionmaker=sessionmaker)
+    if not settings.is_sqlite:
+        state.driver_pool = await db.open_driver_pool(settings.DATABASE_URL)
     context = ReplyContext(
         settings=settings,
         sessionmaker=sessionmaker,
@@ -125,6 +127,8 @@ async def stop_services(state: AppState) -> None:
         await state.sender.aclose()
     if state.generator is not None:
         await state.generator.aclose()
+    if state.driver_pool is not None:
+        await state.driver_pool.close()
     await state.engine.dispose()
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import MetaData, String, event, exc, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
@@ -31,6 +35,8 @@ NAMING_CONVENTION = {
 }
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+DriverPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
 
 class Base(DeclarativeBase):
@@ -144,6 +150,54 @@ def _ping_when_idle(sync_engine: Any) -> None:
             raise exc.DisconnectionError(str(error)) from error
 
 
+# --- PostgreSQL without SQLAlchemy: the statement every webhook runs ---------------------------
+
+# Connections of the webhook's pool (open_driver_pool).
+DRIVER_POOL_SIZE = 10
+# What Plática's own connections declare (see _declare_service).
+SERVICE_SETTING = "SET platica.service = 'on'"
+
+
+async def _prepare_connection(connection: psycopg.AsyncConnection[Any]) -> None:
+    """Run on each new connection of the webhook's pool (autocommit: it takes effect at once)."""
+    await connection.execute(SERVICE_SETTING)
+
+
+async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> DriverPool:
+    """Plain psycopg connections, in autocommit, for the statements every webhook runs.
+
+    SQLAlchemy's asyncio layer runs each call (checkout, execute, checkin) in a greenlet of its
+    own, whose frame stack is mapped and unmapped every time; the webhook's write is one
+    statement, so it goes to psycopg directly. Like the engine's pool, this one pings a
+    connection only when it has been idle for a while (a server restart drops it), and psycopg
+    prepares the statement on the server after its fifth use on a connection.
+    """
+    idle_since: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    async def check(connection: psycopg.AsyncConnection[Any]) -> None:
+        if time.monotonic() - idle_since.get(connection, 0.0) >= PING_IDLE_SECONDS:
+            await connection.execute("SELECT 1")  # raising: the pool takes another connection
+
+    async def given_back(connection: psycopg.AsyncConnection[Any]) -> None:
+        idle_since[connection] = time.monotonic()
+
+    pool: DriverPool = AsyncConnectionPool(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        min_size=1,
+        max_size=max_size,
+        configure=_prepare_connection,
+        check=check,
+        reset=given_back,
+        name="platica-webhooks",
+        open=False,
+    )
+    await pool.open()
+    return pool
+
+
 def _declare_service(sync_engine: Any) -> None:
     """Plática's own connections are the service: row-level security (revision 0003) shows
     them every account's rows, unless a transaction names an account (`platica.account_id`,
@@ -156,10 +210,7 @@ def _declare_service(sync_engine: Any) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("SET platica.service = 'on'")
-        # The reply jobs these connections insert (the webhook's statement) notify the workers
-        # once per batch, from jobs/runner.py, not once per row (revision 0006).
-        cursor.execute("SET platica.job_notify = 'batched'")
+        cursor.execute(SERVICE_SETTING)
         cursor.close()
         # Committed, or the pool's rollback on return would undo the SET.
         dbapi_connection.commit()

@@ -14,6 +14,7 @@ from platica.ratelimit import RateLimits
 if TYPE_CHECKING:
     from platica.channels.sender import MessageSender
     from platica.conversations.retention import DailyCleanup
+    from platica.db import DriverPool
     from platica.jobs.runner import Sweeper, TaskRunner
     from platica.replies.generator import ReplyGenerator
 
@@ -30,6 +31,8 @@ class AppState:
     generator: ReplyGenerator | None = None
     sender: MessageSender | None = None
     cleanup: DailyCleanup | None = None
+    # PostgreSQL: plain psycopg connections for the webhook's statements (db.open_driver_pool).
+    driver_pool: DriverPool | None = None
     # Partly in memory, so per process (see ratelimit.py).
     limits: RateLimits = field(init=False)
     # Where Twilio reached us last, for StatusCallback URLs when PUBLIC_BASE_URL is unset.

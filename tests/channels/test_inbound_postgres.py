@@ -47,10 +47,12 @@ def quiet_server(pg_url, live_server) -> LiveServer:
 
 
 class Statements:
-    """The SQL statements the server runs while in the block."""
+    """The SQL statements the server runs while in the block: through SQLAlchemy, and straight
+    through psycopg (the webhook's own pool, see db.open_driver_pool)."""
 
     def __init__(self, server: LiveServer) -> None:
         self.engine = server.app.state.platica.engine.sync_engine
+        self.monkeypatch = pytest.MonkeyPatch()
         self.seen: list[str] = []
 
     def _record(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -58,10 +60,19 @@ class Statements:
 
     def __enter__(self) -> Statements:
         event.listen(self.engine, "before_cursor_execute", self._record)
+        real = psycopg.AsyncConnection.execute
+        seen = self.seen
+
+        def execute(connection: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(str(query))
+            return real(connection, query, *args, **kwargs)
+
+        self.monkeypatch.setattr(psycopg.AsyncConnection, "execute", execute)
         return self
 
     def __exit__(self, *_exc: object) -> None:
         event.remove(self.engine, "before_cursor_execute", self._record)
+        self.monkeypatch.undo()
 
 
 def send(client: httpx.Client, server: LiveServer, **form: Any) -> dict[str, str]:
@@ -81,7 +92,8 @@ class TestOneStatement:
             wait_for(lambda: len(statements.seen) >= 2, "the wake-up")
 
         # In autocommit: no BEGIN or COMMIT either (psycopg sends those as statements of
-        # their own, which this would count).
+        # their own, which this would count: SQLAlchemy's before_cursor_execute sees them, and
+        # the psycopg connections of the webhook's pool are in autocommit).
         record, wake = statements.seen
         assert record.startswith("WITH cfg AS"), statements.seen
         assert wake.startswith("SELECT pg_notify("), statements.seen

@@ -16,11 +16,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+import psycopg
 
 from platica.channels.parsing import InboundMessage, StatusUpdate
 from platica.conversations import repository, service
+from platica.db import DriverPool
 from platica.deps import AppState
 from platica.models import STATUS_RANK, WebhookLog, utcnow
 from platica.ratelimit import RATE_LIMITED_NOTE
@@ -28,6 +28,36 @@ from platica.ratelimit import RATE_LIMITED_NOTE
 # A first message from a new contact, arriving twice at once, can find the conversation the
 # other transaction is opening; the statement then stores nothing and is run again.
 ATTEMPTS = 3
+
+
+@dataclass(slots=True)
+class WebhookEntry:
+    """What webhook_logs keeps of one request, gathered while it is handled: a plain object, as
+    on PostgreSQL it goes into the webhook's statement and never through the ORM."""
+
+    endpoint: str
+    idempotency_token: str | None = None
+    params: dict[str, list[str]] | None = None
+    message_sid: str | None = None
+    signature_valid: bool | None = None
+    account_id: uuid.UUID | None = None
+    status_code: int = 200
+    outcome: str = ""
+    reason: str | None = None
+
+    def row(self) -> WebhookLog:
+        """The entry as a webhook_logs row, for the ORM."""
+        return WebhookLog(
+            endpoint=self.endpoint,
+            idempotency_token=self.idempotency_token,
+            params=self.params,
+            message_sid=self.message_sid,
+            signature_valid=self.signature_valid,
+            account_id=self.account_id,
+            status_code=self.status_code,
+            outcome=self.outcome,
+            reason=self.reason,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +75,13 @@ class Recorded:
 
 
 async def record_message(
-    state: AppState, inbound: InboundMessage, entry: WebhookLog
+    state: AppState, inbound: InboundMessage, entry: WebhookEntry
 ) -> Recorded | None:
     """Store the message once and log the webhook; None when no account owns its number."""
     owner = state.limits.owner(inbound.channel.value, inbound.recipient)
     account_over = state.limits.account_over(owner)
-    if state.engine.dialect.name == "postgresql":
-        recorded = await _record_postgresql(state, inbound, entry, account_over)
+    if state.driver_pool is not None:
+        recorded = await _record_postgresql(state.driver_pool, state, inbound, entry, account_over)
     else:
         recorded = await _record_orm(state, inbound, entry, account_over)
     if recorded is not None:
@@ -79,27 +109,27 @@ def _outcome(recorded: Recorded) -> tuple[str, str | None]:
 RECORD_SQL = """
 WITH cfg AS (
     SELECT account_id, debounce_seconds,
-           CAST(:now AS timestamptz) + make_interval(secs => debounce_seconds) AS due,
-           EXISTS (SELECT 1 FROM messages WHERE twilio_sid = :sid) AS dup
+           CAST(%(now)s AS timestamptz) + make_interval(secs => debounce_seconds) AS due,
+           EXISTS (SELECT 1 FROM messages WHERE twilio_sid = %(sid)s) AS dup
     FROM channel_configs
-    WHERE channel = :channel AND phone_number = :recipient
+    WHERE channel = %(channel)s AND phone_number = %(recipient)s
 ),
 contact AS (
     INSERT INTO contacts AS c (account_id, channel, address, profile_name, wa_id, opted_out,
                                last_inbound_at, created_at, rate_window_start, rate_window_count)
-    SELECT account_id, :channel, :sender, :profile_name, :wa_id, false, :now, :now, :now, 1
+    SELECT account_id, %(channel)s, %(sender)s, %(profile_name)s, %(wa_id)s, false, %(now)s, %(now)s, %(now)s, 1
     FROM cfg WHERE NOT dup
     ON CONFLICT (account_id, channel, address) DO UPDATE SET
         last_inbound_at = EXCLUDED.last_inbound_at,
         profile_name = COALESCE(EXCLUDED.profile_name, c.profile_name),
         wa_id = COALESCE(EXCLUDED.wa_id, c.wa_id),
-        rate_window_start = CASE WHEN c.rate_window_start > :window_over
-                                 THEN c.rate_window_start ELSE :now END,
-        rate_window_count = CASE WHEN c.rate_window_start > :window_over
+        rate_window_start = CASE WHEN c.rate_window_start > %(window_over)s
+                                 THEN c.rate_window_start ELSE %(now)s END,
+        rate_window_count = CASE WHEN c.rate_window_start > %(window_over)s
                                  THEN c.rate_window_count + 1 ELSE 1 END
     RETURNING c.id, c.account_id,
-              c.rate_window_count > :sender_limit OR :account_over AS limited,
-              c.rate_window_count > :sender_limit AS sender_limited
+              c.rate_window_count > %(sender_limit)s OR %(account_over)s AS limited,
+              c.rate_window_count > %(sender_limit)s AS sender_limited
 ),
 existing AS (
     SELECT v.id FROM conversations v JOIN contact ON v.contact_id = contact.id
@@ -108,7 +138,7 @@ existing AS (
 opened AS (
     INSERT INTO conversations (account_id, channel, contact_id, contact_address, status,
                                ai_enabled, created_at, last_message_at, reply_due_at)
-    SELECT contact.account_id, :channel, contact.id, :sender, 'active', true, :now, :now,
+    SELECT contact.account_id, %(channel)s, contact.id, %(sender)s, 'active', true, %(now)s, %(now)s,
            CASE WHEN NOT contact.limited THEN cfg.due END
     FROM contact, cfg WHERE NOT EXISTS (SELECT 1 FROM existing)
     ON CONFLICT (contact_id) WHERE status = 'active' DO NOTHING
@@ -119,23 +149,23 @@ conversation AS (
 ),
 touched AS (
     UPDATE conversations
-    SET last_message_at = GREATEST(last_message_at, :now),
+    SET last_message_at = GREATEST(last_message_at, %(now)s),
         reply_due_at = CASE WHEN contact.limited THEN reply_due_at
                             ELSE LEAST(COALESCE(reply_due_at, cfg.due), cfg.due) END
     FROM contact, cfg
     WHERE conversations.id IN (SELECT id FROM existing)
-      AND (last_message_at < :now OR NOT contact.limited)
+      AND (last_message_at < %(now)s OR NOT contact.limited)
     RETURNING conversations.id
 ),
 message AS (
     INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
                           twilio_sid, status, reply_state, note, attempts, part,
                           created_at, updated_at)
-    SELECT contact.account_id, conversation.id, :channel, 'inbound', 'contact', :body,
-           CAST(:media AS jsonb), :sid, 'received',
+    SELECT contact.account_id, conversation.id, %(channel)s, 'inbound', 'contact', %(body)s,
+           CAST(%(media)s AS jsonb), %(sid)s, 'received',
            CASE WHEN contact.limited THEN 'skipped' ELSE 'pending' END,
-           CASE WHEN contact.limited THEN :limited_note END,
-           0, 0, :now, :now
+           CASE WHEN contact.limited THEN %(limited_note)s END,
+           0, 0, %(now)s, %(now)s
     FROM contact, conversation
     ON CONFLICT (twilio_sid) DO NOTHING
     RETURNING id, conversation_id, reply_state
@@ -149,13 +179,13 @@ verdict AS (
 logged AS (
     INSERT INTO webhook_logs (received_at, endpoint, account_id, message_sid, idempotency_token,
                               status_code, outcome, reason, signature_valid, params)
-    SELECT :now, :endpoint, cfg.account_id, :sid, :token, 200,
+    SELECT %(now)s, %(endpoint)s, cfg.account_id, %(sid)s, %(token)s, 200,
            CASE WHEN verdict.message_id IS NULL THEN 'duplicate'
                 WHEN verdict.limited IS NULL THEN 'accepted' ELSE 'rate_limited' END,
            CASE WHEN verdict.message_id IS NULL THEN 'MessageSid already recorded'
                 WHEN verdict.limited IS NOT NULL
                 THEN 'over the per-' || verdict.limited || ' limit' END,
-           :signature_valid, CAST(:params AS jsonb)
+           %(signature_valid)s, CAST(%(params)s AS jsonb)
     FROM cfg LEFT JOIN verdict ON true
     WHERE cfg.dup OR EXISTS (SELECT 1 FROM conversation)
     RETURNING id
@@ -165,11 +195,15 @@ SELECT cfg.account_id, cfg.debounce_seconds, (SELECT count(*) FROM logged) AS lo
 FROM cfg LEFT JOIN verdict ON true
 """
 # Whitespace collapsed: psycopg caches its parse of statements up to 4 KiB only.
-RECORD_STATEMENT = text(" ".join(RECORD_SQL.split()))
+RECORD_STATEMENT = " ".join(RECORD_SQL.split())
 
 
 async def _record_postgresql(
-    state: AppState, inbound: InboundMessage, entry: WebhookLog, account_over: bool
+    pool: DriverPool,
+    state: AppState,
+    inbound: InboundMessage,
+    entry: WebhookEntry,
+    account_over: bool,
 ) -> Recorded | None:
     now = utcnow()
     window = state.limits.sender
@@ -196,35 +230,35 @@ async def _record_postgresql(
     }
     for attempt in range(1, ATTEMPTS + 1):
         # One statement is one transaction: in autocommit, no BEGIN and COMMIT round trips.
-        async with state.engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        async with pool.connection() as connection:
             try:
-                row = (await connection.execute(RECORD_STATEMENT, params)).one_or_none()
-            except DBAPIError as error:
+                row = await (await connection.execute(RECORD_STATEMENT, params)).fetchone()
+            except psycopg.OperationalError:
                 # The database restarted since this connection was last used: nothing was
-                # written, and another connection will do (the pool drops this one).
-                if not error.connection_invalidated or attempt == ATTEMPTS:
+                # written, or it was and the next attempt finds the MessageSid stored (the pool
+                # drops this connection).
+                if not connection.broken or attempt == ATTEMPTS:
                     raise
                 continue
-            if row is None:
-                return None  # no account owns the number: nothing was written
-            if row.logged:
-                recorded = Recorded(
-                    account_id=row.account_id,
-                    debounce_seconds=row.debounce_seconds,
-                    message_id=row.message_id,
-                    conversation_id=row.conversation_id,
-                    limited=row.limited,
-                    # The statement made the conversation due with the message.
-                    queued=row.message_id is not None and row.limited is None,
-                )
-                entry.account_id = recorded.account_id
-                entry.outcome, entry.reason = _outcome(recorded)
-                entry.status_code = 200
-                return recorded
-            # The conversation was being opened by a concurrent first message from the same
-            # new contact: only the contact row was written (its window counted this message
-            # once too often, a cost of that rare race); run it again to see the conversation.
+        if row is None:
+            return None  # no account owns the number: nothing was written
+        if row["logged"]:
+            recorded = Recorded(
+                account_id=row["account_id"],
+                debounce_seconds=row["debounce_seconds"],
+                message_id=row["message_id"],
+                conversation_id=row["conversation_id"],
+                limited=row["limited"],
+                # The statement made the conversation due with the message.
+                queued=row["message_id"] is not None and row["limited"] is None,
+            )
+            entry.account_id = recorded.account_id
+            entry.outcome, entry.reason = _outcome(recorded)
+            entry.status_code = 200
+            return recorded
+        # The conversation was being opened by a concurrent first message from the same new
+        # contact: only the contact row was written (its window counted this message once too
+        # often, a cost of that rare race); run it again to see the conversation.
     raise RuntimeError(f"could not record {inbound.sid} in {ATTEMPTS} attempts")
 
 
@@ -232,7 +266,7 @@ async def _record_postgresql(
 
 
 async def _record_orm(
-    state: AppState, inbound: InboundMessage, entry: WebhookLog, account_over: bool
+    state: AppState, inbound: InboundMessage, entry: WebhookEntry, account_over: bool
 ) -> Recorded | None:
     async with state.sessionmaker() as session:
         config = await repository.find_channel_config(session, inbound.channel, inbound.recipient)
@@ -260,7 +294,7 @@ async def _record_orm(
         entry.account_id = recorded.account_id
         entry.outcome, entry.reason = _outcome(recorded)
         entry.status_code = 200
-        session.add(entry)
+        session.add(entry.row())
         await session.commit()
     return recorded
 
@@ -270,39 +304,39 @@ async def _record_orm(
 STATUS_SQL = """
 WITH moved AS (
     UPDATE messages
-    SET status = :status, updated_at = :now,
-        error_code = COALESCE(:error_code, error_code),
-        error_message = COALESCE(:error_message, error_message)
-    WHERE twilio_sid = :sid AND status = ANY(:earlier)
+    SET status = %(status)s, updated_at = %(now)s,
+        error_code = COALESCE(%(error_code)s, error_code),
+        error_message = COALESCE(%(error_message)s, error_message)
+    WHERE twilio_sid = %(sid)s AND status = ANY(%(earlier)s)
     RETURNING id
 ),
 verdict AS (
     SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 'updated'
-                WHEN EXISTS (SELECT 1 FROM messages WHERE twilio_sid = :sid) THEN 'stale'
+                WHEN EXISTS (SELECT 1 FROM messages WHERE twilio_sid = %(sid)s) THEN 'stale'
                 ELSE 'unknown' END AS outcome
 ),
 logged AS (
     INSERT INTO webhook_logs (received_at, endpoint, message_sid, idempotency_token,
                               status_code, outcome, signature_valid, params)
-    SELECT :now, 'status', :sid, :token, 200, 'status_' || outcome, :signature_valid,
-           CAST(:params AS jsonb)
+    SELECT %(now)s, 'status', %(sid)s, %(token)s, 200, 'status_' || outcome, %(signature_valid)s,
+           CAST(%(params)s AS jsonb)
     FROM verdict
     RETURNING outcome
 )
 SELECT outcome FROM verdict, (SELECT count(*) FROM logged) AS written
 """
-STATUS_STATEMENT = text(" ".join(STATUS_SQL.split()))
+STATUS_STATEMENT = " ".join(STATUS_SQL.split())
 
 
 async def record_status(
-    state: AppState, update: StatusUpdate, entry: WebhookLog
+    state: AppState, update: StatusUpdate, entry: WebhookEntry
 ) -> service.StatusOutcome:
     """Apply a delivery status callback (statuses only move forward) and log it."""
-    if state.engine.dialect.name != "postgresql":
+    if state.driver_pool is None:
         async with state.sessionmaker() as session:
             outcome = await service.record_status(session, update)
             entry.status_code, entry.outcome = 200, f"status_{outcome.value}"
-            session.add(entry)
+            session.add(entry.row())
             await session.commit()
         return outcome
     rank = STATUS_RANK[update.status]
@@ -317,10 +351,9 @@ async def record_status(
         "signature_valid": entry.signature_valid,
         "params": json.dumps(entry.params),
     }
-    async with state.engine.connect() as connection:
-        await connection.execution_options(isolation_level="AUTOCOMMIT")
-        outcome = service.StatusOutcome(
-            (await connection.execute(STATUS_STATEMENT, params)).scalar_one()
-        )
+    async with state.driver_pool.connection() as connection:
+        row = await (await connection.execute(STATUS_STATEMENT, params)).fetchone()
+    assert row is not None
+    outcome = service.StatusOutcome(row["outcome"])
     entry.status_code, entry.outcome = 200, f"status_{outcome.value}"
     return outcome

@@ -13,14 +13,14 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from platica.channels.inbound import record_message, record_status
+from platica.channels.inbound import WebhookEntry, record_message, record_status
 from platica.channels.parsing import FormData, first, parse_form, parse_inbound, parse_status
 from platica.config import Settings
-from platica.deps import AppState, StateDep
+from platica.deps import AppState, app_state
 from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
 from platica.logging import get_logger, mask_phone
 from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS
-from platica.models import Channel, WebhookLog
+from platica.models import Channel
 
 router = APIRouter(prefix="/webhook", tags=["webhooks"])
 log = get_logger(__name__)
@@ -100,15 +100,15 @@ class _MultiValues(dict[str, list[str]]):
         return self[name]
 
 
-async def _save_log(state: AppState, entry: WebhookLog) -> None:
+async def _save_log(state: AppState, entry: WebhookEntry) -> None:
     async with state.sessionmaker() as session:
-        session.add(entry)
+        session.add(entry.row())
         await session.commit()
 
 
 async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
     started = time.perf_counter()
-    entry = WebhookLog(
+    entry = WebhookEntry(
         endpoint=endpoint,
         idempotency_token=(request.headers.get("i-twilio-idempotency-token") or "")[:128] or None,
     )
@@ -150,7 +150,7 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
 
 
 async def _record_message(
-    state: AppState, form: FormData, channel: Channel, entry: WebhookLog
+    state: AppState, form: FormData, channel: Channel, entry: WebhookEntry
 ) -> None:
     inbound = parse_inbound(form, channel)
     recorded = await record_message(state, inbound, entry)
@@ -188,7 +188,7 @@ async def _record_message(
     log.debug("webhook.body", message_sid=inbound.sid, body=inbound.body)
 
 
-async def _record_status(state: AppState, form: FormData, entry: WebhookLog) -> None:
+async def _record_status(state: AppState, form: FormData, entry: WebhookEntry) -> None:
     update = parse_status(form)
     outcome = await record_status(state, update, entry)
     log.info(
@@ -201,18 +201,18 @@ async def _record_status(state: AppState, form: FormData, entry: WebhookLog) -> 
 
 
 @router.post("/whatsapp", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_whatsapp(request: Request, state: StateDep) -> Response:
+async def receive_whatsapp(request: Request) -> Response:
     """Twilio's inbound WhatsApp message webhook."""
-    return await _handle(request, state, "whatsapp")
+    return await _handle(request, app_state(request), "whatsapp")
 
 
 @router.post("/sms", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_sms(request: Request, state: StateDep) -> Response:
+async def receive_sms(request: Request) -> Response:
     """Twilio's inbound SMS webhook."""
-    return await _handle(request, state, "sms")
+    return await _handle(request, app_state(request), "sms")
 
 
 @router.post("/status", responses=TWIML_RESPONSE, response_class=Response)
-async def receive_status(request: Request, state: StateDep) -> Response:
+async def receive_status(request: Request) -> Response:
     """Twilio's delivery status callback for the messages Plática sends."""
-    return await _handle(request, state, "status")
+    return await _handle(request, app_state(request), "status")
