@@ -83,7 +83,9 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
     runner: TaskRunner = (
         InProcessRunner(handler, concurrency)
         if settings.is_sqlite
-        else PostgresRunner(settings.DATABASE_URL, engine, handler, concurrency)
+        else PostgresRunner(
+            settings.DATABASE_URL, engine, handler, concurrency, driver_pool=state.driver_pool
+        )
     )
     await runner.start(work=work)
     sweeper = Sweeper(sessionmaker, runner)

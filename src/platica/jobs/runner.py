@@ -17,12 +17,12 @@ from datetime import timedelta
 from typing import Any, Protocol, cast
 
 import psycopg
-from sqlalchemy import Table, bindparam, func, null, or_, select, text, update
+from sqlalchemy import Table, bindparam, func, null, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.conversations import repository
-from platica.db import transaction
+from platica.db import DriverPool, transaction
 from platica.jobs.locks import LEASE_SECONDS
 from platica.logging import get_logger
 from platica.models import Conversation, utcnow
@@ -195,7 +195,7 @@ _MAKE_DUE = (
     .where(_c.id.in_(bindparam("ids", expanding=True)))
     .values(reply_due_at=func.least(func.coalesce(_c.reply_due_at, _due), _due))
 )
-_NOTIFY = text(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
+NOTIFY_SQL = f"SELECT pg_notify('{WAKE_CHANNEL}', '')"
 
 
 class PostgresRunner:
@@ -222,9 +222,13 @@ class PostgresRunner:
         handler: ClaimedHandler,
         concurrency: int = 50,
         lease_seconds: float = LEASE_SECONDS,
+        driver_pool: DriverPool | None = None,
     ) -> None:
         self._conninfo = psycopg_conninfo(database_url)
         self._engine = engine
+        # Where wake-ups go out: the webhook's psycopg pool when there is one (a NOTIFY follows
+        # every burst of webhooks), else the engine.
+        self._driver_pool = driver_pool
         self._handler = handler
         self._concurrency = concurrency
         self._lease_length = timedelta(seconds=lease_seconds)
@@ -260,9 +264,13 @@ class PostgresRunner:
         while self._wake_pending:
             self._wake_pending = False
             try:
-                async with self._engine.connect() as connection:
-                    await connection.execution_options(isolation_level="AUTOCOMMIT")
-                    await connection.execute(_NOTIFY)
+                if self._driver_pool is not None:
+                    async with self._driver_pool.connection() as driver:
+                        await driver.execute(NOTIFY_SQL)
+                else:
+                    async with self._engine.connect() as connection:
+                        await connection.execution_options(isolation_level="AUTOCOMMIT")
+                        await connection.exec_driver_sql(NOTIFY_SQL)
             except Exception as error:
                 log.warning("worker.wake_failed", error=str(error))
                 return
