@@ -105,6 +105,11 @@ def _outcome(recorded: Recorded) -> tuple[str, str | None]:
 # `contact` locks the contact row first (upsert), then the conversation is found or opened,
 # touched (and made due for its reply, debounce included, unless the message is over a rate
 # limit), and the message inserted: the lock order of conversations/service.py.
+#
+# Rows are looked up by comparing with a subquery's value, `contact_id = (SELECT id FROM
+# contact)`, never by joining CTEs to tables: a join may be planned, while the tables are small,
+# as a walk through every active conversation, and the prepared statement would keep that plan
+# as they grow (the cost per webhook tripled over its first 5,000 messages).
 
 RECORD_SQL = """
 WITH cfg AS (
@@ -132,8 +137,8 @@ contact AS (
               c.rate_window_count > %(sender_limit)s AS sender_limited
 ),
 existing AS (
-    SELECT v.id FROM conversations v JOIN contact ON v.contact_id = contact.id
-    WHERE v.status = 'active'
+    SELECT id FROM conversations
+    WHERE contact_id = (SELECT id FROM contact) AND status = 'active'
 ),
 opened AS (
     INSERT INTO conversations (account_id, channel, contact_id, contact_address, status,

@@ -153,9 +153,8 @@ _c = _table.c
 _now = bindparam("now", type_=_c.reply_due_at.type)
 _due = bindparam("due", type_=_c.reply_due_at.type)
 
-# Due conversations nobody holds, oldest due first (the partial index on reply_due_at), locked
-# so that concurrent claims by other processes skip them rather than wait. A CTE: evaluated
-# once, whatever the plan.
+# The due conversation nobody holds that has waited longest (the partial index on
+# reply_due_at), locked so that concurrent claims by other processes skip it rather than wait.
 _CLAIMABLE = (
     select(_c.id)
     .where(
@@ -163,15 +162,18 @@ _CLAIMABLE = (
         or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
     )
     .order_by(_c.reply_due_at)
-    .limit(bindparam("limit"))
+    .limit(1)
     .with_for_update(skip_locked=True)
-    .cte("claimable")
+    .scalar_subquery()
 )
 # Claiming takes the lease (the reply task's, see jobs/locks.py) and clears the due time in one
-# statement: there is no moment when a conversation is claimed but unleased.
+# statement: there is no moment when a conversation is claimed but unleased. One conversation
+# per statement, by `id = (subquery)`: a primary-key lookup however it is planned. A claim of
+# several rows joins them to the table, which a prepared plan made while the table was small
+# does by scanning the whole table (tests/test_plans.py).
 _CLAIM = (
     update(_table)
-    .where(_c.id == _CLAIMABLE.c.id)
+    .where(_c.id == _CLAIMABLE)
     .values(
         lease_owner=bindparam("owner"),
         lease_expires_at=bindparam("expires_at"),
@@ -317,18 +319,14 @@ class PostgresRunner:
         limit = min(free, CLAIM_BATCH)
         now = utcnow()
         owner = uuid.uuid4().hex
+        claim = {"now": now, "owner": owner, "expires_at": now + self._lease_length}
+        claimed: list[int] = []
         async with store_transaction(self._engine, durable=False) as connection:
-            claimed = list(
-                await connection.scalars(
-                    _CLAIM,
-                    {
-                        "now": now,
-                        "limit": limit,
-                        "owner": owner,
-                        "expires_at": now + self._lease_length,
-                    },
-                )
-            )
+            while len(claimed) < limit:
+                conversation_id = await connection.scalar(_CLAIM, claim)
+                if conversation_id is None:
+                    break
+                claimed.append(conversation_id)
             if len(claimed) == limit:
                 next_due = None
             else:
