@@ -127,6 +127,8 @@ class TestCrashRecovery:
         self, database_url, database, server_env, servers, fakes, tmp_path
     ):
         _openai, twilio = fakes
+        # Four replies at a time (1 s each): the kill lands with most of the 30 still to answer.
+        server_env["WORKER_CONCURRENCY"] = "4"
         first = ServerProcess(server_env, tmp_path / "first.log").start()
         servers.append(first)
         database.execute("UPDATE channel_configs SET debounce_seconds = 0")

@@ -182,7 +182,19 @@ def worker() -> None:
         finally:
             await stop_services(state)
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=_fast_event_loop()) as runner:
+        runner.run(run())
+
+
+def _fast_event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (with uvicorn[standard], as `serve` uses it):
+    each database round trip and HTTP call costs the worker less CPU than on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 @db_app.command("upgrade")
