@@ -79,7 +79,12 @@ class OpenAIReplyGenerator:
         try:
             completion = await self._client.chat.completions.create(
                 model=request.model,
-                messages=messages,
+                # The messages go out through extra_body, which the request merges in as they
+                # are: given as `messages`, the SDK first walks them against its type
+                # annotations (its async "transform", a no-op for plain role/content pairs), which
+                # cost 3.7 of the call's 5.7 ms of CPU for eleven messages. Same JSON on the wire.
+                messages=[],
+                extra_body={"messages": messages},
                 temperature=request.temperature,
                 # OpenAI's newer models want max_completion_tokens; compatible servers max_tokens.
                 max_tokens=request.max_tokens if self._custom_server else omit,
