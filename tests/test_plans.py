@@ -59,7 +59,7 @@ SAMPLE: dict[str, Any] = {
 STATEMENTS: dict[str, str | ClauseElement] = {
     "webhook": inbound.RECORD_STATEMENT,
     "status callback": inbound.STATUS_STATEMENT,
-    "claim": runner._CLAIM,
+    "claim": locks.CLAIM_DUE,
     "take lease": locks._TAKE,
     "renew and touch": pipeline.RENEW_AND_TOUCH,
     "release when idle": pipeline.RELEASE_WHEN_IDLE,

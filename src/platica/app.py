@@ -25,7 +25,7 @@ from platica.jobs.locks import LeaseLocks
 from platica.jobs.runner import InProcessRunner, PostgresRunner, Sweeper, TaskRunner
 from platica.logging import configure_logging, get_logger
 from platica.replies.generator import OfflineReplyGenerator, create_generator
-from platica.replies.pipeline import ReplyContext, reply_to_conversation
+from platica.replies.pipeline import ReplyContext, reply_to_conversation, reply_to_next_due
 
 log = get_logger(__name__)
 
@@ -84,7 +84,11 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
         InProcessRunner(handler, concurrency)
         if settings.is_sqlite
         else PostgresRunner(
-            settings.DATABASE_URL, engine, handler, concurrency, driver_pool=state.driver_pool
+            settings.DATABASE_URL,
+            engine,
+            functools.partial(reply_to_next_due, context),
+            concurrency,
+            driver_pool=state.driver_pool,
         )
     )
     await runner.start(work=work)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -16,8 +17,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
+from platica.jobs.locks import LeaseLocks
 from platica.jobs.runner import WAKE_CHANNEL, PostgresRunner
 from platica.models import ReplyState, utcnow
+from platica.replies import store
 from tests.conftest import LiveServer, make_settings, truncate_all
 from tests.factories import inbound_form, post_signed
 from tests.jobs.test_runner import Seeder, old_inbound
@@ -36,40 +39,42 @@ async def eventually(condition: Callable[[], Any], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+@dataclass(frozen=True)
+class Run:
+    conversation_id: int
+    wait: float | None
+
+
 class Handler:
-    """A reply task that records its runs (with the lease it was given), answers from a script (a
-    wait, an exception, or an Event to block on; then None) and gives its lease back."""
+    """A claiming reply task (as replies/pipeline.py's reply_to_next_due): claims the next due
+    conversation under its lease, records the run, answers from a script (a wait, an exception,
+    or an Event to block on; then None) and gives its lease back, whatever happens."""
 
     def __init__(self, engine: AsyncEngine, *answers: Any) -> None:
         self.engine = engine
+        self.locks = LeaseLocks(db.create_sessionmaker(engine))
         self.runs: list[tuple[int, str, str | None]] = []
         self.answers = list(answers)
 
-    async def __call__(self, conversation_id: int, *, claimed_by: str) -> float | None:
-        async with self.engine.connect() as connection:
-            owner = await connection.scalar(
-                text("SELECT lease_owner FROM conversations WHERE id = :id"),
-                {"id": conversation_id},
-            )
-        self.runs.append((conversation_id, claimed_by, owner))
-        answer = self.answers.pop(0) if self.answers else None
-        try:
+    async def __call__(self, on_claim: Callable[[int | None], None]) -> Run | None:
+        async with self.locks.claim_due(on_claim) as lease:
+            async with store.transaction(self.engine, durable=False) as connection:
+                row = await lease.take(connection)
+            if row is None:
+                return None
+            async with self.engine.connect() as connection:
+                owner = await connection.scalar(
+                    text("SELECT lease_owner FROM conversations WHERE id = :id"),
+                    {"id": lease.conversation_id},
+                )
+            self.runs.append((lease.conversation_id, lease.owner, owner))
+            answer = self.answers.pop(0) if self.answers else None
             if isinstance(answer, asyncio.Event):
                 await answer.wait()
-                return None
+                return Run(lease.conversation_id, None)
             if isinstance(answer, Exception):
                 raise answer
-            return answer
-        finally:
-            # As the reply task does (its Lease), whatever happens.
-            async with self.engine.begin() as connection:
-                await connection.execute(
-                    text(
-                        "UPDATE conversations SET lease_owner = NULL, lease_expires_at = NULL"
-                        " WHERE id = :id AND lease_owner = :owner"
-                    ),
-                    {"id": conversation_id, "owner": claimed_by},
-                )
+            return Run(lease.conversation_id, answer)
 
     def ran(self, conversation_id: int) -> int:
         return sum(1 for run in self.runs if run[0] == conversation_id)
@@ -162,7 +167,9 @@ class TestClaiming:
         await eventually(lambda: handler.ran(due) == 1, "the due conversation's run")
         assert handler.ran(idle) == 0
 
-    async def test_a_leased_conversation_waits_for_its_lease(self, queue):
+    async def test_a_leased_conversation_waits_for_its_lease(self, queue, monkeypatch):
+        # A lease running out wakes no one: the worker finds it when it next looks.
+        monkeypatch.setattr("platica.jobs.runner.POLL_SECONDS", 0.2)
         handler = Handler(queue.engine)
         conversation = await queue.conversation()
         await queue.execute(
@@ -309,7 +316,7 @@ async def listener(postgres_url: str) -> AsyncIterator[Listener]:
         yield Listener(connection)
 
 
-async def never_called(_conversation_id: int, *, claimed_by: str) -> None:
+async def never_called(_on_claim: Callable[[int | None], None]) -> None:
     raise AssertionError("no worker runs here")
 
 

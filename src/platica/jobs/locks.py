@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, cast
 
-from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, or_, update
+from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.logging import get_logger
@@ -89,11 +89,48 @@ _TAKE = (
 _RENEW = renew_statement()
 _RELEASE = release_statement()
 
+# PostgreSQL's reply queue (jobs/runner.py): the due conversation nobody holds that has waited
+# longest (the partial index on reply_due_at), locked so that concurrent claims by other
+# processes skip it rather than wait; claiming it takes its lease and clears its due time in
+# the same UPDATE, so there is no moment when it is claimed but unleased. One conversation per
+# statement, by `id = (subquery)`: a primary-key lookup however it is planned (a claim of
+# several joined to the table was planned, while the table was small, as a scan of all of it;
+# tests/test_plans.py).
+_due = _conversations.reply_due_at
+_CLAIMABLE = (
+    select(_conversations.id)
+    .where(
+        _due <= bindparam("now", type_=_due.type),
+        or_(
+            _conversations.lease_expires_at.is_(None),
+            _conversations.lease_expires_at < bindparam("now"),
+        ),
+    )
+    .order_by(_due)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+CLAIM_DUE = (
+    update(_table)
+    .where(_conversations.id == _CLAIMABLE)
+    .values(
+        lease_owner=bindparam("owner"),
+        lease_expires_at=bindparam("expires_at"),
+        reply_due_at=null(),
+    )
+    .returning(*_conversations)
+)
+
 
 class ConversationLocks(Protocol):
-    def lease(self, conversation_id: int, owner: str | None = None) -> Lease:
-        """A lease on the conversation: not yet taken, or taken already by `owner` (a runner
-        that claimed the conversation for this task, see jobs/runner.py)."""
+    def lease(self, conversation_id: int) -> Lease:
+        """A lease on the conversation, not yet taken (see `Lease`)."""
+        ...
+
+    def claim_due(self, on_claim: Callable[[int | None], None] | None = None) -> Lease:
+        """A lease whose first take() claims the due conversation that has waited longest
+        (PostgreSQL's reply queue, see jobs/runner.py), telling `on_claim` what it found."""
         ...
 
     def hold(self, conversation_id: int) -> AbstractAsyncContextManager[bool]:
@@ -109,11 +146,21 @@ class Lease:
     `release()` already did so.
     """
 
-    def __init__(self, locks: LeaseLocks, conversation_id: int, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        locks: LeaseLocks,
+        conversation_id: int,
+        *,
+        claims_due: bool = False,
+        on_claim: Callable[[int | None], None] | None = None,
+    ) -> None:
+        # With claims_due, 0 until the first take() has claimed a conversation.
         self.conversation_id = conversation_id
-        self.owner = owner or uuid.uuid4().hex
-        # Given an owner, the lease was taken in its name already: the first take() renews it.
-        self.taken = owner is not None
+        self.owner = uuid.uuid4().hex
+        self.taken = False
+        self.claims_due = claims_due
+        # Told what the claim found (a conversation's id, or None) as soon as it knows.
+        self._on_claim = on_claim
         self._locks = locks
         self._released = False
         self._renewal: asyncio.Task[None] | None = None
@@ -123,15 +170,23 @@ class Lease:
 
     async def take(self, connection: AsyncConnection) -> Row[Any] | None:
         """Take the lease (or, when held, extend it); the conversation's row, or None when
-        another worker holds the lease. Raises LeaseLost if a held lease was lost."""
+        another worker holds the lease (claiming: when nothing is due). Raises LeaseLost if a
+        held lease was lost."""
         if self.taken:
             return await self.renew(connection)
         now = utcnow()
-        row = (
-            await connection.execute(
-                _TAKE, self._params(now=now, expires_at=now + self._locks.lease_length)
-            )
-        ).first()
+        expires_at = now + self._locks.lease_length
+        if self.claims_due:
+            claim = {"now": now, "owner": self.owner, "expires_at": expires_at}
+            row = (await connection.execute(CLAIM_DUE, claim)).first()
+            if row is not None:
+                self.conversation_id = row.id
+            if self._on_claim is not None:
+                self._on_claim(row.id if row is not None else None)
+        else:
+            row = (
+                await connection.execute(_TAKE, self._params(now=now, expires_at=expires_at))
+            ).first()
         if row is not None:
             self.taken = True
             self._start_renewal()
@@ -179,8 +234,6 @@ class Lease:
                 )
 
     async def __aenter__(self) -> Lease:
-        if self.taken:
-            self._start_renewal()
         return self
 
     async def __aexit__(
@@ -211,8 +264,11 @@ class LeaseLocks:
         self.engine: AsyncEngine = engine_of(sessionmaker)
         self.lease_length = timedelta(seconds=lease_seconds)
 
-    def lease(self, conversation_id: int, owner: str | None = None) -> Lease:
-        return Lease(self, conversation_id, owner)
+    def lease(self, conversation_id: int) -> Lease:
+        return Lease(self, conversation_id)
+
+    def claim_due(self, on_claim: Callable[[int | None], None] | None = None) -> Lease:
+        return Lease(self, 0, claims_due=True, on_claim=on_claim)
 
     @asynccontextmanager
     async def hold(self, conversation_id: int) -> AsyncIterator[bool]:

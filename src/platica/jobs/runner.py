@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Protocol, cast
 
 import psycopg
-from sqlalchemy import Table, bindparam, func, null, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.conversations import repository
 from platica.db import DriverPool, transaction
-from platica.jobs.locks import LEASE_SECONDS
 from platica.logging import get_logger
 from platica.models import Conversation, utcnow
 from platica.replies.store import transaction as store_transaction
@@ -31,13 +29,6 @@ from platica.replies.store import transaction as store_transaction
 log = get_logger(__name__)
 
 Handler = Callable[[int], Awaitable[float | None]]
-
-
-class ClaimedHandler(Protocol):
-    """The reply task, run on a conversation whose lease the runner took in the name of
-    `claimed_by`; it gives the lease back when it is done, however it ends."""
-
-    def __call__(self, conversation_id: int, *, claimed_by: str) -> Awaitable[float | None]: ...
 
 
 # What working processes LISTEN on, and `wake` notifies.
@@ -48,9 +39,8 @@ SWEEP_INTERVAL_SECONDS = 10.0
 # Work younger than this is someone's in-flight task, not a leftover.
 SWEEP_GRACE_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 5.0
-# PostgreSQL workers: conversations claimed per statement at most, how often they look for due
-# work with no notification, and how long they wait after a failed claim or LISTEN.
-CLAIM_BATCH = 20
+# PostgreSQL workers: how often they look for due work with no notification, and how long they
+# wait after a failed claim or LISTEN.
 POLL_SECONDS = 5.0
 CLAIM_RETRY_SECONDS = 1.0
 LISTEN_RETRY_SECONDS = 1.0
@@ -153,35 +143,7 @@ _c = _table.c
 _now = bindparam("now", type_=_c.reply_due_at.type)
 _due = bindparam("due", type_=_c.reply_due_at.type)
 
-# The due conversation nobody holds that has waited longest (the partial index on
-# reply_due_at), locked so that concurrent claims by other processes skip it rather than wait.
-_CLAIMABLE = (
-    select(_c.id)
-    .where(
-        _c.reply_due_at <= _now,
-        or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
-    )
-    .order_by(_c.reply_due_at)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
-)
-# Claiming takes the lease (the reply task's, see jobs/locks.py) and clears the due time in one
-# statement: there is no moment when a conversation is claimed but unleased. One conversation
-# per statement, by `id = (subquery)`: a primary-key lookup however it is planned. A claim of
-# several rows joins them to the table, which a prepared plan made while the table was small
-# does by scanning the whole table (tests/test_plans.py).
-_CLAIM = (
-    update(_table)
-    .where(_c.id == _CLAIMABLE)
-    .values(
-        lease_owner=bindparam("owner"),
-        lease_expires_at=bindparam("expires_at"),
-        reply_due_at=null(),
-    )
-    .returning(_c.id)
-)
-# The next moment a conversation nobody holds becomes due.
+# The next moment a conversation nobody holds becomes due (the claim itself: jobs/locks.py).
 _NEXT_DUE = (
     select(_c.reply_due_at)
     .where(
@@ -200,18 +162,37 @@ _MAKE_DUE = (
 NOTIFY_SQL = f"SELECT pg_notify('{WAKE_CHANNEL}', '')"
 
 
+class Claimed(Protocol):
+    @property
+    def conversation_id(self) -> int: ...
+
+    @property
+    def wait(self) -> float | None:
+        """Seconds until it should run again, or None when done."""
+        ...
+
+
+class ClaimingTask(Protocol):
+    """The reply task that claims its conversation (replies/pipeline.py: reply_to_next_due):
+    it tells `on_claim` which conversation it claimed (None: nothing was due) as soon as it
+    knows, and returns what it claimed, if anything."""
+
+    def __call__(self, on_claim: Callable[[int | None], None]) -> Awaitable[Claimed | None]: ...
+
+
 class PostgresRunner:
     """Reply tasks queued on the conversations themselves, shared by every serve and worker
     process on the database.
 
     A conversation is due when `reply_due_at` has passed: the webhook's statement sets it with
-    the message (debounce included), `defer` sets it for anything else. A working process claims
-    due conversations nobody holds, up to its free task slots, with one UPDATE that takes their
-    leases and clears the due time (FOR UPDATE SKIP LOCKED: processes never claim the same one),
-    and runs the reply task on each. A task that asks to run again makes the conversation due
-    again; a new message during a task makes it due too, and it is claimed once the task gives
-    its lease back. A process that dies leaves its leases to expire, and the sweeper makes their
-    conversations due again.
+    the message (debounce included), `defer` sets it for anything else. While a working process
+    has a free task slot and work may be due, it starts a task that claims the due conversation
+    nobody holds that has waited longest, as the first statement of its first transaction (one
+    UPDATE ... FOR UPDATE SKIP LOCKED that takes the lease and clears the due time: processes
+    never claim the same one), and, as soon as that claim has found something, the next task.
+    A task that asks to run again makes the conversation due again; a new message during a task
+    makes it due too, and it is claimed once the task gives its lease back. A process that dies
+    leaves its leases to expire, and the sweeper makes their conversations due again.
 
     Workers wait for the next due time, for a notification (`wake`, LISTEN on WAKE_CHANNEL), or
     for a free slot, and look anyway every POLL_SECONDS.
@@ -221,20 +202,23 @@ class PostgresRunner:
         self,
         database_url: str,
         engine: AsyncEngine,
-        handler: ClaimedHandler,
+        claim_next: ClaimingTask,
         concurrency: int = 50,
-        lease_seconds: float = LEASE_SECONDS,
         driver_pool: DriverPool | None = None,
     ) -> None:
         self._conninfo = psycopg_conninfo(database_url)
         self._engine = engine
+        self._claim_next = claim_next
+        self._concurrency = concurrency
         # Where wake-ups go out: the webhook's psycopg pool when there is one (a NOTIFY follows
         # every burst of webhooks), else the engine.
         self._driver_pool = driver_pool
-        self._handler = handler
-        self._concurrency = concurrency
-        self._lease_length = timedelta(seconds=lease_seconds)
-        self._running: dict[asyncio.Task[None], int] = {}
+        # Running tasks, with the conversation each claimed (None until it has claimed one).
+        self._running: dict[asyncio.Task[None], int | None] = {}
+        # A task has been started and has not yet said what its claim found.
+        self._claiming = False
+        # Whether a due conversation may be waiting (a wake-up, or the last claim found one).
+        self._maybe_due = True
         self._nudged = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -282,6 +266,10 @@ class PostgresRunner:
             self._listener = asyncio.create_task(self._listen(), name="worker-listener")
             self._dispatcher = asyncio.create_task(self._dispatch(), name="worker-dispatcher")
 
+    def _nudge(self, *, due: bool = False) -> None:
+        self._maybe_due = self._maybe_due or due
+        self._nudged.set()
+
     async def _listen(self) -> None:
         """LISTEN for wake-ups, reconnecting when the connection drops."""
         while True:
@@ -290,9 +278,9 @@ class PostgresRunner:
                     self._conninfo, autocommit=True
                 ) as connection:
                     await connection.execute(f'LISTEN "{WAKE_CHANNEL}"')
-                    self._nudged.set()  # whatever was announced while nobody listened
+                    self._nudge(due=True)  # whatever was announced while nobody listened
                     async for _ in connection.notifies():
-                        self._nudged.set()
+                        self._nudge(due=True)
             except (psycopg.Error, OSError) as error:
                 log.warning("worker.listen_failed", error=str(error))
             await asyncio.sleep(LISTEN_RETRY_SECONDS)
@@ -301,7 +289,7 @@ class PostgresRunner:
         while True:
             self._nudged.clear()
             try:
-                wait = await self._claim_and_start()
+                wait = await self._start_next()
             except Exception as error:
                 # The database is away: try again shortly; the tasks already started go on.
                 log.warning("worker.claim_failed", error=str(error))
@@ -310,49 +298,53 @@ class PostgresRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._nudged.wait(), wait)
 
-    async def _claim_and_start(self) -> float:
-        """Start tasks for due conversations while there are free slots; seconds until it is
-        worth looking again (0: at once)."""
-        free = self._concurrency - len(self._running)
-        if free <= 0:
-            return POLL_SECONDS  # a task that ends nudges
-        limit = min(free, CLAIM_BATCH)
-        now = utcnow()
-        owner = uuid.uuid4().hex
-        claim = {"now": now, "owner": owner, "expires_at": now + self._lease_length}
-        claimed: list[int] = []
-        async with store_transaction(self._engine, durable=False) as connection:
-            while len(claimed) < limit:
-                conversation_id = await connection.scalar(_CLAIM, claim)
-                if conversation_id is None:
-                    break
-                claimed.append(conversation_id)
-            if len(claimed) == limit:
-                next_due = None
-            else:
-                next_due = await connection.scalar(_NEXT_DUE, {"now": now})
-        for conversation_id in claimed:
-            task = asyncio.create_task(
-                self._run(conversation_id, owner), name=f"reply-{conversation_id}"
-            )
-            self._running[task] = conversation_id
-            task.add_done_callback(self._finished)
-        if len(claimed) == limit:
-            return 0.0  # there may be more
-        if next_due is None:
-            return POLL_SECONDS
-        seconds: float = (next_due - utcnow()).total_seconds()
-        return min(max(seconds, 0.0), POLL_SECONDS)
+    async def _start_next(self) -> float:
+        """Start the next claiming task if a slot is free and work may be due; seconds until it
+        is worth looking again (0: at once)."""
+        if self._claiming or len(self._running) >= self._concurrency:
+            return POLL_SECONDS  # the claim's outcome, or a task that ends, nudges
+        if not self._maybe_due:
+            async with self._engine.connect() as connection:
+                next_due = await connection.scalar(_NEXT_DUE, {"now": utcnow()})
+            if next_due is None:
+                return POLL_SECONDS
+            seconds: float = (next_due - utcnow()).total_seconds()
+            if seconds > 0:
+                return min(seconds, POLL_SECONDS)
+        self._maybe_due = False
+        self._claiming = True
+        task = asyncio.create_task(self._run(), name="reply")
+        self._running[task] = None
+        task.add_done_callback(self._finished)
+        return POLL_SECONDS
 
-    async def _run(self, conversation_id: int, owner: str) -> None:
+    async def _run(self) -> None:
+        task = asyncio.current_task()
+
+        def claimed(conversation_id: int | None) -> None:
+            if task is not None and task in self._running:
+                self._running[task] = conversation_id
+            self._claiming = False
+            self._nudge(due=conversation_id is not None)  # one was due: more may be
+
         try:
-            wait = await run_handler(self._handler, conversation_id, claimed_by=owner)
-            if wait is not None:
+            result = await self._claim_next(claimed)
+            wait = None if result is None else result.wait
+        except Exception:
+            log.exception("task.crashed")
+            wait = CRASH_RETRY_SECONDS
+        conversation_id = self._running.get(task) if task is not None else None
+        if self._claiming and conversation_id is None:
+            claimed(None)  # it failed before its claim said anything
+        if wait is not None and conversation_id is not None:
+            try:
                 await self._make_due([conversation_id], wait)
-        except Exception as error:
-            # The due time could not be stored (the database is away): the sweeper finds the
-            # conversation's unanswered messages again.
-            log.warning("worker.requeue_failed", conversation_id=conversation_id, error=str(error))
+            except Exception as error:
+                # The database is away: the sweeper finds the conversation's unanswered
+                # messages again.
+                log.warning(
+                    "worker.requeue_failed", conversation_id=conversation_id, error=str(error)
+                )
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
@@ -370,11 +362,12 @@ class PostgresRunner:
             # Bounded: a task's lease is given back as it is cancelled, unless the database is gone.
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
         self._dispatcher = self._listener = self._waker = None
-        if running:
+        cut_short = [conversation for conversation in running.values() if conversation]
+        if cut_short:
             # Their work was cut short: due again at once, for this process's next start or
             # for another worker, rather than at the sweeper's next look.
             try:
-                await asyncio.wait_for(self._make_due(list(running.values())), STOP_TIMEOUT_SECONDS)
+                await asyncio.wait_for(self._make_due(cut_short), STOP_TIMEOUT_SECONDS)
             except Exception as error:
                 log.warning("worker.requeue_failed", error=str(error))
 

@@ -27,6 +27,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -114,24 +115,46 @@ RELEASE_WHEN_IDLE = release_statement(*store.idle())
 RENEW_AND_TOUCH = renew_statement(**store.touch_values())
 
 
-async def reply_to_conversation(
-    ctx: ReplyContext, conversation_id: int, *, claimed_by: str | None = None
-) -> float | None:
-    """Bring the conversation up to date; seconds until it should run again, or None when done.
+async def reply_to_conversation(ctx: ReplyContext, conversation_id: int) -> float | None:
+    """Bring the conversation up to date; seconds until it should run again, or None when done."""
+    async with ctx.locks.lease(conversation_id) as lease:
+        return await _rounds(ctx, lease)
 
-    `claimed_by`: the owner of the lease the runner took on the conversation for this task.
+
+class Claimed(NamedTuple):
+    conversation_id: int
+    # Seconds until it should run again, or None when done.
+    wait: float | None
+
+
+async def reply_to_next_due(
+    ctx: ReplyContext, on_claim: Callable[[int | None], None] | None = None
+) -> Claimed | None:
+    """Claim the due conversation that has waited longest and bring it up to date (PostgreSQL's
+    reply queue, see jobs/runner.py); None when none is due. `on_claim` learns what the claim
+    found as soon as it is known, long before the reply is done.
+
+    The claim, which takes the conversation's lease, is the first statement of the task's first
+    transaction: claiming costs no transaction of its own.
     """
-    async with ctx.locks.lease(conversation_id, claimed_by) as lease:
-        try:
-            for _ in range(MAX_ROUNDS):
-                outcome = await _round(ctx, lease)
-                if not isinstance(outcome, _Again):
-                    return outcome
-        except LeaseLost:
-            # Another worker has the conversation now; it carries on from the stored state.
-            log.warning("reply.lease_lost", conversation_id=conversation_id)
-            return LOCK_BUSY_RETRY_SECONDS
-        return 0.0
+    async with ctx.locks.claim_due(on_claim) as lease:
+        wait = await _rounds(ctx, lease)
+        if not lease.taken:
+            return None
+        return Claimed(lease.conversation_id, wait)
+
+
+async def _rounds(ctx: ReplyContext, lease: Lease) -> float | None:
+    try:
+        for _ in range(MAX_ROUNDS):
+            outcome = await _round(ctx, lease)
+            if not isinstance(outcome, _Again):
+                return outcome
+    except LeaseLost:
+        # Another worker has the conversation now; it carries on from the stored state.
+        log.warning("reply.lease_lost", conversation_id=lease.conversation_id)
+        return LOCK_BUSY_RETRY_SECONDS
+    return 0.0
 
 
 async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
@@ -140,7 +163,8 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
     async with store.transaction(ctx.engine, durable=False) as connection:
         row = await lease.take(connection)
         if row is None:
-            return LOCK_BUSY_RETRY_SECONDS
+            # Busy, or (claiming) nothing was due.
+            return None if lease.claims_due and not lease.taken else LOCK_BUSY_RETRY_SECONDS
         loaded = await store.load(connection, store.conversation_state(row))
         if loaded is None:
             await lease.release(connection)
