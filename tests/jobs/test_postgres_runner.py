@@ -56,7 +56,7 @@ class Handler:
         self.runs: list[tuple[int, str, str | None]] = []
         self.answers = list(answers)
 
-    async def __call__(self, on_claim: Callable[[int | None], None]) -> Run | None:
+    async def __call__(self, on_claim: Callable[[int | None, bool], None]) -> Run | None:
         async with self.locks.claim_due(on_claim) as lease:
             async with store.transaction(self.engine, durable=False) as connection:
                 row = await lease.take(connection)
@@ -316,7 +316,7 @@ async def listener(postgres_url: str) -> AsyncIterator[Listener]:
         yield Listener(connection)
 
 
-async def never_called(_on_claim: Callable[[int | None], None]) -> None:
+async def never_called(_on_claim: Callable[[int | None, bool], None]) -> None:
     raise AssertionError("no worker runs here")
 
 

@@ -21,7 +21,17 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, cast
 
-from sqlalchemy import ColumnElement, Row, Table, Update, bindparam, null, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Table,
+    Update,
+    bindparam,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.logging import get_logger
@@ -97,20 +107,19 @@ _RELEASE = release_statement()
 # several joined to the table was planned, while the table was small, as a scan of all of it;
 # tests/test_plans.py).
 _due = _conversations.reply_due_at
+_now = bindparam("now", type_=_due.type)
 _CLAIMABLE = (
     select(_conversations.id)
     .where(
-        _due <= bindparam("now", type_=_due.type),
-        or_(
-            _conversations.lease_expires_at.is_(None),
-            _conversations.lease_expires_at < bindparam("now"),
-        ),
+        _due <= _now,
+        or_(_conversations.lease_expires_at.is_(None), _conversations.lease_expires_at < _now),
     )
     .order_by(_due)
     .limit(1)
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
+_other = _table.alias("other")
 CLAIM_DUE = (
     update(_table)
     .where(_conversations.id == _CLAIMABLE)
@@ -119,7 +128,23 @@ CLAIM_DUE = (
         lease_expires_at=bindparam("expires_at"),
         reply_due_at=null(),
     )
-    .returning(*_conversations)
+    .returning(
+        *_conversations,
+        # Whether another conversation is due too: the runner then starts a second task at
+        # once, and otherwise waits. Ordered and limited like the claim, so that it is a probe
+        # of the due index however it is planned.
+        select(_other.c.id)
+        .where(
+            _other.c.reply_due_at <= _now,
+            or_(_other.c.lease_expires_at.is_(None), _other.c.lease_expires_at < _now),
+            _other.c.id != _conversations.id,
+        )
+        .order_by(_other.c.reply_due_at)
+        .limit(1)
+        .scalar_subquery()
+        .is_not(None)
+        .label("more_due"),
+    )
 )
 
 
@@ -128,9 +153,10 @@ class ConversationLocks(Protocol):
         """A lease on the conversation, not yet taken (see `Lease`)."""
         ...
 
-    def claim_due(self, on_claim: Callable[[int | None], None] | None = None) -> Lease:
+    def claim_due(self, on_claim: Callable[[int | None, bool], None] | None = None) -> Lease:
         """A lease whose first take() claims the due conversation that has waited longest
-        (PostgreSQL's reply queue, see jobs/runner.py), telling `on_claim` what it found."""
+        (PostgreSQL's reply queue, see jobs/runner.py), telling `on_claim` what it found and
+        whether another conversation is due too."""
         ...
 
     def hold(self, conversation_id: int) -> AbstractAsyncContextManager[bool]:
@@ -152,14 +178,15 @@ class Lease:
         conversation_id: int,
         *,
         claims_due: bool = False,
-        on_claim: Callable[[int | None], None] | None = None,
+        on_claim: Callable[[int | None, bool], None] | None = None,
     ) -> None:
         # With claims_due, 0 until the first take() has claimed a conversation.
         self.conversation_id = conversation_id
         self.owner = uuid.uuid4().hex
         self.taken = False
         self.claims_due = claims_due
-        # Told what the claim found (a conversation's id, or None) as soon as it knows.
+        # Told what the claim found (a conversation's id, or None; whether more are due) as
+        # soon as it knows.
         self._on_claim = on_claim
         self._locks = locks
         self._released = False
@@ -182,7 +209,10 @@ class Lease:
             if row is not None:
                 self.conversation_id = row.id
             if self._on_claim is not None:
-                self._on_claim(row.id if row is not None else None)
+                if row is None:
+                    self._on_claim(None, False)
+                else:
+                    self._on_claim(row.id, bool(row.more_due))
         else:
             row = (
                 await connection.execute(_TAKE, self._params(now=now, expires_at=expires_at))
@@ -267,7 +297,7 @@ class LeaseLocks:
     def lease(self, conversation_id: int) -> Lease:
         return Lease(self, conversation_id)
 
-    def claim_due(self, on_claim: Callable[[int | None], None] | None = None) -> Lease:
+    def claim_due(self, on_claim: Callable[[int | None, bool], None] | None = None) -> Lease:
         return Lease(self, 0, claims_due=True, on_claim=on_claim)
 
     @asynccontextmanager

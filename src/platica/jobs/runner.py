@@ -174,10 +174,12 @@ class Claimed(Protocol):
 
 class ClaimingTask(Protocol):
     """The reply task that claims its conversation (replies/pipeline.py: reply_to_next_due):
-    it tells `on_claim` which conversation it claimed (None: nothing was due) as soon as it
-    knows, and returns what it claimed, if anything."""
+    it tells `on_claim` which conversation it claimed (None: nothing was due) and whether
+    another is due too, as soon as it knows, and returns what it claimed, if anything."""
 
-    def __call__(self, on_claim: Callable[[int | None], None]) -> Awaitable[Claimed | None]: ...
+    def __call__(
+        self, on_claim: Callable[[int | None, bool], None]
+    ) -> Awaitable[Claimed | None]: ...
 
 
 class PostgresRunner:
@@ -189,7 +191,8 @@ class PostgresRunner:
     has a free task slot and work may be due, it starts a task that claims the due conversation
     nobody holds that has waited longest, as the first statement of its first transaction (one
     UPDATE ... FOR UPDATE SKIP LOCKED that takes the lease and clears the due time: processes
-    never claim the same one), and, as soon as that claim has found something, the next task.
+    never claim the same one), and, as soon as that claim finds another conversation due too,
+    the next task.
     A task that asks to run again makes the conversation due again; a new message during a task
     makes it due too, and it is claimed once the task gives its lease back. A process that dies
     leaves its leases to expire, and the sweeper makes their conversations due again.
@@ -321,11 +324,11 @@ class PostgresRunner:
     async def _run(self) -> None:
         task = asyncio.current_task()
 
-        def claimed(conversation_id: int | None) -> None:
+        def claimed(conversation_id: int | None, more_due: bool) -> None:
             if task is not None and task in self._running:
                 self._running[task] = conversation_id
             self._claiming = False
-            self._nudge(due=conversation_id is not None)  # one was due: more may be
+            self._nudge(due=more_due)
 
         try:
             result = await self._claim_next(claimed)
@@ -335,7 +338,7 @@ class PostgresRunner:
             wait = CRASH_RETRY_SECONDS
         conversation_id = self._running.get(task) if task is not None else None
         if self._claiming and conversation_id is None:
-            claimed(None)  # it failed before its claim said anything
+            claimed(None, False)  # it failed before its claim said anything
         if wait is not None and conversation_id is not None:
             try:
                 await self._make_due([conversation_id], wait)

@@ -128,7 +128,7 @@ class Claimed(NamedTuple):
 
 
 async def reply_to_next_due(
-    ctx: ReplyContext, on_claim: Callable[[int | None], None] | None = None
+    ctx: ReplyContext, on_claim: Callable[[int | None, bool], None] | None = None
 ) -> Claimed | None:
     """Claim the due conversation that has waited longest and bring it up to date (PostgreSQL's
     reply queue, see jobs/runner.py); None when none is due. `on_claim` learns what the claim
