@@ -452,7 +452,12 @@ def write(results: dict[str, Any], output: Path) -> None:
     add("")
     add(
         f"Every figure is **median (min–max) over {reps_n} repetition{'s' if reps_n != 1 else ''}**"
-        " unless it says otherwise; “–” means not measured (a sweep stops at the first rate "
+        + (
+            f" ({config['sqlite_repetitions']} for SQLite)"
+            if config.get("sqlite_repetitions", reps_n) != reps_n
+            else ""
+        )
+        + " unless it says otherwise; “–” means not measured (a sweep stops at the first rate "
         f"whose p99 exceeds {fmt(config.get('abort_p99_ms', 1000.0), 0)} ms or that fails over 1 % of its "
         "requests: higher rates would only pile up work)."
     )
@@ -538,10 +543,18 @@ def write(results: dict[str, Any], output: Path) -> None:
         f"{config['twilio_latency']:g} s (both clocks are the machine's CLOCK_MONOTONIC)."
     )
     add(
+        f"- Warm-up: each repetition starts with {config.get('warm_up_rate', 0):g} messages/s for "
+        f"{config.get('warm_up_seconds', 0):g} s, each answered, before anything is measured "
+        "(a service in use has its connections open and its statements prepared); those "
+        "messages are checked like the others."
+    )
+    add(
         "- Drain: each repetition (and each scale factor) ends by polling the fake Twilio until "
         "every message acknowledged in it has been answered, for at most "
         f"{fmt(config.get('drain_seconds'), 0)} s and never past the run's time budget of "
-        f"{fmt(config.get('budget_seconds'), 0)} s; the exactly-once check is made then."
+        f"{fmt(config.get('budget_seconds'), 0)} s; the exactly-once check is made then. The "
+        "drain checks correctness, not latency: meanwhile the fakes answer at once, so the "
+        "backlog goes as fast as the CPU allows."
     )
     add("")
 
@@ -696,7 +709,7 @@ def write(results: dict[str, Any], output: Path) -> None:
         )
         + "; below that, CPU (the worker's, the web path's and the database's on the same cores) "
         "is the limit. Replies per second while the backlog drained at the end of each "
-        "repetition: "
+        "repetition (the fakes answering at once: what the CPU allows): "
         + "; ".join(
             f"{backend} {fmt_spread(_values(reps, 'drain', 'replies_per_second'))}"
             for backend, reps in scenarios.items()

@@ -66,10 +66,11 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
         await ensure_default_account(session, settings)
     generator = create_generator(settings)
     sender = create_sender(settings)
-    locks = LeaseLocks(sessionmaker)
     state = AppState(settings=settings, engine=engine, sessionmaker=sessionmaker)
     if not settings.is_sqlite:
+        # The statements every message runs (the webhook's, the reply path's) skip SQLAlchemy.
         state.driver_pool = await db.open_driver_pool(settings.DATABASE_URL)
+    locks = LeaseLocks(sessionmaker, driver_pool=state.driver_pool)
     context = ReplyContext(
         settings=settings,
         sessionmaker=sessionmaker,
@@ -77,6 +78,7 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
         sender=sender,
         locks=locks,
         status_callback=state.status_callback_url,
+        driver_pool=state.driver_pool,
     )
     handler = functools.partial(reply_to_conversation, context)
     concurrency = settings.WORKER_CONCURRENCY

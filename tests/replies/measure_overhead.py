@@ -214,12 +214,15 @@ async def measure(backend: str, mode: str, count: int) -> str:
     ids = await seed(sessionmaker, WARM_UP + count)
     generator: Any = OpenAIReplyGenerator(settings) if fakes else StubGenerator()
     sender: Any = TwilioSender(settings) if fakes else StubSender()
+    # As a process runs it: on PostgreSQL through the psycopg pool (db.open_driver_pool).
+    driver_pool = await db.open_driver_pool(url) if backend == "postgresql" else None
     ctx = ReplyContext(
         settings=settings,
         sessionmaker=sessionmaker,
         generator=generator,
         sender=sender,
-        locks=LeaseLocks(sessionmaker),
+        locks=LeaseLocks(sessionmaker, driver_pool=driver_pool),
+        driver_pool=driver_pool,
     )
     try:
         for conversation_id in ids[:WARM_UP]:
@@ -242,6 +245,8 @@ async def measure(backend: str, mode: str, count: int) -> str:
     finally:
         await generator.aclose()
         await sender.aclose()
+        if driver_pool is not None:
+            await driver_pool.close()
         await engine.dispose()
         if backend == "postgresql":
             with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as c:

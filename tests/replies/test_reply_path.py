@@ -5,12 +5,14 @@ one at a time, early status callbacks replayed, new messages picked up before th
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -215,24 +217,68 @@ def inbound(conversation: Conversation, body: str) -> Message:
     )
 
 
+# What a psycopg connection of the pool runs for itself, not for the reply path.
+CONNECTION_SETUP = ("SET platica.service", "SET plan_cache_mode", "SELECT 1")
+
+
+def record_psycopg(statements: Statements, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every statement psycopg runs (the reply path's, on PostgreSQL), grouped by transaction
+    (psycopg's transaction blocks)."""
+    real_execute = psycopg.AsyncCursor.execute
+    real_connection_execute = psycopg.AsyncConnection.execute
+    real_transaction = psycopg.AsyncConnection.transaction
+
+    def note(query: Any) -> None:
+        sql = " ".join(str(query).split())
+        if not sql.startswith(CONNECTION_SETUP):
+            statements.statement(sql)
+
+    async def execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        note(query)
+        return await real_execute(cursor, query, *args, **kwargs)
+
+    async def connection_execute(connection: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        note(query)
+        return await real_connection_execute(connection, query, *args, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def transaction(connection: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        try:
+            async with real_transaction(connection, *args, **kwargs) as block:
+                yield block
+        finally:
+            statements.end()
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute)
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", connection_execute)
+    monkeypatch.setattr(psycopg.AsyncConnection, "transaction", transaction)
+
+
 @pytest.fixture
-async def path(database_url: str) -> AsyncIterator[Path]:
+async def path(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Path]:
+    """The reply path as a process runs it: on PostgreSQL through the psycopg pool
+    (db.open_driver_pool), on SQLite through SQLAlchemy."""
     settings: Settings = make_settings(database_url)
     engine = db.create_engine(database_url)
     sessionmaker = db.create_sessionmaker(engine)
     statements = Statements()
+    driver_pool = None
+    if engine.dialect.name == "postgresql":
+        driver_pool = await db.open_driver_pool(database_url)
+        record_psycopg(statements, monkeypatch)
+    else:
 
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def _statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        statements.statement(sql)
+        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def _statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+            statements.statement(sql)
 
-    @event.listens_for(engine.sync_engine, "commit")
-    def _commit(_conn: Any) -> None:
-        statements.end()
+        @event.listens_for(engine.sync_engine, "commit")
+        def _commit(_conn: Any) -> None:
+            statements.end()
 
-    @event.listens_for(engine.sync_engine, "rollback")
-    def _rollback(_conn: Any) -> None:
-        statements.end()
+        @event.listens_for(engine.sync_engine, "rollback")
+        def _rollback(_conn: Any) -> None:
+            statements.end()
 
     generator, sender = StubGenerator(), StubSender()
     ctx = ReplyContext(
@@ -240,12 +286,15 @@ async def path(database_url: str) -> AsyncIterator[Path]:
         sessionmaker=sessionmaker,
         generator=generator,
         sender=sender,
-        locks=LeaseLocks(sessionmaker),
+        locks=LeaseLocks(sessionmaker, driver_pool=driver_pool),
         policy=RetryPolicy(backoff_base=0.01, backoff_max=0.05),
+        driver_pool=driver_pool,
     )
     try:
         yield Path(engine, ctx, generator, sender, statements)
     finally:
+        if driver_pool is not None:
+            await driver_pool.close()
         await engine.dispose()
 
 
@@ -257,6 +306,7 @@ class TestRoundTrips:
 
         assert len(path.sender.sent) == 1
         transactions = path.statements.transactions
+        assert transactions, "no statement was seen"
         assert len(transactions) <= PLAIN_REPLY_TRANSACTIONS, transactions
         assert len(path.statements.counted) <= PLAIN_REPLY_STATEMENTS, transactions
 
@@ -268,6 +318,7 @@ class TestRoundTrips:
         await reply_to_conversation(path.ctx, conversation)
 
         postgres = path.engine.dialect.name == "postgresql"
+        assert len(path.statements.transactions) == PLAIN_REPLY_TRANSACTIONS
         for transaction in path.statements.transactions:
             stores_the_reply = any(s.startswith("INSERT INTO messages") for s in transaction)
             relaxed = transaction[0] == NOT_DURABLE

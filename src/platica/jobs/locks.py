@@ -23,7 +23,6 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     ColumnElement,
-    Row,
     Table,
     Update,
     bindparam,
@@ -32,11 +31,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from platica.db import DriverPool
 from platica.logging import get_logger
 from platica.models import Conversation, utcnow
-from platica.replies.store import engine_of, transaction
+from platica.replies.store import Tx, engine_of, transaction
 
 log = get_logger(__name__)
 
@@ -195,7 +195,7 @@ class Lease:
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"conversation_id": self.conversation_id, "owner": self.owner, **extra}
 
-    async def take(self, connection: AsyncConnection) -> Row[Any] | None:
+    async def take(self, connection: Tx) -> Any:
         """Take the lease (or, when held, extend it); the conversation's row, or None when
         another worker holds the lease (claiming: when nothing is due). Raises LeaseLost if a
         held lease was lost."""
@@ -226,9 +226,7 @@ class Lease:
         if self._renewal is None:
             self._renewal = asyncio.create_task(self._renew_while_held(), name="lease-renewal")
 
-    async def renew(
-        self, connection: AsyncConnection, statement: Update = _RENEW, **params: Any
-    ) -> Row[Any]:
+    async def renew(self, connection: Tx, statement: Update = _RENEW, **params: Any) -> Any:
         """Extend the held lease with `statement` (see `renew_statement`); the conversation's
         row. Raises LeaseLost when the lease is no longer this worker's."""
         expires_at = utcnow() + self._locks.lease_length
@@ -239,7 +237,7 @@ class Lease:
             raise LeaseLost(f"conversation {self.conversation_id}")
         return row
 
-    async def release(self, connection: AsyncConnection, statement: Update = _RELEASE) -> bool:
+    async def release(self, connection: Tx, statement: Update = _RELEASE) -> bool:
         """Give the lease back in the caller's transaction if `statement`'s conditions hold (see
         `release_statement`); whether it was given back."""
         result = await connection.execute(statement, self._params())
@@ -252,7 +250,7 @@ class Lease:
         while True:
             await asyncio.sleep(self._locks.lease_length.total_seconds() / 3)
             try:
-                async with transaction(self._locks.engine, durable=False) as connection:
+                async with self._locks.transaction() as connection:
                     await self.renew(connection)
             except LeaseLost:
                 log.warning("lease.lost", conversation_id=self.conversation_id)
@@ -283,16 +281,24 @@ class Lease:
             await asyncio.shield(self._release_alone())
 
     async def _release_alone(self) -> None:
-        async with transaction(self._locks.engine, durable=False) as connection:
+        async with self._locks.transaction() as connection:
             await self.release(connection)
 
 
 class LeaseLocks:
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], lease_seconds: float = LEASE_SECONDS
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        lease_seconds: float = LEASE_SECONDS,
+        driver_pool: DriverPool | None = None,
     ) -> None:
         self.engine: AsyncEngine = engine_of(sessionmaker)
+        self.driver_pool = driver_pool
         self.lease_length = timedelta(seconds=lease_seconds)
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction for a lease alone (not durable: a lost lease only lapses)."""
+        return transaction(self.engine, durable=False, driver_pool=self.driver_pool)
 
     def lease(self, conversation_id: int) -> Lease:
         return Lease(self, conversation_id)
@@ -303,6 +309,6 @@ class LeaseLocks:
     @asynccontextmanager
     async def hold(self, conversation_id: int) -> AsyncIterator[bool]:
         async with self.lease(conversation_id) as lease:
-            async with transaction(self.engine, durable=False) as connection:
+            async with self.transaction() as connection:
                 taken = await lease.take(connection) is not None
             yield taken

@@ -235,7 +235,9 @@ class PostgresRunner:
     async def _make_due(self, conversation_ids: list[int], delay: float = 0.0) -> None:
         due = utcnow() + timedelta(seconds=max(delay, 0.0))
         # Not durable: a due time a database crash forgets is found again by the sweeper.
-        async with store_transaction(self._engine, durable=False) as connection:
+        async with store_transaction(
+            self._engine, durable=False, driver_pool=self._driver_pool
+        ) as connection:
             await connection.execute(_MAKE_DUE, {"ids": conversation_ids, "due": due})
 
     def wake(self) -> None:

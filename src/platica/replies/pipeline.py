@@ -25,14 +25,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.channels.sender import UNSUBSCRIBED, MessageSender, OutgoingMessage, SendFailed
 from platica.config import Settings
+from platica.db import DriverPool
 from platica.errors import RetryableError
 from platica.jobs.locks import (
     ConversationLocks,
@@ -95,10 +97,16 @@ class ReplyContext:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     # The public URL of /webhook/status, when known (PUBLIC_BASE_URL, else the last webhook's).
     status_callback: Callable[[], str | None] = lambda: None
+    # PostgreSQL: the psycopg pool the reply path's statements go through (db.open_driver_pool).
+    driver_pool: DriverPool | None = None
     engine: AsyncEngine = field(init=False)
 
     def __post_init__(self) -> None:
         self.engine = store.engine_of(self.sessionmaker)
+
+    def transaction(self, *, durable: bool) -> AbstractAsyncContextManager[store.Tx]:
+        """A transaction of the reply path (see store.transaction)."""
+        return store.transaction(self.engine, durable=durable, driver_pool=self.driver_pool)
 
 
 class _Again:
@@ -160,7 +168,7 @@ async def _rounds(ctx: ReplyContext, lease: Lease) -> float | None:
 async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
     plan: _Plan | None = None
     prepared: _Prepared | None = None
-    async with store.transaction(ctx.engine, durable=False) as connection:
+    async with ctx.transaction(durable=False) as connection:
         row = await lease.take(connection)
         if row is None:
             # Busy, or (claiming) nothing was due.
@@ -188,7 +196,7 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
     if plan is None:
         return await _deliver_unsent(ctx, lease, loaded, unsent)
     if plan.opted_out is not None:
-        async with store.transaction(ctx.engine, durable=False) as connection:
+        async with ctx.transaction(durable=False) as connection:
             prepared = await _write_plan(ctx, connection, lease, loaded, plan)
     _count_unanswered(loaded.conversation.channel, plan)  # now that it is committed
     if prepared is None:
@@ -283,7 +291,7 @@ class _Prepared:
 
 
 async def _write_plan(
-    ctx: ReplyContext, connection: AsyncConnection, lease: Lease, loaded: Loaded, plan: _Plan
+    ctx: ReplyContext, connection: store.Tx, lease: Lease, loaded: Loaded, plan: _Plan
 ) -> _Prepared | None:
     """Write the plan (contact, conversation, then messages); what to ask the LLM, if anything."""
     conversation = loaded.conversation
@@ -393,7 +401,7 @@ async def _answer(
     outbound: list[Outbound] = []
     try:
         # Durable: the first part goes to Twilio as soon as this commits (see store.py).
-        async with store.transaction(ctx.engine, durable=True) as connection:
+        async with ctx.transaction(durable=True) as connection:
             await lease.renew(connection, RENEW_AND_TOUCH, at=now)
             for index, (text, sms) in enumerate(parts):
                 # The first part is marked `sending` (its first attempt counted) right away; each
@@ -459,7 +467,7 @@ async def _generate(
         if attempt > first:
             # Counted before the call, so a crash mid-call still uses up the attempt (the first
             # was counted with the batch read).
-            async with store.transaction(ctx.engine, durable=False) as connection:
+            async with ctx.transaction(durable=False) as connection:
                 await store.count_attempt(connection, prepared.batch_ids, attempt)
         try:
             return await ctx.generator.generate(prepared.request), None
@@ -505,7 +513,7 @@ async def _send_parts(
             return result
         after = parts[index + 1] if index + 1 < len(parts) else None
         # Durable when it marks the next part `sending`: Twilio is called next (see store.py).
-        async with store.transaction(ctx.engine, durable=after is not None) as connection:
+        async with ctx.transaction(durable=after is not None) as connection:
             if after is not None:
                 await lease.renew(connection)
             if result is not None:
@@ -531,7 +539,7 @@ async def _deliver_unsent(
         if isinstance(result, float):
             return result
         if result is not None:
-            async with store.transaction(ctx.engine, durable=False) as connection:
+            async with ctx.transaction(durable=False) as connection:
                 await store.store_sent(connection, message.id, result.sid, result.status)
             _log_sent(message, result)
     return AGAIN
@@ -571,7 +579,7 @@ async def _deliver(
                     return _Sent(found.sid, found.status, recovered=True)
             message.attempts += 1
             # Durable, and only while the lease is still ours: Twilio is called next.
-            async with store.transaction(ctx.engine, durable=True) as connection:
+            async with ctx.transaction(durable=True) as connection:
                 await lease.renew(connection)
                 await store.mark_sending(connection, message)
             message.status = MessageStatus.sending
@@ -587,7 +595,7 @@ async def _deliver(
             await asyncio.sleep(wait)
             continue
         except SendFailed as error:
-            async with store.transaction(ctx.engine, durable=True) as connection:
+            async with ctx.transaction(durable=True) as connection:
                 if error.code == UNSUBSCRIBED:
                     await store.set_opted_out(connection, loaded.contact.id, True)
                 await store.record_error(
@@ -612,12 +620,12 @@ async def _send_failed_transiently(
         "reply.send_retry", message_id=message.id, attempts=message.attempts, error=error.message
     )
     if utcnow() - message.created_at > ctx.policy.send_give_up_after:
-        async with store.transaction(ctx.engine, durable=True) as connection:
+        async with ctx.transaction(durable=True) as connection:
             await store.record_error(
                 connection, message.id, MessageStatus.failed, f"gave up: {error.message}"
             )
         REPLIES.labels(message.channel, "send_failed").inc()
         return None
-    async with store.transaction(ctx.engine, durable=True) as connection:
+    async with ctx.transaction(durable=True) as connection:
         await store.record_error(connection, message.id, message.status, error.message)
     return ctx.policy.backoff(message.attempts)

@@ -10,13 +10,17 @@ conversations/repository.py.
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     BindParameter,
     Insert,
@@ -26,16 +30,21 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
+    func,
     or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql.compiler import SQLCompiler
 
-from platica.conversations import service
-from platica.db import constant
+from platica.channels.parsing import parse_status
+from platica.db import DriverPool, constant
 from platica.models import (
+    STATUS_RANK,
     Channel,
     ChannelConfig,
     Contact,
@@ -82,14 +91,152 @@ def engine_of(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncEngine:
 _NOT_DURABLE = "SET LOCAL synchronous_commit = off"
 
 
+class Rows(Protocol):
+    """What the reply path reads of a statement's result (SQLAlchemy's Result has it all)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def first(self) -> Any: ...
+
+    def scalar(self) -> Any: ...
+
+    def scalar_one_or_none(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Tx(Protocol):
+    """A connection in a transaction, running SQLAlchemy Core statements."""
+
+    @property
+    def dialect_name(self) -> str: ...
+
+    async def execute(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Rows: ...
+
+
 @asynccontextmanager
-async def transaction(engine: AsyncEngine, *, durable: bool) -> AsyncIterator[AsyncConnection]:
+async def transaction(
+    engine: AsyncEngine, *, durable: bool, driver_pool: DriverPool | None = None
+) -> AsyncIterator[Tx]:
     """A connection in a transaction, committed when the block succeeds (durably only when
-    `durable`, see above) and rolled back when it raises."""
+    `durable`, see above) and rolled back when it raises.
+
+    On PostgreSQL, given the process's psycopg pool (db.open_driver_pool), the statements go to
+    psycopg directly: SQLAlchemy's asyncio layer doubled what a transaction of the reply path
+    cost the worker in CPU (a greenlet per call, and its execution machinery per statement).
+    """
+    if driver_pool is not None:
+        async with driver_pool.connection() as driver, driver.transaction():
+            if not durable:
+                await driver.execute(_NOT_DURABLE)
+            yield _PsycopgTx(driver)
+        return
     async with engine.begin() as connection:
         if not durable and connection.dialect.name == "postgresql":
             await connection.exec_driver_sql(_NOT_DURABLE)
-        yield connection
+        yield _SqlAlchemyTx(connection)
+
+
+class _SqlAlchemyTx:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+        self.dialect_name = connection.dialect.name
+
+    async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Rows:
+        result: Rows = await self._connection.execute(statement, params)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    defaults: dict[str, Any]
+    # SQLAlchemy's conversion of each parameter that has one (JSON, timestamps).
+    processors: dict[str, Callable[[Any], Any]]
+    # Columns whose value SQLAlchemy computes in Python when the statement runs without one
+    # (`updated_at`'s onupdate, say).
+    computed: dict[str, Callable[[], Any]]
+
+
+_PG_DIALECT = postgresql_psycopg.dialect()  # type: ignore[no-untyped-call]
+_COMPILED: dict[int, tuple[Executable, _Compiled]] = {}
+_EXPANDING = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
+
+
+def _compiled(statement: Executable) -> _Compiled:
+    """The statement as psycopg's SQL, compiled once (statements are built at import)."""
+    cached = _COMPILED.get(id(statement))
+    if cached is not None and cached[0] is statement:
+        return cached[1]
+    compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=_PG_DIALECT))
+    # An IN list (an expanding parameter) becomes an array parameter: one statement whatever
+    # the list's length, so psycopg can prepare it.
+    sql = _EXPANDING.sub(
+        lambda m: f"<> ALL(%({m[2]})s)" if m[1] else f"= ANY(%({m[2]})s)", compiled.string
+    )
+    processors: dict[str, Callable[[Any], Any]] = {}
+    for name, bind in compiled.binds.items():
+        processor = bind.type.dialect_impl(_PG_DIALECT).bind_processor(_PG_DIALECT)
+        if processor is not None and not bind.expanding:
+            processors[name] = processor
+    computed: dict[str, Callable[[], Any]] = {}
+    for column in [*compiled.insert_prefetch, *compiled.update_prefetch]:
+        default = column.onupdate if column in compiled.update_prefetch else column.default
+        if default is None:
+            continue
+        arg: Any = getattr(default, "arg", None)
+        if default.is_callable:
+            # SQLAlchemy wraps the model's function in one that takes the execution context.
+            computed[column.key] = functools.partial(arg, None)
+        elif default.is_scalar:
+            computed[column.key] = functools.partial(lambda value: value, arg)
+    result = _Compiled(sql, dict(compiled.params), processors, computed)
+    _COMPILED[id(statement)] = (statement, result)
+    return result
+
+
+@dataclass(slots=True)
+class _PsycopgRows:
+    rows: list[Any]
+    rowcount: int
+
+    def first(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def scalar(self) -> Any:
+        return self.rows[0][0] if self.rows else None
+
+    def scalar_one_or_none(self) -> Any:
+        if len(self.rows) > 1:
+            raise ValueError(f"{len(self.rows)} rows where at most one was expected")
+        return self.scalar()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+
+class _PsycopgTx:
+    dialect_name = "postgresql"
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self._connection = connection
+
+    async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Rows:
+        compiled = _compiled(statement)
+        values = {**compiled.defaults, **(params or {})}
+        for name, compute in compiled.computed.items():
+            if values.get(name) is None:
+                values[name] = compute()
+        for name, processor in compiled.processors.items():
+            if values.get(name) is not None:
+                values[name] = processor(values[name])
+        async with self._connection.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(compiled.sql, values)
+            rows = await cursor.fetchall() if cursor.description else []
+            return _PsycopgRows(rows, cursor.rowcount)
 
 
 # --- Rows ----------------------------------------------------------------------------------
@@ -174,7 +321,7 @@ _LOAD = (
 )
 
 
-async def load(connection: AsyncConnection, conversation: ConversationState) -> Loaded | None:
+async def load(connection: Tx, conversation: ConversationState) -> Loaded | None:
     """The channel config and contact of `conversation`, or None if either is gone."""
     row = (await connection.execute(_LOAD, {"contact_id": conversation.contact_id})).first()
     if row is None:
@@ -208,9 +355,7 @@ _WORK = (
 )
 
 
-async def work(
-    connection: AsyncConnection, conversation_id: int
-) -> tuple[list[Outbound], list[Inbound]]:
+async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], list[Inbound]]:
     """The conversation's unsent outbound messages and unanswered inbound ones, oldest first."""
     unsent: list[Outbound] = []
     pending: list[Inbound] = []
@@ -244,7 +389,7 @@ _HISTORY = (
 )
 
 
-async def history(connection: AsyncConnection, conversation_id: int, limit: int) -> list[Message]:
+async def history(connection: Tx, conversation_id: int, limit: int) -> list[Message]:
     """The conversation's last `limit` messages worth showing the model, oldest first (transient
     Message objects, as prompts.build_messages takes)."""
     rows = await connection.execute(_HISTORY, {"conversation_id": conversation_id, "limit": limit})
@@ -260,7 +405,7 @@ _ids: BindParameter[list[int]] = bindparam("ids", expanding=True)
 _COUNT_ATTEMPT = update(_messages).where(_m.id.in_(_ids)).values(attempts=bindparam("attempt"))
 
 
-async def count_attempt(connection: AsyncConnection, ids: Sequence[int], attempt: int) -> None:
+async def count_attempt(connection: Tx, ids: Sequence[int], attempt: int) -> None:
     """Record that the LLM is being asked for the `attempt`th time about these messages."""
     await connection.execute(_COUNT_ATTEMPT, {"ids": list(ids), "attempt": attempt})
 
@@ -272,9 +417,7 @@ _SETTLE = (
 )
 
 
-async def settle(
-    connection: AsyncConnection, ids: Sequence[int], state: ReplyState, note: str | None
-) -> None:
+async def settle(connection: Tx, ids: Sequence[int], state: ReplyState, note: str | None) -> None:
     """Mark pending inbound messages answered or skipped, with `note`."""
     await connection.execute(
         _SETTLE, {"ids": list(ids), "state": state, "new_note": note, "now": utcnow()}
@@ -288,7 +431,7 @@ _RESUME_AI = (
 )
 
 
-async def resume_ai(connection: AsyncConnection, conversation_id: int) -> None:
+async def resume_ai(connection: Tx, conversation_id: int) -> None:
     await connection.execute(_RESUME_AI, {"conversation_id": conversation_id})
 
 
@@ -299,7 +442,7 @@ _SET_OPTED_OUT = (
 )
 
 
-async def set_opted_out(connection: AsyncConnection, contact_id: int, opted_out: bool) -> None:
+async def set_opted_out(connection: Tx, contact_id: int, opted_out: bool) -> None:
     await connection.execute(
         _SET_OPTED_OUT,
         {"contact_id": contact_id, "value": opted_out, "at": utcnow() if opted_out else None},
@@ -355,11 +498,11 @@ _PART_DEFAULTS: dict[str, Any] = {
 }
 
 
-async def insert_reply_part(connection: AsyncConnection, values: dict[str, Any]) -> int | None:
+async def insert_reply_part(connection: Tx, values: dict[str, Any]) -> int | None:
     """Store one part of a reply unless that part of a reply to that message exists already;
     its id, or None."""
     now = utcnow()
-    statement = _INSERT_PART[connection.dialect.name]
+    statement = _INSERT_PART[connection.dialect_name]
     params = {**_PART_DEFAULTS, "created_at": now, "updated_at": now, **values}
     result = await connection.execute(statement, params)
     found: int | None = result.scalar_one_or_none()
@@ -384,7 +527,7 @@ _MARK_SENDING = (
 )
 
 
-async def mark_sending(connection: AsyncConnection, message: Outbound) -> None:
+async def mark_sending(connection: Tx, message: Outbound) -> None:
     """Record `message` as possibly on its way to Twilio, with its attempts counted."""
     await connection.execute(
         _MARK_SENDING,
@@ -408,7 +551,7 @@ _STORE_SENT = (
 
 
 async def store_sent(
-    connection: AsyncConnection, message_id: int, sid: str | None, status: MessageStatus
+    connection: Tx, message_id: int, sid: str | None, status: MessageStatus
 ) -> None:
     """Store the SID and status Twilio gave the message."""
     early = await connection.execute(
@@ -416,11 +559,55 @@ async def store_sent(
         {"message_id": message_id, "sid": sid, "new_status": status, "now": utcnow()},
     )
     if sid is not None and early.scalar():
-        # A status callback raced ahead of this write: apply it now, through the service.
-        session = AsyncSession(bind=connection)
-        await service.replay_early_statuses(session, sid)
-        await session.flush()
-        await session.close()
+        await _replay_early_statuses(connection, sid)
+
+
+_EARLY_STATUSES = (
+    select(_logs.id, _logs.params)
+    .where(_logs.message_sid == _sid, _logs.outcome == "status_unknown")
+    .order_by(_logs.id)
+)
+_ADVANCE_STATUS = (
+    update(_messages)
+    .where(_m.twilio_sid == _sid, _m.status.in_(bindparam("earlier", expanding=True)))
+    .values(
+        status=bindparam("new_status"),
+        updated_at=bindparam("now"),
+        error_code=func.coalesce(bindparam("code", type_=_m.error_code.type), _m.error_code),
+        error_message=func.coalesce(
+            bindparam("error", type_=_m.error_message.type), _m.error_message
+        ),
+    )
+)
+_REPLAYED = (
+    update(cast(Table, WebhookLog.__table__))
+    .where(_logs.id.in_(bindparam("log_ids", expanding=True)))
+    .values(outcome="status_replayed")
+)
+
+
+async def _replay_early_statuses(connection: Tx, sid: str) -> None:
+    """Status callbacks that reached us before the message's SID was stored, applied now in
+    their order (statuses only move forward, as conversations/service.py's record_status)."""
+    entries = list(await connection.execute(_EARLY_STATUSES, {"sid": sid}))
+    for entry in entries:
+        if not entry.params:
+            continue
+        update = parse_status(entry.params)
+        rank = STATUS_RANK[update.status]
+        await connection.execute(
+            _ADVANCE_STATUS,
+            {
+                "sid": sid,
+                "earlier": [status for status, r in STATUS_RANK.items() if r < rank],
+                "new_status": update.status,
+                "code": update.error_code,
+                "error": update.error_message,
+                "now": utcnow(),
+            },
+        )
+    if entries:
+        await connection.execute(_REPLAYED, {"log_ids": [entry.id for entry in entries]})
 
 
 _RECORD_ERROR = (
@@ -436,7 +623,7 @@ _RECORD_ERROR = (
 
 
 async def record_error(
-    connection: AsyncConnection,
+    connection: Tx,
     message_id: int,
     status: MessageStatus,
     error: str,
