@@ -152,7 +152,8 @@ def _ping_when_idle(sync_engine: Any) -> None:
 
 # --- PostgreSQL without SQLAlchemy: the statements every message runs -------------------------
 
-# Connections of the psycopg pool (open_driver_pool), at most.
+# Connections of the psycopg pool (open_driver_pool): kept open, and at most.
+DRIVER_POOL_MIN_SIZE = 4
 DRIVER_POOL_SIZE = 20
 # What Plática's own connections declare (see _declare_service).
 SERVICE_SETTING = "SET platica.service = 'on'"
@@ -170,8 +171,7 @@ async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> Dri
     SQLAlchemy's asyncio layer runs each call (checkout, execute, checkin) in a greenlet of its
     own, whose frame stack is mapped and unmapped every time, and it doubled what a transaction
     of the reply path cost in CPU. Like the engine's pool, this one pings a connection only
-    when it has been idle for a while (a server restart drops it), and psycopg prepares a
-    statement on the server after its fifth use on a connection.
+    when it has been idle for a while (a server restart drops it).
     """
     idle_since: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
         weakref.WeakKeyDictionary()
@@ -186,9 +186,17 @@ async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> Dri
 
     pool: DriverPool = AsyncConnectionPool(
         make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
-        # UTC, as SQLAlchemy's UTCDateTime hands timestamps out.
-        kwargs={"autocommit": True, "row_factory": dict_row, "options": "-c TimeZone=UTC"},
-        min_size=1,
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            # UTC, as SQLAlchemy's UTCDateTime hands timestamps out.
+            "options": "-c TimeZone=UTC",
+            # Prepared at their first use: this pool only runs the handful of statements every
+            # message runs (a new connection would otherwise plan each one five times first).
+            "prepare_threshold": 0,
+        },
+        # A few ready before the first burst (opening one costs several milliseconds).
+        min_size=DRIVER_POOL_MIN_SIZE,
         max_size=max_size,
         configure=_prepare_connection,
         check=check,
