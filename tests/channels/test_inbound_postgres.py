@@ -89,7 +89,10 @@ def send(client: httpx.Client, server: LiveServer, **form: Any) -> dict[str, str
 
 class TestOneStatement:
     def test_a_webhook_is_one_statement_and_a_wake_up(self, quiet_server, client, database):
-        send(client, quiet_server, body="warm the pool up")
+        with Statements(quiet_server) as warm_up:
+            send(client, quiet_server, body="warm the pool up")
+            # Its wake-up too is sent after the response: let it go out before counting.
+            wait_for(lambda: any("pg_notify" in seen for seen in warm_up.seen), "the wake-up")
         with Statements(quiet_server) as statements:
             send(client, quiet_server, body="¿Abren hoy?")
             # The workers' wake-up goes out after the response (and, under load, is shared by
