@@ -20,7 +20,6 @@ from platica.models import (
     Message,
     MessageStatus,
     ReplyState,
-    WebhookLog,
     utcnow,
 )
 
@@ -143,19 +142,6 @@ async def advance_status(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def insert_reply_part(session: AsyncSession, values: dict[str, object]) -> int | None:
-    """Insert one part of a reply unless that part of a reply to that message exists already."""
-    now = utcnow()
-    statement = insert_ignore(
-        session,
-        Message,
-        {"created_at": now, "updated_at": now, "attempts": 0, **values},
-        index_elements=["reply_to_id", "part"],
-        index_where=Message.direction == constant(Direction.outbound),
-    ).returning(Message.id)
-    return (await session.execute(statement)).scalar_one_or_none()
-
-
 async def conversations_needing_work(
     session: AsyncSession, older_than: datetime, limit: int = 500
 ) -> list[int]:
@@ -170,16 +156,6 @@ async def conversations_needing_work(
         Message.updated_at < older_than,
     )
     rows = await session.scalars(pending.union(unsent).limit(limit))
-    return list(rows)
-
-
-async def early_statuses(session: AsyncSession, sid: str) -> list[WebhookLog]:
-    """Status callbacks for `sid` that arrived before the SID was stored."""
-    rows = await session.scalars(
-        select(WebhookLog)
-        .where(WebhookLog.message_sid == sid, WebhookLog.outcome == "status_unknown")
-        .order_by(WebhookLog.id)
-    )
     return list(rows)
 
 

@@ -9,7 +9,7 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platica.channels.parsing import InboundMessage, StatusUpdate, parse_status
+from platica.channels.parsing import InboundMessage, StatusUpdate
 from platica.conversations import repository
 from platica.models import Author, Direction, Message, MessageStatus, ReplyState, utcnow
 from platica.ratelimit import RATE_LIMITED_NOTE, SenderWindow
@@ -102,14 +102,6 @@ async def record_status(session: AsyncSession, update: StatusUpdate) -> StatusOu
     if await repository.message_id_by_sid(session, update.sid) is None:
         return StatusOutcome.unknown
     return StatusOutcome.stale
-
-
-async def replay_early_statuses(session: AsyncSession, sid: str) -> None:
-    """Apply status callbacks that reached us before the message's SID was stored."""
-    for entry in await repository.early_statuses(session, sid):
-        if entry.params:
-            await record_status(session, parse_status(entry.params))
-        entry.outcome = "status_replayed"
 
 
 async def find_reply(session: AsyncSession, sid: str) -> str | None:
