@@ -15,12 +15,17 @@ latency is counted from when it was due, not from when it was sent, so a stalled
 generator) shows up in the latency instead of silently lowering the rate (no coordinated
 omission). Closed loop: ``concurrency`` senders each send the next request as soon as the
 previous answer is in, for a fixed time: the highest throughput at that concurrency.
+
+The generator's garbage collector is off while it sends (``paused_gc``): a full collection of the
+bench process's heap stalls its event loop for tens of milliseconds, which the open loop would
+rightly count as latency, but it is the generator's, not the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import time
 import uuid
@@ -285,17 +290,31 @@ class PhaseResult:
         }
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No garbage collection inside the block (the heap collected before, and after)."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 async def open_loop(client: Client, requests: Sequence[WebhookRequest], rate: float) -> PhaseResult:
     """Send every request at a fixed arrival rate; latency counts from each request's due time."""
     tasks: list[asyncio.Task[Sample]] = []
-    start = time.monotonic() + 0.02
-    for index, request in enumerate(requests):
-        due = start + index / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_timed(client, request, due)))
-    samples = list(await asyncio.gather(*tasks))
+    with paused_gc():
+        start = time.monotonic() + 0.02
+        for index, request in enumerate(requests):
+            due = start + index / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_timed(client, request, due)))
+        samples = list(await asyncio.gather(*tasks))
     end = max((s.done for s in samples), default=start)
     return PhaseResult("open", rate, None, start, end - start, samples)
 
@@ -305,16 +324,16 @@ async def closed_loop(
 ) -> PhaseResult:
     """`concurrency` senders back to back for `seconds` (bounded by the requests given, too)."""
     samples: list[Sample] = []
-    start = time.monotonic()
-    stop_at = start + seconds
 
-    async def sender() -> None:
+    async def sender(stop_at: float) -> None:
         while time.monotonic() < stop_at:
             request = next(requests, None)
             if request is None:
                 return
             samples.append(await _timed(client, request, time.monotonic()))
 
-    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    with paused_gc():
+        start = time.monotonic()
+        await asyncio.gather(*(sender(start + seconds) for _ in range(concurrency)))
     end = max((s.done for s in samples), default=start)
     return PhaseResult("closed", None, concurrency, start, end - start, samples)

@@ -531,7 +531,7 @@ def write(results: dict[str, Any], output: Path) -> None:
         f"- Load generator: an asyncio open-loop driver in the bench process (uvloop), client "
         f"`{config['client']}`: every webhook signed before the clock starts; HTTP/1.1 "
         "keep-alive connections; latency counted from each request's *due* time (no "
-        "coordinated omission). Sweep steps of "
+        "coordinated omission); its garbage collector paused while it sends. Sweep steps of "
         f"{config['step_seconds']:g} s at {', '.join(rates)} webhooks/s; closed loop at "
         f"{config['closed_concurrency']} concurrent requests for {config['closed_seconds']:g} s."
     )

@@ -687,8 +687,12 @@ class Bench:
         return checks
 
     def drain_estimate(self, scenario: str) -> float:
-        """Seconds a drain of `scenario` may take: its longest so far, else the most allowed."""
-        waits = self.drain_waits.get(scenario)
+        """Seconds a drain of `scenario` may take: its longest so far, else the longest of any
+        scenario so far (a first guess: the budget cuts a drain short anyway, and the checks
+        then say so), else the most allowed."""
+        waits = self.drain_waits.get(scenario) or [
+            wait for waits in self.drain_waits.values() for wait in waits
+        ]
         return min(max(waits), self.config.drain_seconds) if waits else self.config.drain_seconds
 
     def rep_estimate(self, scenario: str, phases: float) -> float:
