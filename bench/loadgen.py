@@ -292,7 +292,7 @@ class PhaseResult:
 
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
-    """No garbage collection inside the block (the heap collected before, and after)."""
+    """No garbage collection inside the block (the heap collected just before it)."""
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()

@@ -691,7 +691,7 @@ class Bench:
         scenario so far (a first guess: the budget cuts a drain short anyway, and the checks
         then say so), else the most allowed."""
         waits = self.drain_waits.get(scenario) or [
-            wait for waits in self.drain_waits.values() for wait in waits
+            wait for scenario_waits in self.drain_waits.values() for wait in scenario_waits
         ]
         return min(max(waits), self.config.drain_seconds) if waits else self.config.drain_seconds
 
