@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Dialect,
     Float,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -31,6 +33,11 @@ from platica.db import Base
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+DEFAULT_BUSY_MESSAGE = (
+    "We're getting a lot of messages right now. We'll get back to you as soon as we can."
+)
 
 
 def utcnow() -> datetime:
@@ -134,6 +141,9 @@ class Account(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Days to keep messages (and webhook logs) for; None keeps them. See conversations/retention.py.
     retention_days: Mapped[int | None] = mapped_column(Integer)
+    # RATE_LIMIT_PER_ACCOUNT's pacing of AI replies, when set: the moment the account's next
+    # reply is due if replies came at exactly the limit's pace (ratelimit.py).
+    reply_pace_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ApiKey(Base):
@@ -184,6 +194,13 @@ class ChannelConfig(Base):
     )
     handoff_timeout_minutes: Mapped[int] = mapped_column(Integer, default=60)
     ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # LLM tokens (prompt + completion) the channel's replies may spend per UTC day; None: no
+    # budget. Once spent, each conversation gets `busy_message` once that day, and no LLM call.
+    daily_token_budget: Mapped[int | None] = mapped_column(Integer)
+    busy_message: Mapped[str] = mapped_column(Text, default=DEFAULT_BUSY_MESSAGE)
+    # What the budget has counted: tokens spent on `tokens_day` (UTC), while a budget is set.
+    tokens_day: Mapped[date | None] = mapped_column(Date)
+    tokens_used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -208,6 +225,10 @@ class Contact(Base):
     # how many inbound messages it has seen.
     rate_window_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
     rate_window_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set when the contact went over RATE_LIMIT_FLOOD (its messages past the limit are stored,
+    # never answered), with why; operators see it.
+    flagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    flag_reason: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -253,6 +274,13 @@ class Conversation(Base):
     # On PostgreSQL, when the conversation's reply task should next run (None: nothing to do
     # that no worker has claimed yet; see jobs/runner.py).
     reply_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the channel's daily token budget was spent, the busy message this conversation got.
+    busy_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Reply tasks that crashed on this conversation in a row; past a few it is parked: no task
+    # runs on it until an operator retries it, and `parked_error` says why (jobs/runner.py).
+    crash_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    parked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    parked_error: Mapped[str | None] = mapped_column(Text)
 
 
 class Message(Base):
@@ -308,6 +336,9 @@ class Message(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
+    # Written in the dashboard's phone simulator (inbound), or answering such a message
+    # (outbound): never sent to a real phone.
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
