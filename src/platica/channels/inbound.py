@@ -164,13 +164,13 @@ touched AS (
 ),
 message AS (
     INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
-                          twilio_sid, status, reply_state, note, attempts, part,
+                          twilio_sid, status, reply_state, note, attempts, part, simulated,
                           created_at, updated_at)
     SELECT contact.account_id, conversation.id, %(channel)s, 'inbound', 'contact', %(body)s,
            CAST(%(media)s AS jsonb), %(sid)s, 'received',
            CASE WHEN contact.limited THEN 'skipped' ELSE 'pending' END,
            CASE WHEN contact.limited THEN %(limited_note)s END,
-           0, 0, %(now)s, %(now)s
+           0, 0, %(simulated)s, %(now)s, %(now)s
     FROM contact, conversation
     ON CONFLICT (twilio_sid) DO NOTHING
     RETURNING id, conversation_id, reply_state
@@ -220,6 +220,7 @@ async def _record_postgresql(
         "profile_name": inbound.profile_name[:200] if inbound.profile_name else None,
         "wa_id": inbound.wa_id[:64] if inbound.wa_id else None,
         "body": inbound.body,
+        "simulated": inbound.simulated,
         "media": json.dumps(
             [{"url": m.url, "content_type": m.content_type} for m in inbound.media]
         ),

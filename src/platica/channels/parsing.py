@@ -33,6 +33,8 @@ class InboundMessage:
     media: tuple[Media, ...] = ()
     profile_name: str | None = None
     wa_id: str | None = None
+    # Written in the dashboard's phone simulator: its replies are never sent to a real phone.
+    simulated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

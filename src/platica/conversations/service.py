@@ -79,6 +79,7 @@ async def record_inbound(
             "media": [{"url": m.url, "content_type": m.content_type} for m in inbound.media],
             "twilio_sid": inbound.sid,
             "status": MessageStatus.received,
+            "simulated": inbound.simulated,
             "reply_state": ReplyState.pending if limited is None else ReplyState.skipped,
             "note": RATE_LIMITED_NOTE if limited else None,
             "created_at": now,

@@ -32,7 +32,13 @@ from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from platica.channels.sender import UNSUBSCRIBED, MessageSender, OutgoingMessage, SendFailed
+from platica.channels.sender import (
+    UNSUBSCRIBED,
+    DryRunSender,
+    MessageSender,
+    OutgoingMessage,
+    SendFailed,
+)
 from platica.config import Settings
 from platica.db import DriverPool
 from platica.errors import RetryableError
@@ -94,6 +100,8 @@ class ReplyContext:
     generator: ReplyGenerator
     sender: MessageSender
     locks: ConversationLocks
+    # Sends the replies to simulated messages (the dashboard's simulator): never to a phone.
+    dry_run: MessageSender = field(default_factory=DryRunSender)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     # The public URL of /webhook/status, when known (PUBLIC_BASE_URL, else the last webhook's).
     status_callback: Callable[[], str | None] = lambda: None
@@ -316,6 +324,7 @@ async def _write_plan(
                     "status": MessageStatus.pending,
                     "reply_to_id": message.id,
                     "part": 0,
+                    "simulated": message.simulated,
                 },
             )
         await store.settle(
@@ -397,6 +406,7 @@ async def _answer(
         parts = _shape(loaded.config, loaded.config.fallback_message)
 
     answered = prepared.batch_ids[-1]
+    simulated = any(m.simulated for m in batch)
     now = utcnow()
     outbound: list[Outbound] = []
     try:
@@ -418,6 +428,7 @@ async def _answer(
                     "attempts": attempts,
                     "reply_to_id": answered,
                     "part": index,
+                    "simulated": simulated,
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -434,7 +445,16 @@ async def _answer(
                 if message_id is None:
                     raise _Conflict
                 outbound.append(
-                    Outbound(message_id, conversation.channel, text, status, attempts, index, now)
+                    Outbound(
+                        message_id,
+                        conversation.channel,
+                        text,
+                        status,
+                        attempts,
+                        index,
+                        now,
+                        simulated,
+                    )
                 )
             await store.settle(
                 connection,
@@ -567,12 +587,14 @@ async def _deliver(
         body=message.body,
         status_callback=ctx.status_callback(),
     )
+    # A reply to the dashboard's simulator never reaches a real phone.
+    sender = ctx.dry_run if message.simulated else ctx.sender
     for _ in range(ctx.policy.send_attempts_per_run):
         if not marked:
             if message.status == MessageStatus.sending:
                 # An earlier attempt may have reached Twilio before it was cut off: ask first.
                 try:
-                    found = await ctx.sender.find_sent(outgoing, since=message.created_at)
+                    found = await sender.find_sent(outgoing, since=message.created_at)
                 except RetryableError as error:
                     return await _send_failed_transiently(ctx, message, error)
                 if found is not None:
@@ -585,7 +607,7 @@ async def _deliver(
             message.status = MessageStatus.sending
         marked = False
         try:
-            sent = await ctx.sender.send(outgoing)
+            sent = await sender.send(outgoing)
         except RetryableError as error:
             if not error.ambiguous:
                 message.status = MessageStatus.pending

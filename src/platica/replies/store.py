@@ -275,6 +275,8 @@ class Inbound:
     body: str
     attempts: int
     created_at: datetime
+    # Written in the dashboard's simulator: what answers it is never sent to a real phone.
+    simulated: bool = False
 
 
 @dataclass(slots=True)
@@ -288,6 +290,8 @@ class Outbound:
     attempts: int
     part: int
     created_at: datetime
+    # Answers a simulated message: sent by the dry-run sender, never to a real phone.
+    simulated: bool = False
 
 
 def conversation_state(row: Row[Any]) -> ConversationState:
@@ -342,6 +346,7 @@ _WORK = (
         _m.status,
         _m.attempts,
         _m.part,
+        _m.simulated,
         _m.created_at,
     )
     .where(
@@ -361,7 +366,7 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
     pending: list[Inbound] = []
     for row in await connection.execute(_WORK, {"conversation_id": conversation_id}):
         if row.direction == Direction.inbound:
-            pending.append(Inbound(row.id, row.body, row.attempts, row.created_at))
+            pending.append(Inbound(row.id, row.body, row.attempts, row.created_at, row.simulated))
         else:
             unsent.append(
                 Outbound(
@@ -372,6 +377,7 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
                     row.attempts,
                     row.part,
                     row.created_at,
+                    row.simulated,
                 )
             )
     return unsent, pending
@@ -467,6 +473,7 @@ _PART_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "latency_ms",
+    "simulated",
     "created_at",
     "updated_at",
 )
@@ -495,6 +502,7 @@ _PART_DEFAULTS: dict[str, Any] = {
     "prompt_tokens": None,
     "completion_tokens": None,
     "latency_ms": None,
+    "simulated": False,
 }
 
 
