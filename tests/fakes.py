@@ -184,7 +184,9 @@ class _FakeServer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            await asyncio.sleep(min(remaining, 0.05))
+            # Half-second slices: hundreds of slow requests at once must not cost the fake the
+            # CPU of thousands of wake-ups a second (on a machine the service shares).
+            await asyncio.sleep(min(remaining, 0.5))
 
     # -- control endpoints (for fakes running in another process) --------------------------------
 
@@ -339,6 +341,9 @@ class FakeOpenAI(_FakeServer):
         #: 0 (it only honours 0 < retry-after <= 60 s) and falls back to its own backoff.
         self.retry_after: str | None = "0"
         self._requests: list[dict[str, Any]] = []
+        #: Completions being answered right now, and the most there have been at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
 
     @property
@@ -356,10 +361,11 @@ class FakeOpenAI(_FakeServer):
         return [Route("/v1/chat/completions", self._chat_completions, methods=["POST"])]
 
     def _state(self) -> dict[str, Any]:
-        return {"requests": self.requests}
+        return {"requests": self.requests, "max_in_flight": self.max_in_flight}
 
     def _clear_records(self) -> None:
         self._requests.clear()
+        self.max_in_flight = 0
 
     # -- responses -------------------------------------------------------------------------------
 
@@ -436,6 +442,16 @@ class FakeOpenAI(_FakeServer):
         )
 
     async def _chat_completions(self, request: Request) -> Response:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer_completion(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer_completion(self, request: Request) -> Response:
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):

@@ -253,6 +253,24 @@ class TestSimulate:
             "Hola"
         )
 
+    def test_a_keyword_reply_is_shown_as_the_answer_it_is(
+        self, server: LiveServer, database: Database
+    ) -> None:
+        """Issue 12's defect 6: WhatsApp HELP showed "Not answered: keyword: help" right above
+        the help message that was sent."""
+        database.execute(
+            "UPDATE channel_configs SET help_message = 'Escribe tu pregunta; STOP para salir.'"
+        )
+        result = invoke(
+            "simulate", "--url", server.url, "--channel", "whatsapp", "--wait", "15", "HELP"
+        )
+
+        assert result.exit_code == 0, result.output
+        reply = result.stdout.splitlines()[1]
+        assert reply.startswith("Reply (")
+        assert reply.endswith("Escribe tu pregunta; STOP para salir.")
+        assert "Not answered" not in result.stdout
+
     def test_wrong_auth_token_refused(
         self, server: LiveServer, database: Database, monkeypatch: pytest.MonkeyPatch
     ) -> None:

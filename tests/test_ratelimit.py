@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +17,7 @@ from platica import db
 from platica.accounts import create_api_key
 from platica.config import ConfigError, load_settings
 from platica.models import Account
-from platica.ratelimit import MovingWindow, RateLimits
+from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Pace, RateLimits
 from tests.conftest import Database, make_settings
 from tests.factories import CONTACT, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
@@ -26,12 +25,11 @@ from tests.polling import wait_for
 from tests.replies.test_pipeline import Stack
 
 FLOODER = "+34611000999"
-ADMIN_TOKEN = "admin-0f3e5d7c9b"
+ADMIN_TOKEN = "admin-0f3e5d7c9b5a1e2d4c6b8a90"
 
 
 LOW_LIMITS = {
-    "RATE_LIMIT_PER_SENDER": "5/minute",
-    "RATE_LIMIT_PER_ACCOUNT": "12/minute",
+    "RATE_LIMIT_FLOOD": "5/minute",
     "RATE_LIMIT_API": "3/minute",
 }
 
@@ -40,52 +38,60 @@ def low_limits(**overrides: str) -> RateLimits:
     return RateLimits(load_settings(_env_file=None, **{**LOW_LIMITS, **overrides}))
 
 
+START = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
 class TestRateLimits:
-    def test_the_sender_window_counts_on_then_starts_again(self):
-        window = low_limits().sender
-        start = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    def test_the_flood_window_counts_on_then_starts_again(self):
+        window = low_limits().flood
 
         assert (window.limit, window.seconds) == (5, 60)
-        assert window.next_count(None, 0, start) == (start, 1)
-        later = start + timedelta(seconds=59)
-        assert window.next_count(start, 5, later) == (start, 6)
-        expired = start + timedelta(seconds=60)
-        assert window.next_count(start, 6, expired) == (expired, 1)
+        assert window.next_count(None, 0, START) == (START, 1)
+        later = START + timedelta(seconds=59)
+        assert window.next_count(START, 5, later) == (START, 6)
+        expired = START + timedelta(seconds=60)
+        assert window.next_count(START, 6, expired) == (expired, 1)
 
-    def test_an_account_over_its_limit(self):
-        limits = low_limits()
-        account = uuid.uuid4()
-        for _ in range(12):
-            assert not limits.account_over(account)
-            limits.count_for_account(account)
+    def test_the_defaults_pace_and_only_a_flood_is_left_unanswered(self):
+        limits = RateLimits(load_settings(_env_file=None))
 
-        assert limits.account_over(account)
-        assert not limits.account_over(uuid.uuid4())
-        assert not limits.account_over(None)
+        assert limits.per_sender is not None
+        assert (limits.per_sender.limit, limits.per_sender.seconds) == (20, 60)
+        # Off: the provider's own 429s pace the LLM, a daily budget bounds what it costs.
+        assert limits.per_account is None
+        assert (limits.flood.limit, limits.flood.seconds) == (120, 60)
 
-    def test_the_account_window_moves(self, monkeypatch):
-        clock = [1000.0]
-        monkeypatch.setattr("platica.ratelimit.time.monotonic", lambda: clock[0])
-        window = MovingWindow(limit=3, seconds=60)
-        for moment in (0, 20, 40):
-            clock[0] = 1000.0 + moment
-            window.hit("account")
+    def test_a_pace_lets_a_burst_through_then_one_each_interval(self):
+        pace = Pace(limit=3, seconds=60)
+        paced_at = None
+        for _ in range(3):
+            paced_at, wait = pace.take(paced_at, START)
+            assert wait == 0
 
-        assert window.over("account")
-        clock[0] = 1000.0 + 59.9
-        assert window.over("account")
-        # The first of the three leaves the window: room for one more, not two.
-        clock[0] = 1000.0 + 60.1
-        assert not window.over("account")
-        window.hit("account")
-        assert window.over("account")
-        assert not window.over("another account")
+        assert paced_at == START + timedelta(seconds=60)
+        refused, wait = pace.take(paced_at, START)
+        assert refused is None
+        assert wait == pytest.approx(20)
+        # An interval later there is room for one more, not two.
+        later = START + timedelta(seconds=20)
+        paced_at, wait = pace.take(paced_at, later)
+        assert wait == 0
+        refused, wait = pace.take(paced_at, later)
+        assert refused is None
+        assert wait == pytest.approx(20)
 
-    def test_looking_counts_nothing(self):
-        limits = low_limits()
-        account = uuid.uuid4()
+    def test_an_idle_pace_starts_afresh(self):
+        pace = Pace(limit=2, seconds=10)
+        long_ago = START - timedelta(hours=1)
 
-        assert not any(limits.account_over(account) for _ in range(50))
+        assert pace.take(long_ago, START) == (START + timedelta(seconds=5), 0.0)
+
+    def test_a_sender_window_waits_for_its_oldest_reply_to_leave_it(self):
+        pace = Pace(limit=2, seconds=60)
+
+        assert pace.wait_after(None, START) == 0
+        assert pace.wait_after(START, START + timedelta(seconds=45)) == pytest.approx(15)
+        assert pace.wait_after(START, START + timedelta(seconds=61)) == 0
 
     def test_api_calls_per_credential(self):
         limits = low_limits()
@@ -97,7 +103,7 @@ class TestRateLimits:
         assert 1 <= retry_after <= 60
         assert limits.api("key-b") is None
 
-    def test_each_server_counts_for_itself(self):
+    def test_each_server_counts_api_calls_for_itself(self):
         first, second = low_limits(), low_limits()
         for _ in range(3):
             first.api("key")
@@ -107,21 +113,26 @@ class TestRateLimits:
 
     def test_off_means_no_limit(self):
         limits = low_limits(
-            RATE_LIMIT_PER_SENDER="off", RATE_LIMIT_PER_ACCOUNT="off", RATE_LIMIT_API="off"
+            RATE_LIMIT_PER_SENDER="off",
+            RATE_LIMIT_PER_ACCOUNT="off",
+            RATE_LIMIT_FLOOD="off",
+            RATE_LIMIT_API="off",
         )
-        account = uuid.uuid4()
-        for _ in range(100):
-            limits.count_for_account(account)
 
-        assert not limits.account_over(account)
+        assert limits.per_sender is None
+        assert limits.per_account is None
         assert all(limits.api("key") is None for _ in range(100))
-        assert limits.sender.limit > 10**9
+        assert limits.flood.limit > 10**9
         assert limits.api_limit == "unlimited"
 
     @pytest.mark.parametrize("value", ["20 a minute", "0/minute", "-1/second", "lots"])
-    def test_a_malformed_limit_stops_start_up_naming_the_variable(self, value):
-        with pytest.raises(ConfigError, match="RATE_LIMIT_PER_SENDER: must look like"):
-            load_settings(_env_file=None, RATE_LIMIT_PER_SENDER=value)
+    @pytest.mark.parametrize(
+        "variable",
+        ["RATE_LIMIT_PER_SENDER", "RATE_LIMIT_PER_ACCOUNT", "RATE_LIMIT_FLOOD", "RATE_LIMIT_API"],
+    )
+    def test_a_malformed_limit_stops_start_up_naming_the_variable(self, variable, value):
+        with pytest.raises(ConfigError, match=f"{variable}: must look like"):
+            load_settings(_env_file=None, **{variable: value})
 
 
 class Records(logging.Handler):
@@ -183,14 +194,14 @@ class TestFlood:
             sender=FLOODER,
         )
         assert len(flood) == 30
-        limited = [row for row in flood if row.note == "rate limited"]
+        limited = [row for row in flood if row.note == FLOOD_NOTE]
         assert [row.body for row in limited] == [f"flood {i}" for i in range(5, 30)]
         assert {row.reply_state for row in limited} == {"skipped"}
         assert {row.reply_state for row in flood[:5]} == {"answered"}
         # The flood's excess never reaches the LLM, not even as context.
         prompts = str(stack.openai.requests)
         assert all(row.body not in prompts for row in limited)
-        logged = [e for e in log_records.events if e.get("event") == "webhook.rate_limited"]
+        logged = [e for e in log_records.events if e.get("event") == "webhook.flood"]
         assert len(logged) == 25
         assert all("sender" not in event for event in logged)
         assert "+34" not in str(logged)
@@ -198,27 +209,22 @@ class TestFlood:
             "SELECT outcome, count(*) AS n FROM webhook_logs WHERE endpoint = 'sms'"
             " GROUP BY outcome"
         )
-        assert {row.outcome: row.n for row in outcomes} == {"accepted": 6, "rate_limited": 25}
+        assert {row.outcome: row.n for row in outcomes} == {"accepted": 6, "flood": 25}
 
-    def test_an_account_over_its_limit_stores_the_rest_unanswered(self, flood_stack):
+    def test_a_flooding_sender_is_flagged_for_the_operators(self, flood_stack):
         stack = flood_stack
-        senders = [f"+3461200{i:04d}" for i in range(15)]
-        for sender in senders:
-            stack.send(sender=sender, body="Hola")
+        for index in range(6):
+            stack.send(sender=FLOODER, body=f"flood {index}")
+        stack.send(sender=CONTACT, body="Hola")
 
         wait_for(stack.settled, "every message settled")
-        rows = stack.database.rows(
-            "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
-        )
-        assert [r.reply_state for r in rows] == ["answered"] * 12 + ["skipped"] * 3
-        assert {r.note for r in rows[12:]} == {"rate limited"}
-        reasons = stack.database.rows(
-            "SELECT reason FROM webhook_logs WHERE outcome = 'rate_limited' ORDER BY id"
-        )
-        assert [r.reason for r in reasons] == ["over the per-account limit"] * 3
-        assert len(stack.twilio.sent) == 12
+        flags = {
+            row.address: (row.flagged_at is not None, row.flag_reason)
+            for row in stack.database.rows("SELECT address, flagged_at, flag_reason FROM contacts")
+        }
+        assert flags == {FLOODER: (True, FLOOD_FLAG), CONTACT: (False, None)}
 
-    def test_the_sender_limit_holds_across_servers(self, flood_stack, live_server):
+    def test_the_flood_limit_holds_across_servers(self, flood_stack, live_server):
         stack = flood_stack
         other = live_server(stack.server.settings)
         for index in range(8):
@@ -230,9 +236,128 @@ class TestFlood:
         rows = stack.database.rows(
             "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
         )
-        assert [r.note for r in rows] == [None] * 5 + ["rate limited"] * 3
+        assert [r.note for r in rows] == [None] * 5 + [FLOOD_NOTE] * 3
         # (Answered once each, some together: there is no debounce to wait for the others.)
         assert [r.reply_state for r in rows] == ["answered"] * 5 + ["skipped"] * 3
+
+
+def answered_at(stack: Stack) -> list[datetime]:
+    """When each AI reply was stored, in order."""
+    rows = stack.database.rows(
+        "SELECT created_at FROM messages WHERE direction = 'outbound' AND author = 'ai'"
+        " ORDER BY created_at"
+    )
+    return [
+        r.created_at if isinstance(r.created_at, datetime) else datetime.fromisoformat(r.created_at)
+        for r in rows
+    ]
+
+
+def pacing_stack(database_url, live_server, **limits: str) -> Iterator[Stack]:
+    with FakeOpenAI() as openai, FakeTwilio(callbacks=True) as twilio:
+        settings = make_settings(
+            database_url,
+            OPENAI_BASE_URL=openai.url,
+            OPENAI_API_KEY="sk-local-0123456789",
+            TWILIO_API_BASE_URL=twilio.url,
+            **limits,
+        )
+        server = live_server(settings)
+        database = Database(database_url)
+        with httpx.Client(timeout=30) as client:
+            stack = Stack(server, openai, twilio, database, client)
+            stack.configure(debounce_seconds=0)
+            yield stack
+        database.engine.dispose()
+
+
+@pytest.fixture
+def default_limits(database_url, live_server) -> Iterator[Stack]:
+    yield from pacing_stack(database_url, live_server)
+
+
+@pytest.fixture
+def account_paced(database_url, live_server) -> Iterator[Stack]:
+    yield from pacing_stack(database_url, live_server, RATE_LIMIT_PER_ACCOUNT="10/second")
+
+
+@pytest.fixture
+def sender_paced(database_url, live_server) -> Iterator[Stack]:
+    yield from pacing_stack(database_url, live_server, RATE_LIMIT_PER_SENDER="2/3seconds")
+
+
+SENDERS = [f"+3461200{i:04d}" for i in range(30)]
+
+
+class TestPacing:
+    def test_a_busy_account_gets_every_message_answered(self, flood_stack):
+        """Issue 12's defect 1: messages over the per-account limit were stored and never
+        answered. With the default settings nothing but a flood is left unanswered."""
+        stack = flood_stack
+        for sender in SENDERS:
+            stack.send(sender=sender, body="Hola")
+
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 30, "30 replies", 60)
+        states = stack.database.rows(
+            "SELECT reply_state, note FROM messages WHERE direction = 'inbound'"
+        )
+        assert [(r.reply_state, r.note) for r in states] == [("answered", None)] * 30
+        assert sorted(m["to"] for m in stack.twilio.sent) == sorted(SENDERS)
+
+    def test_an_account_over_its_pace_is_answered_later_not_dropped(self, account_paced):
+        stack = account_paced
+        for sender in SENDERS:
+            stack.send(sender=sender, body="Hola")
+
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 30, "30 replies", 60)
+        states = stack.database.rows("SELECT reply_state FROM messages WHERE direction = 'inbound'")
+        assert {r.reply_state for r in states} == {"answered"}
+        # 10 at once, then one every 0.1 s: the last 20 spread over at least 2 s (a lower
+        # bound: however slow the machine, pacing never lets them through sooner).
+        stored = answered_at(stack)
+        assert (stored[-1] - stored[0]).total_seconds() >= 1.9
+
+    def test_the_account_pace_holds_across_servers(self, account_paced, live_server):
+        stack = account_paced
+        other = live_server(stack.server.settings)
+        for index, sender in enumerate(SENDERS):
+            url = (stack.server if index % 2 else other).url
+            data = inbound_form("sms", sender=sender, body="Hola")
+            assert post_signed(stack.client, url, "/webhook/sms", data).status_code == 200
+
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 30, "30 replies", 60)
+        stored = answered_at(stack)
+        # Counted per process, each server would have let 10 through at once and the other
+        # 5 within half a second.
+        assert (stored[-1] - stored[0]).total_seconds() >= 1.9
+
+    def test_a_chatty_contact_is_answered_later_all_together(self, sender_paced):
+        stack = sender_paced
+        for text in ("uno", "dos"):
+            stack.send(body=text)
+            wait_for(lambda: stack.settled() and stack.outbound(), "a reply")
+            wait_for(stack.settled, "settled")
+        wait_for(lambda: len(stack.twilio.sent) == 2, "two replies")
+        stack.send(body="tres")
+        stack.send(body="cuatro")
+
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 3, "the paced reply")
+        assert [m["body"] for m in stack.twilio.sent] == ["Echo: uno", "Echo: dos", "Echo: cuatro"]
+        last = stack.openai.requests[-1]["messages"]
+        assert [m["content"] for m in last[-2:]] == ["tres", "cuatro"]
+        assert stack.inbound_states() == ["answered"] * 4
+
+    def test_llm_calls_are_not_capped_at_a_small_constant(self, default_limits):
+        """With a slow LLM, a worker keeps as many calls waiting as there are conversations to
+        answer (WORKER_CONCURRENCY once capped them at 50)."""
+        stack = default_limits
+        stack.openai.latency = 1.5
+        senders = [f"+3461300{i:04d}" for i in range(120)]
+        for sender in senders:
+            stack.send(sender=sender, body="Hola")
+
+        wait_for(lambda: len(stack.twilio.sent) == 120, "120 replies", 60)
+        assert stack.openai.max_in_flight > 50
 
 
 def new_api_key(database_url: str) -> str:

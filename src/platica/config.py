@@ -84,12 +84,16 @@ class Settings(BaseSettings):
     SENTRY_DSN: str | None = None
     LOG_LEVEL: str | None = None
     LOG_FORMAT: Literal["console", "json"] = "console"
-    # Beyond SPEC §2: how many conversations one worker answers at once (each waits on the LLM
-    # without holding a database connection, so this may be far above the pool size).
-    WORKER_CONCURRENCY: int = Field(50, ge=1, le=1000)
-    # Abuse limits (ratelimit.py), as "N/second|minute|hour|day", or "off".
+    # Beyond SPEC §2: at most how many conversations one worker process answers at once. A reply
+    # mostly waits on the LLM (holding no database connection), so this is a ceiling for memory
+    # and sockets, far above what the CPU or the LLM provider's limits allow (jobs/runner.py).
+    WORKER_CONCURRENCY: int = Field(1000, ge=1, le=10000)
+    # Limits (ratelimit.py), as "N/second|minute|hour|day", or "off". The first two pace the AI's
+    # replies (a message over them is answered later, with what follows); the flood limit is
+    # the only one that leaves messages unanswered.
     RATE_LIMIT_PER_SENDER: str = "20/minute"
-    RATE_LIMIT_PER_ACCOUNT: str = "600/minute"
+    RATE_LIMIT_PER_ACCOUNT: str = "off"
+    RATE_LIMIT_FLOOD: str = "120/minute"
     RATE_LIMIT_API: str = "120/minute"
     # Names from the original WhatsApp and SMS services, still honoured.
     WHATSAPP_ENABLE_DEBUG: bool = False
@@ -169,7 +173,9 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
 
-    @field_validator("RATE_LIMIT_PER_SENDER", "RATE_LIMIT_PER_ACCOUNT", "RATE_LIMIT_API")
+    @field_validator(
+        "RATE_LIMIT_PER_SENDER", "RATE_LIMIT_PER_ACCOUNT", "RATE_LIMIT_FLOOD", "RATE_LIMIT_API"
+    )
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         from limits import parse

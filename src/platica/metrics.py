@@ -13,13 +13,14 @@ WEBHOOK_SECONDS = Histogram(
     ["endpoint"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-REPLY_OUTCOMES = ("ai", "fallback", "keyword", "skipped", "rate_limited", "send_failed")
+REPLY_OUTCOMES = ("ai", "fallback", "busy", "keyword", "skipped", "flood", "send_failed")
 REPLIES = Counter(
     "platica_replies_total",
     "How inbound messages were dealt with. ai, fallback: replies stored (a burst answered "
-    "together counts once); keyword: STOP/START/HELP messages; skipped: messages not answered "
-    "(opted out, closed, paused or AI disabled); rate_limited: messages over an abuse limit; "
-    "send_failed: reply messages Twilio refused, or given up on.",
+    "together counts once); busy: the busy message, the channel's daily token budget being "
+    "spent; keyword: STOP/START/HELP messages; skipped: messages not answered (opted out, "
+    "closed or AI disabled); flood: messages over a sender's flood limit (stored, never "
+    "answered); send_failed: reply messages Twilio refused, or given up on.",
     ["channel", "outcome"],
 )
 LLM_SECONDS = Histogram(
@@ -41,6 +42,22 @@ PENDING_REPLIES = Gauge(
     "platica_pending_replies",
     "Inbound messages waiting for their reply (reply_state pending), counted at each scrape.",
 )
+OLDEST_PENDING_SECONDS = Gauge(
+    "platica_oldest_pending_reply_seconds",
+    "How long the oldest inbound message still waiting for its reply has waited (0: none), "
+    "at each scrape.",
+)
+PACED = Counter(
+    "platica_replies_paced_total",
+    "Times a conversation's reply waited for a pacing limit (RATE_LIMIT_PER_SENDER: sender, "
+    "RATE_LIMIT_PER_ACCOUNT: account); its messages are answered later, together.",
+    ["limit"],
+)
+BUDGETS_SPENT = Gauge(
+    "platica_budgets_spent",
+    "Channels (of all accounts) whose daily token budget is spent today, at each scrape: "
+    "their conversations get the busy message.",
+)
 
 # Every series from the start, at zero, so rates and alerts work before the first event.
 for _channel in ("whatsapp", "sms"):
@@ -48,3 +65,5 @@ for _channel in ("whatsapp", "sms"):
         REPLIES.labels(_channel, _outcome)
 for _kind in ("prompt", "completion"):
     LLM_TOKENS.labels(_kind)
+for _limit in ("sender", "account"):
+    PACED.labels(_limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -12,8 +13,8 @@ from sqlalchemy import func, select, text
 
 from platica.deps import AppState, StateDep
 from platica.logging import get_logger
-from platica.metrics import PENDING_REPLIES
-from platica.models import Message, ReplyState
+from platica.metrics import BUDGETS_SPENT, OLDEST_PENDING_SECONDS, PENDING_REPLIES
+from platica.models import ChannelConfig, Message, ReplyState, utcnow
 
 router = APIRouter(tags=["operations"])
 log = get_logger(__name__)
@@ -40,19 +41,37 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 
 async def _count_pending(state: AppState) -> None:
-    """Set the queue depth gauge: one COUNT on the partial index of pending messages."""
+    """Set the backlog gauges (pending messages and the oldest one's wait: one pass over the
+    partial index of pending messages) and the spent budgets."""
+    now = utcnow()
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), state.engine.connect() as connection:
-            pending = await connection.scalar(
+            pending, oldest = (
+                await connection.execute(
+                    select(func.count(), func.min(Message.created_at)).where(
+                        Message.reply_state == ReplyState.pending
+                    )
+                )
+            ).one()
+            spent = await connection.scalar(
                 select(func.count())
-                .select_from(Message)
-                .where(Message.reply_state == ReplyState.pending)
+                .select_from(ChannelConfig)
+                .where(
+                    ChannelConfig.daily_token_budget.is_not(None),
+                    ChannelConfig.tokens_day == now.date(),
+                    ChannelConfig.tokens_used >= ChannelConfig.daily_token_budget,
+                )
             )
     except Exception as error:  # the other metrics are still worth serving
         log.warning("metrics.pending_unavailable", error=type(error).__name__)
-        PENDING_REPLIES.set(math.nan)
+        for gauge in (PENDING_REPLIES, OLDEST_PENDING_SECONDS, BUDGETS_SPENT):
+            gauge.set(math.nan)
         return
     PENDING_REPLIES.set(pending or 0)
+    if isinstance(oldest, str):  # SQLite hands min() back as text
+        oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
+    OLDEST_PENDING_SECONDS.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
+    BUDGETS_SPENT.set(spent or 0)
 
 
 @router.get("/metrics")

@@ -1,28 +1,33 @@
-"""Abuse limits: inbound messages per sender and per account, API calls per credential.
+"""Limits: how fast the AI answers (pacing), a hard flood limit per sender, and the API's
+allowance per credential.
 
-A message over a limit is still stored and acknowledged (Twilio must not retry it), but it is
-marked skipped with the note "rate limited" and never answered: a flood costs no LLM call and
-no reply. Only messages within the sender's limit count towards the account's, so one flooding
-sender cannot use up the account's allowance and silence everyone else. An API caller over its
-limit gets 429 with Retry-After.
+Pacing never leaves a message unanswered. A conversation over a pace keeps its messages
+pending and is answered once the pace allows, together with whatever the contact wrote
+meanwhile (in order, like a debounced burst):
 
-The per-sender count lives in the database, on the contact row every inbound message writes
-anyway (a fixed window: `contacts.rate_window_start` and `rate_window_count`), so it holds
-across every `platica serve` process and costs nothing per sender in memory. The per-account
-and per-credential counts live in memory, in moving windows, and are per process: with two
-`platica serve` processes an account can get up to twice its limit through. They start empty
-when a process starts. The per-credential one is the `limits` library's; the per-account one,
-checked and counted on every inbound message, is `MovingWindow` below: `limits`' in-memory
-storage starts a thread every 10 ms to expire its entries, which cost the webhook path about 6 %
-of its CPU at 300 messages a second.
+- RATE_LIMIT_PER_SENDER (default 20/minute): AI replies per conversation, counted from the
+  replies stored in it (debounce already merges a burst of short messages into one reply, so
+  this only binds a contact who keeps the AI busy nonstop).
+- RATE_LIMIT_PER_ACCOUNT (default off): AI replies per account, counted on the account row
+  (`accounts.reply_pace_at`, see `Pace`), so it holds across every process. Off by default:
+  the LLM provider's own limits (its 429s with Retry-After) already pace the calls, and a
+  channel's `daily_token_budget` bounds what it costs.
+
+Only the flood limit, RATE_LIMIT_FLOOD (default 120 messages a minute, far above any human
+typing rate), leaves messages unanswered: a message over it is stored and acknowledged (Twilio
+must not retry it), marked skipped with a note, never shown to the LLM, and its contact is
+flagged for the operators. It is counted on the contact row every inbound message writes anyway
+(`contacts.rate_window_start`, `rate_window_count`: a fixed window), so it holds across
+processes and costs nothing per sender in memory.
+
+An API caller over RATE_LIMIT_API gets 429 with Retry-After (per process, with the `limits`
+library).
 """
 
 from __future__ import annotations
 
 import math
 import time
-import uuid
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,14 +37,15 @@ from limits.strategies import MovingWindowRateLimiter
 
 from platica.config import Settings
 
-RATE_LIMITED_NOTE = "rate limited"
+FLOOD_NOTE = "flood: over RATE_LIMIT_FLOOD, not answered"
+FLOOD_FLAG = "sent more than RATE_LIMIT_FLOOD allows"
 # What "off" means for a limit counted in SQL: more than anyone can send.
 UNLIMITED = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
-class SenderWindow:
-    """RATE_LIMIT_PER_SENDER as the database applies it: `limit` messages per `seconds`."""
+class Window:
+    """A limit as a fixed window the database counts in: `limit` events per `seconds`."""
 
     limit: int
     seconds: int
@@ -49,78 +55,69 @@ class SenderWindow:
         return now - timedelta(seconds=self.seconds)
 
     def next_count(self, start: datetime | None, count: int, now: datetime) -> tuple[datetime, int]:
-        """The window after one more message: the same one counting on, or a new one."""
+        """The window after one more event: the same one counting on, or a new one."""
         if start is not None and start > self.starts_after(now):
             return start, count + 1
         return now, 1
 
 
-class MovingWindow:
-    """At most `limit` events per `seconds`, in a moving window, per key, in memory.
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """At most `limit` replies per `seconds`, as a generic cell rate (GCRA).
 
-    Keeps the moments of each key's last `limit` events: the key is over its limit while the
-    oldest of them is still inside the window. Checking and counting are O(1).
+    The state is one moment, `paced_at`: when the next reply would be due if replies had come
+    at exactly the limit's pace. A reply may go now while that moment is at most
+    `seconds - interval` ahead (a burst of `limit` at once, then one every `interval`).
     """
 
-    def __init__(self, limit: int, seconds: float) -> None:
-        self.limit = limit
-        self.seconds = seconds
-        self._events: dict[str, deque[float]] = {}
+    limit: int
+    seconds: float
 
-    def over(self, key: str) -> bool:
-        events = self._events.get(key)
-        if events is None or len(events) < self.limit:
-            return False
-        return events[0] > time.monotonic() - self.seconds
+    @property
+    def interval(self) -> timedelta:
+        return timedelta(seconds=self.seconds / self.limit)
 
-    def hit(self, key: str) -> None:
-        events = self._events.get(key)
-        if events is None:
-            events = self._events[key] = deque(maxlen=self.limit)
-        events.append(time.monotonic())
+    def wait_after(self, nth_latest: datetime | None, now: datetime) -> float:
+        """Seconds to wait, as a moving window, given when the `limit`th latest reply went
+        (None: fewer than `limit` so far); 0 when a reply may go now."""
+        if nth_latest is None:
+            return 0.0
+        return max((nth_latest + timedelta(seconds=self.seconds) - now).total_seconds(), 0.0)
+
+    def take(self, paced_at: datetime | None, now: datetime) -> tuple[datetime | None, float]:
+        """(the new `paced_at`, 0) when a reply may go now; (None, seconds to wait) when not."""
+        due = max(paced_at or now, now)
+        ahead = (due - now).total_seconds()
+        tolerance = self.seconds - self.interval.total_seconds()
+        if ahead > tolerance:
+            return None, ahead - tolerance
+        return due + self.interval, 0.0
 
 
 def _parse(value: str) -> RateLimitItem | None:
     return None if value == "off" else parse(value)
 
 
+def _window(value: str) -> Window:
+    item = _parse(value)
+    return Window(item.amount, item.get_expiry()) if item else Window(UNLIMITED, 1)
+
+
+def _pace(value: str) -> Pace | None:
+    item = _parse(value)
+    return Pace(item.amount, float(item.get_expiry())) if item else None
+
+
 class RateLimits:
-    """One process's limits, read from the settings when it is built."""
+    """The limits of one process, read from the settings when it is built."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         settings = settings or Settings()
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        sender = _parse(settings.RATE_LIMIT_PER_SENDER)
-        self.sender = (
-            SenderWindow(sender.amount, sender.get_expiry())
-            if sender
-            else SenderWindow(UNLIMITED, 1)
-        )
-        per_account = _parse(settings.RATE_LIMIT_PER_ACCOUNT)
-        self._per_account = (
-            MovingWindow(per_account.amount, per_account.get_expiry()) if per_account else None
-        )
+        self.flood = _window(settings.RATE_LIMIT_FLOOD)
+        self.per_sender = _pace(settings.RATE_LIMIT_PER_SENDER)
+        self.per_account = _pace(settings.RATE_LIMIT_PER_ACCOUNT)
         self._per_credential = _parse(settings.RATE_LIMIT_API)
-        # The account that owns each number, as last seen, to check its limit before the
-        # database says again (a stale entry only charges the wrong account, briefly).
-        self._owners: dict[tuple[str, str], uuid.UUID] = {}
-
-    def account_over(self, account_id: uuid.UUID | None) -> bool:
-        """Whether the account has used up its allowance (counts nothing)."""
-        if self._per_account is None or account_id is None:
-            return False
-        return self._per_account.over(str(account_id))
-
-    def count_for_account(self, account_id: uuid.UUID) -> None:
-        """Count one message the account's limit let through."""
-        if self._per_account is not None:
-            self._per_account.hit(str(account_id))
-
-    def owner(self, channel: str, number: str) -> uuid.UUID | None:
-        return self._owners.get((channel, number))
-
-    def remember_owner(self, channel: str, number: str, account_id: uuid.UUID) -> None:
-        self._owners[(channel, number)] = account_id
 
     def api(self, credential: str) -> int | None:
         """Count one API call; whole seconds until the caller may call again, or None."""

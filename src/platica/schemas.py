@@ -155,6 +155,11 @@ class ChannelConfigRead(BaseModel):
     help_message: str
     handoff_timeout_minutes: int
     ai_enabled: bool
+    daily_token_budget: int | None
+    busy_message: str
+    # What the budget has counted (while one is set): tokens spent on that UTC day.
+    tokens_day: date | None
+    tokens_used: int
     updated_at: datetime
 
 
@@ -185,16 +190,20 @@ class ChannelConfigUpdate(BaseModel):
     help_message: Annotated[str, StringConstraints(min_length=1, max_length=1600)] | None = None
     handoff_timeout_minutes: Annotated[int, Field(ge=1, le=43200)] | None = None
     ai_enabled: bool | None = None
+    # LLM tokens a day; null: no budget.
+    daily_token_budget: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    busy_message: Annotated[str, StringConstraints(min_length=1, max_length=1600)] | None = None
 
     @field_validator("*", mode="before")
     @classmethod
     def _not_null(cls, value: object, info: ValidationInfo) -> object:
-        # null means "the default model" for openai_model; elsewhere it is a mistake.
-        if value is None and info.field_name != "openai_model":
+        # null means "the default model" for openai_model and "no budget" for
+        # daily_token_budget; elsewhere it is a mistake.
+        if value is None and info.field_name not in ("openai_model", "daily_token_budget"):
             raise ValueError("must not be null")
         return value
 
-    @field_validator("system_prompt", "fallback_message", "help_message")
+    @field_validator("system_prompt", "fallback_message", "help_message", "busy_message")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         return _check_text(value)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
+from platica.replies.pipeline import OPT_IN_CONFIRMATION, OPT_OUT_CONFIRMATION
 from tests.conftest import Database, LiveServer, make_settings
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
 from tests.polling import wait_for
 
 DEADLINE_SECONDS = 20.0
+ADMIN_TOKEN = "admin-5e1d9c3b7a2f4e6d8c0b1a29"
 
 
 @dataclass
@@ -70,6 +73,7 @@ def stack(database_url, live_server) -> Iterator[Stack]:
             OPENAI_BASE_URL=openai.url,
             OPENAI_API_KEY="sk-local-0123456789",
             TWILIO_API_BASE_URL=twilio.url,
+            PLATICA_ADMIN_TOKEN=ADMIN_TOKEN,
         )
         server = live_server(settings)
         database = Database(database_url)
@@ -339,6 +343,44 @@ class TestKeywords:
         assert "unsubscribed" in stack.twilio.sent[0]["body"]
         assert stack.openai.requests == []
 
+    def test_start_and_a_message_in_one_burst_are_answered_in_order(self, stack):
+        """Issue 12's defect 2: the opt-in confirmation was stored after the contact's message,
+        so the LLM was asked to answer its own confirmation, and the AI reply reached Twilio
+        before it."""
+        stack.send("whatsapp", body="STOP")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the opt-out confirmation")
+        stack.configure(debounce_seconds=1.0)
+        stack.send("whatsapp", body="START")
+        stack.send("whatsapp", body="hola otra vez")
+
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 3, "two more messages")
+        bodies = [m["body"] for m in stack.twilio.sent]
+        assert bodies == [OPT_OUT_CONFIRMATION, OPT_IN_CONFIRMATION, "Echo: hola otra vez"]
+        [request] = stack.openai.requests
+        assert request["messages"][-1] == {"role": "user", "content": "hola otra vez"}
+        assert {"role": "assistant", "content": OPT_IN_CONFIRMATION} in request["messages"]
+        assert stack.inbound_states() == ["answered", "answered", "answered"]
+
+    def test_a_message_then_help_is_answered_then_helped(self, stack):
+        stack.configure(debounce_seconds=1.0, help_message="Escribe tu pregunta.")
+        stack.send("whatsapp", body="¿Tienen pan integral?")
+        stack.send("whatsapp", body="HELP")
+
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "two messages")
+        bodies = [m["body"] for m in stack.twilio.sent]
+        assert bodies == ["Echo: ¿Tienen pan integral?", "Escribe tu pregunta."]
+        [request] = stack.openai.requests
+        assert request["messages"][-1]["content"] == "¿Tienen pan integral?"
+
+    def test_a_message_then_stop_in_one_burst_gets_only_the_confirmation(self, stack):
+        stack.configure(debounce_seconds=1.0)
+        stack.send("whatsapp", body="hola")
+        stack.send("whatsapp", body="STOP")
+
+        wait_for(lambda: stack.settled() and len(stack.inbound_states()) == 2, "settled")
+        assert [m["body"] for m in stack.twilio.sent] == [OPT_OUT_CONFIRMATION]
+        assert stack.openai.requests == []
+
     def test_whatsapp_help_gets_the_help_message(self, stack):
         stack.configure(help_message="Escribe tu pregunta; STOP para salir.")
         stack.send("whatsapp", body="INFO")
@@ -348,15 +390,80 @@ class TestKeywords:
 
 
 class TestHandoff:
-    def test_paused_conversation_is_stored_not_answered(self, stack):
+    def test_paused_conversation_waits_for_the_operator(self, stack):
         stack.send(body="Hola")
         wait_for(lambda: stack.settled() and stack.twilio.sent, "the first reply")
         stack.database.execute("UPDATE conversations SET ai_enabled = false")
 
         stack.send(body="¿Hay alguien?")
-        wait_for(lambda: stack.settled() and len(stack.inbound_states()) == 2, "settled")
+        wait_for(
+            lambda: (
+                stack.database.scalar("SELECT count(*) FROM webhook_logs WHERE endpoint = 'sms'")
+                == 2
+                and stack.database.scalar("SELECT lease_owner FROM conversations") is None
+                and stack.database.scalar("SELECT reply_due_at FROM conversations") is None
+            ),
+            "the worker to look at it and leave it to the operator",
+        )
         assert len(stack.twilio.sent) == 1
-        assert stack.inbound_states() == ["answered", "skipped"]
+        # Awaiting the operator's answer (the inbox says so), not marked unanswered.
+        assert stack.inbound_states() == ["answered", "pending"]
+
+    def test_messages_during_a_handoff_are_answered_after_resume(self, stack):
+        """Issue 12's defect 7: they stayed unanswered after Resume."""
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the first reply")
+        stack.database.execute("UPDATE conversations SET ai_enabled = false")
+        stack.send(body="¿Hay alguien?")
+        stack.send(body="Necesito ayuda")
+        wait_for(lambda: stack.inbound_states() == ["answered", "pending", "pending"], "stored")
+
+        conversation = stack.database.scalar("SELECT id FROM conversations")
+        resumed = stack.client.post(
+            f"{stack.server.url}/api/sms/conversations/{conversation}/resume",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert resumed.status_code == 200, resumed.text
+
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the AI's answer")
+        assert stack.twilio.sent[1]["body"] == "Echo: Necesito ayuda"
+        assert [m["content"] for m in stack.openai.requests[-1]["messages"][-2:]] == [
+            "¿Hay alguien?",
+            "Necesito ayuda",
+        ]
+        assert stack.inbound_states() == ["answered"] * 3
+
+    def test_a_manual_reply_answers_what_waited(self, stack):
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the first reply")
+        stack.database.execute("UPDATE conversations SET ai_enabled = false")
+        stack.send(body="¿Hay alguien?")
+        wait_for(lambda: stack.inbound_states() == ["answered", "pending"], "stored")
+
+        conversation = stack.database.scalar("SELECT id FROM conversations")
+        replied = stack.client.post(
+            f"{stack.server.url}/api/sms/conversations/{conversation}/messages",
+            json={"body": "Sí, aquí estoy."},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert replied.status_code == 202, replied.text
+
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the operator's reply")
+        rows = stack.database.rows(
+            "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
+        )
+        assert [tuple(r) for r in rows] == [
+            ("answered", None),
+            ("answered", "answered by an operator"),
+        ]
+        # Given back to the AI, nothing is answered twice.
+        stack.client.post(
+            f"{stack.server.url}/api/sms/conversations/{conversation}/resume",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        stack.send(body="Gracias")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 3, "the AI again")
+        assert len(stack.openai.requests) == 2
 
     def test_ai_disabled_for_the_channel(self, stack):
         stack.configure(ai_enabled=False)
@@ -374,3 +481,58 @@ class TestHandoff:
         stack.send(body="¿Hola?")
         wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the AI's reply")
         assert stack.twilio.sent[1]["body"] == "Echo: ¿Hola?"
+
+
+def metric(stack: Stack, line_start: str) -> float:
+    """A sample of the server's /metrics, by the start of its line."""
+    text = stack.client.get(f"{stack.server.url}/metrics").text
+    [line] = [line for line in text.splitlines() if line.startswith(line_start)]
+    return float(line.rsplit(" ", 1)[1])
+
+
+class TestDailyTokenBudget:
+    def test_a_spent_budget_sends_the_busy_message_once_per_conversation(self, stack):
+        busy = 'replies_total{channel="sms",outcome="busy"}'
+        busy_before = metric(stack, f"platica_{busy}")
+        stack.configure(daily_token_budget=1, busy_message="Hoy no podemos responder más.")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 1, "the AI's reply")
+        assert metric(stack, "platica_budgets_spent") == 1
+
+        stack.send(body="¿Sigues ahí?")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the busy message")
+        stack.send(body="¿Hola?")
+        stack.send(sender="+34600999888", body="Buenas")
+        wait_for(lambda: stack.settled() and len(stack.inbound_states()) == 4, "settled")
+
+        assert [(m["to"], m["body"]) for m in stack.twilio.sent] == [
+            (CONTACT, "Echo: Hola"),
+            (CONTACT, "Hoy no podemos responder más."),
+            ("+34600999888", "Hoy no podemos responder más."),
+        ]
+        assert len(stack.openai.requests) == 1
+        rows = stack.database.rows(
+            "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
+        )
+        assert [tuple(r) for r in rows] == [
+            ("answered", None),
+            ("answered", "daily token budget spent: busy message sent"),
+            ("skipped", "daily token budget spent: busy message sent earlier today"),
+            ("answered", "daily token budget spent: busy message sent"),
+        ]
+        assert metric(stack, f"platica_{busy}") - busy_before == 2
+
+    def test_tokens_are_counted_per_day_only_under_a_budget(self, stack):
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the first reply")
+        assert stack.database.scalar("SELECT max(tokens_used) FROM channel_configs") == 0
+
+        stack.configure(daily_token_budget=100_000)
+        stack.send(body="Otra pregunta")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the second reply")
+        [row] = stack.database.rows(
+            "SELECT tokens_used, tokens_day FROM channel_configs WHERE channel = 'sms'"
+        )
+        request = stack.openai.requests[-1]
+        assert row.tokens_used > len(request["messages"])
+        assert str(row.tokens_day) == str(datetime.now(UTC).date())

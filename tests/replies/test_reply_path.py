@@ -452,7 +452,7 @@ class TestDecisions:
             "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
         )
         assert [tuple(row) for row in inbound] == [
-            ("skipped", "keyword: opt_out"),
+            ("answered", "STOP: opted out, confirmation sent"),
             ("skipped", "contact opted out"),
         ]
         assert await path.scalar("SELECT opted_out FROM contacts") in (True, 1)

@@ -151,10 +151,13 @@ async def hand_off(
 
 @router.post("/conversations/{conversation_id}/resume", response_model=ConversationRead)
 async def resume(
-    channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep
+    channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep, state: StateDep
 ) -> dict[str, Any]:
-    """Give the conversation back to the AI."""
-    return await _change(caller, channel, conversation_id, operators.resume)
+    """Give the conversation back to the AI, which answers what the contact wrote meanwhile."""
+    resumed = await _change(caller, channel, conversation_id, operators.resume)
+    if state.runner is not None:
+        await state.runner.defer(conversation_id)
+    return resumed
 
 
 def _own_account(caller: CallerDep) -> uuid.UUID:

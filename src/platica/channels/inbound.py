@@ -23,7 +23,9 @@ from platica.conversations import repository, service
 from platica.db import DriverPool
 from platica.deps import AppState
 from platica.models import STATUS_RANK, WebhookLog, utcnow
-from platica.ratelimit import RATE_LIMITED_NOTE
+from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE
+
+FLOOD_REASON = "over the sender's flood limit (RATE_LIMIT_FLOOD)"
 
 # A first message from a new contact, arriving twice at once, can find the conversation the
 # other transaction is opening; the statement then stores nothing and is run again.
@@ -67,8 +69,8 @@ class Recorded:
     # None for a repeated delivery (the MessageSid is stored already).
     message_id: int | None
     conversation_id: int | None
-    # "sender" or "account" when the message is over that limit: stored, never answered.
-    limited: str | None
+    # Over the sender's flood limit (ratelimit.py): stored, never answered, contact flagged.
+    flooded: bool
     # Whether its reply is queued already, in the same transaction (on PostgreSQL: the
     # conversation's reply_due_at, see jobs/runner.py).
     queued: bool
@@ -78,33 +80,26 @@ async def record_message(
     state: AppState, inbound: InboundMessage, entry: WebhookEntry
 ) -> Recorded | None:
     """Store the message once and log the webhook; None when no account owns its number."""
-    owner = state.limits.owner(inbound.channel.value, inbound.recipient)
-    account_over = state.limits.account_over(owner)
     if state.driver_pool is not None:
-        recorded = await _record_postgresql(state.driver_pool, state, inbound, entry, account_over)
-    else:
-        recorded = await _record_orm(state, inbound, entry, account_over)
-    if recorded is not None:
-        state.limits.remember_owner(inbound.channel.value, inbound.recipient, recorded.account_id)
-        if recorded.message_id is not None and recorded.limited is None:
-            state.limits.count_for_account(recorded.account_id)
-    return recorded
+        return await _record_postgresql(state.driver_pool, state, inbound, entry)
+    return await _record_orm(state, inbound, entry)
 
 
 def _outcome(recorded: Recorded) -> tuple[str, str | None]:
     if recorded.message_id is None:
         return "duplicate", "MessageSid already recorded"
-    if recorded.limited:
-        return "rate_limited", f"over the per-{recorded.limited} limit"
+    if recorded.flooded:
+        return "flood", FLOOD_REASON
     return "accepted", None
 
 
 # --- PostgreSQL: one statement ----------------------------------------------------------------
 #
 # Data-modifying CTEs see one snapshot and each other only through RETURNING; each runs once.
-# `contact` locks the contact row first (upsert), then the conversation is found or opened,
-# touched (and made due for its reply, debounce included, unless the message is over a rate
-# limit), and the message inserted: the lock order of conversations/service.py.
+# `contact` locks the contact row first (upsert, counting the message in its flood window and
+# flagging the contact when it is over), then the conversation is found or opened, touched (and
+# made due for its reply, debounce included, unless the message is over the flood limit), and
+# the message inserted: the lock order of conversations/service.py.
 #
 # Rows are looked up by comparing with a subquery's value, `contact_id = (SELECT id FROM
 # contact)`, never by joining CTEs to tables: a join may be planned, while the tables are small,
@@ -131,10 +126,14 @@ contact AS (
         rate_window_start = CASE WHEN c.rate_window_start > %(window_over)s
                                  THEN c.rate_window_start ELSE %(now)s END,
         rate_window_count = CASE WHEN c.rate_window_start > %(window_over)s
-                                 THEN c.rate_window_count + 1 ELSE 1 END
-    RETURNING c.id, c.account_id,
-              c.rate_window_count > %(sender_limit)s OR %(account_over)s AS limited,
-              c.rate_window_count > %(sender_limit)s AS sender_limited
+                                 THEN c.rate_window_count + 1 ELSE 1 END,
+        flagged_at = CASE WHEN c.rate_window_start > %(window_over)s
+                               AND c.rate_window_count >= %(flood_limit)s
+                          THEN %(now)s ELSE c.flagged_at END,
+        flag_reason = CASE WHEN c.rate_window_start > %(window_over)s
+                                AND c.rate_window_count >= %(flood_limit)s
+                           THEN %(flag_reason)s ELSE c.flag_reason END
+    RETURNING c.id, c.account_id, c.rate_window_count > %(flood_limit)s AS limited
 ),
 existing AS (
     SELECT id FROM conversations
@@ -177,26 +176,24 @@ message AS (
 ),
 verdict AS (
     SELECT message.id AS message_id, message.conversation_id,
-           CASE WHEN message.reply_state = 'pending' THEN NULL
-                WHEN contact.sender_limited THEN 'sender' ELSE 'account' END AS limited
-    FROM message, contact
+           message.reply_state <> 'pending' AS flooded
+    FROM message
 ),
 logged AS (
     INSERT INTO webhook_logs (received_at, endpoint, account_id, message_sid, idempotency_token,
                               status_code, outcome, reason, signature_valid, params)
     SELECT %(now)s, %(endpoint)s, cfg.account_id, %(sid)s, %(token)s, 200,
            CASE WHEN verdict.message_id IS NULL THEN 'duplicate'
-                WHEN verdict.limited IS NULL THEN 'accepted' ELSE 'rate_limited' END,
+                WHEN verdict.flooded THEN 'flood' ELSE 'accepted' END,
            CASE WHEN verdict.message_id IS NULL THEN 'MessageSid already recorded'
-                WHEN verdict.limited IS NOT NULL
-                THEN 'over the per-' || verdict.limited || ' limit' END,
+                WHEN verdict.flooded THEN %(flood_reason)s END,
            %(signature_valid)s, CAST(%(params)s AS jsonb)
     FROM cfg LEFT JOIN verdict ON true
     WHERE cfg.dup OR EXISTS (SELECT 1 FROM conversation)
     RETURNING id
 )
 SELECT cfg.account_id, cfg.debounce_seconds, (SELECT count(*) FROM logged) AS logged,
-       verdict.message_id, verdict.conversation_id, verdict.limited
+       verdict.message_id, verdict.conversation_id, coalesce(verdict.flooded, false) AS flooded
 FROM cfg LEFT JOIN verdict ON true
 """
 # Whitespace collapsed: psycopg caches its parse of statements up to 4 KiB only.
@@ -208,10 +205,9 @@ async def _record_postgresql(
     state: AppState,
     inbound: InboundMessage,
     entry: WebhookEntry,
-    account_over: bool,
 ) -> Recorded | None:
     now = utcnow()
-    window = state.limits.sender
+    window = state.limits.flood
     params: dict[str, Any] = {
         "sid": inbound.sid,
         "channel": inbound.channel.value,
@@ -226,9 +222,10 @@ async def _record_postgresql(
         ),
         "now": now,
         "window_over": window.starts_after(now),
-        "sender_limit": window.limit,
-        "account_over": account_over,
-        "limited_note": RATE_LIMITED_NOTE,
+        "flood_limit": window.limit,
+        "limited_note": FLOOD_NOTE,
+        "flag_reason": FLOOD_FLAG,
+        "flood_reason": FLOOD_REASON,
         "endpoint": entry.endpoint,
         "token": entry.idempotency_token,
         "signature_valid": entry.signature_valid,
@@ -254,9 +251,9 @@ async def _record_postgresql(
                 debounce_seconds=row["debounce_seconds"],
                 message_id=row["message_id"],
                 conversation_id=row["conversation_id"],
-                limited=row["limited"],
+                flooded=row["flooded"],
                 # The statement made the conversation due with the message.
-                queued=row["message_id"] is not None and row["limited"] is None,
+                queued=row["message_id"] is not None and not row["flooded"],
             )
             entry.account_id = recorded.account_id
             entry.outcome, entry.reason = _outcome(recorded)
@@ -272,7 +269,7 @@ async def _record_postgresql(
 
 
 async def _record_orm(
-    state: AppState, inbound: InboundMessage, entry: WebhookEntry, account_over: bool
+    state: AppState, inbound: InboundMessage, entry: WebhookEntry
 ) -> Recorded | None:
     async with state.sessionmaker() as session:
         config = await repository.find_channel_config(session, inbound.channel, inbound.recipient)
@@ -283,8 +280,7 @@ async def _record_orm(
             session,
             inbound,
             account_id,
-            sender_window=state.limits.sender,
-            account_over=account_over,
+            flood=state.limits.flood,
         )
         if stored is None:
             # A repeated delivery: undo whatever this transaction touched, keep only the log.
@@ -294,7 +290,7 @@ async def _record_orm(
             debounce_seconds=debounce_seconds,
             message_id=stored.message_id if stored else None,
             conversation_id=stored.conversation_id if stored else None,
-            limited=stored.limited if stored else None,
+            flooded=stored.flooded if stored else False,
             queued=False,
         )
         entry.account_id = recorded.account_id

@@ -160,16 +160,15 @@ async def _record_message(
             "add it with `platica accounts create` or TWILIO_"
             + ("WHATSAPP_NUMBER" if channel is Channel.whatsapp else "PHONE_NUMBER")
         )
-    if recorded.message_id is not None and recorded.limited:
-        REPLIES.labels(channel.value, "rate_limited").inc()
+    if recorded.message_id is not None and recorded.flooded:
+        REPLIES.labels(channel.value, "flood").inc()
         # No sender here: the account and the message are enough to find it.
-        log.info(
-            "webhook.rate_limited",
+        log.warning(
+            "webhook.flood",
             channel=channel.value,
             account_id=str(recorded.account_id),
             message_sid=inbound.sid,
             message_id=recorded.message_id,
-            limit=recorded.limited,
         )
         return
     if recorded.conversation_id is not None and state.runner is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.errors import BadRequest, NotFound, PlaticaError
@@ -30,6 +30,8 @@ from platica.models import (
     utcnow,
 )
 from platica.replies.shaping import sms_encoding
+
+OPERATOR_NOTE = "answered by an operator"
 
 
 class Conflict(PlaticaError):
@@ -218,7 +220,8 @@ async def hand_off(session: AsyncSession, conversation: Conversation) -> Convers
 
 
 async def resume(session: AsyncSession, conversation: Conversation) -> Conversation:
-    """Give the conversation back to the AI."""
+    """Give the conversation back to the AI, which then answers whatever the contact wrote
+    that nobody answered (wake the runner after the commit)."""
     conversation.ai_enabled = True
     conversation.handoff_until = None
     await session.flush()
@@ -252,6 +255,17 @@ async def manual_reply(session: AsyncSession, conversation: Conversation, body: 
     if conversation.channel == Channel.sms:
         message.encoding, message.segments = sms_encoding(body)
     session.add(message)
+    # What the contact wrote while waiting is answered now, by the operator.
+    await session.execute(
+        update(Message)
+        .where(
+            Message.conversation_id == conversation.id,
+            Message.direction == Direction.inbound,
+            Message.reply_state == ReplyState.pending,
+        )
+        .values(reply_state=ReplyState.answered, note=OPERATOR_NOTE, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
     await hand_off(session, conversation)
     conversation.last_message_at = now
     await session.flush()

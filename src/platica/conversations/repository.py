@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.db import constant, insert_ignore
@@ -146,9 +146,20 @@ async def conversations_needing_work(
     session: AsyncSession, older_than: datetime, limit: int = 500
 ) -> list[int]:
     """Conversations with an unanswered inbound or an unsent outbound message last touched
-    before `older_than`: work a crash or a lost wake-up may have left behind."""
-    pending = select(Message.conversation_id).where(
-        Message.reply_state == ReplyState.pending, Message.created_at < older_than
+    before `older_than`: work a crash or a lost wake-up may have left behind. Not the messages
+    an operator's hold keeps waiting for them (until it runs out: the AI then answers)."""
+    pending = (
+        select(Message.conversation_id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(
+            Message.reply_state == ReplyState.pending,
+            Message.created_at < older_than,
+            or_(
+                Conversation.ai_enabled.is_(True),
+                Conversation.handoff_until <= utcnow(),
+                Conversation.status != ConversationStatus.active,
+            ),
+        )
     )
     unsent = select(Message.conversation_id).where(
         Message.direction == Direction.outbound,

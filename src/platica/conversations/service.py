@@ -12,15 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from platica.channels.parsing import InboundMessage, StatusUpdate
 from platica.conversations import repository
 from platica.models import Author, Direction, Message, MessageStatus, ReplyState, utcnow
-from platica.ratelimit import RATE_LIMITED_NOTE, SenderWindow
+from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Window
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
     message_id: int
     conversation_id: int
-    # "sender" or "account" when the message is over that limit: stored, never answered.
-    limited: str | None = None
+    # Over the sender's flood limit: stored, never answered (the contact is flagged).
+    flooded: bool = False
 
 
 class StatusOutcome(StrEnum):
@@ -34,15 +34,14 @@ async def record_inbound(
     inbound: InboundMessage,
     account_id: uuid.UUID,
     *,
-    sender_window: SenderWindow | None = None,
-    account_over: bool = False,
+    flood: Window | None = None,
 ) -> Recorded | None:
     """Store an inbound message once, in its contact's active conversation.
 
     Returns the new message and its conversation, or None when its MessageSid is already stored (a repeated
     delivery). The caller should roll back on None: the transaction may have touched the
-    contact and conversation for nothing. A message over the sender's window (counted on the
-    contact) or, when `account_over`, the account's limit is stored as skipped, never answered.
+    contact and conversation for nothing. A message over the sender's `flood` window (counted
+    on the contact) is stored as skipped, never answered, and the contact is flagged.
     channels/inbound.py does the same in one statement on PostgreSQL.
     """
     if await repository.message_id_by_sid(session, inbound.sid) is not None:
@@ -56,13 +55,14 @@ async def record_inbound(
         contact.profile_name = inbound.profile_name[:200]
     if inbound.wa_id:
         contact.wa_id = inbound.wa_id[:64]
-    limited = "account" if account_over else None
-    if sender_window is not None:
-        contact.rate_window_start, contact.rate_window_count = sender_window.next_count(
+    flooded = False
+    if flood is not None:
+        contact.rate_window_start, contact.rate_window_count = flood.next_count(
             contact.rate_window_start, contact.rate_window_count, now
         )
-        if contact.rate_window_count > sender_window.limit:
-            limited = "sender"
+        if contact.rate_window_count > flood.limit:
+            flooded = True
+            contact.flagged_at, contact.flag_reason = now, FLOOD_FLAG
     # Rows are locked in one order everywhere (contact, conversation, messages), so concurrent
     # transactions on PostgreSQL wait for each other instead of deadlocking.
     await session.flush()
@@ -80,8 +80,8 @@ async def record_inbound(
             "twilio_sid": inbound.sid,
             "status": MessageStatus.received,
             "simulated": inbound.simulated,
-            "reply_state": ReplyState.pending if limited is None else ReplyState.skipped,
-            "note": RATE_LIMITED_NOTE if limited else None,
+            "reply_state": ReplyState.skipped if flooded else ReplyState.pending,
+            "note": FLOOD_NOTE if flooded else None,
             "created_at": now,
             "updated_at": now,
         },
@@ -90,7 +90,7 @@ async def record_inbound(
         return None
     await repository.touch_conversation(session, conversation.id, now)
     await session.flush()
-    return Recorded(message_id=message_id, conversation_id=conversation.id, limited=limited)
+    return Recorded(message_id=message_id, conversation_id=conversation.id, flooded=flooded)
 
 
 async def record_status(session: AsyncSession, update: StatusUpdate) -> StatusOutcome:

@@ -432,7 +432,8 @@ async def _act(
         return await _conversation_response(
             visit, thread, status_code=error.status_code, error=error.message, draft=body or ""
         )
-    if action == "replied" and visit.state.runner is not None:
+    if action in ("replied", "resumed") and visit.state.runner is not None:
+        # After the commit: a reply to send, or the AI to answer what waited for it.
         await visit.state.runner.defer(key[1])
     log.info("dashboard.action", action=action, conversation_id=key[1])
     return redirect(visit, f"/conversations/{key[0].value}/{key[1]}?notice={action}")

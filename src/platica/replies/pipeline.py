@@ -50,7 +50,7 @@ from platica.jobs.locks import (
     renew_statement,
 )
 from platica.logging import get_logger
-from platica.metrics import REPLIES
+from platica.metrics import PACED, REPLIES
 from platica.models import (
     Author,
     Channel,
@@ -60,6 +60,7 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
+from platica.ratelimit import RateLimits
 from platica.replies import prompts, store
 from platica.replies.generator import GeneratedReply, GenerationFailed, ReplyGenerator, ReplyRequest
 from platica.replies.keywords import Keyword, detect_keyword
@@ -72,6 +73,19 @@ OPT_OUT_CONFIRMATION = (
     "You have been unsubscribed and will get no more messages. Reply START to resubscribe."
 )
 OPT_IN_CONFIRMATION = "You are subscribed again. Reply STOP to unsubscribe."
+# The notes a keyword message is settled with: answered with its confirmation, or not answered.
+KEYWORD_CONFIRMED = {
+    Keyword.opt_out: "opted out, confirmation sent",
+    Keyword.opt_in: "opted in again, confirmation sent",
+    Keyword.help: "help message sent",
+}
+KEYWORD_UNCONFIRMED = {
+    Keyword.opt_out: "opted out already",
+    Keyword.opt_in: "not opted out, nothing to confirm",
+    Keyword.help: "contact opted out, no help message sent",
+}
+BUSY_NOTE = "daily token budget spent: busy message sent"
+BUSY_ALREADY_NOTE = "daily token budget spent: busy message sent earlier today"
 
 
 @dataclass
@@ -108,9 +122,12 @@ class ReplyContext:
     # PostgreSQL: the psycopg pool the reply path's statements go through (db.open_driver_pool).
     driver_pool: DriverPool | None = None
     engine: AsyncEngine = field(init=False)
+    # The pacing limits (RATE_LIMIT_PER_SENDER, RATE_LIMIT_PER_ACCOUNT), read from `settings`.
+    limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.engine = store.engine_of(self.sessionmaker)
+        self.limits = RateLimits(self.settings)
 
     def transaction(self, *, durable: bool) -> AbstractAsyncContextManager[store.Tx]:
         """A transaction of the reply path (see store.transaction)."""
@@ -175,13 +192,18 @@ async def _rounds(ctx: ReplyContext, lease: Lease) -> float | None:
 
 async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
     plan: _Plan | None = None
-    prepared: _Prepared | None = None
+    prepared: _Prepared | float | None = None
     async with ctx.transaction(durable=False) as connection:
         row = await lease.take(connection)
         if row is None:
             # Busy, or (claiming) nothing was due.
             return None if lease.claims_due and not lease.taken else LOCK_BUSY_RETRY_SECONDS
-        loaded = await store.load(connection, store.conversation_state(row))
+        per_sender = ctx.limits.per_sender
+        loaded = await store.load(
+            connection,
+            store.conversation_state(row),
+            paced_by=per_sender.limit if per_sender else None,
+        )
         if loaded is None:
             await lease.release(connection)
             return None
@@ -194,7 +216,7 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
             if wait is not None:
                 await lease.release(connection)
                 return wait
-            plan = _plan(loaded, pending)
+            plan = _plan(loaded, pending, utcnow())
             if plan.opted_out is None:
                 # Rows are locked contact, conversation, messages everywhere (so concurrent
                 # transactions on PostgreSQL wait instead of deadlocking); the lease has locked
@@ -207,6 +229,8 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
         async with ctx.transaction(durable=False) as connection:
             prepared = await _write_plan(ctx, connection, lease, loaded, plan)
     _count_unanswered(loaded.conversation.channel, plan)  # now that it is committed
+    if isinstance(prepared, float):
+        return prepared  # paced: due again then, its messages still pending
     if prepared is None:
         return None if plan.released else AGAIN
     return await _answer(ctx, lease, loaded, plan.remaining, prepared)
@@ -217,17 +241,25 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | _Again | None:
 
 @dataclass
 class _Plan:
-    """What to do about a batch of pending messages, decided before anything is written."""
+    """What to do about a batch of pending messages, decided before anything is written.
 
-    # Keyword messages, each with its keyword and the confirmation to send (WhatsApp), if any.
-    keywords: list[tuple[Inbound, Keyword, str | None]] = field(default_factory=list)
-    # The contact's new opt-out state, when the keywords change it.
+    Keywords take their place in the conversation's order: a round deals either with the
+    messages before the batch's first keyword (answered, or not), or with that keyword alone
+    (and its confirmation, sent before anything that came after it is looked at).
+    """
+
+    # The keyword message dealt with in this round, its keyword, and the confirmation to send
+    # (WhatsApp), if any.
+    keyword: tuple[Inbound, Keyword, str | None] | None = None
+    # The contact's new opt-out state, when the keyword changes it.
     opted_out: bool | None = None
+    # Messages to answer, or to settle unanswered with `skip_reason`.
     remaining: list[Inbound] = field(default_factory=list)
-    # Why the remaining messages are not answered, if they are not.
     skip_reason: str | None = None
     # An operator's hold ran out: the AI takes over again.
     resume_ai: bool = False
+    # An operator has the conversation: its messages wait for them (or for the AI's return).
+    hold: bool = False
     # The lease was given back with the plan written (nothing left to do).
     released: bool = False
 
@@ -236,58 +268,75 @@ class _Plan:
         return bool(self.remaining) and self.skip_reason is None
 
 
-def _plan(loaded: Loaded, batch: Sequence[Inbound]) -> _Plan:
+def _plan(loaded: Loaded, batch: Sequence[Inbound], now: datetime) -> _Plan:
     """Opt-out, opt-in and help keywords before any LLM, then whether the rest is answered.
 
     On SMS Twilio answers these keywords itself, so nothing is sent; on WhatsApp Plática
     confirms an opt-out once and answers HELP/INFO with the account's help message.
     """
     plan = _Plan()
-    opted_out = loaded.contact.opted_out
-    whatsapp = loaded.conversation.channel == Channel.whatsapp
-    for message in batch:
-        keyword = detect_keyword(message.body)
-        if keyword is None:
-            plan.remaining.append(message)
-            continue
-        confirmation: str | None = None
-        if keyword is Keyword.opt_out:
-            if not opted_out:
-                opted_out = True
-                confirmation = OPT_OUT_CONFIRMATION
-        elif keyword is Keyword.opt_in:
-            if opted_out:
-                opted_out = False
-                confirmation = OPT_IN_CONFIRMATION
-        elif not opted_out:
-            confirmation = loaded.config.help_message
-        plan.keywords.append((message, keyword, confirmation if whatsapp else None))
-    if opted_out != loaded.contact.opted_out:
-        plan.opted_out = opted_out
-    if not plan.remaining:
+    skip_reason, plan.resume_ai, hold = _why_not_answer(loaded, now)
+    keyed = [(message, detect_keyword(message.body)) for message in batch]
+    if hold:
+        # The messages wait for the operator; keywords are honoured all the same.
+        keyed = [(message, keyword) for message, keyword in keyed if keyword is not None]
+        if not keyed:
+            plan.hold = True
+            return plan
+    first = next((i for i, (_, keyword) in enumerate(keyed) if keyword is not None), None)
+    if first == 0:
+        message, keyword = keyed[0]
+        assert keyword is not None
+        plan.keyword, plan.opted_out = _keyword(loaded, message, keyword)
         return plan
-    if opted_out:
-        # Anything sent after an opt-out in the same burst stays unanswered.
+    plan.remaining = [message for message, _ in keyed[:first]]
+    later = [keyword for _, keyword in keyed[first:]] if first is not None else []
+    if Keyword.opt_out in later:
+        # The contact asked to hear nothing more before this could be answered.
+        plan.skip_reason = "the contact sent STOP right after"
+    elif loaded.contact.opted_out:
         plan.skip_reason = "contact opted out"
-        return plan
-    plan.skip_reason, plan.resume_ai = _why_not_answer(loaded, utcnow())
+    else:
+        plan.skip_reason = skip_reason
     if plan.skip_reason is not None:
         log.info("reply.skipped", conversation_id=loaded.conversation.id, reason=plan.skip_reason)
     return plan
 
 
-def _why_not_answer(loaded: Loaded, now: datetime) -> tuple[str | None, bool]:
-    """Why the AI must not answer, if so; and whether an operator's hold has just run out."""
+def _keyword(
+    loaded: Loaded, message: Inbound, keyword: Keyword
+) -> tuple[tuple[Inbound, Keyword, str | None], bool | None]:
+    """The keyword's confirmation (WhatsApp), if any, and the contact's new opt-out state if
+    it changes."""
+    opted_out = loaded.contact.opted_out
+    confirmation: str | None = None
+    changed: bool | None = None
+    if keyword is Keyword.opt_out:
+        if not opted_out:
+            changed, confirmation = True, OPT_OUT_CONFIRMATION
+    elif keyword is Keyword.opt_in:
+        if opted_out:
+            changed, confirmation = False, OPT_IN_CONFIRMATION
+    elif not opted_out:
+        confirmation = loaded.config.help_message
+    if loaded.conversation.channel != Channel.whatsapp:
+        confirmation = None  # Twilio answers keywords on SMS
+    return (message, keyword, confirmation), changed
+
+
+def _why_not_answer(loaded: Loaded, now: datetime) -> tuple[str | None, bool, bool]:
+    """Why the AI must not answer, if so; whether an operator's hold has just run out; and
+    whether an operator holds the conversation (its messages then wait for them)."""
     conversation = loaded.conversation
     if conversation.status != ConversationStatus.active:
-        return "conversation closed", False
+        return "conversation closed", False, False
     if not loaded.config.ai_enabled:
-        return "AI disabled for this channel", False
+        return "AI disabled for this channel", False, False
     if not conversation.ai_enabled:
         if conversation.handoff_until is not None and conversation.handoff_until <= now:
-            return None, True
-        return "AI paused: an operator has the conversation", False
-    return None, False
+            return None, True, False
+        return None, False, True
+    return None, False, False
 
 
 @dataclass
@@ -300,8 +349,9 @@ class _Prepared:
 
 async def _write_plan(
     ctx: ReplyContext, connection: store.Tx, lease: Lease, loaded: Loaded, plan: _Plan
-) -> _Prepared | None:
-    """Write the plan (contact, conversation, then messages); what to ask the LLM, if anything."""
+) -> _Prepared | float | None:
+    """Write the plan (contact, conversation, then messages); what to ask the LLM, if anything,
+    or seconds to wait for a pace (the lease given back, the messages left pending)."""
     conversation = loaded.conversation
     if plan.opted_out is not None:
         await store.set_opted_out(connection, loaded.contact.id, plan.opted_out)
@@ -309,36 +359,26 @@ async def _write_plan(
     if plan.resume_ai:
         await store.resume_ai(connection, conversation.id)
         conversation.ai_enabled, conversation.handoff_until = True, None
-    confirmations = 0
-    for message, keyword, confirmation in plan.keywords:
-        if confirmation:
-            confirmations += 1
-            await store.insert_reply_part(
-                connection,
-                {
-                    "account_id": conversation.account_id,
-                    "conversation_id": conversation.id,
-                    "channel": conversation.channel,
-                    "author": Author.system,
-                    "body": confirmation,
-                    "status": MessageStatus.pending,
-                    "reply_to_id": message.id,
-                    "part": 0,
-                    "simulated": message.simulated,
-                },
-            )
-        await store.settle(
-            connection, [message.id], ReplyState.skipped, f"keyword: {keyword.value}"
-        )
-        log.info("reply.keyword", conversation_id=conversation.id, keyword=keyword.value)
+    if plan.keyword is not None:
+        await _write_keyword(connection, loaded, *plan.keyword)
+        return None  # again: its confirmation goes out before anything after it
+    if plan.hold:
+        plan.released = await lease.release(connection)
+        return None
     if plan.remaining and not plan.answering:
         await store.settle(
             connection, [m.id for m in plan.remaining], ReplyState.skipped, plan.skip_reason
         )
-    if not plan.answering:
-        if not confirmations:
-            plan.released = await lease.release(connection, RELEASE_WHEN_IDLE)
+        plan.released = await lease.release(connection, RELEASE_WHEN_IDLE)
         return None
+    now = utcnow()
+    if _budget_spent(loaded.config, now):
+        await _write_busy(connection, lease, loaded, plan, now)
+        return None
+    wait = await _pace(ctx, connection, loaded, now)
+    if wait > 0:
+        await lease.release(connection)
+        return wait
     config = loaded.config
     batch_ids = [m.id for m in plan.remaining]
     first_attempt = max(m.attempts for m in plan.remaining) + 1
@@ -347,7 +387,9 @@ async def _write_plan(
         await store.count_attempt(connection, batch_ids, first_attempt)
     else:
         first_attempt = 0
-    history = await store.history(connection, conversation.id, max(config.context_messages, 1))
+    history = await store.history(
+        connection, conversation.id, max(config.context_messages, 1), batch_ids[-1]
+    )
     request = ReplyRequest(
         model=config.openai_model or ctx.settings.OPENAI_MODEL,
         messages=prompts.build_messages(config, history),
@@ -357,13 +399,120 @@ async def _write_plan(
     return _Prepared(request, batch_ids, first_attempt)
 
 
+async def _write_keyword(
+    connection: store.Tx,
+    loaded: Loaded,
+    message: Inbound,
+    keyword: Keyword,
+    confirmation: str | None,
+) -> None:
+    """Store the keyword's confirmation, if any, as the reply to it, and settle the keyword:
+    answered when confirmed, else skipped (with why)."""
+    conversation = loaded.conversation
+    word = message.body.strip().rstrip(".!?,;:…").upper() or keyword.value
+    if confirmation:
+        await store.insert_reply_part(
+            connection,
+            {
+                "account_id": conversation.account_id,
+                "conversation_id": conversation.id,
+                "channel": conversation.channel,
+                "author": Author.system,
+                "body": confirmation,
+                "status": MessageStatus.pending,
+                "reply_to_id": message.id,
+                "part": 0,
+                "simulated": message.simulated,
+            },
+        )
+        note = f"{word}: {KEYWORD_CONFIRMED[keyword]}"
+        await store.settle(connection, [message.id], ReplyState.answered, note)
+    else:
+        sms = conversation.channel == Channel.sms
+        note = f"{word}: {'Twilio answers it on SMS' if sms else KEYWORD_UNCONFIRMED[keyword]}"
+        await store.settle(connection, [message.id], ReplyState.skipped, note)
+    log.info("reply.keyword", conversation_id=conversation.id, keyword=keyword.value)
+
+
+def _budget_spent(config: ChannelConfig, now: datetime) -> bool:
+    """Whether the channel's daily token budget (if any) is spent today (UTC)."""
+    budget = config.daily_token_budget
+    return budget is not None and config.tokens_day == now.date() and config.tokens_used >= budget
+
+
+async def _write_busy(
+    connection: store.Tx,
+    lease: Lease,
+    loaded: Loaded,
+    plan: _Plan,
+    now: datetime,
+) -> None:
+    """The channel's daily token budget is spent: the busy message, once a day per
+    conversation, instead of an LLM call; the messages after it in the day stay unanswered."""
+    conversation = loaded.conversation
+    batch_ids = [m.id for m in plan.remaining]
+    midnight = datetime.combine(now.date(), datetime.min.time(), tzinfo=now.tzinfo)
+    log.warning(
+        "budget.spent",
+        account_id=str(conversation.account_id),
+        channel=conversation.channel.value,
+        conversation_id=conversation.id,
+        budget=loaded.config.daily_token_budget,
+    )
+    if conversation.busy_sent_at is not None and conversation.busy_sent_at >= midnight:
+        await store.settle(connection, batch_ids, ReplyState.skipped, BUSY_ALREADY_NOTE)
+        plan.released = await lease.release(connection, RELEASE_WHEN_IDLE)
+        REPLIES.labels(conversation.channel, "skipped").inc(len(batch_ids))
+        return
+    await store.insert_reply_part(
+        connection,
+        {
+            "account_id": conversation.account_id,
+            "conversation_id": conversation.id,
+            "channel": conversation.channel,
+            "author": Author.system,
+            "body": loaded.config.busy_message,
+            "status": MessageStatus.pending,
+            "reply_to_id": batch_ids[-1],
+            "part": 0,
+            "simulated": any(m.simulated for m in plan.remaining),
+        },
+    )
+    await store.settle(connection, batch_ids, ReplyState.answered, BUSY_NOTE)
+    await store.set_busy_sent(connection, conversation.id, now)
+    conversation.busy_sent_at = now
+    REPLIES.labels(conversation.channel, "busy").inc()
+    # Again: the busy message goes out next.
+
+
+async def _pace(ctx: ReplyContext, connection: store.Tx, loaded: Loaded, now: datetime) -> float:
+    """Seconds the conversation's reply must wait for the pacing limits; 0 to answer now (then
+    counted towards the account's pace)."""
+    per_sender = ctx.limits.per_sender
+    if per_sender is not None:
+        wait = per_sender.wait_after(loaded.paced_from, now)
+        if wait > 0:
+            PACED.labels("sender").inc()
+            log.info("reply.paced", conversation_id=loaded.conversation.id, limit="sender")
+            return wait
+    per_account = ctx.limits.per_account
+    if per_account is not None:
+        wait = await store.take_account_pace(
+            connection, loaded.conversation.account_id, per_account, now
+        )
+        if wait > 0:
+            PACED.labels("account").inc()
+            log.info("reply.paced", conversation_id=loaded.conversation.id, limit="account")
+            return wait
+    return 0.0
+
+
 def _count_unanswered(channel: Channel, plan: _Plan) -> None:
     """Count the messages of the batch this run decided not to have the AI answer."""
-    for _ in plan.keywords:
+    if plan.keyword is not None:
         REPLIES.labels(channel, "keyword").inc()
-    if not plan.answering:
-        for _ in plan.remaining:
-            REPLIES.labels(channel, "skipped").inc()
+    if plan.remaining and plan.skip_reason is not None:
+        REPLIES.labels(channel, "skipped").inc(len(plan.remaining))
 
 
 def _debounce_wait(
@@ -462,6 +611,11 @@ async def _answer(
                 ReplyState.answered,
                 f"fallback sent: {failure}" if failure else None,
             )
+            if reply is not None and loaded.config.daily_token_budget is not None:
+                tokens = (reply.prompt_tokens or 0) + (reply.completion_tokens or 0)
+                await store.add_tokens(
+                    connection, conversation.account_id, conversation.channel, tokens, now.date()
+                )
     except _Conflict:
         # Another worker stored this reply first: nothing to add (all rolled back).
         return AGAIN

@@ -16,14 +16,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol, cast
 
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     BindParameter,
+    Date,
     Insert,
+    Integer,
     Row,
     Table,
     and_,
@@ -45,6 +47,8 @@ from platica.channels.parsing import parse_status
 from platica.db import DriverPool, constant
 from platica.models import (
     STATUS_RANK,
+    Account,
+    Author,
     Channel,
     ChannelConfig,
     Contact,
@@ -56,6 +60,7 @@ from platica.models import (
     WebhookLog,
     utcnow,
 )
+from platica.ratelimit import Pace
 
 _messages = cast(Table, Message.__table__)
 _conversations_table = cast(Table, Conversation.__table__)
@@ -251,6 +256,8 @@ class ConversationState:
     status: str
     ai_enabled: bool
     handoff_until: datetime | None
+    # When the channel's daily token budget was spent, the busy message it got.
+    busy_sent_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -265,6 +272,9 @@ class Loaded:
     conversation: ConversationState
     config: ChannelConfig  # transient (in no session): prompts and shaping read it
     contact: ContactState
+    # When the AI reply that RATE_LIMIT_PER_SENDER's window starts from went (its `limit`th
+    # latest); None when there are fewer, or no such limit.
+    paced_from: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -303,6 +313,7 @@ def conversation_state(row: Row[Any]) -> ConversationState:
         row.status,
         row.ai_enabled,
         row.handoff_until,
+        row.busy_sent_at,
     )
 
 
@@ -323,18 +334,46 @@ _LOAD = (
     )
     .where(_contacts.id == bindparam("contact_id"))
 )
+# The same, with when the conversation's `nth` latest AI reply went (RATE_LIMIT_PER_SENDER):
+# found walking the conversation's messages newest first, so it costs a few index entries.
+_NTH_AI_REPLY = (
+    select(_m.created_at)
+    .where(
+        _m.conversation_id == bindparam("conversation_id"),
+        _m.direction == Direction.outbound,
+        _m.author == Author.ai,
+        _m.part == 0,
+    )
+    .order_by(_m.id.desc())
+    .offset(bindparam("nth", type_=Integer))
+    .limit(1)
+    .scalar_subquery()
+)
+_LOAD_PACED = _LOAD.add_columns(_NTH_AI_REPLY.label("paced_from"))
 
 
-async def load(connection: Tx, conversation: ConversationState) -> Loaded | None:
-    """The channel config and contact of `conversation`, or None if either is gone."""
-    row = (await connection.execute(_LOAD, {"contact_id": conversation.contact_id})).first()
+async def load(
+    connection: Tx, conversation: ConversationState, *, paced_by: int | None = None
+) -> Loaded | None:
+    """The channel config and contact of `conversation`, or None if either is gone; with
+    `paced_by`, when its `paced_by`th latest AI reply went."""
+    if paced_by is None:
+        row = (await connection.execute(_LOAD, {"contact_id": conversation.contact_id})).first()
+    else:
+        params = {
+            "contact_id": conversation.contact_id,
+            "conversation_id": conversation.id,
+            "nth": paced_by - 1,
+        }
+        row = (await connection.execute(_LOAD_PACED, params)).first()
     if row is None:
         return None
     values = row._asdict()
+    paced_from = values.pop("paced_from", None)
     contact = ContactState(
         values.pop("contact__id"), values.pop("contact__address"), values.pop("contact__opted_out")
     )
-    return Loaded(conversation, ChannelConfig(**values), contact)
+    return Loaded(conversation, ChannelConfig(**values), contact, paced_from)
 
 
 _WORK = (
@@ -384,24 +423,36 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
 
 
 _HISTORY = (
-    select(_m.direction, _m.body, _m.media)
+    select(_m.id, _m.reply_to_id, _m.direction, _m.body, _m.media)
     .where(
         _m.conversation_id == bindparam("conversation_id"),
         _m.status.not_in([MessageStatus.failed, MessageStatus.undelivered]),
         or_(_m.reply_state.is_(None), _m.reply_state != ReplyState.skipped),
+        # Up to the batch being answered (and the replies to what came before it): not what
+        # the contact wrote after it, which a later round deals with (a keyword, say).
+        or_(_m.id <= bindparam("up_to"), _m.reply_to_id < bindparam("up_to")),
     )
     .order_by(_m.id.desc())
     .limit(bindparam("limit"))
 )
 
 
-async def history(connection: Tx, conversation_id: int, limit: int) -> list[Message]:
-    """The conversation's last `limit` messages worth showing the model, oldest first (transient
-    Message objects, as prompts.build_messages takes)."""
-    rows = await connection.execute(_HISTORY, {"conversation_id": conversation_id, "limit": limit})
-    found = [Message(direction=r.direction, body=r.body, media=r.media) for r in rows]
-    found.reverse()
-    return found
+def _in_conversation_order(row: Any) -> tuple[int, int, int]:
+    """Where a message belongs in the conversation: a reply right after the message it answers
+    (a keyword's confirmation, stored after what the contact wrote next, comes before it)."""
+    if row.direction == Direction.outbound and row.reply_to_id is not None:
+        return (row.reply_to_id, 1, row.id)
+    return (row.id, 0, row.id)
+
+
+async def history(connection: Tx, conversation_id: int, limit: int, up_to: int) -> list[Message]:
+    """The conversation's last `limit` messages worth showing the model, up to the message
+    `up_to` (the last of the batch being answered), in the conversation's order, oldest first
+    (transient Message objects, as prompts.build_messages takes)."""
+    params = {"conversation_id": conversation_id, "limit": limit, "up_to": up_to}
+    rows = await connection.execute(_HISTORY, params)
+    ordered = sorted(rows, key=_in_conversation_order)
+    return [Message(direction=r.direction, body=r.body, media=r.media) for r in ordered]
 
 
 # --- Writing -------------------------------------------------------------------------------
@@ -515,6 +566,71 @@ async def insert_reply_part(connection: Tx, values: dict[str, Any]) -> int | Non
     result = await connection.execute(statement, params)
     found: int | None = result.scalar_one_or_none()
     return found
+
+
+_SET_BUSY_SENT = (
+    update(_conversations_table)
+    .where(_conversations.id == bindparam("conversation_id"))
+    .values(busy_sent_at=bindparam("at"))
+)
+
+
+async def set_busy_sent(connection: Tx, conversation_id: int, at: datetime) -> None:
+    """Record that the conversation got the busy message (its channel's budget is spent)."""
+    await connection.execute(_SET_BUSY_SENT, {"conversation_id": conversation_id, "at": at})
+
+
+_today = bindparam("today", type_=Date)
+_ADD_TOKENS = (
+    update(_configs_table)
+    .where(
+        _configs.account_id == bindparam("config_account"),
+        _configs.channel == bindparam("config_channel"),
+    )
+    .values(
+        tokens_used=case(
+            (_configs.tokens_day == _today, _configs.tokens_used + bindparam("tokens")),
+            else_=bindparam("tokens"),
+        ),
+        tokens_day=_today,
+    )
+)
+
+
+async def add_tokens(
+    connection: Tx, account_id: uuid.UUID, channel: Channel, tokens: int, today: date
+) -> None:
+    """Count tokens the channel's replies spent today towards its daily budget."""
+    await connection.execute(
+        _ADD_TOKENS,
+        {"config_account": account_id, "config_channel": channel, "tokens": tokens, "today": today},
+    )
+
+
+_accounts_table = cast(Table, Account.__table__)
+_ACCOUNT_PACE = (
+    select(_accounts_table.c.reply_pace_at)
+    .where(_accounts_table.c.id == bindparam("account_id"))
+    .with_for_update()
+)
+_SET_ACCOUNT_PACE = (
+    update(_accounts_table)
+    .where(_accounts_table.c.id == bindparam("account"))
+    .values(reply_pace_at=bindparam("paced_at"))
+)
+
+
+async def take_account_pace(
+    connection: Tx, account_id: uuid.UUID, pace: Pace, now: datetime
+) -> float:
+    """Take a place in the account's pace of AI replies (RATE_LIMIT_PER_ACCOUNT): 0 when the
+    reply may go now (counted), else seconds to wait (nothing counted). Locks the account row
+    until the transaction ends, so that every process counts on one value."""
+    paced_at = (await connection.execute(_ACCOUNT_PACE, {"account_id": account_id})).scalar()
+    taken, wait = pace.take(paced_at, now)
+    if taken is not None:
+        await connection.execute(_SET_ACCOUNT_PACE, {"account": account_id, "paced_at": taken})
+    return wait
 
 
 def touch_values() -> dict[str, Any]:
