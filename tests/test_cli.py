@@ -200,6 +200,7 @@ class TestSimulate:
         monkeypatch.setenv("DATABASE_URL", database_url)
         monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
         monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        monkeypatch.setenv("PUBLIC_BASE_URL", server.url)
         monkeypatch.setenv("TWILIO_PHONE_NUMBER", SMS_NUMBER)
         monkeypatch.setenv("TWILIO_WHATSAPP_NUMBER", f"whatsapp:{WHATSAPP_NUMBER}")
         return server

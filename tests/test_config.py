@@ -13,6 +13,7 @@ from platica.config import ConfigError, Settings, describe_errors, get_settings,
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN
 
 TWILIO_PAIR = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+PUBLIC = "https://platica.example.com"
 
 
 def config_error(**overrides: Any) -> str:
@@ -154,11 +155,34 @@ class TestMisconfiguration:
             assert sum(f"Invalid configuration: {variable}: " in line for line in lines) == 1
 
     def test_real_secrets_accepted(self) -> None:
-        settings = load_settings(**TWILIO_PAIR, OPENAI_API_KEY="sk-proj-" + "Ab3" * 16)
+        settings = load_settings(
+            **TWILIO_PAIR, PUBLIC_BASE_URL=PUBLIC, OPENAI_API_KEY="sk-proj-" + "Ab3" * 16
+        )
         assert settings.twilio_configured
         assert settings.TWILIO_AUTH_TOKEN is not None
         assert settings.TWILIO_AUTH_TOKEN.get_secret_value() == AUTH_TOKEN
         assert AUTH_TOKEN not in repr(settings)
+
+
+class TestPublicBaseUrl:
+    """Item 3 of issue 12: a worker never sees a webhook, so it cannot learn the URL Twilio
+    calls; with Twilio credentials set, StatusCallback needs PUBLIC_BASE_URL."""
+
+    def test_required_with_twilio_credentials(self) -> None:
+        message = config_error(**TWILIO_PAIR)
+        assert len(message.splitlines()) == 1
+        assert message.startswith("Invalid configuration: PUBLIC_BASE_URL: ")
+        assert "TWILIO_AUTH_TOKEN" in message
+
+    def test_optional_without_twilio_credentials(self) -> None:
+        assert load_settings().PUBLIC_BASE_URL is None
+
+    def test_status_callback_is_built_from_it(self) -> None:
+        settings = load_settings(**TWILIO_PAIR, PUBLIC_BASE_URL="https://platica.example.com/")
+        assert settings.status_callback_url == "https://platica.example.com/webhook/status"
+
+    def test_no_status_callback_without_it(self) -> None:
+        assert load_settings().status_callback_url is None
 
 
 class TestDescribeErrors:
@@ -235,6 +259,7 @@ class TestSources:
             "OPENAI_MODEL=gpt-4o\n"
             f"TWILIO_ACCOUNT_SID={ACCOUNT_SID}\n"
             f"TWILIO_AUTH_TOKEN={AUTH_TOKEN}\n"
+            f"PUBLIC_BASE_URL={PUBLIC}\n"
             "TWILIO_WHATSAPP_NUMBER=whatsapp:+14155238886\n"
             "CORS_ORIGINS=https://a.example.com,https://b.example.com\n",
             encoding="utf-8",
@@ -288,3 +313,25 @@ class TestServeCommand:
         assert result.stderr.splitlines() == [
             "Invalid configuration: TWILIO_PHONE_NUMBER: must be an E.164 number like +14155550100"
         ]
+
+    @pytest.mark.parametrize("command", ["serve", "worker"])
+    def test_twilio_without_public_base_url_stops_with_one_line(
+        self, command: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import uvicorn
+
+        from platica.cli import app
+
+        served: list[object] = []
+        monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: served.append(args))
+        monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:9/none")
+        monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+        monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        get_settings.cache_clear()
+
+        result = CliRunner().invoke(app, [command])
+
+        assert result.exit_code == 2
+        assert served == []
+        [line] = result.stderr.splitlines()
+        assert line.startswith("Invalid configuration: PUBLIC_BASE_URL: ")

@@ -24,10 +24,11 @@ class ServerProcess:
     """`python -m platica serve` in a child process, as an operator would run it."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
         self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Where Twilio reaches it (required with Twilio credentials): its own URL, unless set.
+        self.env = {"PUBLIC_BASE_URL": self.url, **env}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *options: str) -> ServerProcess:

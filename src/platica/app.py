@@ -106,7 +106,12 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
             "startup.offline_responder",
             detail="no OPENAI_API_KEY or OPENAI_BASE_URL: canned replies",
         )
-    log.info("startup.ready", database=engine.dialect.name, worker=work)
+    log.info(
+        "startup.ready",
+        database=engine.dialect.name,
+        worker=work,
+        status_callback=settings.status_callback_url,
+    )
     return state
 
 

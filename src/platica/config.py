@@ -201,12 +201,26 @@ class Settings(BaseSettings):
         if bool(self.TWILIO_ACCOUNT_SID) != bool(self.TWILIO_AUTH_TOKEN):
             missing = "TWILIO_AUTH_TOKEN" if self.TWILIO_ACCOUNT_SID else "TWILIO_ACCOUNT_SID"
             raise ValueError(f"{missing}: must be set together with the other Twilio credential")
+        if self.twilio_configured and not self.PUBLIC_BASE_URL:
+            # A worker never sees a webhook: without this, replies would go out with no
+            # StatusCallback and their delivery would never be tracked.
+            raise ValueError(
+                "PUBLIC_BASE_URL: required when TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN are set: "
+                "the public URL Twilio calls (e.g. https://abc123.ngrok-free.app), for "
+                "signatures and delivery status callbacks"
+            )
         return self
 
     @property
     def twilio_configured(self) -> bool:
         """Real Twilio credentials are set: signatures are checked and replies really sent."""
         return self.TWILIO_AUTH_TOKEN is not None
+
+    @property
+    def status_callback_url(self) -> str | None:
+        """Where Twilio reports the delivery of what Plática sends: PUBLIC_BASE_URL's
+        /webhook/status (never learned from requests, whose Host anyone can set)."""
+        return f"{self.PUBLIC_BASE_URL}/webhook/status" if self.PUBLIC_BASE_URL else None
 
     @property
     def log_level(self) -> str:

@@ -35,15 +35,13 @@ class AppState:
     driver_pool: DriverPool | None = None
     # Partly in memory, so per process (see ratelimit.py).
     limits: RateLimits = field(init=False)
-    # Where Twilio reached us last, for StatusCallback URLs when PUBLIC_BASE_URL is unset.
-    observed_base_url: str | None = None
 
     def __post_init__(self) -> None:
         self.limits = RateLimits(self.settings)
 
     def status_callback_url(self) -> str | None:
-        base = self.settings.PUBLIC_BASE_URL or self.observed_base_url
-        return f"{base}/webhook/status" if base else None
+        """PUBLIC_BASE_URL's /webhook/status: never learned from a request's Host."""
+        return self.settings.status_callback_url
 
 
 def app_state(request: Request) -> AppState:

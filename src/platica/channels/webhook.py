@@ -60,7 +60,8 @@ async def read_body(request: Request) -> bytes:
 
 
 def signed_url(request: Request, settings: Settings) -> str:
-    """The URL Twilio signed: PUBLIC_BASE_URL + path when set (proxies change the rest)."""
+    """The URL Twilio signed: PUBLIC_BASE_URL + path (proxies change the rest; the settings
+    require PUBLIC_BASE_URL whenever signatures are checked)."""
     if not settings.PUBLIC_BASE_URL:
         return str(request.url)
     url = settings.PUBLIC_BASE_URL + request.url.path
@@ -117,8 +118,6 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
         entry.params = dict(form)
         entry.message_sid = (first(form, "MessageSid") or "")[:64] or None
         entry.signature_valid = verify_signature(request, form, state.settings)
-        if not state.settings.PUBLIC_BASE_URL:
-            state.observed_base_url = str(request.base_url).rstrip("/")
         if endpoint == "status":
             await _record_status(state, form, entry)
         else:
