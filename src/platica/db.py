@@ -92,12 +92,15 @@ POOL_SIZE = 20
 
 
 def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
-    """An async engine for DATABASE_URL."""
+    """An async engine for DATABASE_URL. Its errors never show a statement's bound values
+    (`hide_parameters`): they are phone numbers and message bodies, and errors get logged."""
     full = async_url(url)
     if make_url(full).get_backend_name() == "sqlite":
         # One writer at a time is all SQLite allows; queueing in the pool is fairer than
         # several connections spinning on the file lock.
-        engine = create_async_engine(full, pool_size=1, max_overflow=0, pool_timeout=60)
+        engine = create_async_engine(
+            full, pool_size=1, max_overflow=0, pool_timeout=60, hide_parameters=True
+        )
         _configure_sqlite(engine.sync_engine)
         return engine
     # psycopg prepares a statement on the server once a connection has run it five times (its
@@ -106,7 +109,9 @@ def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
     # session-pooler connection keeps them; a transaction pooler would not (README).
     # Last in, first out: under light load the same few connections do all the work (their
     # statements prepared, no ping after an idle spell) and the rest stay idle.
-    engine = create_async_engine(full, pool_size=pool_size, max_overflow=0, pool_use_lifo=True)
+    engine = create_async_engine(
+        full, pool_size=pool_size, max_overflow=0, pool_use_lifo=True, hide_parameters=True
+    )
     _declare_service(engine.sync_engine)
     _ping_when_idle(engine.sync_engine)
     return engine
