@@ -89,6 +89,12 @@ def _configure_sqlite(sync_engine: Any) -> None:
 # pool that opens and closes its overflow connections does that many times a second. Past
 # this, callers queue for a connection instead of piling more work onto the database.
 POOL_SIZE = 20
+# While the database is down, how long a caller waits for a connection (from the pool, or a new
+# one) before it fails: Twilio gives a webhook 15 s, and a quick 503 beats a late 500. The
+# webhook's write retries once on a lost connection, so twice this stays under Twilio's limit.
+POOL_TIMEOUT_SECONDS = 4.0
+# libpq's connect_timeout (whole seconds, at least 2): a server that does not answer at all.
+CONNECT_TIMEOUT_SECONDS = 2
 
 
 def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
@@ -110,7 +116,13 @@ def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
     # Last in, first out: under light load the same few connections do all the work (their
     # statements prepared, no ping after an idle spell) and the rest stay idle.
     engine = create_async_engine(
-        full, pool_size=pool_size, max_overflow=0, pool_use_lifo=True, hide_parameters=True
+        full,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_use_lifo=True,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        hide_parameters=True,
     )
     _declare_service(engine.sync_engine)
     _ping_when_idle(engine.sync_engine)
@@ -199,7 +211,9 @@ async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> Dri
             # Prepared at their first use: this pool only runs the handful of statements every
             # message runs (a new connection would otherwise plan each one five times first).
             "prepare_threshold": 0,
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         },
+        timeout=POOL_TIMEOUT_SECONDS,
         # A few ready before the first burst (opening one costs several milliseconds).
         min_size=DRIVER_POOL_MIN_SIZE,
         max_size=max_size,
