@@ -48,3 +48,11 @@ for _channel in ("whatsapp", "sms"):
         REPLIES.labels(_channel, _outcome)
 for _kind in ("prompt", "completion"):
     LLM_TOKENS.labels(_kind)
+WEBHOOKS_UNLOGGED = Counter(
+    "platica_webhooks_unlogged_total",
+    "Rejected webhook requests neither written to webhook_logs nor logged: past the per-process "
+    "limit on rejected requests (throttle.py), so a flood of forged posts cannot fill the disk.",
+    ["endpoint"],
+)
+for _endpoint in ("whatsapp", "sms", "status"):
+    WEBHOOKS_UNLOGGED.labels(_endpoint)

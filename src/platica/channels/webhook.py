@@ -19,7 +19,7 @@ from platica.config import Settings
 from platica.deps import AppState, app_state
 from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
 from platica.logging import get_logger, mask_phone
-from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS
+from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS, WEBHOOKS_UNLOGGED
 from platica.models import Channel
 
 router = APIRouter(prefix="/webhook", tags=["webhooks"])
@@ -107,14 +107,54 @@ async def _save_log(state: AppState, entry: WebhookEntry) -> None:
         await session.commit()
 
 
+# What a rejected request's log entry keeps (see rejected_params): anyone can send one.
+KEPT_FIELDS = ("MessageSid", "AccountSid")
+FIELD_NAMES_CHARS = 200
+FIELD_NAME_CHARS = 40
+REASON_CHARS = 300
+
+
+def rejected_params(form: FormData | None, size: int | None) -> dict[str, list[str]]:
+    """What explains a rejected request, in a few hundred bytes at most: its MessageSid and
+    AccountSid, the names of its fields, and its size. Never the values (a forged post may
+    carry 64 KiB of them, and an unsigned one proves nothing)."""
+    kept: dict[str, list[str]] = {}
+    if form is not None:
+        for name in KEPT_FIELDS:
+            value = first(form, name)
+            if value is not None:
+                kept[name] = [value[:64]]
+        names: list[str] = []
+        budget = FIELD_NAMES_CHARS
+        for name in form:
+            budget -= min(len(name), FIELD_NAME_CHARS)
+            if budget < 0:
+                kept["_more_fields"] = [str(len(form) - len(names))]
+                break
+            names.append(name[:FIELD_NAME_CHARS])
+        kept["_fields"] = names
+    if size is not None:
+        kept["_bytes"] = [str(size)]
+    return kept
+
+
+def _declared_size(request: Request) -> int | None:
+    declared = request.headers.get("content-length") or ""
+    return int(declared) if declared.isdigit() else None
+
+
 async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
     started = time.perf_counter()
     entry = WebhookEntry(
         endpoint=endpoint,
         idempotency_token=(request.headers.get("i-twilio-idempotency-token") or "")[:128] or None,
     )
+    form: FormData | None = None
+    size: int | None = None
     try:
-        form = parse_form(await read_body(request), request.headers.get("content-type"))
+        body = await read_body(request)
+        size = len(body)
+        form = parse_form(body, request.headers.get("content-type"))
         entry.params = dict(form)
         entry.message_sid = (first(form, "MessageSid") or "")[:64] or None
         entry.signature_valid = verify_signature(request, form, state.settings)
@@ -123,18 +163,23 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
         else:
             await _record_message(state, form, Channel(endpoint), entry)
     except PlaticaError as error:
+        WEBHOOKS.labels(endpoint, "rejected").inc()
+        if not state.throttle.log_rejected_webhook():
+            # A flood (of forged posts, most likely): counted, neither stored nor logged.
+            WEBHOOKS_UNLOGGED.labels(endpoint).inc()
+            raise
         entry.status_code = error.status_code
         entry.outcome = "rejected"
-        entry.reason = error.message
+        entry.reason = mask_phone(error.message)[:REASON_CHARS]
+        entry.params = rejected_params(form, size if size is not None else _declared_size(request))
         if isinstance(error, InvalidSignature):
             entry.signature_valid = False
         await _save_log(state, entry)
-        WEBHOOKS.labels(endpoint, "rejected").inc()
         log.warning(
             "webhook.rejected",
             endpoint=endpoint,
             status=error.status_code,
-            reason=mask_phone(error.message),
+            reason=entry.reason,
             message_sid=entry.message_sid,
         )
         raise
