@@ -170,11 +170,12 @@ class LiveServer:
     """Plática served by uvicorn in a background thread, reached over real HTTP."""
 
     def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+        # As given (so that another server started with them gets its own URL, see OWN_URL).
+        self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if settings.PUBLIC_BASE_URL == OWN_URL:
             settings = settings.model_copy(update={"PUBLIC_BASE_URL": self.url})
-        self.settings = settings
         self.app = create_app(settings, worker=worker)
         config = uvicorn.Config(
             self.app,

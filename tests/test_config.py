@@ -85,6 +85,14 @@ class TestMisconfiguration:
                 {"PLATICA_ADMIN_TOKEN": "change-me"}, "PLATICA_ADMIN_TOKEN", id="admin-token"
             ),
             pytest.param(
+                {"PLATICA_ADMIN_TOKEN": "hunter2"}, "PLATICA_ADMIN_TOKEN", id="admin-token-weak"
+            ),
+            pytest.param(
+                {"PLATICA_ADMIN_TOKEN": "x7" * 11 + "q"},
+                "PLATICA_ADMIN_TOKEN",
+                id="admin-token-23-characters",
+            ),
+            pytest.param(
                 {"TWILIO_PHONE_NUMBER": "12345"}, "TWILIO_PHONE_NUMBER", id="phone-digits"
             ),
             pytest.param(
@@ -162,6 +170,20 @@ class TestMisconfiguration:
         assert settings.TWILIO_AUTH_TOKEN is not None
         assert settings.TWILIO_AUTH_TOKEN.get_secret_value() == AUTH_TOKEN
         assert AUTH_TOKEN not in repr(settings)
+
+
+class TestAdminToken:
+    def test_24_characters_are_enough(self) -> None:
+        token = load_settings(PLATICA_ADMIN_TOKEN="x7" * 12).PLATICA_ADMIN_TOKEN
+        assert token is not None
+        assert token.get_secret_value() == "x7" * 12
+
+    def test_a_short_token_is_refused_without_echoing_it(self) -> None:
+        message = config_error(PLATICA_ADMIN_TOKEN="hunter2")
+        assert message == (
+            "Invalid configuration: PLATICA_ADMIN_TOKEN: must be at least 24 characters "
+            "(e.g. the output of `openssl rand -hex 24`)"
+        )
 
 
 class TestPublicBaseUrl:

@@ -26,7 +26,7 @@ from tests.polling import wait_for
 from tests.replies.test_pipeline import Stack
 
 FLOODER = "+34611000999"
-ADMIN_TOKEN = "admin-0f3e5d7c9b"
+ADMIN_TOKEN = "admin-0f3e5d7c9b-1a2b3c4d5e6f"
 
 
 LOW_LIMITS = {

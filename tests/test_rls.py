@@ -52,7 +52,7 @@ from tests.throwaway import throwaway_database
 
 pytestmark = pytest.mark.postgres
 
-ADMIN_TOKEN = "admin-3b1f9a7c"
+ADMIN_TOKEN = "admin-3b1f9a7c-5d2e8f40a1b6c9"
 TABLES = (
     "accounts",
     "api_keys",

@@ -19,6 +19,7 @@ PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ADMIN_TOKEN_MIN_LENGTH = 24
 
 
 class ConfigError(Exception):
@@ -140,6 +141,18 @@ class Settings(BaseSettings):
     @classmethod
     def _secrets(cls, value: SecretStr | None) -> SecretStr | None:
         return _check_secret(value)
+
+    @field_validator("PLATICA_ADMIN_TOKEN")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # It opens every account: long enough that it cannot be guessed (after the placeholder
+        # check of _secrets, which runs first).
+        if value is not None and len(value.get_secret_value()) < ADMIN_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters "
+                "(e.g. the output of `openssl rand -hex 24`)"
+            )
+        return value
 
     @field_validator("TWILIO_ACCOUNT_SID")
     @classmethod

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from twilio.request_validator import RequestValidator
 
 from platica.accounts import DEMO_NUMBERS, hash_api_key
-from platica.api.auth import Principal, authenticate
+from platica.api.auth import Principal, authenticate, client_address
 from platica.channels.parsing import first
 from platica.config import E164
 from platica.conversations import operators, repository, stats
@@ -125,6 +125,17 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
     """Log in with an account's API key or the admin token."""
     token = (first(form, "token") or "").strip()
     next_path = safe_next(first(form, "next"))
+    address = client_address(visit.request)
+    retry_after = visit.state.throttle.login_retry_after(address)
+    if retry_after is not None:
+        # Checked before the token, right or wrong: otherwise guessing would simply go on.
+        log.warning("dashboard.login_throttled", retry_after=retry_after)
+        error = f"Too many failed logins from your address. Try again in {retry_after} seconds."
+        response = render(
+            visit, "login.html", "login", status_code=429, next=next_path, error=error
+        )
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     principal: Principal | None = None
     error = "Enter an API key or the admin token."
     if token:
@@ -133,6 +144,7 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
                 principal = await authenticate(visit.state, session, token)
             except HTTPException:
                 principal = None
+                visit.state.throttle.count_failed_login(address)
             await session.commit()  # the key's last use
         error = "That is not a valid API key or admin token."
     if principal is None or principal.kind == "supabase":
