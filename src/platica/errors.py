@@ -53,6 +53,12 @@ class InvalidSignature(PlaticaError):
     status_code = 403
     code = "invalid_signature"
 
+    def __init__(self, message: str, *, signed_url: str | None = None) -> None:
+        super().__init__(message)
+        # The URL the signature was checked against: for the log and webhook_logs only, never
+        # for the caller (who has not shown it may know PUBLIC_BASE_URL).
+        self.signed_url = signed_url
+
 
 class NotFound(PlaticaError):
     status_code = 404

@@ -89,8 +89,7 @@ def verify_signature(request: Request, form: FormData, settings: Settings) -> bo
     if not signature_matches(
         settings.TWILIO_AUTH_TOKEN.get_secret_value(), url, form, signature, algorithm
     ):
-        hint = "" if settings.PUBLIC_BASE_URL else "; behind a proxy, set PUBLIC_BASE_URL"
-        raise InvalidSignature(f"X-Twilio-Signature does not match {url}{hint}")
+        raise InvalidSignature("X-Twilio-Signature does not match", signed_url=url)
     return True
 
 
@@ -170,10 +169,16 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
             raise
         entry.status_code = error.status_code
         entry.outcome = "rejected"
-        entry.reason = mask_phone(error.message)[:REASON_CHARS]
-        entry.params = rejected_params(form, size if size is not None else _declared_size(request))
+        reason = error.message
+        signed = None
         if isinstance(error, InvalidSignature):
             entry.signature_valid = False
+            signed = error.signed_url and mask_phone(error.signed_url)[:REASON_CHARS]
+            if signed:
+                # Is PUBLIC_BASE_URL the URL Twilio calls? The operator sees it, the caller not.
+                reason += f" (checked over {signed}: PUBLIC_BASE_URL + path)"
+        entry.reason = mask_phone(reason)[:REASON_CHARS]
+        entry.params = rejected_params(form, size if size is not None else _declared_size(request))
         await _save_log(state, entry)
         log.warning(
             "webhook.rejected",
@@ -181,6 +186,7 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
             status=error.status_code,
             reason=entry.reason,
             message_sid=entry.message_sid,
+            signed_url=signed,
         )
         raise
     except ClientDisconnect:
