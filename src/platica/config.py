@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     SUPABASE_JWT_SECRET: SecretStr | None = None
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     SENTRY_DSN: str | None = None
+    # SPEC §7: when set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
+    METRICS_TOKEN: SecretStr | None = None
     LOG_LEVEL: str | None = None
     LOG_FORMAT: Literal["console", "json"] = "console"
     # Beyond SPEC §2: how many conversations one worker answers at once (each waits on the LLM
@@ -136,7 +138,11 @@ class Settings(BaseSettings):
         return _check_url(value)
 
     @field_validator(
-        "OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "PLATICA_ADMIN_TOKEN", "SUPABASE_JWT_SECRET"
+        "OPENAI_API_KEY",
+        "TWILIO_AUTH_TOKEN",
+        "PLATICA_ADMIN_TOKEN",
+        "SUPABASE_JWT_SECRET",
+        "METRICS_TOKEN",
     )
     @classmethod
     def _secrets(cls, value: SecretStr | None) -> SecretStr | None:
