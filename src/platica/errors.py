@@ -7,7 +7,8 @@
     ├── PayloadTooLarge              413    request body over the limit
     └── UnsupportedMediaType         415    not a form post
 
-Validation errors of FastAPI request models are rendered in the same shape, with status 422.
+Validation errors of FastAPI request models are rendered in the same shape, with status 422;
+a request body that does not arrive in time (app.BodyTimeout) with 408 `request_timeout`.
 A database that cannot be reached (no connection within db.POOL_TIMEOUT_SECONDS, a connection
 lost) is 503 `database_unavailable`, with Retry-After, rather than a bare 500.
 
@@ -99,6 +100,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
         401: "unauthorized",
         404: "not_found",
         405: "method_not_allowed",
+        408: "request_timeout",
         429: "rate_limited",
     }.get(exc.status_code, "http_error")
     return JSONResponse(
