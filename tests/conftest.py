@@ -24,6 +24,7 @@ from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, WHATSAPP_NUMBER
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SETTINGS_VARIABLES = list(Settings.model_fields)
 TABLES = (
+    "dashboard_sessions",
     "webhook_logs",
     "messages",
     "conversations",

@@ -232,8 +232,7 @@ def _declare_service(sync_engine: Any) -> None:
     them every account's rows, unless a transaction names an account (`platica.account_id`,
     set by the API for an account's callers), which wins.
 
-    Matters only when connecting as a role that does not own the tables. Behind a
-    transaction-mode pooler, also `ALTER ROLE <role> SET platica.service = 'on'` (see 0003).
+    Matters only when connecting as a role that does not own the tables (see 0003).
     """
 
     @event.listens_for(sync_engine, "connect")

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from twilio.request_validator import RequestValidator
 
+from platica import db
 from platica.accounts import DEMO_NUMBERS, hash_api_key
 from platica.api.auth import Principal, authenticate, client_address
 from platica.channels.parsing import first
@@ -29,7 +30,7 @@ from platica.config import E164
 from platica.conversations import operators, repository, stats
 from platica.conversations.operators import ConversationView
 from platica.dashboard import display
-from platica.dashboard.session import admin_fingerprint
+from platica.dashboard.session import admin_fingerprint, close_session, open_session
 from platica.dashboard.web import (
     STATIC,
     AnyVisit,
@@ -156,15 +157,20 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
         credential = admin_fingerprint(visit.state.settings) or ""
     else:
         credential = hash_api_key(token)
+    async with db.transaction(visit.state.sessionmaker) as session:
+        sid = await open_session(session, principal.kind, principal.account_id)
     account = str(principal.account_id) if principal.account_id else None
-    visit.cookie.log_in(principal.kind, credential, account)
+    visit.cookie.log_in(principal.kind, credential, account, sid)
     log.info("dashboard.login", kind=principal.kind, account_id=account)
     return redirect(visit, next_path)
 
 
 @router.post("/logout")
 async def log_out(visit: AnyVisit, _form: PostedForm) -> Response:
-    """End the session."""
+    """End the session, on the server too: a copy of its cookie stops working."""
+    if visit.cookie.sid:
+        async with db.transaction(visit.state.sessionmaker) as session:
+            await close_session(session, visit.cookie.sid)
     visit.cookie.log_out()
     return redirect(visit, "/login")
 
