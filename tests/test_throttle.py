@@ -3,7 +3,6 @@ the dashboard and failed API credentials, per client address, over real HTTP."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 
@@ -15,31 +14,12 @@ from platica.accounts import create_api_key
 from platica.throttle import FAILED_LOGINS
 from tests.api.conftest import in_session
 from tests.conftest import Database, LiveServer, make_settings
+from tests.dashboard.client import DashboardClient
 
 ADMIN_TOKEN = "admin-throttle-0f3e5d7c9b1a2b3c"
 ATTEMPTS = parse_limit(FAILED_LOGINS).amount
 # Another client address: Linux answers on the whole of 127.0.0.0/8.
 OTHER_ADDRESS = "127.0.0.2"
-
-
-class DashboardClient:
-    """The dashboard over plain HTTP: a cookie jar, and the CSRF token its pages carry."""
-
-    def __init__(self, server: LiveServer, local_address: str | None = None) -> None:
-        transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
-        self.http = httpx.Client(base_url=server.url, timeout=30, transport=transport)
-
-    def csrf(self, path: str = "/login") -> str:
-        page = self.http.get(path)
-        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-        assert found is not None, page.text
-        return found[1]
-
-    def log_in(self, token: str) -> httpx.Response:
-        return self.http.post("/login", data={"token": token, "csrf_token": self.csrf()})
-
-    def close(self) -> None:
-        self.http.close()
 
 
 @pytest.fixture

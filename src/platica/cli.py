@@ -18,6 +18,7 @@ from twilio.request_validator import RequestValidator
 
 from platica import db
 from platica.accounts import DEMO_NUMBERS, create_account
+from platica.channels.forms import inbound_form
 from platica.config import E164, ConfigError, Settings, get_settings, strip_channel_prefix
 from platica.conversations.retention import DEFAULT_IDLE_DAYS
 from platica.models import Channel
@@ -542,21 +543,9 @@ def simulate(
         else settings.TWILIO_PHONE_NUMBER
     )
     recipient = _e164(to, "--to") or configured or DEMO_NUMBERS[chosen]
-    prefix = "whatsapp:" if chosen is Channel.whatsapp else ""
-    sid = "SM" + uuid.uuid4().hex
-    form = {
-        "MessageSid": sid,
-        "SmsMessageSid": sid,
-        "SmsSid": sid,
-        "AccountSid": settings.TWILIO_ACCOUNT_SID or "AC" + "0" * 32,
-        "From": f"{prefix}{sender}",
-        "To": f"{prefix}{recipient}",
-        "Body": text,
-        "NumMedia": "0",
-        "NumSegments": "1",
-        "SmsStatus": "received",
-        "ApiVersion": "2010-04-01",
-    }
+    assert sender is not None  # --from has a default
+    form = inbound_form(chosen, sender, recipient, text, account_sid=settings.TWILIO_ACCOUNT_SID)
+    sid = form["MessageSid"]
     path = f"/webhook/{chosen.value}"
     post_url = url.rstrip("/") + path
     headers = {}

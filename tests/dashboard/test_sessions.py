@@ -4,7 +4,6 @@ so a copied cookie stops working at once (item 17 of issue 12)."""
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,30 +16,9 @@ from platica.dashboard.session import COOKIE_NAME
 from platica.models import utcnow
 from tests.api.conftest import in_session
 from tests.conftest import LiveServer, make_settings
+from tests.dashboard.client import DashboardClient
 
 ADMIN_TOKEN = "admin-sessions-4e1f0a9b7c3d2e5f"
-
-
-class DashboardClient:
-    """The dashboard over plain HTTP: a cookie jar, and the CSRF token its pages carry."""
-
-    def __init__(self, server: LiveServer) -> None:
-        self.http = httpx.Client(base_url=server.url, timeout=30)
-
-    def csrf(self, path: str) -> str:
-        page = self.http.get(path)
-        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-        assert found is not None, page.text
-        return found[1]
-
-    def log_in(self, token: str) -> httpx.Response:
-        return self.http.post("/login", data={"token": token, "csrf_token": self.csrf("/login")})
-
-    def log_out(self) -> httpx.Response:
-        return self.http.post("/logout", data={"csrf_token": self.csrf("/")})
-
-    def close(self) -> None:
-        self.http.close()
 
 
 @pytest.fixture

@@ -13,8 +13,15 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from platica.channels.inbound import WebhookEntry, record_message, record_status
-from platica.channels.parsing import FormData, first, parse_form, parse_inbound, parse_status
+from platica.channels.inbound import Recorded, WebhookEntry, record_message, record_status
+from platica.channels.parsing import (
+    FormData,
+    InboundMessage,
+    first,
+    parse_form,
+    parse_inbound,
+    parse_status,
+)
 from platica.config import Settings
 from platica.deps import AppState, app_state
 from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
@@ -202,7 +209,16 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
 async def _record_message(
     state: AppState, form: FormData, channel: Channel, entry: WebhookEntry
 ) -> None:
-    inbound = parse_inbound(form, channel)
+    await receive_inbound(state, parse_inbound(form, channel), entry)
+
+
+async def receive_inbound(
+    state: AppState, inbound: InboundMessage, entry: WebhookEntry
+) -> Recorded:
+    """Record an inbound message once (with its webhook log entry) and wake the worker for its
+    reply: what the webhook does with a message, also done in-process by the dashboard's
+    simulator. NotFound when no account owns its `To` number."""
+    channel = inbound.channel
     recorded = await record_message(state, inbound, entry)
     if recorded is None:
         raise NotFound(
@@ -221,7 +237,7 @@ async def _record_message(
             message_id=recorded.message_id,
             limit=recorded.limited,
         )
-        return
+        return recorded
     if recorded.conversation_id is not None and state.runner is not None:
         if recorded.queued:
             state.runner.wake()
@@ -234,8 +250,10 @@ async def _record_message(
         message_sid=inbound.sid,
         message_id=recorded.message_id,
         sender=inbound.sender,
+        simulated=inbound.simulated,
     )
     log.debug("webhook.body", message_sid=inbound.sid, body=inbound.body)
+    return recorded
 
 
 async def _record_status(state: AppState, form: FormData, entry: WebhookEntry) -> None:
