@@ -116,6 +116,11 @@ class TestMisconfiguration:
             pytest.param({"SMS_LOG_LEVEL": "loud"}, "SMS_LOG_LEVEL", id="seed-log-level"),
             pytest.param({"LOG_FORMAT": "xml"}, "LOG_FORMAT", id="log-format"),
             pytest.param({"CORS_ORIGINS": "example.com"}, "CORS_ORIGINS", id="cors"),
+            pytest.param(
+                {"ALLOWED_HOSTS": "https://example.com"}, "ALLOWED_HOSTS", id="allowed-url"
+            ),
+            pytest.param({"ALLOWED_HOSTS": "ex*mple.com"}, "ALLOWED_HOSTS", id="allowed-star"),
+            pytest.param({"ALLOWED_HOSTS": "example.com:8000"}, "ALLOWED_HOSTS", id="allowed-port"),
         ],
     )
     def test_one_line_naming_the_variable(self, overrides: dict[str, Any], variable: str) -> None:
@@ -266,6 +271,29 @@ class TestCorsOrigins:
     def test_wildcard(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("CORS_ORIGINS", "*")
         assert load_settings().CORS_ORIGINS == ["*"]
+
+
+class TestAllowedHosts:
+    def test_default_is_this_server_and_the_loopback(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings = load_settings(**TWILIO_PAIR, PUBLIC_BASE_URL="https://Platica.Example.com/x")
+        assert settings.ALLOWED_HOSTS == []
+        assert settings.trusted_hosts == [
+            "platica.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+        ]
+
+    def test_comma_separated_added(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("ALLOWED_HOSTS", " Platica.internal ,*.example.org,")
+        settings = load_settings()
+        assert settings.ALLOWED_HOSTS == ["platica.internal", "*.example.org"]
+        assert settings.trusted_hosts[-2:] == ["platica.internal", "*.example.org"]
+
+    def test_star(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("ALLOWED_HOSTS", "*")
+        assert load_settings().trusted_hosts == ["*"]
 
 
 class TestSources:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from platica import db, ops
@@ -223,6 +224,10 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    # Outermost: a request naming another host gets 400 before anything reads its Host.
+    app.add_middleware(
+        TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts, www_redirect=False
+    )
     app.include_router(webhook.router)
     app.include_router(api_routes.router)
     app.include_router(ops.router)

@@ -96,6 +96,12 @@ def serve(
     child_worker = worker and not settings.is_sqlite
     application = create_app(settings, worker=worker and not child_worker)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if host in ("0.0.0.0", "::") and "*" not in settings.ALLOWED_HOSTS:
+        typer.echo(
+            f"Requests must name one of these hosts: {', '.join(settings.trusted_hosts)} "
+            "(others get 400; add yours to ALLOWED_HOSTS).",
+            err=True,
+        )
     typer.echo(f"Plática on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
     typer.echo(f'Try it: platica simulate --url http://{shown}:{port} --from +15550100001 "Hola"')
     typer.echo(

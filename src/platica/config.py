@@ -20,6 +20,9 @@ PLACEHOLDER = re.compile(
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ADMIN_TOKEN_MIN_LENGTH = 24
+# An ALLOWED_HOSTS entry: "*", a name or IPv4 address (with "*." in front: any subdomain), or
+# a bracketed IPv6 address.
+HOST_PATTERN = re.compile(r"^(\*|(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\])$")
 
 
 class ConfigError(Exception):
@@ -82,6 +85,8 @@ class Settings(BaseSettings):
     PLATICA_ADMIN_TOKEN: SecretStr | None = None
     SUPABASE_JWT_SECRET: SecretStr | None = None
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Host names requests may carry besides PUBLIC_BASE_URL's and the loopback's ("*": any).
+    ALLOWED_HOSTS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     SENTRY_DSN: str | None = None
     # SPEC §7: when set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
     METRICS_TOKEN: SecretStr | None = None
@@ -215,6 +220,22 @@ class Settings(BaseSettings):
             return origins
         return value
 
+    @field_validator("ALLOWED_HOSTS", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            hosts = [str(host).strip().lower() for host in value if str(host).strip()]
+            for host in hosts:
+                if not HOST_PATTERN.match(host):
+                    raise ValueError(
+                        "must be comma-separated host names like platica.example.com or "
+                        f"*.example.com (no scheme, port or path), or *; got {host!r}"
+                    )
+            return hosts
+        return value
+
     @model_validator(mode="after")
     def _twilio_pair(self) -> Settings:
         if bool(self.TWILIO_ACCOUNT_SID) != bool(self.TWILIO_AUTH_TOKEN):
@@ -234,6 +255,19 @@ class Settings(BaseSettings):
     def twilio_configured(self) -> bool:
         """Real Twilio credentials are set: signatures are checked and replies really sent."""
         return self.TWILIO_AUTH_TOKEN is not None
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """The Host header values requests may carry: PUBLIC_BASE_URL's host, the loopback's
+        names and ALLOWED_HOSTS; ["*"] when ALLOWED_HOSTS has "*"."""
+        if "*" in self.ALLOWED_HOSTS:
+            return ["*"]
+        hosts = []
+        public = urlsplit(self.PUBLIC_BASE_URL).hostname if self.PUBLIC_BASE_URL else None
+        if public:
+            hosts.append(f"[{public}]" if ":" in public else public)
+        hosts += ["localhost", "127.0.0.1", "::1", "[::1]"]
+        return hosts + [host for host in self.ALLOWED_HOSTS if host not in hosts]
 
     @property
     def status_callback_url(self) -> str | None:
