@@ -29,7 +29,7 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable, one line each."""
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL as it may be shown in an error: without the password of `user:password@`."""
     head, at, tail = url.rpartition("@")
     if not at:
@@ -44,7 +44,7 @@ def _check_url(value: str | None, *, schemes: tuple[str, ...] = ("http", "https"
         return None
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
-        raise ValueError(f"must be a URL like {schemes[-1]}://host, got {_redact(value)!r}")
+        raise ValueError(f"must be a URL like {schemes[-1]}://host, got {redact_url(value)!r}")
     return value.rstrip("/")
 
 
@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         if scheme.startswith("sqlite"):
             if not value.split("://", 1)[-1].startswith("/"):
                 raise ValueError(
-                    f"must look like sqlite+aiosqlite:///path/to/file.db, got {_redact(value)!r}"
+                    f"must look like sqlite+aiosqlite:///path/to/file.db, got {redact_url(value)!r}"
                 )
             return value
         if scheme.split("+")[0] in ("postgresql", "postgres"):
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
             return value
         raise ValueError(
             "must start with sqlite+aiosqlite:/// or postgresql://, "
-            f"got {scheme or _redact(value)!r}"
+            f"got {scheme or redact_url(value)!r}"
         )
 
     @field_validator("OPENAI_BASE_URL", "PUBLIC_BASE_URL")
