@@ -147,12 +147,7 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
             "startup.offline_responder",
             detail="no OPENAI_API_KEY or OPENAI_BASE_URL: canned replies",
         )
-    log.info(
-        "startup.ready",
-        database=engine.dialect.name,
-        worker=work,
-        status_callback=settings.status_callback_url,
-    )
+    log.info("startup.ready", database=engine.dialect.name, worker=work)
     return state
 
 

@@ -380,7 +380,7 @@ class TestSimulator:
 
         phone = page.get_by_role("log", name="Conversation on the test phone")
         expect(phone).to_contain_text("Echo: ¿Tienen pan sin gluten?")
-        expect(phone).to_contain_text("not sent (dry run")
+        expect(phone).to_contain_text("not sent (dry run: the simulator's replies are never sent)")
         # Recorded in-process as the webhook records a message (so not signed).
         log = dashboard.database.rows(
             "SELECT endpoint, outcome, signature_valid FROM webhook_logs WHERE endpoint = 'sms'"
@@ -828,7 +828,7 @@ class TestOnPostgreSQL:
                 simulate(page, "whatsapp", "Hola desde PostgreSQL")
                 expect(
                     page.get_by_role("log", name="Conversation on the test phone")
-                ).to_contain_text("AI · delivered")
+                ).to_contain_text("AI · not sent (dry run: the simulator's replies are never sent)")
                 page.get_by_role("link", name="Open this conversation in the inbox").click()
                 page.get_by_role("button", name="Hand off (pause the AI)").click()
                 page.get_by_label("Reply by hand").fill("Te atiendo yo")

@@ -334,7 +334,7 @@ def _message(message: Message) -> dict[str, Any]:
         "body": message.body,
         "media": media,
         "status": str(message.status),
-        "status_text": display.delivery_state(message.status),
+        "status_text": display.delivery_state(message.status, simulated=message.simulated),
         "error_code": message.error_code,
         "error_text": display.error_text(message.error_code),
         "error_message": message.error_message,
