@@ -57,7 +57,7 @@ class InvalidSignature(PlaticaError):
     def __init__(self, message: str, *, signed_url: str | None = None) -> None:
         super().__init__(message)
         # The URL the signature was checked against: for the log and webhook_logs only, never
-        # for the caller (who has not shown it may know PUBLIC_BASE_URL).
+        # for the caller (an unauthenticated caller has no business learning PUBLIC_BASE_URL).
         self.signed_url = signed_url
 
 
