@@ -256,10 +256,11 @@ class Bench:
             f"Twilio {self.twilio_url} ({self.config.twilio_latency} s)"
         )
 
-    def serve_env(self, database_url: str) -> dict[str, str]:
+    def serve_env(self, database_url: str, public_base_url: str) -> dict[str, str]:
         env = clean_env()
         env.update(
             DATABASE_URL=database_url,
+            PUBLIC_BASE_URL=public_base_url,
             TWILIO_ACCOUNT_SID=ACCOUNT_SID,
             TWILIO_AUTH_TOKEN=AUTH_TOKEN,
             TWILIO_PHONE_NUMBER=SMS_NUMBER,
@@ -410,9 +411,9 @@ class Bench:
         args = ["platica", "serve", "--port", str(port)]
         if not worker:
             args.append("--no-worker")
-        env = self.serve_env(database_url)
-        serve = self.start_child(name, args, env)
         base_url = f"http://127.0.0.1:{port}"
+        env = self.serve_env(database_url, base_url)
+        serve = self.start_child(name, args, env)
         extra: list[Child] = []
         await serve.wait_http(base_url + "/healthz")
         if not worker:

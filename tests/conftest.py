@@ -24,6 +24,7 @@ from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, WHATSAPP_NUMBER
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SETTINGS_VARIABLES = list(Settings.model_fields)
 TABLES = (
+    "dashboard_sessions",
     "webhook_logs",
     "messages",
     "conversations",
@@ -133,11 +134,19 @@ def sqlite_url(tmp_path: Any) -> str:
     return url
 
 
+# make_settings' PUBLIC_BASE_URL: a live server started with it puts its own URL in its place,
+# as an operator sets PUBLIC_BASE_URL to where Twilio reaches the server. Webhooks posted to
+# `server.url + path` are then signed over the very URL the server checks.
+OWN_URL = "http://live-server.invalid"
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    """Settings for a test: Twilio configured (so signatures are checked) unless overridden."""
+    """Settings for a test: Twilio configured (so signatures are checked) unless overridden,
+    PUBLIC_BASE_URL being the live server's own URL (see OWN_URL)."""
     values: dict[str, Any] = {
         "_env_file": None,
         "DATABASE_URL": database_url,
+        "PUBLIC_BASE_URL": OWN_URL,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_PHONE_NUMBER": SMS_NUMBER,
@@ -162,9 +171,12 @@ class LiveServer:
     """Plática served by uvicorn in a background thread, reached over real HTTP."""
 
     def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+        # As given (so that another server started with them gets its own URL, see OWN_URL).
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        if settings.PUBLIC_BASE_URL == OWN_URL:
+            settings = settings.model_copy(update={"PUBLIC_BASE_URL": self.url})
         self.app = create_app(settings, worker=worker)
         config = uvicorn.Config(
             self.app,

@@ -200,6 +200,7 @@ class TestSimulate:
         monkeypatch.setenv("DATABASE_URL", database_url)
         monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
         monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        monkeypatch.setenv("PUBLIC_BASE_URL", server.url)
         monkeypatch.setenv("TWILIO_PHONE_NUMBER", SMS_NUMBER)
         monkeypatch.setenv("TWILIO_WHATSAPP_NUMBER", f"whatsapp:{WHATSAPP_NUMBER}")
         return server
@@ -292,10 +293,25 @@ class TestSimulate:
     def test_nothing_listening(self) -> None:
         url = f"http://127.0.0.1:{free_port()}"
 
-        result = invoke("simulate", "--url", url, "Hola")
+        result = invoke("simulate", "--url", url, "--wait", "0", "Hola")
 
         assert result.exit_code == 1
         assert result.stderr.startswith(f"Error: could not reach Plática at {url}")
+        assert "Traceback" not in result.output
+
+    def test_a_send_that_keeps_failing_is_reported_as_such(
+        self, server: LiveServer, twilio: FakeTwilio
+    ) -> None:
+        """Item 9 of issue 12: not "(is the worker running?)" when the worker ran and Twilio
+        refused: what is stored about the failure is printed."""
+        twilio.fail_always("500")
+
+        result = invoke("simulate", "--url", server.url, "--wait", "8", "Hola")
+
+        assert result.exit_code == 1
+        assert "worker" not in result.stderr
+        assert "not sent" in result.stderr
+        assert "Twilio answered 500" in result.stderr  # the failure stored on the reply
         assert "Traceback" not in result.output
 
     def test_invalid_sender(self) -> None:
@@ -303,6 +319,87 @@ class TestSimulate:
 
         assert result.exit_code == 2
         assert "Invalid value for --from" in result.stderr
+
+
+class TestSimulateElsewhere:
+    """Item 8 of issue 12: run outside the server's folder, `simulate` read ./platica.db (which
+    is not the server's database), printed a 200-line traceback and left a stray file."""
+
+    @pytest.fixture
+    def server(
+        self,
+        sqlite_url: str,
+        live_server: LiveServerFactory,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> LiveServer:
+        """A local-mode server (no Twilio) on its database; `simulate` runs in another folder."""
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        return live_server(
+            make_settings(sqlite_url, TWILIO_ACCOUNT_SID=None, TWILIO_AUTH_TOKEN=None)
+        )
+
+    @pytest.fixture
+    def server_database(self, sqlite_url: str) -> Iterator[Database]:
+        handle = Database(sqlite_url)
+        yield handle
+        handle.engine.dispose()
+
+    def test_the_default_database_missing_here_is_one_line_and_creates_nothing(
+        self, server: LiveServer, server_database: Database
+    ) -> None:
+        result = invoke("simulate", "--url", server.url, "Hola")
+
+        assert result.exit_code == 2
+        [line] = result.stderr.splitlines()
+        assert "./platica.db" in line
+        assert "does not exist" in line
+        assert "DATABASE_URL" in line
+        assert "--wait 0" in line
+        assert not Path("platica.db").exists()
+        assert server_database.count("messages") == 0  # nothing posted either
+
+    def test_a_database_without_platicas_tables_is_one_line_and_left_alone(
+        self, server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        other = tmp_path / "elsewhere" / "other.db"
+        other.write_bytes(b"")
+        monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{other}")
+
+        result = invoke("simulate", "--url", server.url, "Hola")
+
+        assert result.exit_code == 2
+        [line] = result.stderr.splitlines()
+        assert str(other) in line
+        assert "not Plática's database" in line
+        assert other.read_bytes() == b""
+
+    @pytest.mark.postgres
+    def test_an_unreachable_database_is_one_line(
+        self, server: LiveServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(
+            "DATABASE_URL", f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/x"
+        )
+
+        result = invoke("simulate", "--url", server.url, "Hola")
+
+        assert result.exit_code == 2
+        [line] = result.stderr.splitlines()
+        assert "could not connect" in line
+        assert "hunter2" not in line
+
+    def test_without_waiting_no_database_is_needed(
+        self, server: LiveServer, server_database: Database
+    ) -> None:
+        result = invoke("simulate", "--url", server.url, "--wait", "0", "Hola")
+
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("Accepted: SM")
+        assert not Path("platica.db").exists()
+        assert server_database.count("messages") == 1
 
 
 class TestAccountsList:

@@ -233,10 +233,10 @@ class TestCleanup:
 
         assert result.exit_code == 0, result.output
         assert result.stdout.splitlines() == [
-            "Closed 1 conversation(s) with no message for 30 days.",
-            "Deleted 2 message(s) older than their account's retention "
+            "Closed 1 conversation with no message for 30 days.",
+            "Deleted 2 messages older than their account's retention "
             "(accounts without one keep theirs).",
-            "Deleted 1 webhook log entries older than 30 days "
+            "Deleted 1 webhook log entry older than 30 days "
             "(or their account's retention, if shorter).",
         ]
         assert database.count("messages") == 1
@@ -246,7 +246,14 @@ class TestCleanup:
         result = invoke("cleanup")
 
         assert result.exit_code == 0, result.output
-        assert "Closed 0 conversation(s) with no message for 30 days." in result.stdout
+        assert "Closed 0 conversations with no message for 30 days." in result.stdout
+
+    def test_one_day_is_one_day(self, use_database):
+        """Item 9 of issue 12: not "1 days"."""
+        result = invoke("cleanup", "--days", "1")
+
+        assert result.exit_code == 0, result.output
+        assert "Closed 0 conversations with no message for 1 day." in result.stdout
 
     def test_days_must_be_positive(self, use_database):
         result = invoke("cleanup", "--days", "0")
@@ -269,6 +276,9 @@ class TestRetention:
             f"Account {a}: every message is kept.\n"
         )
         assert database.scalar("SELECT retention_days FROM accounts WHERE name = 'A'") is None
+        assert invoke("accounts", "retention", str(a), "1").stdout == (
+            f"Account {a}: messages are kept 1 day.\n"
+        )
 
     @pytest.mark.parametrize("days", ["0", "-3", "soon"])
     def test_bad_days(self, accounts, days):

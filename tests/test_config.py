@@ -13,6 +13,7 @@ from platica.config import ConfigError, Settings, describe_errors, get_settings,
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN
 
 TWILIO_PAIR = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+PUBLIC = "https://platica.example.com"
 
 
 def config_error(**overrides: Any) -> str:
@@ -84,6 +85,14 @@ class TestMisconfiguration:
                 {"PLATICA_ADMIN_TOKEN": "change-me"}, "PLATICA_ADMIN_TOKEN", id="admin-token"
             ),
             pytest.param(
+                {"PLATICA_ADMIN_TOKEN": "hunter2"}, "PLATICA_ADMIN_TOKEN", id="admin-token-weak"
+            ),
+            pytest.param(
+                {"PLATICA_ADMIN_TOKEN": "x7" * 11 + "q"},
+                "PLATICA_ADMIN_TOKEN",
+                id="admin-token-23-characters",
+            ),
+            pytest.param(
                 {"TWILIO_PHONE_NUMBER": "12345"}, "TWILIO_PHONE_NUMBER", id="phone-digits"
             ),
             pytest.param(
@@ -107,6 +116,11 @@ class TestMisconfiguration:
             pytest.param({"SMS_LOG_LEVEL": "loud"}, "SMS_LOG_LEVEL", id="seed-log-level"),
             pytest.param({"LOG_FORMAT": "xml"}, "LOG_FORMAT", id="log-format"),
             pytest.param({"CORS_ORIGINS": "example.com"}, "CORS_ORIGINS", id="cors"),
+            pytest.param(
+                {"ALLOWED_HOSTS": "https://example.com"}, "ALLOWED_HOSTS", id="allowed-url"
+            ),
+            pytest.param({"ALLOWED_HOSTS": "ex*mple.com"}, "ALLOWED_HOSTS", id="allowed-star"),
+            pytest.param({"ALLOWED_HOSTS": "example.com:8000"}, "ALLOWED_HOSTS", id="allowed-port"),
         ],
     )
     def test_one_line_naming_the_variable(self, overrides: dict[str, Any], variable: str) -> None:
@@ -154,11 +168,48 @@ class TestMisconfiguration:
             assert sum(f"Invalid configuration: {variable}: " in line for line in lines) == 1
 
     def test_real_secrets_accepted(self) -> None:
-        settings = load_settings(**TWILIO_PAIR, OPENAI_API_KEY="sk-proj-" + "Ab3" * 16)
+        settings = load_settings(
+            **TWILIO_PAIR, PUBLIC_BASE_URL=PUBLIC, OPENAI_API_KEY="sk-proj-" + "Ab3" * 16
+        )
         assert settings.twilio_configured
         assert settings.TWILIO_AUTH_TOKEN is not None
         assert settings.TWILIO_AUTH_TOKEN.get_secret_value() == AUTH_TOKEN
         assert AUTH_TOKEN not in repr(settings)
+
+
+class TestAdminToken:
+    def test_24_characters_are_enough(self) -> None:
+        token = load_settings(PLATICA_ADMIN_TOKEN="x7" * 12).PLATICA_ADMIN_TOKEN
+        assert token is not None
+        assert token.get_secret_value() == "x7" * 12
+
+    def test_a_short_token_is_refused_without_echoing_it(self) -> None:
+        message = config_error(PLATICA_ADMIN_TOKEN="hunter2")
+        assert message == (
+            "Invalid configuration: PLATICA_ADMIN_TOKEN: must be at least 24 characters "
+            "(e.g. the output of `openssl rand -hex 24`)"
+        )
+
+
+class TestPublicBaseUrl:
+    """Item 3 of issue 12: a worker never sees a webhook, so it cannot learn the URL Twilio
+    calls; with Twilio credentials set, StatusCallback needs PUBLIC_BASE_URL."""
+
+    def test_required_with_twilio_credentials(self) -> None:
+        message = config_error(**TWILIO_PAIR)
+        assert len(message.splitlines()) == 1
+        assert message.startswith("Invalid configuration: PUBLIC_BASE_URL: ")
+        assert "TWILIO_AUTH_TOKEN" in message
+
+    def test_optional_without_twilio_credentials(self) -> None:
+        assert load_settings().PUBLIC_BASE_URL is None
+
+    def test_status_callback_is_built_from_it(self) -> None:
+        settings = load_settings(**TWILIO_PAIR, PUBLIC_BASE_URL="https://platica.example.com/")
+        assert settings.status_callback_url == "https://platica.example.com/webhook/status"
+
+    def test_no_status_callback_without_it(self) -> None:
+        assert load_settings().status_callback_url is None
 
 
 class TestDescribeErrors:
@@ -222,6 +273,29 @@ class TestCorsOrigins:
         assert load_settings().CORS_ORIGINS == ["*"]
 
 
+class TestAllowedHosts:
+    def test_default_is_this_server_and_the_loopback(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings = load_settings(**TWILIO_PAIR, PUBLIC_BASE_URL="https://Platica.Example.com/x")
+        assert settings.ALLOWED_HOSTS == []
+        assert settings.trusted_hosts == [
+            "platica.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+        ]
+
+    def test_comma_separated_added(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("ALLOWED_HOSTS", " Platica.internal ,*.example.org,")
+        settings = load_settings()
+        assert settings.ALLOWED_HOSTS == ["platica.internal", "*.example.org"]
+        assert settings.trusted_hosts[-2:] == ["platica.internal", "*.example.org"]
+
+    def test_star(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("ALLOWED_HOSTS", "*")
+        assert load_settings().trusted_hosts == ["*"]
+
+
 class TestSources:
     def test_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("OPENAI_MODEL", "llama3.1:8b")
@@ -235,6 +309,7 @@ class TestSources:
             "OPENAI_MODEL=gpt-4o\n"
             f"TWILIO_ACCOUNT_SID={ACCOUNT_SID}\n"
             f"TWILIO_AUTH_TOKEN={AUTH_TOKEN}\n"
+            f"PUBLIC_BASE_URL={PUBLIC}\n"
             "TWILIO_WHATSAPP_NUMBER=whatsapp:+14155238886\n"
             "CORS_ORIGINS=https://a.example.com,https://b.example.com\n",
             encoding="utf-8",
@@ -288,3 +363,25 @@ class TestServeCommand:
         assert result.stderr.splitlines() == [
             "Invalid configuration: TWILIO_PHONE_NUMBER: must be an E.164 number like +14155550100"
         ]
+
+    @pytest.mark.parametrize("command", ["serve", "worker"])
+    def test_twilio_without_public_base_url_stops_with_one_line(
+        self, command: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import uvicorn
+
+        from platica.cli import app
+
+        served: list[object] = []
+        monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: served.append(args))
+        monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:9/none")
+        monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+        monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        get_settings.cache_clear()
+
+        result = CliRunner().invoke(app, [command])
+
+        assert result.exit_code == 2
+        assert served == []
+        [line] = result.stderr.splitlines()
+        assert line.startswith("Invalid configuration: PUBLIC_BASE_URL: ")

@@ -1,5 +1,5 @@
-"""The PostgreSQL pool: connections idle for a while are pinged before use, and handed out as
-they were given back."""
+"""The engines: on PostgreSQL, connections idle for a while are pinged before use, and handed
+out as they were given back; on both databases, errors never show the statement's values."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
 
-pytestmark = pytest.mark.postgres
+NUMBER = "+14155238886"
 
 
 @pytest.fixture
@@ -24,6 +25,7 @@ async def engine(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     await created.dispose()
 
 
+@pytest.mark.postgres
 class TestIdlePing:
     async def test_a_pinged_connection_is_handed_out_outside_a_transaction(self, engine):
         async with engine.connect() as connection:
@@ -50,3 +52,22 @@ class TestIdlePing:
 
         async with engine.connect() as connection:
             assert await connection.scalar(text("SELECT pg_backend_pid()")) != backend
+
+
+class TestHiddenParameters:
+    """Item 16 of issue 12: a failed statement's error (logged, reported to Sentry) carries
+    no bound values: phone numbers, message bodies."""
+
+    async def test_an_error_does_not_show_the_bound_values(self, database_url):
+        engine = db.create_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                with pytest.raises(DBAPIError) as caught:
+                    await connection.execute(
+                        text("SELECT no_such_column FROM messages WHERE body = :body"),
+                        {"body": NUMBER},
+                    )
+        finally:
+            await engine.dispose()
+        assert "no_such_column" in str(caught.value)
+        assert NUMBER not in str(caught.value)

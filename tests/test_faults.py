@@ -24,10 +24,11 @@ class ServerProcess:
     """`python -m platica serve` in a child process, as an operator would run it."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
         self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Where Twilio reaches it (required with Twilio credentials): its own URL, unless set.
+        self.env = {"PUBLIC_BASE_URL": self.url, **env}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *options: str) -> ServerProcess:
@@ -245,7 +246,8 @@ class TestTwoServers:
         log = (tmp_path / "worker.log").open("ab")
         worker = subprocess.Popen(
             [sys.executable, "-m", "platica", "worker"],
-            env=server_env,
+            # Delivery reports go to the server that receives webhooks.
+            env={**server_env, "PUBLIC_BASE_URL": api.url},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -260,7 +262,7 @@ class TestTwoServers:
 
 class TestWorkerCommand:
     def test_worker_refuses_sqlite(self, sqlite_url, server_env):
-        env = {**server_env, "DATABASE_URL": sqlite_url}
+        env = {**server_env, "DATABASE_URL": sqlite_url, "PUBLIC_BASE_URL": "http://127.0.0.1:9"}
         result = subprocess.run(
             [sys.executable, "-m", "platica", "worker"],
             env=env,

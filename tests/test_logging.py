@@ -188,3 +188,54 @@ class TestConfigureLogging:
         logging.getLogger("httpx2.client").warning("Connection failed")
 
         assert [e["event"] for e in json_lines(capsys.readouterr().err)] == ["Connection failed"]
+
+
+class TestExceptionsMasked:
+    """Item 16 of issue 12: a traceback's text goes through the same masking as the event."""
+
+    def raise_with_number(self) -> None:
+        raise ValueError(f"could not send to whatsapp:{NUMBER}")
+
+    @pytest.mark.parametrize("log_format", ["console", "json"])
+    def test_structlog_exception_text_is_masked(
+        self, log_format: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging(load_settings(LOG_FORMAT=log_format))
+
+        try:
+            self.raise_with_number()
+        except ValueError:
+            get_logger("platica.test").exception("reply.failed")
+
+        err = capsys.readouterr().err
+        assert "reply.failed" in err
+        assert "ValueError: could not send to whatsapp:+1415*****86" in err
+        assert NUMBER not in err
+
+    @pytest.mark.parametrize("log_format", ["console", "json"])
+    def test_stdlib_exception_text_is_masked(
+        self, log_format: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging(load_settings(LOG_FORMAT=log_format))
+
+        try:
+            self.raise_with_number()
+        except ValueError:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+
+        err = capsys.readouterr().err
+        assert "Exception in ASGI application" in err
+        assert "ValueError: could not send to whatsapp:+1415*****86" in err
+        assert NUMBER not in err
+
+    def test_json_exception_is_one_field(self, capsys: pytest.CaptureFixture[str]) -> None:
+        configure_logging(load_settings(LOG_FORMAT="json"))
+
+        try:
+            self.raise_with_number()
+        except ValueError:
+            logging.getLogger("platica.stdlib").exception("failed")
+
+        [event] = json_lines(capsys.readouterr().err)
+        assert "ValueError: could not send" in event["exception"]
+        assert "exc_info" not in event

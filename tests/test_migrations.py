@@ -24,6 +24,7 @@ TABLES = {
     "conversations",
     "messages",
     "webhook_logs",
+    "dashboard_sessions",
 }
 
 

@@ -53,6 +53,53 @@ def webhooks_total(client: httpx.Client, server: LiveServer, endpoint: str, outc
     return 0.0
 
 
+METRICS_TOKEN = "metrics-7d1e0c9a4b2f8e6d"
+
+
+class TestMetricsToken:
+    """Item 17 of issue 12: with METRICS_TOKEN set, /metrics needs it as a bearer token."""
+
+    @pytest.fixture
+    def guarded(self, sqlite_url: str, live_server: LiveServerFactory) -> LiveServer:
+        return live_server(make_settings(sqlite_url, METRICS_TOKEN=METRICS_TOKEN))
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            pytest.param({}, id="no-header"),
+            pytest.param({"Authorization": "Bearer wrong-token-0123456789"}, id="wrong"),
+            pytest.param({"Authorization": f"Basic {METRICS_TOKEN}"}, id="not-bearer"),
+        ],
+    )
+    def test_without_the_token_401(
+        self, headers: dict[str, str], guarded: LiveServer, client: httpx.Client
+    ) -> None:
+        response = client.get(f"{guarded.url}/metrics", headers=headers)
+
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert "platica_" not in response.text
+
+    def test_with_the_token(self, guarded: LiveServer, client: httpx.Client) -> None:
+        response = client.get(
+            f"{guarded.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        )
+
+        assert response.status_code == 200
+        assert "platica_webhooks_total" in response.text
+
+    def test_health_checks_stay_open(self, guarded: LiveServer, client: httpx.Client) -> None:
+        assert client.get(f"{guarded.url}/healthz").status_code == 200
+        assert client.get(f"{guarded.url}/readyz").status_code == 200
+
+    def test_a_placeholder_is_refused(self) -> None:
+        from platica.config import ConfigError, load_settings
+
+        with pytest.raises(ConfigError, match=r"^Invalid configuration: METRICS_TOKEN: "):
+            load_settings(METRICS_TOKEN="changeme")
+
+
 class TestHealthz:
     def test_alive(self, server: LiveServer, client: httpx.Client) -> None:
         response = client.get(f"{server.url}/healthz")

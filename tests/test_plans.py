@@ -30,6 +30,7 @@ SAMPLE: dict[str, Any] = {
     "wa_id": None,
     "body": "Hola",
     "media": "[]",
+    "simulated": False,
     "now": NOW,
     "window_over": NOW,
     "sender_limit": 100,

@@ -37,6 +37,7 @@ from platica.models import (
     Contact,
     Conversation,
     ConversationStatus,
+    DashboardSession,
     Direction,
     Message,
     MessageStatus,
@@ -52,7 +53,7 @@ from tests.throwaway import throwaway_database
 
 pytestmark = pytest.mark.postgres
 
-ADMIN_TOKEN = "admin-3b1f9a7c"
+ADMIN_TOKEN = "admin-3b1f9a7c-5d2e8f40a1b6c9"
 TABLES = (
     "accounts",
     "api_keys",
@@ -61,6 +62,7 @@ TABLES = (
     "conversations",
     "messages",
     "webhook_logs",
+    "dashboard_sessions",
 )
 # Account B's numbers; account A owns the factories' (and the test settings') numbers.
 B_SMS_NUMBER = "+15005550009"
@@ -353,6 +355,14 @@ def seed(url: str) -> Seeded:
         b.reply(b.inbound(bw2, hours(6)), 700)
 
         for account_id in (account_a.id, account_b.id, None):
+            session.add(
+                DashboardSession(
+                    id_hash=uuid.uuid4().hex * 2,
+                    account_id=account_id,
+                    kind="api_key" if account_id else "admin",
+                    expires_at=now + hours(12),
+                )
+            )
             session.add(
                 WebhookLog(
                     endpoint="sms",
@@ -844,6 +854,21 @@ class TestMaintenanceFunctions:
                 "n": 1
             }
         assert self.statuses(postgres_url) == {**after, ids["b_whatsapp_idle"]: "closed"}
+
+    def test_cleanup_without_an_argument_closes_after_30_days(
+        self, data: Seeded, app_role: AppRole, postgres_url: str
+    ) -> None:
+        """As the original seeds call it (item 9 of issue 12): p_days defaults to 30."""
+        before = self.statuses(postgres_url)
+        with service(app_role, postgres_url) as sql:
+            sms = sql.execute("SELECT cleanup_old_sms_conversations() AS n").fetchone()
+            whatsapp = sql.execute("SELECT cleanup_old_whatsapp_conversations() AS n").fetchone()
+        # A's SMS conversation idle for 10 days stays; B's WhatsApp one idle for 40 is closed.
+        assert (sms, whatsapp) == ({"n": 0}, {"n": 1})
+        assert self.statuses(postgres_url) == {
+            **before,
+            data.conversations["b_whatsapp_idle"]: "closed",
+        }
 
     def test_cleanup_refuses_a_bad_number_of_days(
         self, data: Seeded, app_role: AppRole, postgres_url: str

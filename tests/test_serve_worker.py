@@ -105,6 +105,25 @@ class TestChildWorker:
         assert "database=postgresql worker=False" in log
         assert "database=postgresql worker=True" in log
 
+    def test_child_worker_replies_carry_the_status_callback(self, server, database, fakes):
+        """The child never sees a webhook: the StatusCallback comes from PUBLIC_BASE_URL, and
+        Twilio's delivery reports reach the server and are recorded."""
+        twilio = fakes[1]
+        twilio.callbacks = True
+
+        answer_one(server, database, twilio, "entregado")
+
+        assert [message["status_callback"] for message in twilio.sent] == [
+            server.url + "/webhook/status"
+        ]
+        wait_for(
+            lambda: (
+                database.scalar("SELECT status FROM messages WHERE direction = 'outbound'")
+                == "delivered"
+            ),
+            "the delivery report to be recorded",
+        )
+
     def test_sigkill_of_the_server_kills_the_worker(self, server):
         child = worker_of(server)
 

@@ -8,8 +8,10 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from platica import db, ops
 from platica.accounts import ensure_default_account
@@ -31,6 +33,45 @@ log = get_logger(__name__)
 
 # Allocations (net of deallocations) between two collections of the youngest generation.
 GC_YOUNG_THRESHOLD = 10_000
+# How long a request may take to send its whole body (Twilio's are a few KiB, sent at once).
+BODY_TIMEOUT_SECONDS = 10.0
+
+
+class BodyTimeout:
+    """ASGI middleware: a request body must arrive whole within `seconds` of the request,
+    else 408. A body that trickles in (or never ends) would otherwise hold its connection
+    and what it sent so far for as long as the client likes."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        received = False
+
+        async def receive_in_time() -> Message:
+            nonlocal received
+            if received:
+                # The body is in: what follows is waiting for a disconnect, which may be long.
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                # An HTTPException, so that FastAPI's body parsing passes it on unchanged.
+                raise HTTPException(
+                    status_code=408,
+                    detail=f"the request body did not arrive within {self.seconds:g} s",
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                received = True
+            return message
+
+        await self.app(scope, receive_in_time, send)
 
 
 def check_schema(settings: Settings) -> None:
@@ -170,6 +211,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyTimeout, seconds=BODY_TIMEOUT_SECONDS)
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,
@@ -177,6 +219,10 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    # Outermost: a request naming another host gets 400 before anything reads its Host.
+    app.add_middleware(
+        TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts, www_redirect=False
+    )
     app.include_router(webhook.router)
     app.include_router(api_routes.router)
     app.include_router(ops.router)

@@ -10,6 +10,7 @@ import signal
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import httpx
@@ -18,6 +19,7 @@ from twilio.request_validator import RequestValidator
 
 from platica import db
 from platica.accounts import DEMO_NUMBERS, create_account
+from platica.channels.forms import inbound_form
 from platica.config import E164, ConfigError, Settings, get_settings, strip_channel_prefix
 from platica.conversations.retention import DEFAULT_IDLE_DAYS
 from platica.models import Channel
@@ -95,6 +97,12 @@ def serve(
     child_worker = worker and not settings.is_sqlite
     application = create_app(settings, worker=worker and not child_worker)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if host in ("0.0.0.0", "::") and "*" not in settings.ALLOWED_HOSTS:
+        typer.echo(
+            f"Requests must name one of these hosts: {', '.join(settings.trusted_hosts)} "
+            "(others get 400; add yours to ALLOWED_HOSTS).",
+            err=True,
+        )
     typer.echo(f"Plática on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
     typer.echo(f'Try it: platica simulate --url http://{shown}:{port} --from +15550100001 "Hola"')
     typer.echo(
@@ -277,6 +285,11 @@ def _with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
+def _count(number: int, one: str, many: str | None = None) -> str:
+    """`1 day`, `2 days`: a number and its noun, in the right number."""
+    return f"{number} {one if number == 1 else (many or one + 's')}"
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"Error: {message}", err=True)
     return typer.Exit(1)
@@ -426,7 +439,11 @@ def accounts_retention(
     found, current = _with_session(settings, work)
     if not found:
         raise _fail(f"no account {account_id}")
-    kept = "every message is kept" if current is None else f"messages are kept {current} days"
+    kept = (
+        "every message is kept"
+        if current is None
+        else f"messages are kept {_count(current, 'day')}"
+    )
     typer.echo(f"Account {account_id}: {kept}.")
 
 
@@ -507,15 +524,17 @@ def cleanup(
     if report is None:
         raise _fail("another process is cleaning up right now; try again in a minute")
     typer.echo(
-        f"Closed {report.closed_conversations} conversation(s) with no message for {days} days."
+        f"Closed {_count(report.closed_conversations, 'conversation')} with no message for "
+        f"{_count(days, 'day')}."
     )
     typer.echo(
-        f"Deleted {report.deleted_messages} message(s) older than their account's retention "
-        "(accounts without one keep theirs)."
+        f"Deleted {_count(report.deleted_messages, 'message')} older than their account's "
+        "retention (accounts without one keep theirs)."
     )
     typer.echo(
-        f"Deleted {report.deleted_webhook_logs} webhook log entries older than "
-        f"{WEBHOOK_LOG_DAYS} days (or their account's retention, if shorter)."
+        f"Deleted {_count(report.deleted_webhook_logs, 'webhook log entry', 'webhook log entries')}"
+        f" older than {_count(WEBHOOK_LOG_DAYS, 'day')} (or their account's retention, if "
+        "shorter)."
     )
 
 
@@ -542,21 +561,16 @@ def simulate(
         else settings.TWILIO_PHONE_NUMBER
     )
     recipient = _e164(to, "--to") or configured or DEMO_NUMBERS[chosen]
-    prefix = "whatsapp:" if chosen is Channel.whatsapp else ""
-    sid = "SM" + uuid.uuid4().hex
-    form = {
-        "MessageSid": sid,
-        "SmsMessageSid": sid,
-        "SmsSid": sid,
-        "AccountSid": settings.TWILIO_ACCOUNT_SID or "AC" + "0" * 32,
-        "From": f"{prefix}{sender}",
-        "To": f"{prefix}{recipient}",
-        "Body": text,
-        "NumMedia": "0",
-        "NumSegments": "1",
-        "SmsStatus": "received",
-        "ApiVersion": "2010-04-01",
-    }
+    assert sender is not None  # --from has a default
+    if wait > 0:
+        # Before anything is posted: a reply that could not be read would be a message sent
+        # for nothing (and SQLite would create an empty ./platica.db where there was none).
+        problem = _reply_database_problem(settings)
+        if problem is not None:
+            typer.echo(f"Error: cannot wait for the reply: {problem}", err=True)
+            raise typer.Exit(2)
+    form = inbound_form(chosen, sender, recipient, text, account_sid=settings.TWILIO_ACCOUNT_SID)
+    sid = form["MessageSid"]
     path = f"/webhook/{chosen.value}"
     post_url = url.rstrip("/") + path
     headers = {}
@@ -574,15 +588,52 @@ def simulate(
         raise typer.Exit(1)
     typer.echo(f"Accepted: {sid} from {sender} to {recipient} on {chosen.value}.")
     if wait > 0:
-        outcome = asyncio.run(_wait_for_reply(settings, sid, wait))
-        if outcome is None:
-            typer.echo(f"No reply within {wait:g} s (is the worker running?).", err=True)
+        outcome, answered = asyncio.run(_wait_for_reply(settings, sid, wait))
+        if not answered:
+            typer.echo(outcome, err=True)
             raise typer.Exit(1)
         typer.echo(outcome)
 
 
-async def _wait_for_reply(settings: Settings, sid: str, seconds: float) -> str | None:
-    """Poll the database until the message is answered (or skipped); what happened, in words."""
+_WHERE_TO_READ = (
+    "run simulate from the server's folder, set DATABASE_URL to the server's database, "
+    "or pass --wait 0 not to wait"
+)
+
+
+def _reply_database_problem(settings: Settings) -> str | None:
+    """Why the reply could not be read from DATABASE_URL, in one line; None when it can.
+    Opens nothing that is not there: SQLite would create a missing file."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from platica.config import redact_url
+
+    url = settings.DATABASE_URL
+    shown = redact_url(url)
+    if settings.is_sqlite:
+        path = make_url(url).database or ""
+        shown = path
+        if not Path(path).is_file():
+            return f"the database {path} (DATABASE_URL) does not exist here; {_WHERE_TO_READ}"
+    try:
+        revision = db.current_revision(url)
+    except SQLAlchemyError as error:
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        return f"could not connect to {shown} (DATABASE_URL): {cause}; {_WHERE_TO_READ}"
+    if revision is None:
+        return f"{shown} (DATABASE_URL) is not Plática's database (no tables); {_WHERE_TO_READ}"
+    if revision != db.head_revision():
+        return (
+            f"{shown} (DATABASE_URL) is at revision {revision}, not {db.head_revision()}; "
+            "run `platica db upgrade` with the server's settings"
+        )
+    return None
+
+
+async def _wait_for_reply(settings: Settings, sid: str, seconds: float) -> tuple[str, bool]:
+    """Poll the database until the message is answered (or skipped): what happened, in words,
+    and whether it was; at the deadline, what is stored about why not."""
     from platica.conversations.service import find_reply
 
     engine = db.create_engine(settings.DATABASE_URL)
@@ -593,12 +644,52 @@ async def _wait_for_reply(settings: Settings, sid: str, seconds: float) -> str |
                 async with sessionmaker() as session:
                     reply = await find_reply(session, sid)
                 if reply is not None:
-                    return reply
+                    return reply, True
                 await asyncio.sleep(0.2)
     except TimeoutError:
-        return None
+        async with sessionmaker() as session:
+            return await _why_unanswered(session, sid, seconds), False
     finally:
         await engine.dispose()
+
+
+async def _why_unanswered(session: Any, sid: str, seconds: float) -> str:
+    """What the database says about a message still unanswered after `seconds`."""
+    from sqlalchemy import select
+
+    from platica.conversations.repository import reply_parts
+    from platica.models import Message, ReplyState
+
+    within = f"within {seconds:g} s"
+    inbound = await session.scalar(select(Message).where(Message.twilio_sid == sid))
+    if inbound is None:
+        return (
+            f"No reply {within}: the message is not in {_redact_url(session)}; "
+            "is DATABASE_URL the server's database?"
+        )
+    if inbound.reply_state == ReplyState.failed:
+        return f"Not answered: the reply failed ({inbound.note or 'no reason stored'})."
+    parts = await reply_parts(session, inbound)
+    failing = [part for part in parts if part.error_message or part.error_code]
+    if failing:
+        part = failing[0]
+        code = f" {part.error_code}" if part.error_code else ""
+        return (
+            f"Reply not sent {within} (status {part.status}{code}, {part.attempts} attempt(s)): "
+            f"{part.error_message or 'no message from Twilio'}; Plática keeps retrying, and the "
+            "server's log (reply.send_retry) says more."
+        )
+    if parts:
+        states = ", ".join(str(part.status) for part in parts)
+        return f"Reply not sent {within}: written, still {states}."
+    return (
+        f"No reply {within}: the message still waits for its reply (the account's debounce "
+        "window, or no worker is answering: see the server's log)."
+    )
+
+
+def _redact_url(session: Any) -> str:
+    return str(session.get_bind().url.render_as_string(hide_password=True))
 
 
 def main() -> None:

@@ -19,13 +19,17 @@ PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ADMIN_TOKEN_MIN_LENGTH = 24
+# An ALLOWED_HOSTS entry: "*", a name or IPv4 address (with "*." in front: any subdomain), or
+# a bracketed IPv6 address.
+HOST_PATTERN = re.compile(r"^(\*|(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\])$")
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable, one line each."""
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL as it may be shown in an error: without the password of `user:password@`."""
     head, at, tail = url.rpartition("@")
     if not at:
@@ -40,7 +44,7 @@ def _check_url(value: str | None, *, schemes: tuple[str, ...] = ("http", "https"
         return None
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
-        raise ValueError(f"must be a URL like {schemes[-1]}://host, got {_redact(value)!r}")
+        raise ValueError(f"must be a URL like {schemes[-1]}://host, got {redact_url(value)!r}")
     return value.rstrip("/")
 
 
@@ -81,7 +85,11 @@ class Settings(BaseSettings):
     PLATICA_ADMIN_TOKEN: SecretStr | None = None
     SUPABASE_JWT_SECRET: SecretStr | None = None
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Host names requests may carry besides PUBLIC_BASE_URL's and the loopback's ("*": any).
+    ALLOWED_HOSTS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     SENTRY_DSN: str | None = None
+    # SPEC §7: when set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
+    METRICS_TOKEN: SecretStr | None = None
     LOG_LEVEL: str | None = None
     LOG_FORMAT: Literal["console", "json"] = "console"
     # Beyond SPEC §2: at most how many conversations one worker process answers at once. A reply
@@ -108,7 +116,7 @@ class Settings(BaseSettings):
         if scheme.startswith("sqlite"):
             if not value.split("://", 1)[-1].startswith("/"):
                 raise ValueError(
-                    f"must look like sqlite+aiosqlite:///path/to/file.db, got {_redact(value)!r}"
+                    f"must look like sqlite+aiosqlite:///path/to/file.db, got {redact_url(value)!r}"
                 )
             return value
         if scheme.split("+")[0] in ("postgresql", "postgres"):
@@ -117,7 +125,7 @@ class Settings(BaseSettings):
             return value
         raise ValueError(
             "must start with sqlite+aiosqlite:/// or postgresql://, "
-            f"got {scheme or _redact(value)!r}"
+            f"got {scheme or redact_url(value)!r}"
         )
 
     @field_validator("OPENAI_BASE_URL", "PUBLIC_BASE_URL")
@@ -139,11 +147,27 @@ class Settings(BaseSettings):
         return _check_url(value)
 
     @field_validator(
-        "OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "PLATICA_ADMIN_TOKEN", "SUPABASE_JWT_SECRET"
+        "OPENAI_API_KEY",
+        "TWILIO_AUTH_TOKEN",
+        "PLATICA_ADMIN_TOKEN",
+        "SUPABASE_JWT_SECRET",
+        "METRICS_TOKEN",
     )
     @classmethod
     def _secrets(cls, value: SecretStr | None) -> SecretStr | None:
         return _check_secret(value)
+
+    @field_validator("PLATICA_ADMIN_TOKEN")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # It opens every account: long enough that it cannot be guessed (after the placeholder
+        # check of _secrets, which runs first).
+        if value is not None and len(value.get_secret_value()) < ADMIN_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters "
+                "(e.g. the output of `openssl rand -hex 24`)"
+            )
+        return value
 
     @field_validator("TWILIO_ACCOUNT_SID")
     @classmethod
@@ -202,17 +226,60 @@ class Settings(BaseSettings):
             return origins
         return value
 
+    @field_validator("ALLOWED_HOSTS", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            hosts = [str(host).strip().lower() for host in value if str(host).strip()]
+            for host in hosts:
+                if not HOST_PATTERN.match(host):
+                    raise ValueError(
+                        "must be comma-separated host names like platica.example.com or "
+                        f"*.example.com (no scheme, port or path), or *; got {host!r}"
+                    )
+            return hosts
+        return value
+
     @model_validator(mode="after")
     def _twilio_pair(self) -> Settings:
         if bool(self.TWILIO_ACCOUNT_SID) != bool(self.TWILIO_AUTH_TOKEN):
             missing = "TWILIO_AUTH_TOKEN" if self.TWILIO_ACCOUNT_SID else "TWILIO_ACCOUNT_SID"
             raise ValueError(f"{missing}: must be set together with the other Twilio credential")
+        if self.twilio_configured and not self.PUBLIC_BASE_URL:
+            # A worker never sees a webhook: without this, replies would go out with no
+            # StatusCallback and their delivery would never be tracked.
+            raise ValueError(
+                "PUBLIC_BASE_URL: required when TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN are set: "
+                "the public URL Twilio calls (e.g. https://abc123.ngrok-free.app), for "
+                "signatures and delivery status callbacks"
+            )
         return self
 
     @property
     def twilio_configured(self) -> bool:
         """Real Twilio credentials are set: signatures are checked and replies really sent."""
         return self.TWILIO_AUTH_TOKEN is not None
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """The Host header values requests may carry: PUBLIC_BASE_URL's host, the loopback's
+        names and ALLOWED_HOSTS; ["*"] when ALLOWED_HOSTS has "*"."""
+        if "*" in self.ALLOWED_HOSTS:
+            return ["*"]
+        hosts = []
+        public = urlsplit(self.PUBLIC_BASE_URL).hostname if self.PUBLIC_BASE_URL else None
+        if public:
+            hosts.append(f"[{public}]" if ":" in public else public)
+        hosts += ["localhost", "127.0.0.1", "::1", "[::1]"]
+        return hosts + [host for host in self.ALLOWED_HOSTS if host not in hosts]
+
+    @property
+    def status_callback_url(self) -> str | None:
+        """Where Twilio reports the delivery of what Plática sends: PUBLIC_BASE_URL's
+        /webhook/status (never learned from requests, whose Host anyone can set)."""
+        return f"{self.PUBLIC_BASE_URL}/webhook/status" if self.PUBLIC_BASE_URL else None
 
     @property
     def log_level(self) -> str:

@@ -89,15 +89,24 @@ def _configure_sqlite(sync_engine: Any) -> None:
 # pool that opens and closes its overflow connections does that many times a second. Past
 # this, callers queue for a connection instead of piling more work onto the database.
 POOL_SIZE = 20
+# While the database is down, how long a caller waits for a connection (from the pool, or a new
+# one) before it fails: Twilio gives a webhook 15 s, and a quick 503 beats a late 500. The
+# webhook's write retries once on a lost connection, so twice this stays under Twilio's limit.
+POOL_TIMEOUT_SECONDS = 4.0
+# libpq's connect_timeout (whole seconds, at least 2): a server that does not answer at all.
+CONNECT_TIMEOUT_SECONDS = 2
 
 
 def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
-    """An async engine for DATABASE_URL."""
+    """An async engine for DATABASE_URL. Its errors never show a statement's bound values
+    (`hide_parameters`): they are phone numbers and message bodies, and errors get logged."""
     full = async_url(url)
     if make_url(full).get_backend_name() == "sqlite":
         # One writer at a time is all SQLite allows; queueing in the pool is fairer than
         # several connections spinning on the file lock.
-        engine = create_async_engine(full, pool_size=1, max_overflow=0, pool_timeout=60)
+        engine = create_async_engine(
+            full, pool_size=1, max_overflow=0, pool_timeout=60, hide_parameters=True
+        )
         _configure_sqlite(engine.sync_engine)
         return engine
     # psycopg prepares a statement on the server once a connection has run it five times (its
@@ -106,7 +115,15 @@ def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
     # session-pooler connection keeps them; a transaction pooler would not (README).
     # Last in, first out: under light load the same few connections do all the work (their
     # statements prepared, no ping after an idle spell) and the rest stay idle.
-    engine = create_async_engine(full, pool_size=pool_size, max_overflow=0, pool_use_lifo=True)
+    engine = create_async_engine(
+        full,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_use_lifo=True,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        hide_parameters=True,
+    )
     _declare_service(engine.sync_engine)
     _ping_when_idle(engine.sync_engine)
     return engine
@@ -194,7 +211,9 @@ async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> Dri
             # Prepared at their first use: this pool only runs the handful of statements every
             # message runs (a new connection would otherwise plan each one five times first).
             "prepare_threshold": 0,
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         },
+        timeout=POOL_TIMEOUT_SECONDS,
         # A few ready before the first burst (opening one costs several milliseconds).
         min_size=DRIVER_POOL_MIN_SIZE,
         max_size=max_size,
@@ -213,8 +232,7 @@ def _declare_service(sync_engine: Any) -> None:
     them every account's rows, unless a transaction names an account (`platica.account_id`,
     set by the API for an account's callers), which wins.
 
-    Matters only when connecting as a role that does not own the tables. Behind a
-    transaction-mode pooler, also `ALTER ROLE <role> SET platica.service = 'on'` (see 0003).
+    Matters only when connecting as a role that does not own the tables (see 0003).
     """
 
     @event.listens_for(sync_engine, "connect")

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.config import Settings
 from platica.ratelimit import RateLimits
+from platica.throttle import Throttle
 
 if TYPE_CHECKING:
     from platica.channels.sender import MessageSender
@@ -35,15 +36,16 @@ class AppState:
     driver_pool: DriverPool | None = None
     # Partly in memory, so per process (see ratelimit.py).
     limits: RateLimits = field(init=False)
-    # Where Twilio reached us last, for StatusCallback URLs when PUBLIC_BASE_URL is unset.
-    observed_base_url: str | None = None
+    # Limits on unauthenticated callers (rejected webhooks, failed logins), in memory too.
+    throttle: Throttle = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = RateLimits(self.settings)
+        self.throttle = Throttle()
 
     def status_callback_url(self) -> str | None:
-        base = self.settings.PUBLIC_BASE_URL or self.observed_base_url
-        return f"{base}/webhook/status" if base else None
+        """PUBLIC_BASE_URL's /webhook/status: never learned from a request's Host."""
+        return self.settings.status_callback_url
 
 
 def app_state(request: Request) -> AppState:

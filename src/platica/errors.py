@@ -7,7 +7,10 @@
     ├── PayloadTooLarge              413    request body over the limit
     └── UnsupportedMediaType         415    not a form post
 
-Validation errors of FastAPI request models are rendered in the same shape, with status 422.
+Validation errors of FastAPI request models are rendered in the same shape, with status 422;
+a request body that does not arrive in time (app.BodyTimeout) with 408 `request_timeout`.
+A database that cannot be reached (no connection within db.POOL_TIMEOUT_SECONDS, a connection
+lost) is 503 `database_unavailable`, with Retry-After, rather than a bare 500.
 
     RetryableError                          a transient failure of an outside service (timeout,
                                             429, 5xx): the job backs off and tries again
@@ -17,10 +20,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sqlalchemy_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from platica.logging import get_logger
+
+log = get_logger(__name__)
+# Seconds a caller is asked to wait before trying again while the database is unavailable.
+DATABASE_RETRY_AFTER = 5
 
 
 class PlaticaError(Exception):
@@ -42,6 +53,12 @@ class BadRequest(PlaticaError):
 class InvalidSignature(PlaticaError):
     status_code = 403
     code = "invalid_signature"
+
+    def __init__(self, message: str, *, signed_url: str | None = None) -> None:
+        super().__init__(message)
+        # The URL the signature was checked against: for the log and webhook_logs only, never
+        # for the caller (an unauthenticated caller has no business learning PUBLIC_BASE_URL).
+        self.signed_url = signed_url
 
 
 class NotFound(PlaticaError):
@@ -83,6 +100,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
         401: "unauthorized",
         404: "not_found",
         405: "method_not_allowed",
+        408: "request_timeout",
         429: "rate_limited",
     }.get(exc.status_code, "http_error")
     return JSONResponse(
@@ -105,7 +123,31 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database cannot be reached: 503 at once (a webhook must not wait out Twilio)."""
+    if isinstance(exc, sqlalchemy_errors.OperationalError) and not isinstance(
+        exc.orig, psycopg.OperationalError
+    ):
+        # SQLite's own OperationalError is a bug or a locked file, not an outage: a plain 500.
+        log.error("request.failed", path=request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+    log.warning(
+        "database.unavailable", path=request.url.path, error=type(exc).__name__, detail=str(exc)
+    )
+    return JSONResponse(
+        error_body("database_unavailable", "the database is unavailable; try again shortly"),
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    for unavailable in (
+        psycopg.OperationalError,  # psycopg_pool.PoolTimeout, AdminShutdown, refused connections
+        sqlalchemy_errors.OperationalError,
+        sqlalchemy_errors.TimeoutError,  # no connection free in the engine's pool in time
+    ):
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(PlaticaError, _platica_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

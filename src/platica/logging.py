@@ -44,14 +44,16 @@ def configure_logging(settings: Settings) -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # The traceback becomes text (plain: no local variables, which would show secrets and
+        # numbers) before the masking, so an exception's message is masked like the rest. For
+        # the standard library's records too: foreign_pre_chain gets their exc_info.
+        structlog.processors.format_exc_info,
         mask_phone_numbers,
     ]
     renderer: Any
     if settings.LOG_FORMAT == "json":
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.format_exc_info)
     else:
-        # Plain tracebacks: rich's would print every local variable, secrets and numbers included.
         renderer = structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
         )

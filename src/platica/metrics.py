@@ -67,3 +67,11 @@ for _kind in ("prompt", "completion"):
     LLM_TOKENS.labels(_kind)
 for _limit in ("sender", "account"):
     PACED.labels(_limit)
+WEBHOOKS_UNLOGGED = Counter(
+    "platica_webhooks_unlogged_total",
+    "Rejected webhook requests neither written to webhook_logs nor logged: past the per-process "
+    "limit on rejected requests (throttle.py), so a flood of forged posts cannot fill the disk.",
+    ["endpoint"],
+)
+for _endpoint in ("whatsapp", "sms", "status"):
+    WEBHOOKS_UNLOGGED.labels(_endpoint)

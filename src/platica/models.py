@@ -1,4 +1,4 @@
-"""ORM tables of SPEC §4: accounts, api_keys, channel_configs, contacts, conversations, messages, webhook_logs."""
+"""ORM tables of SPEC §4: accounts, api_keys, channel_configs, contacts, conversations, messages, webhook_logs; and dashboard_sessions."""
 
 from __future__ import annotations
 
@@ -362,3 +362,20 @@ class WebhookLog(Base):
     signature_valid: Mapped[bool | None] = mapped_column(Boolean)
     # The form fields as received (for replay), or None when they could not be parsed.
     params: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+
+
+class DashboardSession(Base):
+    """A dashboard login. The cookie carries a random session id and this row its SHA-256
+    hash; the session lasts while the row does: logging out deletes it (a copied cookie then
+    stops working), and so does its expiry."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # An API key's account; None for the admin (every account).
+    account_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # "api_key" or "admin"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

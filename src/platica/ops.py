@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import math
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select, text
@@ -74,8 +75,25 @@ async def _count_pending(state: AppState) -> None:
     BUDGETS_SPENT.set(spent or 0)
 
 
-@router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics."""
+def _check_metrics_token(request: Request, state: AppState) -> None:
+    """With METRICS_TOKEN set, the scraper must send it as a bearer token (401 otherwise)."""
+    expected = state.settings.METRICS_TOKEN
+    if expected is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.get_secret_value().encode()
+    ):
+        raise HTTPException(
+            status_code=401,
+            detail="send Authorization: Bearer <METRICS_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+@router.get("/metrics", responses={401: {"description": "METRICS_TOKEN is set and not sent"}})
+async def metrics(request: Request, state: StateDep) -> Response:
+    """Prometheus metrics (with METRICS_TOKEN set: `Authorization: Bearer <METRICS_TOKEN>`)."""
+    _check_metrics_token(request, state)
     await _count_pending(state)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -38,7 +38,7 @@ from tests.polling import wait_for
 
 T = TypeVar("T")
 
-ADMIN_TOKEN = "admin-3b1f9a7c"
+ADMIN_TOKEN = "admin-3b1f9a7c-5d2e8f40a1b6c9"
 JWT_SECRET = "jwt-secret-for-tests-0123456789abcdef"
 # The second account's numbers (the default account owns SMS_NUMBER and WHATSAPP_NUMBER).
 B_SMS_NUMBER = "+15005550001"

@@ -3,7 +3,10 @@ same transaction (the conversation's reply_due_at), and a database restart under
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from platica import db
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
 from tests.factories import inbound_form, new_sid, post_signed, status_form
 from tests.polling import wait_for
@@ -199,3 +203,131 @@ class TestDatabaseRestart:
 
         bodies = [r.body for r in database.rows("SELECT body FROM messages ORDER BY id")]
         assert bodies == ["before", "after"]
+
+
+def _admin_dsn(pg_url: str) -> str:
+    return (
+        make_url(pg_url)
+        .set(drivername="postgresql", database="postgres")
+        .render_as_string(hide_password=False)
+    )
+
+
+def terminate_backends(pg_url: str) -> int:
+    """What a database restart does to every connection to the database: AdminShutdown."""
+    with psycopg.connect(_admin_dsn(pg_url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (make_url(pg_url).database,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@contextmanager
+def database_down(pg_url: str) -> Iterator[None]:
+    """The database refuses every connection (and has dropped those it had) while in the block."""
+    name = make_url(pg_url).database
+    with psycopg.connect(_admin_dsn(pg_url), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+    try:
+        terminate_backends(pg_url)
+        yield
+    finally:
+        with psycopg.connect(_admin_dsn(pg_url), autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+
+
+class TestDatabaseOutage:
+    """Item 14 of issue 12: while the database is down a webhook fails fast, well within the
+    15 s Twilio waits, instead of queueing 30 s for a connection; a connection lost under a
+    statement is retried once on a fresh one."""
+
+    async def test_the_pools_give_up_waiting_within_five_seconds(self, pg_url):
+        engine = db.create_engine(pg_url)
+        pool = await db.open_driver_pool(pg_url)
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                assert raw.driver_connection is not None
+                engine_dsn = raw.driver_connection.info.dsn
+            async with pool.connection() as driver_connection:
+                pool_dsn = driver_connection.info.dsn
+        finally:
+            await pool.close()
+            await engine.dispose()
+        assert engine.pool.timeout() < 5  # type: ignore[attr-defined]  # QueuePool's
+        assert pool.timeout < 5
+        # And a server that does not answer at all is given up on as quickly.
+        assert "connect_timeout=2" in engine_dsn.split()
+        assert "connect_timeout=2" in pool_dsn.split()
+
+    async def test_sqlite_keeps_its_long_wait_for_the_writer(self, tmp_path):
+        engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/wait.db")
+        try:
+            assert engine.pool.timeout() == 60  # type: ignore[attr-defined]  # QueuePool's
+        finally:
+            await engine.dispose()
+
+    def test_a_webhook_answers_503_at_once_while_the_database_is_down(
+        self, pg_url, live_server, database, monkeypatch
+    ):
+        # Down for a while: every pooled connection is checked before use, and found dead.
+        monkeypatch.setattr(db, "PING_IDLE_SECONDS", -1.0)
+        server = live_server(make_settings(pg_url), worker=False)
+        # Well under the 30 s the pools used to wait, and under Twilio's 15 s.
+        with httpx.Client(timeout=10) as client:
+            send(client, server, body="before")
+            with database_down(pg_url):
+                response = post_signed(client, server.url, "/webhook/sms", inbound_form())
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "database_unavailable"
+            database.engine.dispose()
+            # Back up: the next webhook lands.
+            wait_for(
+                lambda: (
+                    post_signed(
+                        client, server.url, "/webhook/sms", inbound_form(body="after")
+                    ).status_code
+                    == 200
+                ),
+                "the webhook to work again",
+            )
+        assert [r.body for r in database.rows("SELECT body FROM messages ORDER BY id")] == [
+            "before",
+            "after",
+        ]
+
+    def test_no_message_is_lost_when_connections_are_terminated_mid_load(
+        self, quiet_server, database, pg_url
+    ):
+        forms = [inbound_form(sender=f"+3460000{i:04d}", body=f"m{i}") for i in range(120)]
+        answered: list[int] = []
+        lock = threading.Lock()
+        sweeps = threading.Semaphore(0)
+
+        def post(form: dict[str, str]) -> int:
+            with httpx.Client(timeout=30) as client:
+                status = post_signed(client, quiet_server.url, "/webhook/sms", form).status_code
+            with lock:
+                answered.append(status)
+                if len(answered) % 30 == 0:
+                    sweeps.release()  # a restart while other requests are in flight
+            return status
+
+        def sweeper() -> int:
+            dropped = 0
+            for _ in range(3):
+                sweeps.acquire(timeout=60)
+                dropped += terminate_backends(pg_url)
+            return dropped
+
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            killer = pool.submit(sweeper)
+            statuses = list(pool.map(post, forms))
+            assert killer.result() >= 3
+
+        database.engine.dispose()
+        assert statuses == [200] * len(forms)
+        assert database.count("messages") == len(forms)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -72,6 +74,18 @@ class TestSignatureVectors:
 
 
 StartServer = Callable[..., LiveServer]
+
+
+class EventRecords(logging.Handler):
+    """structlog's events as they reach the standard library (before rendering)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, dict):
+            self.events.append(record.msg)
 
 
 class TestWebhookSignature:
@@ -202,6 +216,27 @@ class TestWebhookSignature:
         response = httpx.post(server.url + "/webhook/sms", data=inbound_form())
         assert response.status_code == 200
         assert Database(sqlite_url).scalar("SELECT signature_valid FROM webhook_logs") is None
+
+    def test_a_403_does_not_show_the_url_the_server_computed(self, sqlite_url, live_server):
+        """Item 17 of issue 12: an unauthenticated caller learns nothing of PUBLIC_BASE_URL; the
+        operator finds it in the log and the webhook log entry."""
+        public = "https://platica.example.com/hidden-prefix"
+        server = live_server(make_settings(sqlite_url, PUBLIC_BASE_URL=public))
+        records = EventRecords()
+        logging.getLogger().addHandler(records)
+        try:
+            with httpx.Client() as client:
+                response = post_signed(client, server.url, "/webhook/sms", inbound_form())
+        finally:
+            logging.getLogger().removeHandler(records)
+
+        assert response.status_code == 403
+        assert "hidden-prefix" not in response.text
+        assert "does not match" in response.json()["error"]["message"]
+        [event] = [e for e in records.events if e["event"] == "webhook.rejected"]
+        assert event["signed_url"] == public + "/webhook/sms"
+        reason = Database(sqlite_url).scalar("SELECT reason FROM webhook_logs")
+        assert public + "/webhook/sms" in reason
 
     def test_auth_token_never_reaches_the_webhook_log(self, sqlite_url, live_server):
         server = live_server(make_settings(sqlite_url))

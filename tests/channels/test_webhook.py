@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import urlencode
 from xml.etree import ElementTree
 
 import httpx
 import pytest
+from limits import parse as parse_limit
+from prometheus_client import REGISTRY
 from twilio.twiml.messaging_response import MessagingResponse
 
+from platica.throttle import REJECTED_WEBHOOK_LOGS
 from tests.conftest import Database, LiveServer, make_settings
 from tests.factories import (
     CONTACT,
@@ -287,6 +291,92 @@ class TestMalformedMessages:
         # Unsigned, so 403 — signature checks come before field checks.
         assert response.status_code == 403
         assert database.count("messages") == 0
+
+
+class TestRejectedRequestsLogging:
+    """Item 12 of issue 12: unsigned or malformed posts must not fill the disk. A rejected
+    request's log entry keeps what explains the rejection, a few hundred bytes; past a
+    per-process limit nothing is written (or logged) and only a counter counts them."""
+
+    def forged(self, size: int = 60 * 1024) -> dict[str, str]:
+        return inbound_form(body="x" * size, Padding="y" * 100)
+
+    def unlogged(self, endpoint: str) -> float:
+        return (
+            REGISTRY.get_sample_value("platica_webhooks_unlogged_total", {"endpoint": endpoint})
+            or 0.0
+        )
+
+    def test_a_rejected_request_keeps_only_what_explains_it(self, server, client, database):
+        form = self.forged()
+        response = client.post(server.url + "/webhook/sms", data=form)
+
+        assert response.status_code == 403
+        [entry] = database.rows("SELECT message_sid, reason, params FROM webhook_logs")
+        params = entry.params if isinstance(entry.params, dict) else json.loads(entry.params)
+        assert len(json.dumps(params)) < 512
+        assert params["MessageSid"] == [form["MessageSid"]]
+        assert params["AccountSid"] == [form["AccountSid"]]
+        assert set(params["_fields"]) == set(form)
+        assert params["_bytes"] == [str(len(urlencode(form)))]
+        assert "x" * 100 not in json.dumps(params)
+        assert entry.message_sid == form["MessageSid"]
+
+    @pytest.mark.parametrize(
+        ("content", "status"),
+        [
+            pytest.param(b"=" * 70_000, 413, id="too-large"),
+            pytest.param(b'{"Body": "' + b"x" * 60_000 + b'"}', 415, id="not-a-form"),
+        ],
+    )
+    def test_unparsed_bodies_leave_their_size_only(self, content, status, server, database):
+        content_type = "application/json" if status == 415 else "application/x-www-form-urlencoded"
+        response = httpx.post(
+            server.url + "/webhook/sms", content=content, headers={"Content-Type": content_type}
+        )
+
+        assert response.status_code == status
+        [params] = [r.params for r in database.rows("SELECT params FROM webhook_logs")]
+        params = params if isinstance(params, dict) else json.loads(params)
+        assert params == {"_bytes": [str(len(content))]}
+
+    def test_huge_field_names_and_reasons_are_capped(self, server, database):
+        form = inbound_form(**{f"{'N' * 5000}{i}": "1" for i in range(5)})
+        response = httpx.post(
+            server.url + "/webhook/sms",
+            content=urlencode(form).encode() + b"&a%00" + b"b" * 9000,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+        assert response.status_code == 400
+        [entry] = database.rows("SELECT reason, params FROM webhook_logs")
+        params = entry.params if isinstance(entry.params, dict) else json.loads(entry.params)
+        assert len(json.dumps(params)) < 512
+        assert len(entry.reason) <= 300
+
+    def test_a_flood_of_forged_posts_is_logged_up_to_the_limit_then_counted(
+        self, server, client, database
+    ):
+        limit = parse_limit(REJECTED_WEBHOOK_LOGS).amount
+        before = self.unlogged("sms")
+        form = self.forged(size=1024)
+
+        statuses = [
+            client.post(server.url + "/webhook/sms", data=form).status_code
+            for _ in range(limit + 15)
+        ]
+
+        assert statuses == [403] * (limit + 15)
+        assert database.count("webhook_logs") == limit
+        assert self.unlogged("sms") - before == 15
+        # Accepted requests are still logged, with every field.
+        good = inbound_form(body="still here")
+        assert post(client, server, "/webhook/sms", good).status_code == 200
+        logged = database.rows("SELECT params FROM webhook_logs WHERE outcome = 'accepted'")
+        [params] = [
+            r.params if isinstance(r.params, dict) else json.loads(r.params) for r in logged
+        ]
+        assert params == {name: [value] for name, value in good.items()}
 
 
 class TestUnsignedMalformed:

@@ -29,7 +29,7 @@ from platica.config import Settings
 from platica.dashboard import routes as dashboard_routes
 from platica.dashboard import session as dashboard_session
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
-from tests.factories import CONTACT, SMS_NUMBER, inbound_form, post_signed
+from tests.factories import CONTACT, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
 from tests.polling import wait_for
 
@@ -371,26 +371,23 @@ class TestSimulator:
         local_dashboard.nav(page, "Inbox")
         expect(page.locator(".conversation-row")).to_have_count(2)
 
-    def test_message_is_posted_as_a_signed_webhook(self, dashboard):
+    def test_with_twilio_configured_replies_are_still_never_sent(self, dashboard):
         page = dashboard.page()
         dashboard.log_in(page)
         dashboard.nav(page, "Simulator")
-        expect(page.get_by_text("Twilio is configured: replies are really sent")).to_be_visible()
+        expect(page.get_by_text("Replies to the simulator are never sent")).to_be_visible()
         simulate(page, "sms", "¿Tienen pan sin gluten?")
 
         phone = page.get_by_role("log", name="Conversation on the test phone")
         expect(phone).to_contain_text("Echo: ¿Tienen pan sin gluten?")
-        expect(phone).to_contain_text("AI · delivered")
+        expect(phone).to_contain_text("not sent (dry run: the simulator's replies are never sent)")
+        # Recorded in-process as the webhook records a message (so not signed).
         log = dashboard.database.rows(
             "SELECT endpoint, outcome, signature_valid FROM webhook_logs WHERE endpoint = 'sms'"
         )
-        assert [(r.outcome, bool(r.signature_valid)) for r in log] == [("accepted", True)]
-        (sent,) = dashboard.twilio.sent
-        assert (sent["from"], sent["to"], sent["body"]) == (
-            SMS_NUMBER,
-            "+15550100001",
-            "Echo: ¿Tienen pan sin gluten?",
-        )
+        assert [(r.outcome, r.signature_valid) for r in log] == [("accepted", None)]
+        assert dashboard.twilio is not None
+        assert dashboard.twilio.sent == []
 
     def test_invalid_input_is_explained_next_to_the_fields(self, dashboard):
         page = dashboard.page()
@@ -831,7 +828,7 @@ class TestOnPostgreSQL:
                 simulate(page, "whatsapp", "Hola desde PostgreSQL")
                 expect(
                     page.get_by_role("log", name="Conversation on the test phone")
-                ).to_contain_text("AI · delivered")
+                ).to_contain_text("AI · not sent (dry run: the simulator's replies are never sent)")
                 page.get_by_role("link", name="Open this conversation in the inbox").click()
                 page.get_by_role("button", name="Hand off (pause the AI)").click()
                 page.get_by_label("Reply by hand").fill("Te atiendo yo")

@@ -195,6 +195,8 @@ async def measure(backend: str, mode: str, count: int) -> str:
             "TWILIO_API_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['twilio']}",
             "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            # Required with Twilio credentials; nothing here posts status callbacks.
+            "PUBLIC_BASE_URL": "http://127.0.0.1:9",
         }
     settings = load_settings(_env_file=None, DATABASE_URL=url, LOG_LEVEL="WARNING", **overrides)
     configure_logging(settings)

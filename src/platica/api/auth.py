@@ -94,6 +94,12 @@ async def authenticate(state: AppState, session: AsyncSession, token: str) -> Pr
     raise _refuse("invalid credentials")
 
 
+def client_address(request: Request) -> str:
+    """The caller's address, for limits per address (behind a proxy: what uvicorn's
+    proxy_headers made of X-Forwarded-For, from the proxies it trusts)."""
+    return request.client.host if request.client else "unknown"
+
+
 def scope_session(session: AsyncSession, account_id: uuid.UUID | None) -> None:
     """On PostgreSQL, tell row-level security whose rows each transaction of `session` may see.
 
@@ -151,9 +157,22 @@ async def get_caller(
     ] = None,
 ) -> AsyncIterator[Caller]:
     """The authenticated caller, with a session scoped to its account (routes commit writes)."""
+    address = client_address(request)
+    wait = state.throttle.login_retry_after(address)
+    if wait is not None:
+        # Before the credential is even looked at: a right guess must not get through either.
+        raise HTTPException(
+            status_code=429,
+            detail=f"too many failed authentications from your address; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
     token = _bearer(request)
     async with state.sessionmaker() as session:
-        principal = await authenticate(state, session, token)
+        try:
+            principal = await authenticate(state, session, token)
+        except HTTPException:
+            state.throttle.count_failed_login(address)
+            raise
         await session.commit()  # the key's last use
         retry_after = state.limits.api(_credential(principal, token))
         if retry_after is not None:

@@ -231,17 +231,23 @@ async def _record_postgresql(
         "signature_valid": entry.signature_valid,
         "params": json.dumps(entry.params),
     }
+    lost_connection = False
     for attempt in range(1, ATTEMPTS + 1):
         # One statement is one transaction: in autocommit, no BEGIN and COMMIT round trips.
         async with pool.connection() as connection:
             try:
                 row = await (await connection.execute(RECORD_STATEMENT, params)).fetchone()
             except psycopg.OperationalError:
-                # The database restarted since this connection was last used: nothing was
-                # written, or it was and the next attempt finds the MessageSid stored (the pool
-                # drops this connection).
-                if not connection.broken or attempt == ATTEMPTS:
+                # The connection was lost before or under the statement (a database restart,
+                # an administrator's pg_terminate_backend: AdminShutdown, whether or not psycopg
+                # has marked it broken yet). Nothing was written, or it was and the next attempt
+                # finds the MessageSid stored. Once, on a fresh connection: this one is closed
+                # (the pool drops it), and so are its idle siblings the same restart killed.
+                if lost_connection or attempt == ATTEMPTS:
                     raise
+                lost_connection = True
+                await connection.close()
+                await pool.check()
                 continue
         if row is None:
             return None  # no account owns the number: nothing was written

@@ -13,13 +13,20 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from platica.channels.inbound import WebhookEntry, record_message, record_status
-from platica.channels.parsing import FormData, first, parse_form, parse_inbound, parse_status
+from platica.channels.inbound import Recorded, WebhookEntry, record_message, record_status
+from platica.channels.parsing import (
+    FormData,
+    InboundMessage,
+    first,
+    parse_form,
+    parse_inbound,
+    parse_status,
+)
 from platica.config import Settings
 from platica.deps import AppState, app_state
 from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
 from platica.logging import get_logger, mask_phone
-from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS
+from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS, WEBHOOKS_UNLOGGED
 from platica.models import Channel
 
 router = APIRouter(prefix="/webhook", tags=["webhooks"])
@@ -60,7 +67,8 @@ async def read_body(request: Request) -> bytes:
 
 
 def signed_url(request: Request, settings: Settings) -> str:
-    """The URL Twilio signed: PUBLIC_BASE_URL + path when set (proxies change the rest)."""
+    """The URL Twilio signed: PUBLIC_BASE_URL + path (proxies change the rest; the settings
+    require PUBLIC_BASE_URL whenever signatures are checked)."""
     if not settings.PUBLIC_BASE_URL:
         return str(request.url)
     url = settings.PUBLIC_BASE_URL + request.url.path
@@ -88,8 +96,7 @@ def verify_signature(request: Request, form: FormData, settings: Settings) -> bo
     if not signature_matches(
         settings.TWILIO_AUTH_TOKEN.get_secret_value(), url, form, signature, algorithm
     ):
-        hint = "" if settings.PUBLIC_BASE_URL else "; behind a proxy, set PUBLIC_BASE_URL"
-        raise InvalidSignature(f"X-Twilio-Signature does not match {url}{hint}")
+        raise InvalidSignature("X-Twilio-Signature does not match", signed_url=url)
     return True
 
 
@@ -106,37 +113,87 @@ async def _save_log(state: AppState, entry: WebhookEntry) -> None:
         await session.commit()
 
 
+# What a rejected request's log entry keeps (see rejected_params): anyone can send one.
+KEPT_FIELDS = ("MessageSid", "AccountSid")
+FIELD_NAMES_CHARS = 200
+FIELD_NAME_CHARS = 40
+REASON_CHARS = 300
+
+
+def rejected_params(form: FormData | None, size: int | None) -> dict[str, list[str]]:
+    """What explains a rejected request, in a few hundred bytes at most: its MessageSid and
+    AccountSid, the names of its fields, and its size. Never the values (a forged post may
+    carry 64 KiB of them, and an unsigned one proves nothing)."""
+    kept: dict[str, list[str]] = {}
+    if form is not None:
+        for name in KEPT_FIELDS:
+            value = first(form, name)
+            if value is not None:
+                kept[name] = [value[:64]]
+        names: list[str] = []
+        budget = FIELD_NAMES_CHARS
+        for name in form:
+            budget -= min(len(name), FIELD_NAME_CHARS)
+            if budget < 0:
+                kept["_more_fields"] = [str(len(form) - len(names))]
+                break
+            names.append(name[:FIELD_NAME_CHARS])
+        kept["_fields"] = names
+    if size is not None:
+        kept["_bytes"] = [str(size)]
+    return kept
+
+
+def _declared_size(request: Request) -> int | None:
+    declared = request.headers.get("content-length") or ""
+    return int(declared) if declared.isdigit() else None
+
+
 async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
     started = time.perf_counter()
     entry = WebhookEntry(
         endpoint=endpoint,
         idempotency_token=(request.headers.get("i-twilio-idempotency-token") or "")[:128] or None,
     )
+    form: FormData | None = None
+    size: int | None = None
     try:
-        form = parse_form(await read_body(request), request.headers.get("content-type"))
+        body = await read_body(request)
+        size = len(body)
+        form = parse_form(body, request.headers.get("content-type"))
         entry.params = dict(form)
         entry.message_sid = (first(form, "MessageSid") or "")[:64] or None
         entry.signature_valid = verify_signature(request, form, state.settings)
-        if not state.settings.PUBLIC_BASE_URL:
-            state.observed_base_url = str(request.base_url).rstrip("/")
         if endpoint == "status":
             await _record_status(state, form, entry)
         else:
             await _record_message(state, form, Channel(endpoint), entry)
     except PlaticaError as error:
+        WEBHOOKS.labels(endpoint, "rejected").inc()
+        if not state.throttle.log_rejected_webhook():
+            # A flood (of forged posts, most likely): counted, neither stored nor logged.
+            WEBHOOKS_UNLOGGED.labels(endpoint).inc()
+            raise
         entry.status_code = error.status_code
         entry.outcome = "rejected"
-        entry.reason = error.message
+        reason = error.message
+        signed = None
         if isinstance(error, InvalidSignature):
             entry.signature_valid = False
+            signed = error.signed_url and mask_phone(error.signed_url)[:REASON_CHARS]
+            if signed:
+                # Is PUBLIC_BASE_URL the URL Twilio calls? The operator sees it, the caller not.
+                reason += f" (checked over {signed}: PUBLIC_BASE_URL + path)"
+        entry.reason = mask_phone(reason)[:REASON_CHARS]
+        entry.params = rejected_params(form, size if size is not None else _declared_size(request))
         await _save_log(state, entry)
-        WEBHOOKS.labels(endpoint, "rejected").inc()
         log.warning(
             "webhook.rejected",
             endpoint=endpoint,
             status=error.status_code,
-            reason=mask_phone(error.message),
+            reason=entry.reason,
             message_sid=entry.message_sid,
+            signed_url=signed,
         )
         raise
     except ClientDisconnect:
@@ -152,7 +209,16 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
 async def _record_message(
     state: AppState, form: FormData, channel: Channel, entry: WebhookEntry
 ) -> None:
-    inbound = parse_inbound(form, channel)
+    await receive_inbound(state, parse_inbound(form, channel), entry)
+
+
+async def receive_inbound(
+    state: AppState, inbound: InboundMessage, entry: WebhookEntry
+) -> Recorded:
+    """Record an inbound message once (with its webhook log entry) and wake the worker for its
+    reply: what the webhook does with a message, also done in-process by the dashboard's
+    simulator. NotFound when no account owns its `To` number."""
+    channel = inbound.channel
     recorded = await record_message(state, inbound, entry)
     if recorded is None:
         raise NotFound(
@@ -170,7 +236,7 @@ async def _record_message(
             message_sid=inbound.sid,
             message_id=recorded.message_id,
         )
-        return
+        return recorded
     if recorded.conversation_id is not None and state.runner is not None:
         if recorded.queued:
             state.runner.wake()
@@ -183,8 +249,10 @@ async def _record_message(
         message_sid=inbound.sid,
         message_id=recorded.message_id,
         sender=inbound.sender,
+        simulated=inbound.simulated,
     )
     log.debug("webhook.body", message_sid=inbound.sid, body=inbound.body)
+    return recorded
 
 
 async def _record_status(state: AppState, form: FormData, entry: WebhookEntry) -> None:

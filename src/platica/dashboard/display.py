@@ -71,7 +71,12 @@ def handed_off(view: ConversationView, now: datetime | None = None) -> bool:
     return until is None or until > (now or datetime.now(UTC))
 
 
-def delivery_state(status: str) -> str:
+SIMULATED_DRY_RUN = "not sent (dry run: the simulator's replies are never sent)"
+
+
+def delivery_state(status: str, *, simulated: bool = False) -> str:
+    if simulated and status == MessageStatus.dry_run:
+        return SIMULATED_DRY_RUN
     return DELIVERY_STATES.get(status, status)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,16 +21,19 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
-from twilio.request_validator import RequestValidator
 
+from platica import db
 from platica.accounts import DEMO_NUMBERS, hash_api_key
-from platica.api.auth import Principal, authenticate
-from platica.channels.parsing import first
+from platica.api.auth import Principal, authenticate, client_address
+from platica.channels.forms import inbound_form
+from platica.channels.inbound import Recorded, WebhookEntry
+from platica.channels.parsing import first, parse_inbound
+from platica.channels.webhook import receive_inbound
 from platica.config import E164
-from platica.conversations import operators, repository, stats
+from platica.conversations import operators, stats
 from platica.conversations.operators import ConversationView
 from platica.dashboard import display
-from platica.dashboard.session import admin_fingerprint
+from platica.dashboard.session import admin_fingerprint, close_session, open_session
 from platica.dashboard.web import (
     STATIC,
     AnyVisit,
@@ -125,6 +129,17 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
     """Log in with an account's API key or the admin token."""
     token = (first(form, "token") or "").strip()
     next_path = safe_next(first(form, "next"))
+    address = client_address(visit.request)
+    retry_after = visit.state.throttle.login_retry_after(address)
+    if retry_after is not None:
+        # Checked before the token, right or wrong: otherwise guessing would simply go on.
+        log.warning("dashboard.login_throttled", retry_after=retry_after)
+        error = f"Too many failed logins from your address. Try again in {retry_after} seconds."
+        response = render(
+            visit, "login.html", "login", status_code=429, next=next_path, error=error
+        )
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     principal: Principal | None = None
     error = "Enter an API key or the admin token."
     if token:
@@ -133,6 +148,7 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
                 principal = await authenticate(visit.state, session, token)
             except HTTPException:
                 principal = None
+                visit.state.throttle.count_failed_login(address)
             await session.commit()  # the key's last use
         error = "That is not a valid API key or admin token."
     if principal is None or principal.kind == "supabase":
@@ -144,15 +160,20 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
         credential = admin_fingerprint(visit.state.settings) or ""
     else:
         credential = hash_api_key(token)
+    async with db.transaction(visit.state.sessionmaker) as session:
+        sid = await open_session(session, principal.kind, principal.account_id)
     account = str(principal.account_id) if principal.account_id else None
-    visit.cookie.log_in(principal.kind, credential, account)
+    visit.cookie.log_in(principal.kind, credential, account, sid)
     log.info("dashboard.login", kind=principal.kind, account_id=account)
     return redirect(visit, next_path)
 
 
 @router.post("/logout")
 async def log_out(visit: AnyVisit, _form: PostedForm) -> Response:
-    """End the session."""
+    """End the session, on the server too: a copy of its cookie stops working."""
+    if visit.cookie.sid:
+        async with db.transaction(visit.state.sessionmaker) as session:
+            await close_session(session, visit.cookie.sid)
     visit.cookie.log_out()
     return redirect(visit, "/login")
 
@@ -313,7 +334,7 @@ def _message(message: Message) -> dict[str, Any]:
         "body": message.body,
         "media": media,
         "status": str(message.status),
-        "status_text": display.delivery_state(message.status),
+        "status_text": display.delivery_state(message.status, simulated=message.simulated),
         "error_code": message.error_code,
         "error_text": display.error_text(message.error_code),
         "error_message": message.error_message,
@@ -662,49 +683,13 @@ async def save_settings(visit: OperatorVisit, form: PostedForm, channel: str) ->
 # -- phone simulator -------------------------------------------------------------------------------
 
 
-def _twilio_form(
-    channel: Channel, sender: str, recipient: str, body: str, account_sid: str | None
-) -> dict[str, str]:
-    """An inbound message as Twilio posts it (as `platica simulate` builds it)."""
-    prefix = "whatsapp:" if channel is Channel.whatsapp else ""
-    sid = "SM" + uuid.uuid4().hex
-    return {
-        "MessageSid": sid,
-        "SmsMessageSid": sid,
-        "SmsSid": sid,
-        "AccountSid": account_sid or "AC" + "0" * 32,
-        "From": f"{prefix}{sender}",
-        "To": f"{prefix}{recipient}",
-        "Body": body,
-        "NumMedia": "0",
-        "NumSegments": "1",
-        "SmsStatus": "received",
-        "ApiVersion": "2010-04-01",
-    }
-
-
-async def _post_webhook(visit: Visit, channel: Channel, form: dict[str, str]) -> str | None:
-    """POST the form, signed as Twilio signs it, to this server's own webhook; an error, or None."""
-    settings = visit.state.settings
-    url = str(visit.request.base_url).rstrip("/") + f"/webhook/{channel.value}"
-    headers = {}
-    if settings.TWILIO_AUTH_TOKEN is not None:
-        # The webhook checks the signature over PUBLIC_BASE_URL + path when set, else its URL.
-        signed = settings.PUBLIC_BASE_URL + httpx.URL(url).path if settings.PUBLIC_BASE_URL else url
-        validator = RequestValidator(settings.TWILIO_AUTH_TOKEN.get_secret_value())
-        headers["X-Twilio-Signature"] = validator.compute_signature(signed, form)
-    try:
-        async with httpx.AsyncClient(timeout=10) as client:
-            response = await client.post(url, data=form, headers=headers)
-    except httpx.HTTPError as error:
-        return f"could not reach this server's webhook at {url}: {error}"
-    if response.status_code != 200:
-        try:
-            reason = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            reason = response.text[:200]
-        return f"the webhook answered {response.status_code}: {reason}"
-    return None
+async def _record_simulated(visit: Visit, channel: Channel, form: dict[str, str]) -> Recorded:
+    """Record the form as the webhook records a message, in-process (never over HTTP: no
+    request is built from what this request's Host header says), marked simulated, so that
+    what answers it goes through the dry-run sender and never reaches a real phone."""
+    inbound = replace(parse_inbound({k: [v] for k, v in form.items()}, channel), simulated=True)
+    entry = WebhookEntry(endpoint=channel.value, params={k: [v] for k, v in form.items()})
+    return await receive_inbound(visit.state, inbound, entry)
 
 
 async def _simulator_thread(visit: Visit, key: str | None) -> dict[str, Any] | None:
@@ -716,7 +701,8 @@ async def _simulator_thread(visit: Visit, key: str | None) -> dict[str, Any] | N
 
 @router.get("/simulator")
 async def simulator_page(visit: OperatorVisit) -> Response:
-    """Write as a test contact; the message goes through the real webhook and its reply appears."""
+    """Write as a test contact; the message goes through the real pipeline and its reply,
+    never sent to a phone, appears."""
     params = visit.request.query_params
     thread = await _simulator_thread(visit, params.get("conversation"))
     if params.get("fragment") == "phone":
@@ -770,7 +756,7 @@ async def _simulator_response(
 
 @router.post("/simulator")
 async def simulate(visit: OperatorVisit, form: PostedForm) -> Response:
-    """Post a signed test message to this server's own webhook, as Twilio would."""
+    """Record a test message as the webhook would (in-process); its reply is never sent."""
     channel_name = first(form, "channel") or ""
     sender = (first(form, "from") or "").strip()
     body = (first(form, "body") or "").replace("\r\n", "\n").strip()
@@ -795,24 +781,28 @@ async def simulate(visit: OperatorVisit, form: PostedForm) -> Response:
         )
     if errors or channel is None or config is None:
         return await _simulator_response(visit, values, None, status_code=422, errors=errors)
-    twilio_form = _twilio_form(
-        channel, sender, config.phone_number, body, visit.state.settings.TWILIO_ACCOUNT_SID
+    twilio_form = inbound_form(
+        channel,
+        sender,
+        config.phone_number,
+        body,
+        account_sid=visit.state.settings.TWILIO_ACCOUNT_SID,
     )
-    problem = await _post_webhook(visit, channel, twilio_form)
-    if problem is not None:
+    try:
+        recorded = await _record_simulated(visit, channel, twilio_form)
+    except PlaticaError as error:
+        # The form is ours, so only a number that changed hands meanwhile gets here.
         return await _simulator_response(
-            visit, values, None, status_code=502, errors={"form": problem}
+            visit, values, None, status_code=error.status_code, errors={"form": error.message}
         )
-    async with visit.db() as session:
-        message_id = await repository.message_id_by_sid(session, twilio_form["MessageSid"])
-        message = await session.get(Message, message_id) if message_id else None
-    if message is None:
+    if recorded.conversation_id is None:
         return await _simulator_response(
             visit, values, None, status_code=502, errors={"form": "the message was not stored"}
         )
+    log.info("dashboard.simulated", channel=channel.value, account_id=str(recorded.account_id))
     query = httpx.QueryParams(
         {
-            "conversation": f"{channel.value}/{message.conversation_id}",
+            "conversation": f"{channel.value}/{recorded.conversation_id}",
             "channel": channel.value,
             "from": sender,
         }

@@ -3,8 +3,10 @@
 The cookie never holds a credential. After an API key login it holds the key's account and the
 key's SHA-256 hash (as stored in `api_keys`), so revoking the key ends the session at the next
 request; after an admin login, an HMAC of the admin token, so changing PLATICA_ADMIN_TOKEN ends it.
-It is signed (itsdangerous, HMAC-SHA256), HttpOnly, SameSite=Lax, Secure over https, and expires
-12 hours after login.
+It also holds a random session id, whose SHA-256 hash is a row of `dashboard_sessions`: every
+request checks that the row is there, and logging out deletes it, so a copied cookie stops
+working at once. It is signed (itsdangerous, HMAC-SHA256), HttpOnly, SameSite=Lax, Secure over
+https, and expires 12 hours after login (the row too).
 
 The signing key is derived (HMAC) from the secrets the deployment already has: PLATICA_ADMIN_TOKEN,
 TWILIO_AUTH_TOKEN and SUPABASE_JWT_SECRET, whichever are set. Every process of one deployment
@@ -18,14 +20,19 @@ import hashlib
 import hmac
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
 from platica.config import Settings
+from platica.models import DashboardSession, utcnow
 
 COOKIE_NAME = "platica_session"
 MAX_AGE_SECONDS = 12 * 3600
@@ -69,6 +76,7 @@ class CookieSession:
     credential: str | None = None  # api_key: the key's hash; admin: admin_fingerprint()
     viewing: str | None = None  # admin: the account chosen in the header (None: all)
     logged_in_at: float | None = None
+    sid: str | None = None  # the session id; its hash is a row of dashboard_sessions
     changed: bool = False
 
     @classmethod
@@ -79,12 +87,14 @@ class CookieSession:
     def logged_in(self) -> bool:
         return self.kind is not None
 
-    def log_in(self, kind: str, credential: str, account_id: str | None) -> None:
-        """Start a fresh session (a new CSRF token too: nothing from before the login carries over)."""
+    def log_in(self, kind: str, credential: str, account_id: str | None, sid: str) -> None:
+        """Start a fresh session (a new CSRF token too: nothing from before the login carries
+        over); `sid` from open_session()."""
         self.csrf = secrets.token_urlsafe(32)
         self.kind, self.credential, self.account_id = kind, credential, account_id
         self.viewing = None
         self.logged_in_at = time.time()
+        self.sid = sid
         self.changed = True
 
     def log_out(self) -> None:
@@ -104,6 +114,7 @@ class CookieSession:
             "credential": self.credential,
             "viewing": self.viewing,
             "logged_in_at": self.logged_in_at,
+            "sid": self.sid,
         }
 
 
@@ -136,12 +147,55 @@ def load(request: Request, settings: Settings) -> CookieSession:
         credential=_optional_str(data, "credential"),
         viewing=_optional_str(data, "viewing"),
         logged_in_at=float(logged_in_at) if isinstance(logged_in_at, int | float) else None,
+        sid=_optional_str(data, "sid"),
     )
     if session.kind is not None and (
-        session.logged_in_at is None or time.time() - session.logged_in_at > MAX_AGE_SECONDS
+        session.logged_in_at is None
+        or time.time() - session.logged_in_at > MAX_AGE_SECONDS
+        or not session.sid
     ):
         return CookieSession.anonymous()
     return session
+
+
+# -- the server's side: dashboard_sessions ---------------------------------------------------------
+
+
+def _hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+async def open_session(db: AsyncSession, kind: str, account_id: uuid.UUID | None) -> str:
+    """Store a new session (and forget expired ones); its id, for the cookie (flushes only)."""
+    now = utcnow()
+    await db.execute(delete(DashboardSession).where(DashboardSession.expires_at <= now))
+    sid = secrets.token_urlsafe(32)
+    db.add(
+        DashboardSession(
+            id_hash=_hash(sid),
+            account_id=account_id,
+            kind=kind,
+            created_at=now,
+            expires_at=now + timedelta(seconds=MAX_AGE_SECONDS),
+        )
+    )
+    await db.flush()
+    return sid
+
+
+async def session_open(db: AsyncSession, sid: str) -> bool:
+    """Whether the session is still there: not logged out, not expired."""
+    found = await db.scalar(
+        select(DashboardSession.id_hash).where(
+            DashboardSession.id_hash == _hash(sid), DashboardSession.expires_at > utcnow()
+        )
+    )
+    return found is not None
+
+
+async def close_session(db: AsyncSession, sid: str) -> None:
+    """Log the session out on the server: its cookie, wherever it was copied, stops working."""
+    await db.execute(delete(DashboardSession).where(DashboardSession.id_hash == _hash(sid)))
 
 
 def save(response: Response, request: Request, settings: Settings, session: CookieSession) -> None:

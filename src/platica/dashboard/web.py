@@ -28,6 +28,7 @@ from platica.dashboard.session import (
     CSRF_HEADER,
     CookieSession,
     admin_fingerprint,
+    session_open,
 )
 from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
@@ -107,8 +108,11 @@ class Visit:
 
 
 async def _operator(state: AppState, cookie: CookieSession) -> Operator | None:
-    """The operator the cookie names, checked afresh: a revoked key or a new admin token ends it."""
+    """The operator the cookie names, checked afresh: a revoked key, a new admin token or a
+    logout (its dashboard_sessions row gone) ends it."""
     async with state.sessionmaker() as session:
+        if not cookie.sid or not await session_open(session, cookie.sid):
+            return None
         if cookie.kind == "admin":
             expected = admin_fingerprint(state.settings)
             if expected is None or cookie.credential != expected:

@@ -27,14 +27,17 @@ Plática connect as a role of its own that owns nothing and lacks BYPASSRLS, for
     GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO platica_app;
     GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO platica_app;
     GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO platica_app;
-    -- Behind a transaction-mode pooler (Supabase's port 6543), a connection's SET does not
-    -- follow its later transactions onto other server connections; set it for the role too:
-    ALTER ROLE platica_app SET platica.service = 'on';
 
-(the grants on ALL TABLES/FUNCTIONS include Procrastinate's job queue, which has no RLS), and
-keep running `platica db upgrade` as the owner. The `platica.*` settings are not a boundary
-against whoever can run arbitrary SQL as that role; Supabase's clients (PostgREST) cannot set
-them, and for them `auth.uid()` decides.
+and keep running `platica db upgrade` as the owner (tables added by later revisions need the
+same grants again; they get the same policy). Plática needs a direct or session-pooler
+connection: a transaction pooler (Supabase's port 6543, PgBouncer in transaction mode) does not
+work with it at all (README, "PostgreSQL / Supabase"), so the connection-level `SET
+platica.service` always applies. The `platica.*` settings are not a boundary against whoever
+can run arbitrary SQL as that role; Supabase's clients (PostgREST) cannot set them, and for
+them `auth.uid()` decides.
+
+(When this revision was written, the grants on ALL TABLES/FUNCTIONS also covered
+Procrastinate's job queue, which had no RLS; revision 0006 dropped it.)
 
 SQL functions
 -------------
