@@ -22,6 +22,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from bench import procs
+from bench.checks import Ledger
 
 MIGRATE_TIMEOUT = 120.0
 
@@ -176,12 +177,6 @@ async def insert_probe(url: str, connections: int, seconds: float) -> InsertProb
 # -- Plática's database ------------------------------------------------------------------------
 
 
-def set_debounce_zero(url: str) -> int:
-    """debounce_seconds = 0 for every channel config (else the 2 s window dominates latency)."""
-    with psycopg.connect(conninfo(url), autocommit=True) as connection:
-        return connection.execute("UPDATE channel_configs SET debounce_seconds = 0").rowcount
-
-
 SEED_SQL = """
 WITH account AS (
     SELECT account_id FROM channel_configs WHERE channel = 'sms' ORDER BY id LIMIT 1
@@ -254,79 +249,82 @@ def count_rows(url: str) -> dict[str, int]:
     return counts
 
 
-def stored_inbound(url: str | None, sids: Sequence[str], sqlite_path: Path | None = None) -> int:
-    """How many of these MessageSids are stored as inbound messages (PostgreSQL or SQLite)."""
-    query = "SELECT twilio_sid FROM messages WHERE direction = 'inbound'"
+def _rows(
+    url: str | None, sqlite_path: Path | None, query: str, params: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """Every row of one query, on PostgreSQL (`url`) or on the SQLite file (read-only)."""
     if sqlite_path is not None:
         import sqlite3
 
         connection = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True, timeout=30)
         try:
-            stored = {row[0] for row in connection.execute(query)}
+            return list(connection.execute(query.replace("%s", "?"), tuple(params)))
         finally:
             connection.close()
-    else:
-        assert url is not None
-        with psycopg.connect(conninfo(url)) as pg:
-            stored = {row[0] for row in pg.execute(query)}
-    return sum(1 for sid in sids if sid in stored)
+    assert url is not None
+    with psycopg.connect(conninfo(url)) as pg:
+        return [tuple(row) for row in pg.execute(query, tuple(params))]
 
 
-# -- tenants ----------------------------------------------------------------------------------
+def last_message_id(url: str | None, sqlite_path: Path | None = None) -> int:
+    """The highest message id so far (0 for none): the ledger after it leaves seeded history out."""
+    rows = _rows(url, sqlite_path, "SELECT max(id) FROM messages")
+    return int(rows[0][0] or 0) if rows else 0
 
 
-def bench_numbers(count: int) -> list[str]:
-    """The SMS numbers of the benchmark's extra accounts (E.164, never a real subscriber)."""
-    return [f"+1415000{index:04d}" for index in range(1, count + 1)]
+def reply_ledger(url: str | None, sqlite_path: Path | None = None, after_id: int = 0) -> Ledger:
+    """The inbound messages and the replies stored after message `after_id` (checks.Ledger)."""
+    inbound = _rows(
+        url,
+        sqlite_path,
+        "SELECT id, conversation_id, twilio_sid, reply_state, note FROM messages "
+        "WHERE direction = 'inbound' AND id > %s",
+        (after_id,),
+    )
+    outbound = _rows(
+        url,
+        sqlite_path,
+        "SELECT id, conversation_id, reply_to_id, part, twilio_sid, author FROM messages "
+        "WHERE direction = 'outbound' AND id > %s",
+        (after_id,),
+    )
+    return Ledger.build(inbound, outbound)
 
 
-def add_accounts(url: str | None, count: int, sqlite_path: Path | None = None) -> list[str]:
-    """Give `count` more accounts an SMS number each, configured like the default account's
-    (copied column by column, so schema changes elsewhere do not break this) with debounce 0;
-    and set debounce 0 everywhere. Returns every SMS number that answers, default included.
-
-    Why: Plática limits inbound messages per account (src/platica/ratelimit.py); a multi-tenant
-    load spread over many accounts stays under it, as real traffic at these rates would."""
-    if sqlite_path is not None:
-        import sqlite3
-
-        connection: Any = sqlite3.connect(sqlite_path, timeout=30)
-        mark = "?"
-    else:
-        assert url is not None
-        connection = psycopg.connect(conninfo(url))
-        mark = "%s"
-    try:
-        cursor = connection.cursor()
-        cursor.execute("SELECT * FROM channel_configs WHERE channel = 'sms' ORDER BY id LIMIT 1")
-        config_columns = [d[0] for d in cursor.description]
-        config = dict(zip(config_columns, cursor.fetchone(), strict=True))
-        cursor.execute(f"SELECT * FROM accounts WHERE id = {mark}", (config["account_id"],))
-        account_columns = [d[0] for d in cursor.description]
-        account = dict(zip(account_columns, cursor.fetchone(), strict=True))
-        numbers = bench_numbers(count)
-        for index, number in enumerate(numbers, 1):
-            new_id: Any = uuid.uuid4()
-            if isinstance(account["id"], str):  # SQLite keeps UUIDs as text
-                new_id = new_id.hex if len(account["id"]) == 32 else str(new_id)
-            row = {**account, "id": new_id, "name": f"bench-{index}"}
-            if "auth_user_id" in row:
-                row["auth_user_id"] = None
-            _insert(cursor, "accounts", row, mark)
-            copy = {k: v for k, v in config.items() if k != "id"}
-            copy.update(account_id=new_id, phone_number=number, debounce_seconds=0)
-            _insert(cursor, "channel_configs", copy, mark)
-        cursor.execute("UPDATE channel_configs SET debounce_seconds = 0")
-        connection.commit()
-        return [config["phone_number"], *numbers]
-    finally:
-        connection.close()
+# Work left: inbound messages waiting for their reply (the partial index ix_messages_reply_pending
+# makes this cheap), then, once there are none, replies stored but not yet sent (a scan, so only
+# then).
+PENDING_SQL = "SELECT count(*) FROM messages WHERE reply_state = 'pending'"
+UNSENT_SQL = "SELECT count(*) FROM messages WHERE direction = 'outbound' AND status IN ('pending', 'sending')"
 
 
-def _insert(cursor: Any, table: str, row: dict[str, Any], mark: str) -> None:
-    columns = ", ".join(row)
-    marks = ", ".join(mark for _ in row)
-    cursor.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
+def unsettled_sqlite(sqlite_path: Path) -> int:
+    """Messages still waiting for their reply, or replies not yet sent, in the SQLite file."""
+    pending = int(_rows(None, sqlite_path, PENDING_SQL)[0][0])
+    return pending or int(_rows(None, sqlite_path, UNSENT_SQL)[0][0])
+
+
+def account_settings(url: str | None, sqlite_path: Path | None = None) -> dict[str, Any]:
+    """How many accounts there are, and the SMS channel's settings that matter here."""
+    accounts = _rows(url, sqlite_path, "SELECT count(*) FROM accounts")[0][0]
+    rows = _rows(
+        url,
+        sqlite_path,
+        "SELECT phone_number, debounce_seconds, ai_enabled, daily_token_budget FROM "
+        "channel_configs WHERE channel = 'sms' ORDER BY id",
+    )
+    return {
+        "accounts": int(accounts),
+        "sms_channels": [
+            {
+                "phone_number": number,
+                "debounce_seconds": float(debounce),
+                "ai_enabled": bool(ai),
+                "daily_token_budget": budget,
+            }
+            for number, debounce, ai, budget in rows
+        ],
+    }
 
 
 def postgres_server_pid(url: str) -> int | None:
@@ -368,6 +366,15 @@ class PostgresWatch:
         # Autocommit: each read is its own transaction, so a fresh statistics snapshot.
         row = await (await self._connection.execute(SESSIONS_SQL)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    async def unsettled(self) -> int:
+        """Messages still waiting for their reply, or replies not yet sent (see PENDING_SQL);
+        on the watch's own connection, so polling opens no sessions."""
+        for query in (PENDING_SQL, UNSENT_SQL):
+            row = await (await self._connection.execute(query)).fetchone()
+            if row is not None and row[0]:
+                return int(row[0])
+        return 0
 
     async def aclose(self) -> None:
         await self._connection.close()

@@ -16,6 +16,11 @@ generator) shows up in the latency instead of silently lowering the rate (no coo
 omission). Closed loop: ``concurrency`` senders each send the next request as soon as the
 previous answer is in, for a fixed time: the highest throughput at that concurrency.
 
+Who sends what: by default every message comes from a new sender (``SenderNumbers``). The
+one-account load (``bursty_plan``) is more like a real business's traffic: a share of the senders
+write a few short messages in a row, a fraction of a second apart, which the account's debounce
+answers with one reply.
+
 The generator's garbage collector is off while it sends (``paused_gc``): a full collection of the
 bench process's heap stalls its event loop for tens of milliseconds, which the open loop would
 rightly count as latency, but it is the generator's, not the server's.
@@ -27,9 +32,10 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import random
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlencode
@@ -76,8 +82,8 @@ class Sample:
 
 
 class SenderNumbers:
-    """Distinct E.164 senders for the whole run: one message per sender keeps exactly-once
-    checkable as "one reply per sender" and keeps the debounce from merging messages."""
+    """Distinct E.164 senders for the whole run: no sender writes in two phases, so each phase's
+    replies are told apart by their recipients."""
 
     def __init__(self, prefix: str = "+1202") -> None:
         self._prefix = prefix
@@ -87,22 +93,70 @@ class SenderNumbers:
         return [f"{self._prefix}{next(self._counter):07d}" for _ in range(count)]
 
 
+@dataclass(frozen=True, slots=True)
+class Burst:
+    """Part of the senders write several short messages in a row: `share` of them send between
+    `sizes[0]` and `sizes[1]` messages, `gap` seconds apart."""
+
+    share: float = 0.1
+    sizes: tuple[int, int] = (3, 5)
+    gap: float = 0.3
+    seed: int = 12
+
+
+def bursty_plan(
+    count: int, rate: float, new_sender: Callable[[], str], burst: Burst
+) -> list[tuple[str, str]]:
+    """(sender, body) for each of `count` messages arriving at `rate` per second (message i at
+    i / rate): a new sender in each free slot, and for `burst.share` of them the next messages
+    of their burst in the slots `burst.gap` seconds on (or the first free one after). A burst
+    that would run past the end is cut short. The arrival rate stays exactly `rate`."""
+    rng = random.Random(burst.seed)
+    step = max(1, round(burst.gap * rate))
+    slots: list[tuple[str, str] | None] = [None] * count
+    for index in range(count):
+        if slots[index] is not None:
+            continue
+        sender = new_sender()
+        size = rng.randint(*burst.sizes) if rng.random() < burst.share else 1
+        positions = [index]
+        while len(positions) < size:
+            position = positions[-1] + step
+            while position < count and slots[position] is not None:
+                position += 1
+            if position >= count:
+                break
+            positions.append(position)
+            slots[position] = (sender, "")  # reserved
+        for number, position in enumerate(positions, 1):
+            body = f"Hola, soy {sender}"
+            if len(positions) > 1:
+                body += f" ({number}/{len(positions)})"
+            slots[position] = (sender, body)
+    return [slot for slot in slots if slot is not None]
+
+
+def single_plan(senders: Sequence[str]) -> list[tuple[str, str]]:
+    """One message from each sender."""
+    return [(sender, f"Hola, soy {sender}") for sender in senders]
+
+
 def build_requests(
     base_url: str,
-    senders: Sequence[str],
+    plan: Sequence[tuple[str, str]],
     *,
     path: str = "/webhook/sms",
-    to: Sequence[str] = (SMS_NUMBER,),
+    to: str = SMS_NUMBER,
     token: str = AUTH_TOKEN,
 ) -> list[WebhookRequest]:
-    """One signed inbound-SMS webhook per sender, as Twilio would post it to base_url + path,
-    to the numbers in `to` in turn (one per account)."""
+    """One signed inbound-SMS webhook per (sender, body) of `plan`, as Twilio would post it to
+    base_url + path, to the account's number `to`."""
     host = base_url.removeprefix("http://")
     url = base_url + path
     validator = RequestValidator(token)
     requests = []
-    for index, sender in enumerate(senders):
-        form = inbound_form(sender=sender, to=to[index % len(to)], body=f"Hola, soy {sender}")
+    for sender, text in plan:
+        form = inbound_form(sender=sender, to=to, body=text)
         body = urlencode(form).encode()
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",

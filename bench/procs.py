@@ -313,7 +313,8 @@ def python_child(name: str, module_args: list[str], env: dict[str, str], log_dir
 
 def clean_env() -> dict[str, str]:
     """The environment without anything that would configure Plática behind our back."""
-    prefixes = ("TWILIO_", "OPENAI_", "PLATICA_", "SUPABASE_", "SENTRY_", "LOG_")
+    prefixes = ("TWILIO_", "OPENAI_", "PLATICA_", "SUPABASE_", "SENTRY_", "LOG_", "RATE_LIMIT_")
+    # Plática's defaults are what is measured: no limit or concurrency from the caller's shell.
     # WORKER_CONCURRENCY only as --worker-concurrency sets it: the report says which was used.
     names = {"DATABASE_URL", "PUBLIC_BASE_URL", "CORS_ORIGINS", "WORKER_CONCURRENCY"}
     return {

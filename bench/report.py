@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from bench.checks import merge
 from bench.stats import fmt, fmt_spread, median, spread
 
 FINDINGS = Path(__file__).with_name("findings.md")
@@ -47,10 +48,6 @@ def highest_rate_held(rep: dict[str, Any], bar_ms: float) -> float | None:
             break
         best = float(rate)
     return best
-
-
-def _mark(ok: bool | None) -> str:
-    return "–" if ok is None else ("✅ holds" if ok else "❌ does not hold")
 
 
 # -- the profile ---------------------------------------------------------------------------------
@@ -289,10 +286,6 @@ def _cpu_ms_per_message(phase: dict[str, Any] | None, process: str | None = None
     return None if seconds is None else 1000.0 * seconds / phase["ok"]
 
 
-def _sum(checks: Iterable[dict[str, Any]], key: str) -> int:
-    return sum(int(c.get(key) or 0) for c in checks)
-
-
 def _drain_cut(drains: Sequence[dict[str, Any] | None]) -> str:
     """Which drains ran out of time and why, "" when none did: "repetitions 1, 3: the drain
     deadline", or just why for a single drain."""
@@ -306,75 +299,228 @@ def _drain_cut(drains: Sequence[dict[str, Any] | None]) -> str:
     return f"{which}: {reasons}"
 
 
-def _once_measured(
-    checks: Sequence[dict[str, Any]], drains: Sequence[dict[str, Any] | None]
-) -> str:
-    """The exactly-once bar's measured text: counts over every acknowledged message."""
-    acknowledged = _sum(checks, "acknowledged")
-    unanswered = _sum(checks, "unanswered")
+def _n(value: Any) -> str:
+    """A count with thousands separators; a dash when missing."""
+    return f"{value:,}" if isinstance(value, int | float) else "–"
+
+
+def _mark(ok: bool | None) -> str:
+    return "– not measured" if ok is None else ("✅ PASS" if ok else "❌ FAIL")
+
+
+def _notes(notes: dict[str, int] | None) -> str:
+    """{"rate limited": 3900} -> '3,900 “rate limited”'."""
+    return ", ".join(f"{n:,} “{escape(note)}”" for note, n in (notes or {}).items())
+
+
+def _once_measured(checks: Sequence[dict[str, Any] | None], *, bursts: bool = False) -> str:
+    """The exactly-once bar's measured text: counts over every acknowledged message, and what
+    the database says about those not answered (so a silent drop never reads as success)."""
+    c = merge(check for check in checks if check)
+    acknowledged = int(c.get("acknowledged", 0))
     text = (
-        f"{_sum(checks, 'answered_once')}/{acknowledged} acknowledged messages answered exactly "
-        f"once, {_sum(checks, 'answered_twice_or_more')} two or more times, {unanswered} "
-        f"unanswered when the drain ended; {_sum(checks, 'stored')}/{acknowledged} stored once "
-        f"(by MessageSid); {_sum(checks, 'recipients_with_two_or_more_replies')} recipients got "
-        "two or more replies"
+        f"{c.get('answered_once', 0):,}/{acknowledged:,} acknowledged messages answered exactly "
+        f"once; {c.get('stored', 0):,} stored (by MessageSid); **{c.get('unanswered', 0):,} "
+        f"unanswered**, {c.get('answered_twice_or_more', 0):,} answered twice or more, "
+        f"{c.get('fallback', 0):,} answered by the fallback message"
     )
-    cut = _drain_cut(drains)
-    if cut:
-        text += f". **The drain ran out of time** ({cut}) with {unanswered} messages unanswered"
+    why = []
+    if c.get("not_stored"):
+        why.append(f"{c['not_stored']:,} not stored")
+    if c.get("pending"):
+        why.append(f"{c['pending']:,} still pending when the wait ended")
+    if c.get("skipped"):
+        why.append(
+            f"{c['skipped']:,} marked not to be answered (`reply_state = 'skipped'`: "
+            f"{_notes(c.get('skipped_notes'))})"
+        )
+    if c.get("failed"):
+        why.append(f"{c['failed']:,} failed ({_notes(c.get('failed_notes'))})")
+    if c.get("answered_without_reply"):
+        why.append(f"{c['answered_without_reply']:,} marked answered with no reply stored")
+    if c.get("reply_not_sent"):
+        why.append(f"{c['reply_not_sent']:,} whose reply never reached Twilio")
+    if why:
+        text += " (" + "; ".join(why) + ")"
+    text += (
+        f"; {c.get('replies', 0):,} replies, {c.get('sends_not_in_database', 0):,} sends to "
+        "Twilio the database does not know"
+    )
+    if bursts and c.get("burst_senders"):
+        text += (
+            f"; {c['burst_senders']:,} of {c.get('senders', 0):,} senders wrote bursts "
+            f"({c.get('burst_messages', 0):,} messages), answered by {c.get('burst_replies', 0):,} "
+            f"replies ({c.get('bursts_answered_in_parts', 0):,} bursts by more than one)"
+        )
     return text
+
+
+def _ratios(reps: Sequence[dict[str, Any]]) -> list[float | None]:
+    """Per repetition: the sustained replies/s with the fakes' latency over the instant drain's."""
+    ratios: list[float | None] = []
+    for rep in reps:
+        sustained = _get(rep, "bar", "sustained_rate")
+        instant = _get(rep, "drain", "replies_per_second")
+        ratios.append(sustained / instant if sustained and instant else None)
+    return ratios
+
+
+def _ceiling(config: dict[str, Any], meta: dict[str, Any]) -> tuple[int | None, float]:
+    """The worker concurrency of the run and the replies/s it allows with the fakes' latency."""
+    concurrency = config.get("worker_concurrency") or meta.get("worker_concurrency_default")
+    per_reply = config["llm_latency"] + config["twilio_latency"]
+    return concurrency, (concurrency / per_reply if concurrency and per_reply else math.nan)
 
 
 def _bars(results: dict[str, Any], backend: str) -> list[tuple[str, str, bool | None]]:
     config = results["config"]
+    meta = results["meta"]
     reps = results["scenarios"].get(backend) or []
     if not reps:
         return []
-    rate = str(int(config["bar_rate"]))
-    p99 = _sweep_spread(reps, rate, "p99_ms")
-    errors = sum(int(_get(r, "sweep", rate, "errors") or 0) for r in reps)
-    ack_ok = None if math.isnan(p99[2]) else (p99[2] < config["bar_p99_ms"] and errors == 0)
-    ack_measured = (
-        f"p99 {fmt_spread(_values(reps, 'sweep', rate, 'p99_ms'))} ms "
-        f"(worst repetition {fmt(p99[2])} ms), {errors} failed requests"
-    )
-    not_reached = [r for r in reps if _get(r, "sweep", rate, "p99_ms") is None]
-    if not_reached:
-        ack_ok = False
-        stops = []
-        for r in not_reached:
-            done = sorted(r.get("sweep", {}).items(), key=lambda kv: float(kv[0]))
-            done = [(k, v) for k, v in done if "p99_ms" in v]
-            if done:
-                last, phase = done[-1]
-                stops.append(f"{last}/s (p99 {fmt(phase['p99_ms'], 0)} ms)")
-        ack_measured = (
-            f"not reached in {len(not_reached)} of {len(reps)} repetitions: the sweep stopped "
-            f"at {', '.join(stops) or '?'}"
-            + (f"; where reached, {ack_measured}" if not math.isnan(p99[1]) else "")
+    bars: list[tuple[str, str, bool | None]] = []
+    sqlite = backend == "sqlite"
+    bar_ms = config["bar_p99_ms"]
+
+    # -- ack latency: the one-account load where there is one, else the sweep's step.
+    loads = [r.get("bar") for r in reps if r.get("bar")]
+    if loads and not sqlite:
+        p99 = [_get(b, "ack", "p99_ms") for b in loads]
+        errors = sum(int(_get(b, "ack", "errors") or 0) for b in loads)
+        requests = sum(int(_get(b, "ack", "requests") or 0) for b in loads)
+        worst = spread(p99)[2]
+        ok = None if math.isnan(worst) else worst < bar_ms and errors == 0
+        sweep_rate = str(int(config["bar_rate"]))
+        sweep = _values(reps, "sweep", sweep_rate, "p99_ms")
+        measured = (
+            f"p99 {fmt_spread(p99)} ms over the {config['bar_seconds']:g} s one-account load "
+            f"(worst repetition {fmt(worst)} ms; p50 "
+            f"{fmt_spread([_get(b, 'ack', 'p50_ms') for b in loads])} ms, max "
+            f"{fmt_spread([_get(b, 'ack', 'max_ms') for b in loads], 0)} ms), {errors} failed of "
+            f"{requests:,}"
         )
+        if any(v is not None for v in sweep):
+            measured += (
+                f"; the sweep's {config['step_seconds']:g} s step: p99 {fmt_spread(sweep)} ms"
+            )
+        bars.append((f"Webhook ack p99 < {bar_ms:g} ms at {config['bar_rate']:g}/s", measured, ok))
+    else:
+        rate = config.get("sqlite_bar_rate", 200.0) if sqlite else config["bar_rate"]
+        key = str(int(rate))
+        sweep_p99 = spread(_values(reps, "sweep", key, "p99_ms"))
+        errors = sum(int(_get(r, "sweep", key, "errors") or 0) for r in reps)
+        ok = None if math.isnan(sweep_p99[2]) else (sweep_p99[2] < bar_ms and errors == 0)
+        measured = (
+            f"p99 {fmt_spread(_values(reps, 'sweep', key, 'p99_ms'))} ms over a "
+            f"{config['step_seconds']:g} s sweep step (worst repetition {fmt(sweep_p99[2])} ms), "
+            f"{errors} failed requests"
+        )
+        not_reached = [r for r in reps if _get(r, "sweep", key, "p99_ms") is None]
+        if not_reached:
+            ok = False
+            stops = []
+            for r in not_reached:
+                done = sorted(r.get("sweep", {}).items(), key=lambda kv: float(kv[0]))
+                done = [(k, v) for k, v in done if "p99_ms" in v]
+                if done:
+                    last, phase = done[-1]
+                    stops.append(f"{last}/s (p99 {fmt(phase['p99_ms'], 0)} ms)")
+            measured = (
+                f"not reached in {len(not_reached)} of {len(reps)} repetitions: the sweep "
+                f"stopped at {', '.join(stops) or '?'}"
+                + (f"; where reached, {measured}" if not math.isnan(sweep_p99[1]) else "")
+            )
+        bars.append((f"Webhook ack p99 < {bar_ms:g} ms at {rate:g}/s", measured, ok))
+
+    # -- the reply's own overhead
     overhead = spread(_values(reps, "steady", "overhead_ms", "p50"))
-    overhead_ok = None if math.isnan(overhead[1]) else overhead[2] < config["bar_overhead_ms"]
-    checks = [r.get("checks", {}) for r in reps]
-    once = all(c.get("exactly_once") for c in checks) if checks else None
-    return [
-        (
-            f"Webhook ack p99 < {config['bar_p99_ms']:g} ms at {config['bar_rate']:g}/s",
-            ack_measured,
-            ack_ok,
-        ),
+    debounce = sorted({r.get("debounce_seconds") for r in reps if r.get("debounce_seconds")})
+    bars.append(
         (
             f"Reply overhead < {config['bar_overhead_ms']:g} ms median",
-            f"{fmt_spread(_values(reps, 'steady', 'overhead_ms', 'p50'))} ms "
-            "(median per repetition)",
-            overhead_ok,
-        ),
+            f"{fmt_spread(_values(reps, 'steady', 'overhead_ms', 'p50'))} ms (median per "
+            f"repetition) = reply − ack − {config['llm_latency']:g} s LLM − "
+            f"{config['twilio_latency']:g} s Twilio − the account's "
+            f"{'/'.join(f'{d:g}' for d in debounce) or '?'} s debounce",
+            None if math.isnan(overhead[1]) else overhead[2] < config["bar_overhead_ms"],
+        )
+    )
+
+    # -- one account at 300/s for 15 s, default settings
+    if loads and not sqlite:
+        load_checks = [b.get("checks") for b in loads]
+        ok = all(bool(c and c.get("exactly_once")) for c in load_checks)
+        measured = _once_measured(load_checks, bursts=True)
+        finished = [b for b in loads if b.get("finish_instant")]
+        if finished:
+            measured += (
+                f". In {len(finished)} of {len(loads)} repetitions the backlog was not done "
+                f"{config['sustain_seconds']:g} s after the load: the rest was finished with the "
+                "fakes at latency 0"
+            )
+        bars.append(
+            (
+                f"One account at {config['bar_rate']:g} webhooks/s for {config['bar_seconds']:g} "
+                "s, default settings: every message answered exactly once (limits pace, they "
+                "never silently drop)",
+                f"{len(loads)} repetition{'s' if len(loads) != 1 else ''}, together: {measured}",
+                ok,
+            )
+        )
+
+        # -- sustained vs. instant replies per second
+        ratios = _ratios(reps)
+        sustained = _values(loads, "sustained_rate")
+        instant = _values(reps, "drain", "replies_per_second")
+        concurrency, ceiling = _ceiling(config, meta)
+        # A ratio that could not be measured (too few replies on one side) is not shown to
+        # hold: with messages dropped instead of answered there may be nothing to drain.
+        ok = all(r is not None and r >= config["bar_sustained_ratio"] for r in ratios)
+        measured = (
+            f"(a) {fmt_spread(sustained)} replies/s with the {config['llm_latency']:g} s LLM and "
+            f"{config['twilio_latency']:g} s Twilio (the one-account load's replies, steady "
+            f"middle) vs. (b) {fmt_spread(instant)} replies/s with both at 0 (the drain): "
+            f"(a)/(b) = {fmt_spread(ratios, 2)}"
+        )
+        if concurrency:
+            measured += (
+                f"; a worker answering {concurrency} conversations at once sends at most "
+                f"{concurrency} / {config['llm_latency'] + config['twilio_latency']:g} s = "
+                f"{fmt(ceiling)} replies/s with this LLM"
+            )
+        thin = [
+            f"repetition {i}: {_get(r, 'drain', 'replies') or 0} drain replies"
+            for i, r in enumerate(reps, 1)
+            if _get(r, "drain", "replies_per_second") is None
+        ]
+        if thin:
+            measured += (
+                f". **Not shown to hold**: (b) not measured in {'; '.join(thin)} (fewer than 50 "
+                "replies left to drain: nothing to measure a rate on)"
+            )
+        bars.append(
+            (
+                f"Sustained replies/s with a {config['llm_latency']:g} s LLM ≥ "
+                f"{config['bar_sustained_ratio']:g} × the instant-LLM drain rate",
+                measured,
+                ok,
+            )
+        )
+
+    # -- every message of the run
+    all_checks = [r.get("checks") for r in reps]
+    measured = _once_measured(all_checks, bursts=bool(loads))
+    cut = _drain_cut([r.get("drain") for r in reps])
+    if cut:
+        measured += f". **The drain ran out of time** ({cut})"
+    bars.append(
         (
-            "Every message answered exactly once",
-            _once_measured(checks, [r.get("drain") for r in reps]),
-            once,
-        ),
-    ]
+            "Every message answered exactly once (every phase of every repetition)",
+            measured,
+            all(bool(c and c.get("exactly_once")) for c in all_checks),
+        )
+    )
+    return bars
 
 
 def _usage_row(label: str, phases: Sequence[dict[str, Any] | None]) -> str:
@@ -419,6 +565,68 @@ def _concurrency(config: dict[str, Any], meta: dict[str, Any]) -> str:
         return f"{config['worker_concurrency']} (`WORKER_CONCURRENCY`, from --worker-concurrency)"
     default = meta.get("worker_concurrency_default")
     return "Plática's default (`WORKER_CONCURRENCY` unset" + (f": {default})" if default else ")")
+
+
+# What `platica serve` may be given in the main scenarios: where its database and the fakes are,
+# its own URL, the fakes' credentials, the log level. Anything else changes a default.
+RUN_SETTINGS = frozenset(
+    {
+        "DATABASE_URL",
+        "PUBLIC_BASE_URL",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_PHONE_NUMBER",
+        "TWILIO_API_BASE_URL",
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+        "LOG_LEVEL",
+    }
+)
+
+
+def non_default_settings(results: dict[str, Any]) -> dict[str, str]:
+    """The variables `platica serve` got that change one of its defaults."""
+    env = results.get("serve_env") or {}
+    return {name: value for name, value in env.items() if name not in RUN_SETTINGS}
+
+
+def _settings_lines(results: dict[str, Any]) -> list[str]:
+    """The setup's lines on settings: what `platica serve` got, the account as it was."""
+    meta = results["meta"]
+    env = results.get("serve_env") or {}
+    lines = [
+        "- **One account, default settings.** `platica serve` got only "
+        + ", ".join(f"`{name}`" for name in env if name in RUN_SETTINGS)
+        + " (where its database and the fakes are, its own URL, the fakes' credentials, "
+        "the log level); every other setting is Plática's default"
+        + (
+            " (" + ", ".join(f"`{k}={v}`" for k, v in (meta.get("defaults") or {}).items()) + ")"
+            if meta.get("defaults")
+            else ""
+        )
+        + ". The account is the default one `platica serve` creates for TWILIO_PHONE_NUMBER, "
+        "left as created: nothing in the database is changed."
+    ]
+    changed = non_default_settings(results)
+    if changed:
+        lines.append(
+            "- ⚠️ **Not the default settings in this run:** "
+            + ", ".join(f"`{k}={v}`" for k, v in changed.items())
+            + ". The bars above are not the defaults' verdict."
+        )
+    account = meta.get("account") or {}
+    channels = account.get("sms_channels") or []
+    if channels:
+        channel = channels[0]
+        default = meta.get("debounce_default")
+        lines.append(
+            f"- The account as read from the database: {account.get('accounts')} account, SMS "
+            f"number {channel['phone_number']}, debounce {channel['debounce_seconds']:g} s"
+            + (f" (the model's default: {default:g} s)" if default is not None else "")
+            + f", AI {'on' if channel.get('ai_enabled') else 'off'}, daily token budget "
+            f"{channel.get('daily_token_budget') or 'none'}."
+        )
+    return lines
 
 
 def write(results: dict[str, Any], output: Path) -> None:
@@ -504,10 +712,12 @@ def write(results: dict[str, Any], output: Path) -> None:
         f"{config['twilio_latency']:g}` (no status callbacks)."
     )
     add(
-        "- Plática: one `python -m platica serve` (web + worker), `LOG_LEVEL=INFO`, console "
-        "logs to a file, signatures checked (TWILIO_AUTH_TOKEN set); worker concurrency: "
+        "- Plática: one `python -m platica serve` (web + worker), console logs to a file, "
+        "signatures checked (TWILIO_AUTH_TOKEN set); worker concurrency: "
         f"{_concurrency(config, meta)}."
     )
+    for line in _settings_lines(results):
+        add(line)
     if meta.get("postgres"):
         add(
             "- PostgreSQL CPU is the **whole server's**: the postmaster, its background processes "
@@ -523,38 +733,65 @@ def write(results: dict[str, Any], output: Path) -> None:
             )
         )
     add(
-        "- **Debounce set to 0** (`UPDATE channel_configs SET debounce_seconds = 0` after "
-        "start-up): the default 2 s burst window would otherwise dominate reply latency. One "
-        "message per sender, all senders distinct, so no burst merging happens anyway."
-    )
-    add(
         f"- Load generator: an asyncio open-loop driver in the bench process (uvloop), client "
         f"`{config['client']}`: every webhook signed before the clock starts; HTTP/1.1 "
         "keep-alive connections; latency counted from each request's *due* time (no "
         "coordinated omission); its garbage collector paused while it sends. Sweep steps of "
         f"{config['step_seconds']:g} s at {', '.join(rates)} webhooks/s; closed loop at "
-        f"{config['closed_concurrency']} concurrent requests for {config['closed_seconds']:g} s."
+        f"{config['closed_concurrency']} concurrent requests for {config['closed_seconds']:g} s. "
+        "Every webhook goes to the one account's number; no sender writes in two phases."
+    )
+    sizes = config.get("burst_sizes") or [3, 5]
+    add(
+        f"- **The one-account load** (PostgreSQL, every repetition, on a fresh `platica serve`): "
+        f"{config['bar_rate']:g} webhooks/s for {config['bar_seconds']:g} s, open loop; "
+        f"{100 * config['burst_share']:g} % of its senders write {sizes[0]}–{sizes[1]} short "
+        f"messages {config['burst_gap']:g} s apart (the account's debounce answers them with one "
+        "reply), the others one. Its acks make the ack bar. Then, with the fakes still at their "
+        "latency, the database is polled until every message is settled (answered and its "
+        "reply sent, or marked not to be answered), for at most "
+        f"{config['sustain_seconds']:g} s after the load: the replies sent meanwhile give the "
+        "*sustained* rate; anything left then is finished with the fakes at 0. Then its own "
+        "exactly-once check."
     )
     add(
         f"- End to end: *steady* = {config['e2e_rate']:g} messages/s for {config['e2e_seconds']:g} s, "
-        f"each waited for; *burst* = {config['burst_messages']} messages at "
-        f"{config['burst_rate']:g}/s, waited for. Reply overhead = (time the fake Twilio received "
-        f"the reply − time the webhook was acknowledged) − {config['llm_latency']:g} s − "
-        f"{config['twilio_latency']:g} s (both clocks are the machine's CLOCK_MONOTONIC)."
+        "one per sender, each waited for. Reply overhead = (time the fake Twilio received the "
+        f"reply − time the webhook was acknowledged) − {config['llm_latency']:g} s − "
+        f"{config['twilio_latency']:g} s − the account's debounce as stored in its channel "
+        "settings (both clocks are the machine's CLOCK_MONOTONIC)."
     )
     add(
         f"- Warm-up: each repetition starts with {config.get('warm_up_rate', 0):g} messages/s for "
-        f"{config.get('warm_up_seconds', 0):g} s, each answered, before anything is measured "
-        "(a service in use has its connections open and its statements prepared); those "
+        f"{config.get('warm_up_seconds', 0):g} s, then {config['bar_rate']:g}/s for "
+        f"{config.get('warm_up_peak_seconds', 0):g} s, each answered, before anything is measured "
+        "(a service in use has its connections open and its statements prepared: the pools "
+        "open a few connections at start-up and the rest under concurrent load); those "
         "messages are checked like the others."
     )
     add(
-        "- Drain: each repetition (and each scale factor) ends by polling the fake Twilio until "
-        "every message acknowledged in it has been answered, for at most "
+        "- Drain: each repetition (and the scale scenario) ends with the fakes at latency 0 "
+        "while the database is polled until every message is settled, for at most "
         f"{fmt(config.get('drain_seconds'), 0)} s and never past the run's time budget of "
-        f"{fmt(config.get('budget_seconds'), 0)} s; the exactly-once check is made then. The "
-        "drain checks correctness, not latency: meanwhile the fakes answer at once, so the "
-        "backlog goes as fast as the CPU allows."
+        f"{fmt(config.get('budget_seconds'), 0)} s; the exactly-once check is made then. Its "
+        "replies per second are the *instant-LLM* rate: what the CPU allows."
+    )
+    add(
+        "- Exactly once, checked in the database and at the fake Twilio: each acknowledged "
+        "MessageSid stored once, with `reply_state = 'answered'`, covered by exactly one reply "
+        "(replies point with `reply_to_id` at the last message of the batch they answer, their "
+        "parts share it: in a conversation, a message is covered by the first reply anchored at "
+        "or after it), every part of which reached the fake Twilio, written by the LLM (the "
+        "fallback message does not count), and its sender got no message the database does not "
+        "know (a second send). Messages marked `skipped` or `failed` are counted with their "
+        "`note`."
+    )
+    add(
+        f"- Trimmed to stay under 10 minutes with the one-account load: {reps_n} "
+        f"repetition{'s' if reps_n != 1 else ''} (3 before), "
+        f"{config.get('sqlite_repetitions', reps_n)} for SQLite (2 before), the scale "
+        f"scenario at {', '.join(f'{f}x' for f in config.get('scale_factors') or []) or 'none'} "
+        "(10x and 100x before), no separate *burst* phase (the sustained rate replaces it)."
     )
     add("")
 
@@ -668,55 +905,121 @@ def write(results: dict[str, Any], output: Path) -> None:
         )
         add("")
 
+    # -- the one-account load
+    pg_reps = scenarios.get("postgres") or []
+    loads = [(i, r["bar"]) for i, r in enumerate(pg_reps, 1) if r.get("bar")]
+    if loads:
+        add(
+            f"## One account at {config['bar_rate']:g} webhooks/s for {config['bar_seconds']:g} s "
+            "(PostgreSQL, default settings)"
+        )
+        add("")
+        add(
+            "What became of each acknowledged message, per repetition, as the database and the "
+            "fake Twilio say (see *Machine and setup* for how a message counts as answered "
+            "once). *Not to be answered*: stored with `reply_state = 'skipped'`, by its note."
+        )
+        add("")
+        add(
+            "| repetition | ack p50 ms | ack p99 ms | ack max ms | failed | acknowledged | stored "
+            "| answered once | unanswered | of which still pending | not to be answered "
+            "| failed replies | answered twice+ | fallback | replies | burst senders (messages) "
+            "| bursts answered in parts | left at the end of the load | waited s |"
+        )
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for index, load in loads:
+            c = load.get("checks") or {}
+            ack = load.get("ack") or {}
+            waited = fmt(load.get("wait_seconds"))
+            if load.get("finish_instant"):
+                waited += (
+                    f" (not done after {config['sustain_seconds']:g} s: "
+                    f"{load['finish_instant']['left']:,} finished with the fakes at 0)"
+                )
+            add(
+                f"| {index} | {fmt(ack.get('p50_ms'))} | {fmt(ack.get('p99_ms'))} "
+                f"| {fmt(ack.get('max_ms'), 0)} | {ack.get('errors', '–')} "
+                f"| {_n(c.get('acknowledged'))} | {_n(c.get('stored'))} "
+                f"| {_n(c.get('answered_once'))} | {_n(c.get('unanswered'))} "
+                f"| {_n(c.get('pending'))} "
+                f"| {_n(c.get('skipped'))}{' (' + _notes(c.get('skipped_notes')) + ')' if c.get('skipped') else ''} "
+                f"| {_n(c.get('failed'))} | {_n(c.get('answered_twice_or_more'))} "
+                f"| {_n(c.get('fallback'))} | {_n(c.get('replies'))} "
+                f"| {_n(c.get('burst_senders'))} ({_n(c.get('burst_messages'))}) "
+                f"| {_n(c.get('bursts_answered_in_parts'))} "
+                f"| {load.get('unsettled_at_load_end', '–')} | {waited} |"
+            )
+        add("")
+
+        # -- sustained vs. instant
+        concurrency, ceiling = _ceiling(config, meta)
+        add("## Replies per second: with the 1 s LLM (sustained) and with an instant LLM")
+        add("")
+        add(
+            f"(a) *Sustained*: the one-account load's replies sent while the fakes answered in "
+            f"{config['llm_latency']:g} s and {config['twilio_latency']:g} s, over their **steady "
+            "middle**: the replies sent between the 10th and the 90th percentile of their send "
+            "times, over the time between those two (the ramp-up, where the first replies wait "
+            "out the debounce and the LLM, and the tail, where fewer conversations than the "
+            "worker takes at once are left, are left out). (b) *Instant*: the drain at the end "
+            "of the same repetition (the sweep's and the closed loop's backlog, same process, "
+            "same account), the fakes at 0, over its steady middle the same way. A rate needs "
+            "50 replies at least. The bar: (a) ≥ "
+            f"{config['bar_sustained_ratio']:g} × (b) in every repetition."
+        )
+        add("")
+        add(
+            "| repetition | (a) replies/s, steady middle | (a) first to last | (a) during the load "
+            "| (a) after the load | replies in (a) | (b) replies/s, steady middle "
+            "| (b) start to last | replies in (b) (backlog) | (a)/(b) |"
+        )
+        add("|---|---|---|---|---|---|---|---|---|---|")
+        ratios = _ratios(pg_reps)
+        for index, rep in enumerate(pg_reps, 1):
+            load = rep.get("bar") or {}
+            drain = rep.get("drain") or {}
+            add(
+                f"| {index} | {fmt(load.get('sustained_rate'))} "
+                f"| {fmt(load.get('first_to_last_rate'))} | {fmt(load.get('during_load_rate'))} "
+                f"| {fmt(load.get('after_load_rate'))} | {load.get('replies_with_latency', '–')} "
+                f"| {fmt(drain.get('replies_per_second'))} | {fmt(drain.get('start_to_last_rate'))} "
+                f"| {drain.get('replies', '–')} ({drain.get('backlog', '–')}) "
+                f"| {fmt(ratios[index - 1], 2)} |"
+            )
+        add("")
+        if concurrency:
+            add(
+                f"With a {config['llm_latency']:g} s LLM and a {config['twilio_latency']:g} s "
+                f"Twilio, a worker that answers N conversations at once sends at most N / "
+                f"{config['llm_latency'] + config['twilio_latency']:g} replies per second: "
+                f"**{fmt(ceiling)}/s at this run's concurrency of {concurrency}**; the instant "
+                "drain is bounded by the CPU alone. Where (a) sits near that ceiling while (b) is "
+                "well above it, the worker's concurrency, not the machine, is the limit."
+            )
+            add("")
+
     # -- end to end
-    add("## End to end: replies per second and Plática's own overhead")
+    add("## End to end: Plática's own overhead per reply")
     add("")
     add(
-        "| backend | replies/s (burst) | overhead p50 ms | overhead p90 ms | overhead max ms "
-        "| reply latency p50 ms | e2e messages answered within the phase's wait |"
+        "| backend | overhead p50 ms | overhead p90 ms | overhead max ms "
+        "| reply latency p50 ms (debounce included) | e2e messages answered within the phase's "
+        "wait | drain replies/s (instant LLM, steady middle) |"
     )
     add("|---|---|---|---|---|---|---|")
     for backend, reps in scenarios.items():
         if not reps:
             continue
-        answered = sum(
-            int(_get(r, "steady", "replies") or 0) + int(_get(r, "burst", "replies") or 0)
-            for r in reps
-        )
-        messages = sum(
-            int(_get(r, "steady", "messages") or 0) + int(_get(r, "burst", "messages") or 0)
-            for r in reps
-        )
+        answered = sum(int(_get(r, "steady", "replies") or 0) for r in reps)
+        messages = sum(int(_get(r, "steady", "messages") or 0) for r in reps)
         add(
-            f"| {backend} | {fmt_spread(_values(reps, 'burst', 'replies_per_second'))} "
-            f"| {fmt_spread(_values(reps, 'steady', 'overhead_ms', 'p50'))} "
+            f"| {backend} | {fmt_spread(_values(reps, 'steady', 'overhead_ms', 'p50'))} "
             f"| {fmt_spread(_values(reps, 'steady', 'overhead_ms', 'p90'))} "
             f"| {fmt_spread(_values(reps, 'steady', 'overhead_ms', 'max'))} "
             f"| {fmt_spread(_values(reps, 'steady', 'reply_latency_ms_p50'))} "
-            f"| {answered}/{messages} |"
+            f"| {answered}/{messages} "
+            f"| {fmt_spread(_values(reps, 'drain', 'replies_per_second'))} |"
         )
-    add("")
-    reply_seconds = config["llm_latency"] + config["twilio_latency"]
-    concurrency = config.get("worker_concurrency") or meta.get("worker_concurrency_default")
-    add(
-        f"With a {config['llm_latency']:g} s LLM and a {config['twilio_latency']:g} s Twilio, a "
-        f"worker that answers N conversations at once sends at most N / {reply_seconds:g} "
-        "replies per second"
-        + (
-            f": {fmt(concurrency / reply_seconds)}/s at this run's concurrency of {concurrency}"
-            if concurrency
-            else ""
-        )
-        + "; below that, CPU (the worker's, the web path's and the database's on the same cores) "
-        "is the limit. Replies per second while the backlog drained at the end of each "
-        "repetition (the fakes answering at once: what the CPU allows): "
-        + "; ".join(
-            f"{backend} {fmt_spread(_values(reps, 'drain', 'replies_per_second'))}"
-            for backend, reps in scenarios.items()
-            if reps
-        )
-        + "."
-    )
     add("")
 
     # -- resources
@@ -753,13 +1056,25 @@ def write(results: dict[str, Any], output: Path) -> None:
             phases = [_get(r, "sweep", rate) for r in reps]
             if any(p and "usage" in p for p in phases):
                 add(_usage_row(f"{backend}: {rate}/s", phases))
-        add(_usage_row(f"{backend}: closed loop", [r.get("closed") for r in reps]))
-        drains = [r.get("drain") for r in reps]
-        if any(drains):
+        bar_loads = [r["bar"] for r in reps if r.get("bar")]
+        if bar_loads:
             add(
                 _usage_row(
-                    f"{backend}: drain (per reply)",
-                    [d | {"ok": d.get("replies")} for d in drains if d],
+                    f"{backend}: one account {config['bar_rate']:g}/s",
+                    [b | {"ok": _get(b, "ack", "ok")} for b in bar_loads],
+                )
+            )
+            after = [b["after_load"] for b in bar_loads if (_get(b, "after_load", "ok") or 0) >= 50]
+            if after:
+                add(_usage_row(f"{backend}: after it, fakes at their latency (per reply)", after))
+        add(_usage_row(f"{backend}: closed loop", [r.get("closed") for r in reps]))
+        # A drain with almost nothing to do lasts milliseconds: its percentages mean nothing.
+        drains = [d for d in (r.get("drain") for r in reps) if d and (d.get("replies") or 0) >= 50]
+        if drains:
+            add(
+                _usage_row(
+                    f"{backend}: drain, fakes at 0 (per reply)",
+                    [d | {"ok": d.get("replies")} for d in drains],
                 )
             )
     if baseline:
@@ -780,14 +1095,16 @@ def write(results: dict[str, Any], output: Path) -> None:
     # -- scale
     scale = results.get("scale") or {}
     if scale:
-        add("## Scale: the same with 10x and 100x more stored messages (PostgreSQL)")
+        factors = " and ".join(f"{f}x" for f in sorted(scale, key=int))
+        add(f"## Scale: the same with {factors} more stored messages (PostgreSQL)")
         add("")
         add(
             f"History is seeded before the run with bulk INSERT … SELECT generate_series: "
             f"conversations of 10 messages (5 answered inbound messages and their 5 delivered "
             f"replies) plus a webhook log per inbound message; the base is "
             f"{config['base_messages']:,} messages (about 10 s of traffic at "
-            f"{config['bar_rate']:g}/s). Per factor, one database and one `platica serve`: the "
+            f"{config['bar_rate']:g}/s), all in the one account. Per factor, one database and one "
+            "`platica serve`: the "
             f"e2e steady phase {config['repetitions']} times first (no backlog yet), then the "
             f"closed loop ({config['closed_concurrency']} concurrent) {config['repetitions']} "
             "times. The base row comes from the PostgreSQL repetitions above (fresh databases). "
@@ -834,8 +1151,7 @@ def write(results: dict[str, Any], output: Path) -> None:
             if entry.get("checks"):
                 verdict = "holds" if entry["checks"].get("exactly_once") else "does NOT hold"
                 checks.append(
-                    f"{factor}x: exactly once {verdict}: "
-                    f"{_once_measured([entry['checks']], [entry.get('drain')])}"
+                    f"{factor}x: exactly once {verdict}: {_once_measured([entry['checks']])}"
                 )
         if checks:
             add("")
@@ -846,23 +1162,24 @@ def write(results: dict[str, Any], output: Path) -> None:
     add("## Correctness inside the run")
     add("")
     add(
-        "Each repetition (and each scale factor) ends with a drain: until every message "
-        "acknowledged in it has been answered, at most "
+        "Each repetition (and each scale factor) ends with a drain: the fakes at 0 until every "
+        "message is settled in the database, at most "
         f"{fmt(config.get('drain_seconds'), 0)} s and never past the time budget. Then every "
-        "acknowledged webhook must be stored exactly once (by MessageSid) and answered exactly "
-        "once (every sender sends one message in the whole run, so: its sender got exactly one "
-        "reply), and no recipient at all may get two replies. A message still unanswered when "
-        "the drain ends counts against *exactly once*. *Backlog*: acknowledged messages not "
-        "answered yet when the drain began; the drain's seconds run until the last one's reply "
-        "(or until it gave up), and its replies per second count every reply in that time."
+        "message acknowledged in it (every phase) is checked as *Machine and setup* says: "
+        "stored once, answered by exactly one reply that reached Twilio, no send the database "
+        "does not know. A message still unanswered when the drain ends counts against *exactly "
+        "once*. *Backlog*: messages still waiting for their reply (or replies not yet sent) "
+        "when the drain began; the drain's seconds run until its last reply (or until it gave "
+        "up); its replies per second are over the steady middle."
     )
     add("")
     add(
         "| scenario | repetition | acknowledged | stored once | answered exactly once "
-        "| answered 2+ times | unanswered at the end | backlog at the drain | drain s "
-        "| drain replies/s | replies sent | recipients with 2+ replies | exactly once |"
+        "| answered 2+ times | unanswered at the end | of which not to be answered (skipped) "
+        "| fallback | replies | sends unknown to the database | backlog at the drain | drain s "
+        "| drain replies/s | exactly once |"
     )
-    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows: list[tuple[str, str, dict[str, Any]]] = [
         (backend, str(index), rep)
         for backend, reps in scenarios.items()
@@ -873,18 +1190,19 @@ def write(results: dict[str, Any], output: Path) -> None:
         for factor, entry in sorted(scale.items(), key=lambda kv: int(kv[0]))
         if entry.get("checks")
     ]
-    for name, index, rep in rows:
+    for name, which, rep in rows:
         c = rep.get("checks", {})
         drain = rep.get("drain") or {}
         seconds = fmt(drain.get("seconds"))
         if drain.get("stopped_by"):
             seconds += f" (stopped by the {drain['stopped_by']})"
         add(
-            f"| {name} | {index} | {c.get('acknowledged', '–')} | {c.get('stored', '–')} "
-            f"| {c.get('answered_once', '–')} | {c.get('answered_twice_or_more', '–')} "
-            f"| {c.get('unanswered', '–')} | {drain.get('backlog', '–')} | {seconds} "
-            f"| {fmt(drain.get('replies_per_second'))} | {c.get('replies_sent', '–')} "
-            f"| {c.get('recipients_with_two_or_more_replies', '–')} "
+            f"| {name} | {which} | {_n(c.get('acknowledged'))} | {_n(c.get('stored'))} "
+            f"| {_n(c.get('answered_once'))} | {_n(c.get('answered_twice_or_more'))} "
+            f"| {_n(c.get('unanswered'))} | {_n(c.get('skipped'))} | {_n(c.get('fallback'))} "
+            f"| {_n(c.get('replies'))} | {_n(c.get('sends_not_in_database'))} "
+            f"| {_n(drain.get('backlog'))} | {seconds} "
+            f"| {fmt(drain.get('replies_per_second'))} "
             f"| {'yes' if c.get('exactly_once') else 'NO'} |"
         )
     add("")
