@@ -50,6 +50,12 @@ class ConversationRead(BaseModel):
     awaiting_reply: bool = Field(
         default=False, description="The contact's last message has not been answered yet."
     )
+    flagged_at: datetime | None = Field(
+        default=None,
+        description="When the contact went over the flood limit (their messages past it are "
+        "stored, never answered).",
+    )
+    flag_reason: str | None = None
 
 
 class MediaRead(BaseModel):

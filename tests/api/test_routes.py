@@ -65,6 +65,10 @@ CONFIG_FIELDS = {
     "help_message",
     "handoff_timeout_minutes",
     "ai_enabled",
+    "daily_token_budget",
+    "busy_message",
+    "tokens_day",
+    "tokens_used",
     "updated_at",
 }
 CONVERSATION_FIELDS = {
@@ -81,6 +85,8 @@ CONVERSATION_FIELDS = {
     "closed_at",
     "last_message",
     "awaiting_reply",
+    "flagged_at",
+    "flag_reason",
 }
 
 
@@ -881,8 +887,9 @@ class TestHandoff:
         until = moment(body["handoff_until"])
         assert before + timedelta(minutes=4) < until < utcnow() + timedelta(minutes=6)
         api.send("sms", body="¿Hay alguien?")
-        wait_for(lambda: api.settled() and len(api.reply_states(conversation)) == 2, "settled")
-        assert api.reply_states(conversation) == ["answered", "skipped"]
+        # It waits for the operator (the inbox shows it awaiting a reply), unanswered by the AI.
+        wait_for(lambda: len(api.reply_states(conversation)) == 2, "stored")
+        assert api.reply_states(conversation) == ["answered", "pending"]
         assert len(api.twilio.sent) == 1
 
     def test_resume_gives_the_conversation_back_to_the_ai(self, api):
@@ -928,7 +935,12 @@ class TestConfig:
             "help_message": body["help_message"],
             "handoff_timeout_minutes": 60,
             "ai_enabled": True,
+            "daily_token_budget": None,
+            "busy_message": body["busy_message"],
+            "tokens_day": None,
+            "tokens_used": 0,
         }
+        assert body["busy_message"]
         assert body["system_prompt"]
         assert body["fallback_message"]
         assert body["help_message"]
@@ -985,6 +997,16 @@ class TestConfig:
         wait_for(lambda: api.settled() and api.twilio.sent, "the answer")
         assert api.openai.requests[-1]["model"] == "gpt-4o-mini"
 
+    def test_a_daily_token_budget_is_set_and_lifted(self, api):
+        busy = "Hoy no damos abasto; te respondemos mañana."
+        body = api.ok(
+            api.put("/api/sms/config", {"daily_token_budget": 20000, "busy_message": busy})
+        )
+        assert (body["daily_token_budget"], body["busy_message"]) == (20000, busy)
+        body = api.ok(api.put("/api/sms/config", {"daily_token_budget": None}))
+        assert body["daily_token_budget"] is None
+        assert body["busy_message"] == busy
+
     def test_invalid_values_are_422_naming_the_field(self, api, subtests):
         before = api.ok(api.get("/api/sms/config"))
         cases: list[tuple[str, dict[str, Any]]] = [
@@ -1004,6 +1026,9 @@ class TestConfig:
             ("bogus", {"bogus": 1}),
             ("phone_number", {"phone_number": "+15005550009"}),
             ("ai_enabled", {"ai_enabled": "maybe"}),
+            ("daily_token_budget", {"daily_token_budget": 0}),
+            ("daily_token_budget", {"daily_token_budget": "lots"}),
+            ("busy_message", {"busy_message": " "}),
         ]
         for name, payload in cases:
             with subtests.test(f"{name}={payload[name]!r}"):

@@ -45,6 +45,9 @@ class ConversationView:
     opted_out: bool
     last_message: str | None
     awaiting_reply: bool
+    # The contact went over the flood limit (RATE_LIMIT_FLOOD), when, and why.
+    flagged_at: datetime | None = None
+    flag_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         c = self.conversation
@@ -62,6 +65,8 @@ class ConversationView:
             "closed_at": c.closed_at,
             "last_message": self.last_message,
             "awaiting_reply": self.awaiting_reply,
+            "flagged_at": self.flagged_at,
+            "flag_reason": self.flag_reason,
         }
 
 
@@ -104,19 +109,24 @@ async def _views(
         for m in await session.scalars(select(Message).where(Message.id.in_(latest_ids)))
     }
     contact_ids = {c.contact_id for c in conversations}
-    opted = {
-        row.id: row.opted_out
+    contacts = {
+        row.id: row
         for row in await session.execute(
-            select(Contact.id, Contact.opted_out).where(Contact.id.in_(contact_ids))
+            select(Contact.id, Contact.opted_out, Contact.flagged_at, Contact.flag_reason).where(
+                Contact.id.in_(contact_ids)
+            )
         )
     }
     views = []
     for conversation in conversations:
         last = latest.get(conversation.id)
+        contact = contacts.get(conversation.contact_id)
         views.append(
             ConversationView(
                 conversation=conversation,
-                opted_out=bool(opted.get(conversation.contact_id)),
+                opted_out=bool(contact and contact.opted_out),
+                flagged_at=contact.flagged_at if contact else None,
+                flag_reason=contact.flag_reason if contact else None,
                 last_message=last.body if last else None,
                 awaiting_reply=bool(
                     last

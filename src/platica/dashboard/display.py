@@ -110,3 +110,17 @@ def timestamp(moment: datetime | None) -> str:
 
 def iso(moment: datetime | None) -> str:
     return "" if moment is None else moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def count(number: int, noun: str) -> str:
+    """`1 message`, `3 messages`."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def waited(seconds: float) -> str:
+    """A wait in words: `40 s`, `3 min`, `2 h`."""
+    if seconds < 90:
+        return f"{max(int(seconds), 0)} s"
+    if seconds < 90 * 60:
+        return f"{int(seconds // 60)} min"
+    return f"{int(seconds // 3600)} h"

@@ -33,6 +33,7 @@ from platica.config import E164
 from platica.conversations import operators, stats
 from platica.conversations.operators import ConversationView
 from platica.dashboard import display
+from platica.dashboard.alerts import backlog
 from platica.dashboard.session import admin_fingerprint, close_session, open_session
 from platica.dashboard.web import (
     STATIC,
@@ -62,6 +63,7 @@ from platica.models import (
     Direction,
     Message,
     ReplyState,
+    utcnow,
 )
 from platica.schemas import ChannelConfigUpdate, ManualReply
 
@@ -89,6 +91,8 @@ CONFIG_FIELDS = (
     "fallback_message",
     "help_message",
     "handoff_timeout_minutes",
+    "daily_token_budget",
+    "busy_message",
 )
 NOTICES = {
     "closed": "Conversation closed.",
@@ -250,6 +254,7 @@ def _row(visit: Visit, view: ConversationView) -> dict[str, Any]:
         "last_at": conversation.last_message_at,
         "state": display.conversation_state(view),
         "awaiting": view.awaiting_reply,
+        "flagged": view.flagged_at is not None,
         "account": conversation.account_id,
     }
 
@@ -268,6 +273,7 @@ async def _inbox(visit: Visit) -> dict[str, Any]:
             found, has_more = await _matching(session, each, visit.me.account_id, wanted, limit)
             views += found
             more = more or has_more
+        waiting = await backlog(session, visit.me.account_id)
     views.sort(key=lambda v: (v.conversation.last_message_at, v.conversation.id), reverse=True)
     more = more or len(views) > limit
     query = {
@@ -285,6 +291,7 @@ async def _inbox(visit: Visit) -> dict[str, Any]:
         "poll_url": f"{visit.root}/?{httpx.QueryParams({**query, 'limit': limit, 'fragment': 'list'})}",
         "show_account": visit.me.account_id is None,
         "accounts": dict(visit.me.accounts),
+        "backlog": waiting,
     }
 
 
@@ -374,6 +381,8 @@ async def _thread(visit: Visit, channel: str, conversation_id: str) -> dict[str,
         "state": state,
         "handed_off": display.handed_off(view),
         "opted_out": view.opted_out,
+        "flagged_at": view.flagged_at,
+        "flag_reason": view.flag_reason,
         "closed": conversation.status == ConversationStatus.closed,
         "messages": [_message(m) for m in messages],
         "base_url": f"{visit.root}/conversations/{key[0].value}/{key[1]}",
@@ -582,6 +591,7 @@ def _number(value: Any) -> Any:
 def _config_values(config: ChannelConfig) -> dict[str, Any]:
     values = {name: _number(getattr(config, name)) for name in CONFIG_FIELDS}
     values["openai_model"] = config.openai_model or ""
+    values["daily_token_budget"] = config.daily_token_budget or ""
     values["ai_enabled"] = config.ai_enabled
     return values
 
@@ -638,6 +648,7 @@ async def settings_page(visit: OperatorVisit) -> Response:
         forms=_settings_forms(configs),
         saved=display.CHANNEL_NAMES.get(saved or ""),
         default_model=visit.state.settings.OPENAI_MODEL,
+        today=utcnow().date(),
     )
 
 
@@ -651,7 +662,12 @@ async def save_settings(visit: OperatorVisit, form: PostedForm, channel: str) ->
         value = (first(form, name) or "").replace("\r\n", "\n")
         values[name] = value
     values["ai_enabled"] = first(form, "ai_enabled") == "on"
-    update_values: dict[str, Any] = {**values, "openai_model": values["openai_model"] or None}
+    update_values: dict[str, Any] = {
+        **values,
+        # Empty: the server's default model; no budget.
+        "openai_model": values["openai_model"] or None,
+        "daily_token_budget": values["daily_token_budget"].strip() or None,
+    }
     errors: dict[str, str] = {}
     try:
         update = ChannelConfigUpdate.model_validate(update_values)
@@ -677,6 +693,7 @@ async def save_settings(visit: OperatorVisit, form: PostedForm, channel: str) ->
         forms=_settings_forms(configs, channel, values, errors),
         saved=None,
         default_model=visit.state.settings.OPENAI_MODEL,
+        today=utcnow().date(),
     )
 
 

@@ -23,6 +23,7 @@ from platica.api.auth import scope_session
 from platica.channels.parsing import FormData, first, parse_form
 from platica.channels.webhook import read_body
 from platica.dashboard import display
+from platica.dashboard.alerts import Alert, alerts
 from platica.dashboard.session import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -84,6 +85,8 @@ class Visit:
     state: AppState
     cookie: CookieSession
     operator: Operator | None
+    # Banners for the operator (dashboard/alerts.py), on every page.
+    alerts: list[Alert] = field(default_factory=list)
 
     @property
     def root(self) -> str:
@@ -161,6 +164,9 @@ async def get_visit(request: Request) -> Visit:
 async def get_operator_visit(visit: Annotated[Visit, Depends(get_visit)]) -> Visit:
     if visit.operator is None:
         raise LoginRequired
+    if visit.request.query_params.get("fragment") is None:
+        async with visit.db() as session:
+            visit.alerts = await alerts(session, visit.operator.account_id)
     return visit
 
 
@@ -200,6 +206,7 @@ def _context(visit: Visit, page: str, **values: Any) -> dict[str, Any]:
         "page": page,
         "path": visit.request.url.path,
         "display": display,
+        "alerts": visit.alerts,
         **values,
     }
 
