@@ -439,6 +439,55 @@ class TestExactlyOnce:
         assert (reply.twilio_sid, reply.status) == (sid, "delivered")
         assert await path.scalar("SELECT outcome FROM webhook_logs") == "status_replayed"
 
+    async def early_statuses(self, path, sid: str, *statuses: dict[str, list[str]]) -> None:
+        async with path.engine.begin() as connection:
+            for params in statuses:
+                await connection.execute(
+                    sa.insert(WebhookLog).values(
+                        endpoint="status",
+                        message_sid=sid,
+                        status_code=200,
+                        outcome="status_unknown",
+                        params={"MessageSid": [sid], **params},
+                        received_at=utcnow(),
+                    )
+                )
+
+    async def test_early_callbacks_after_failed_are_not_replayed_over_it(self, path):
+        conversation = await path.conversation()
+        sid = f"SM{1:032x}"  # the stub's first SID
+        await self.early_statuses(
+            path,
+            sid,
+            {"MessageStatus": ["sent"]},
+            {"MessageStatus": ["failed"], "ErrorCode": ["30003"]},
+            {"MessageStatus": ["delivered"]},
+        )
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [row] = await path.rows(
+            "SELECT status, error_code FROM messages WHERE direction = 'outbound'"
+        )
+        assert (row.status, row.error_code) == ("failed", 30003)
+
+    async def test_early_delivered_after_undelivered_clears_the_error(self, path):
+        conversation = await path.conversation()
+        sid = f"SM{1:032x}"
+        await self.early_statuses(
+            path,
+            sid,
+            {"MessageStatus": ["undelivered"], "ErrorCode": ["30003"], "ErrorMessage": ["x"]},
+            {"MessageStatus": ["delivered"]},
+        )
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [row] = await path.rows(
+            "SELECT status, error_code, error_message FROM messages WHERE direction = 'outbound'"
+        )
+        assert (row.status, row.error_code, row.error_message) == ("delivered", None, None)
+
 
 class TestDecisions:
     async def test_whatsapp_stop_in_a_burst_is_confirmed_and_the_rest_skipped(self, path):

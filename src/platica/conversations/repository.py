@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.db import constant, insert_ignore
 from platica.models import (
-    STATUS_RANK,
     Channel,
     ChannelConfig,
     Contact,
@@ -20,6 +19,7 @@ from platica.models import (
     Message,
     MessageStatus,
     ReplyState,
+    status_move,
     utcnow,
 )
 
@@ -125,21 +125,28 @@ async def advance_status(
     error_code: int | None,
     error_message: str | None,
 ) -> bool:
-    """Move the message with `sid` to `status` if that is a step forward; whether it moved."""
-    rank = STATUS_RANK[status]
-    earlier = [s for s, r in STATUS_RANK.items() if r < rank]
+    """Move the message with `sid` to `status` if models.status_move allows it; whether it moved."""
+    move = status_move(status)
     values: dict[str, object] = {"status": status, "updated_at": utcnow()}
-    if error_code is not None:
-        values["error_code"] = error_code
-    if error_message is not None:
-        values["error_message"] = error_message
+    if move.clears_error:
+        values.update(error_code=None, error_message=None)
+    else:
+        if error_code is not None:
+            values["error_code"] = error_code
+        if error_message is not None:
+            values["error_message"] = error_message
     result = await session.execute(
         update(Message)
-        .where(and_(Message.twilio_sid == sid, Message.status.in_(earlier)))
+        .where(and_(Message.twilio_sid == sid, Message.status.in_(move.replaces)))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def message_status_by_sid(session: AsyncSession, sid: str) -> MessageStatus | None:
+    status = await session.scalar(select(Message.status).where(Message.twilio_sid == sid))
+    return None if status is None else MessageStatus(status)
 
 
 async def conversations_needing_work(

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Insert,
     Row,
     Table,
+    Update,
     and_,
     bindparam,
     case,
@@ -44,7 +45,6 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from platica.channels.parsing import parse_status
 from platica.db import DriverPool, constant
 from platica.models import (
-    STATUS_RANK,
     Channel,
     ChannelConfig,
     Contact,
@@ -54,6 +54,7 @@ from platica.models import (
     MessageStatus,
     ReplyState,
     WebhookLog,
+    status_move,
     utcnow,
 )
 
@@ -575,18 +576,28 @@ _EARLY_STATUSES = (
     .where(_logs.message_sid == _sid, _logs.outcome == "status_unknown")
     .order_by(_logs.id)
 )
-_ADVANCE_STATUS = (
-    update(_messages)
-    .where(_m.twilio_sid == _sid, _m.status.in_(bindparam("earlier", expanding=True)))
-    .values(
-        status=bindparam("new_status"),
-        updated_at=bindparam("now"),
-        error_code=func.coalesce(bindparam("code", type_=_m.error_code.type), _m.error_code),
-        error_message=func.coalesce(
-            bindparam("error", type_=_m.error_message.type), _m.error_message
-        ),
+
+
+def _advance_status(clears_error: bool) -> Update:
+    errors: dict[str, Any] = (
+        {"error_code": None, "error_message": None}
+        if clears_error
+        else {
+            "error_code": func.coalesce(bindparam("code", type_=_m.error_code.type), _m.error_code),
+            "error_message": func.coalesce(
+                bindparam("error", type_=_m.error_message.type), _m.error_message
+            ),
+        }
     )
-)
+    return (
+        update(_messages)
+        .where(_m.twilio_sid == _sid, _m.status.in_(bindparam("earlier", expanding=True)))
+        .values(status=bindparam("new_status"), updated_at=bindparam("now"), **errors)
+    )
+
+
+# models.status_move's rule, by whether the report clears the stored error.
+_ADVANCE_STATUS = {clears: _advance_status(clears) for clears in (False, True)}
 _REPLAYED = (
     update(cast(Table, WebhookLog.__table__))
     .where(_logs.id.in_(bindparam("log_ids", expanding=True)))
@@ -596,18 +607,18 @@ _REPLAYED = (
 
 async def _replay_early_statuses(connection: Tx, sid: str) -> None:
     """Status callbacks that reached us before the message's SID was stored, applied now in
-    their order (statuses only move forward, as conversations/service.py's record_status)."""
+    their order (by models.status_move, as the webhook applies them)."""
     entries = list(await connection.execute(_EARLY_STATUSES, {"sid": sid}))
     for entry in entries:
         if not entry.params:
             continue
         update = parse_status(entry.params)
-        rank = STATUS_RANK[update.status]
+        move = status_move(update.status)
         await connection.execute(
-            _ADVANCE_STATUS,
+            _ADVANCE_STATUS[move.clears_error],
             {
                 "sid": sid,
-                "earlier": [status for status, r in STATUS_RANK.items() if r < rank],
+                "earlier": list(move.replaces),
                 "new_status": update.status,
                 "code": update.error_code,
                 "error": update.error_message,
