@@ -15,11 +15,18 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+import structlog
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
-from platica.channels.sender import UNSUBSCRIBED, OutgoingMessage, SendFailed, SentMessage
+from platica.channels.sender import (
+    UNSUBSCRIBED,
+    DryRunSender,
+    OutgoingMessage,
+    SendFailed,
+    SentMessage,
+)
 from platica.config import Settings
 from platica.errors import RetryableError
 from platica.jobs.locks import LeaseLocks
@@ -37,6 +44,7 @@ from platica.models import (
     WebhookLog,
     utcnow,
 )
+from platica.replies import pipeline
 from platica.replies.generator import GeneratedReply, ReplyRequest
 from platica.replies.pipeline import (
     LOCK_BUSY_RETRY_SECONDS,
@@ -519,6 +527,24 @@ class TestDecisions:
         assert len(path.sender.sent) == 1
         [row] = await path.rows("SELECT ai_enabled, handoff_until FROM conversations")
         assert (bool(row.ai_enabled), row.handoff_until) == (True, None)
+
+
+class TestLogging:
+    async def test_a_dry_run_is_not_logged_as_sent_with_no_sid(self, path, monkeypatch):
+        capture = structlog.testing.LogCapture()
+        monkeypatch.setattr(pipeline, "log", structlog.wrap_logger(None, processors=[capture]))
+        path.ctx.sender = DryRunSender()
+        conversation = await path.conversation()
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [reply] = await path.outbound()
+        assert (reply.status, reply.twilio_sid) == ("dry_run", None)
+        events = [entry["event"] for entry in capture.entries]
+        assert "reply.sent" not in events
+        [dry_run] = [entry for entry in capture.entries if entry["event"] == "reply.dry_run"]
+        assert dry_run["message_id"] == reply.id
+        assert "sid" not in dry_run
 
 
 class TestSendFailures:

@@ -145,9 +145,7 @@ class DryRunSender:
     """Twilio is not configured: replies are stored and logged, never sent."""
 
     async def send(self, message: OutgoingMessage) -> SentMessage:
-        log.info(
-            "reply.dry_run", channel=message.channel.value, to=message.to, chars=len(message.body)
-        )
+        # Logged by the reply task (reply.dry_run), with the message it stored.
         await asyncio.sleep(0)
         return SentMessage(sid=None, status=MessageStatus.dry_run)
 

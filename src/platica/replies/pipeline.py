@@ -566,7 +566,16 @@ async def _deliver_unsent(
 
 
 def _log_sent(message: Outbound, result: _Sent) -> None:
-    if result.recovered:
+    if result.status == MessageStatus.dry_run:
+        # Stored, deliberately not sent: Twilio is not configured, or it answers the simulator.
+        log.info(
+            "reply.dry_run",
+            message_id=message.id,
+            part=message.part,
+            channel=message.channel.value,
+            chars=len(message.body),
+        )
+    elif result.recovered:
         log.info("reply.recovered", message_id=message.id, sid=result.sid)
     else:
         log.info("reply.sent", message_id=message.id, sid=result.sid, part=message.part)
