@@ -61,7 +61,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from types import TracebackType
@@ -72,7 +72,7 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
@@ -318,9 +318,19 @@ class FakeOpenAI(_FakeServer):
       "timeout"  sleep ``hang_seconds`` before answering normally (the client should time out)
       "refusal"  200, message.content None and message.refusal set
       "empty"    200, message.content ""
+      "trickle"  200 at once, then the body a byte at a time: a space every ``trickle_seconds``
+                 for ``hang_seconds`` (JSON allows leading whitespace), then the completion (a
+                 slow proxy or an overloaded server: no read ever waits long)
+      "html"     200 with a proxy's HTML page (``text/html``) instead of a completion
     """
 
-    BEHAVIOURS = frozenset({"429", "quota", "500", "400", "timeout", "refusal", "empty"})
+    BEHAVIOURS = frozenset(
+        {"429", "quota", "500", "400", "timeout", "refusal", "empty", "trickle", "html"}
+    )
+    HTML = (
+        "<html><head><title>502 Bad Gateway</title></head>"
+        "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+    )
     REFUSAL = "I'm sorry, I can't help with that."
 
     def __init__(
@@ -338,6 +348,8 @@ class FakeOpenAI(_FakeServer):
         #: Value of the ``retry-after`` header on "429" (None: no header). The openai SDK ignores
         #: 0 (it only honours 0 < retry-after <= 60 s) and falls back to its own backoff.
         self.retry_after: str | None = "0"
+        #: "trickle": seconds between two bytes.
+        self.trickle_seconds = 0.05
         self._requests: list[dict[str, Any]] = []
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
 
@@ -484,9 +496,23 @@ class FakeOpenAI(_FakeServer):
                 None,
                 param="stream",
             )
-        return JSONResponse(
-            self._completion(model, messages, body, behaviour), headers=self._headers()
-        )
+        if behaviour == "html":
+            return HTMLResponse(self.HTML, headers=self._headers())
+        completion = self._completion(model, messages, body, behaviour)
+        if behaviour == "trickle":
+            return StreamingResponse(
+                self._trickle(json.dumps(completion).encode()),
+                media_type="application/json",
+                headers=self._headers(),
+            )
+        return JSONResponse(completion, headers=self._headers())
+
+    async def _trickle(self, body: bytes) -> AsyncIterator[bytes]:
+        deadline = time.monotonic() + self.hang_seconds
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            yield b" "
+            await asyncio.sleep(self.trickle_seconds)
+        yield body
 
     def _completion(
         self, model: str, messages: list[Any], body: dict[str, Any], behaviour: str | None

@@ -188,6 +188,50 @@ class TestOpenAIReplyGenerator:
         assert "timed out" in str(error)
         assert time.monotonic() - started < 3
 
+    async def test_a_trickling_server_is_cut_off_at_the_deadline(
+        self, database_url, fake, monkeypatch
+    ):
+        """A byte every 50 ms never trips a read timeout; the call's own deadline ends it."""
+        monkeypatch.setattr("platica.replies.generator.OPENAI_TIMEOUT_SECONDS", 0.5)
+        settings = make_settings(database_url, OPENAI_BASE_URL=fake.url, OPENAI_API_KEY=API_KEY)
+        fake.hang_seconds = 8
+
+        error = await generate_failing(settings, fake, "trickle")
+
+        assert isinstance(error, RetryableError)
+        assert "timed out" in str(error)
+
+    async def test_a_trickled_answer_within_the_deadline_is_read(self, settings, fake):
+        fake.hang_seconds = 0.2
+        fake.fail_next("trickle")
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            reply = await generator.generate(request())
+        finally:
+            await generator.aclose()
+        assert reply.text.startswith("Echo: ")
+
+    async def test_an_html_page_instead_of_a_completion_is_retryable(self, settings, fake):
+        error = await generate_failing(settings, fake, "html")
+
+        assert isinstance(error, RetryableError)
+        assert "not a chat completion" in str(error)
+
+    async def test_json_that_is_not_a_completion_is_retryable(self, settings, fake):
+        fake.reply = lambda messages: "unused"
+        generator = OpenAIReplyGenerator(settings)
+        original = fake._completion
+
+        def broken(*args: Any) -> dict[str, Any]:
+            return {"id": original(*args)["id"], "object": "chat.completion"}
+
+        fake._completion = broken
+        try:
+            with pytest.raises(RetryableError, match="not a chat completion"):
+                await generator.generate(request())
+        finally:
+            await generator.aclose()
+
     async def test_refusal_fails_for_good(self, settings, fake):
         error = await generate_failing(settings, fake, "refusal")
 

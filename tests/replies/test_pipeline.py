@@ -261,6 +261,19 @@ class TestFailures:
         wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
         assert stack.twilio.sent[0]["body"] == "Echo: Hola"
 
+    def test_an_html_page_from_the_llm_is_an_llm_failure_not_a_crash(self, stack):
+        """A proxy's HTML page instead of a completion: retried like any LLM failure, then the
+        fallback, with why on the message (a crashing task would have used up the attempts
+        without a word)."""
+        stack.openai.fail_always("html")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the fallback")
+
+        assert stack.outbound()[0].author == "system"
+        assert len(stack.openai.requests) == 3
+        note = stack.database.scalar("SELECT note FROM messages WHERE direction = 'inbound'")
+        assert "not a chat completion" in note
+
     def test_out_of_credit_falls_back_at_once(self, stack):
         stack.openai.fail_always("quota")
         stack.send(body="Hola")

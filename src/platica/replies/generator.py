@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Literal, Protocol, cast
 
 import openai
 from openai import AsyncOpenAI, omit
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from platica.config import Settings
 from platica.errors import RetryableError
@@ -17,6 +19,8 @@ from platica.metrics import LLM_SECONDS, LLM_TOKENS
 Role = Literal["system", "user", "assistant"]
 
 # Twilio gives a webhook 15 s; a reply should not wait much longer than that on one LLM call.
+# The whole call's deadline: the SDK's timeout bounds each read, and a server trickling a byte
+# now and then would never trip it.
 OPENAI_TIMEOUT_SECONDS = 20.0
 
 
@@ -69,6 +73,7 @@ class OpenAIReplyGenerator:
             # Retries are ours (with the job's backoff and bookkeeping), not the SDK's.
             max_retries=0,
         )
+        self._deadline = OPENAI_TIMEOUT_SECONDS
 
     async def generate(self, request: ReplyRequest) -> GeneratedReply:
         started = time.perf_counter()
@@ -77,24 +82,27 @@ class OpenAIReplyGenerator:
             [{"role": m.role, "content": m.content} for m in request.messages],
         )
         try:
-            completion = await self._client.chat.completions.create(
-                model=request.model,
-                # The messages go out through extra_body, which the request merges in as they
-                # are: given as `messages`, the SDK first walks them against its type
-                # annotations (its async "transform", a no-op for plain role/content pairs), which
-                # cost 3.7 of the call's 5.7 ms of CPU for eleven messages. Same JSON on the wire.
-                messages=[],
-                extra_body={"messages": messages},
-                temperature=request.temperature,
-                # OpenAI's newer models want max_completion_tokens; compatible servers max_tokens.
-                max_tokens=request.max_tokens if self._custom_server else omit,
-                max_completion_tokens=omit if self._custom_server else request.max_tokens,
-            )
+            async with asyncio.timeout(self._deadline):
+                completion = await self._client.chat.completions.create(
+                    model=request.model,
+                    # The messages go out through extra_body, which the request merges in as
+                    # they are: given as `messages`, the SDK first walks them against its type
+                    # annotations (its async "transform", a no-op for plain role/content
+                    # pairs), which cost 3.7 of the call's 5.7 ms of CPU for eleven messages.
+                    # Same JSON on the wire.
+                    messages=[],
+                    extra_body={"messages": messages},
+                    temperature=request.temperature,
+                    # OpenAI's newer models want max_completion_tokens; compatible servers
+                    # max_tokens.
+                    max_tokens=request.max_tokens if self._custom_server else omit,
+                    max_completion_tokens=omit if self._custom_server else request.max_tokens,
+                )
         except openai.RateLimitError as error:
             if error.code == "insufficient_quota":
                 raise GenerationFailed("the OpenAI account is out of credit") from error
             raise RetryableError("the LLM is rate limited (429)") from error
-        except openai.APITimeoutError as error:
+        except (openai.APITimeoutError, TimeoutError) as error:
             raise RetryableError("the LLM timed out") from error
         except openai.APIConnectionError as error:
             raise RetryableError("the LLM could not be reached") from error
@@ -109,20 +117,18 @@ class OpenAIReplyGenerator:
         finally:
             LLM_SECONDS.observe(time.perf_counter() - started)
         latency_ms = round((time.perf_counter() - started) * 1000)
-        if completion.usage is not None:  # spent even when the answer turns out unusable
-            LLM_TOKENS.labels("prompt").inc(completion.usage.prompt_tokens or 0)
-            LLM_TOKENS.labels("completion").inc(completion.usage.completion_tokens or 0)
-        choice = completion.choices[0] if completion.choices else None
-        text = (choice.message.content or "").strip() if choice else ""
-        if not text:
-            refusal = getattr(choice.message, "refusal", None) if choice else None
+        answer = _read_completion(completion)
+        if answer.usage is not None:  # spent even when the answer turns out unusable
+            LLM_TOKENS.labels("prompt").inc(answer.usage.prompt_tokens or 0)
+            LLM_TOKENS.labels("completion").inc(answer.usage.completion_tokens or 0)
+        if not answer.text:
             raise GenerationFailed(
-                "the LLM refused to answer" if refusal else "the LLM answered nothing"
+                "the LLM refused to answer" if answer.refused else "the LLM answered nothing"
             )
-        usage = completion.usage
+        usage = answer.usage
         return GeneratedReply(
-            text=text,
-            model=completion.model or request.model,
+            text=answer.text,
+            model=answer.model or request.model,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             latency_ms=latency_ms,
@@ -130,6 +136,42 @@ class OpenAIReplyGenerator:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    text: str
+    refused: bool
+    model: str | None
+    usage: CompletionUsage | None
+
+
+NOT_A_COMPLETION = "the LLM's answer was not a chat completion"
+
+
+def _read_completion(completion: object) -> _Answer:
+    """What a reply needs of the LLM's answer. The SDK builds its models without validating
+    them, and returns the text of an answer that is not JSON: a proxy's HTML error page, or JSON
+    of another shape, is a transient failure of the LLM (RetryableError), not a crash."""
+    if not isinstance(completion, ChatCompletion):
+        raise RetryableError(NOT_A_COMPLETION)
+    try:
+        choices = completion.choices
+        if not isinstance(choices, list):  # missing: the SDK constructs it as None
+            raise TypeError("choices is a list")
+        choice = choices[0] if choices else None
+        message = choice.message if choice is not None else None
+        content = message.content if message is not None else None
+        refusal = getattr(message, "refusal", None)
+        usage = completion.usage
+        model = completion.model
+        if not isinstance(content, str | None) or not isinstance(model, str | None):
+            raise TypeError("content and model are strings")
+        if usage is not None and not isinstance(usage, CompletionUsage):
+            raise TypeError("usage is an object")
+    except (AttributeError, KeyError, IndexError, TypeError) as error:
+        raise RetryableError(NOT_A_COMPLETION) from error
+    return _Answer((content or "").strip(), bool(refusal), model, usage)
 
 
 # Plain ASCII, so the demo reply stays one cheap GSM-7 SMS segment where it can.
