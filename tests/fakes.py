@@ -295,6 +295,20 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def go_duration(seconds: float) -> str:
+    """A duration as OpenAI's x-ratelimit-reset-* headers write it: "20ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(round(seconds * 1000), 1)}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if minutes or hours:
+        text = f"{int(minutes)}m{text}"
+    if hours:
+        text = f"{int(hours)}h{text}"
+    return text
+
+
 def echo_reply(messages: list[dict[str, Any]]) -> str:
     """Default FakeOpenAI reply: "Echo: " + the last user message's text."""
     for message in reversed(messages):
@@ -348,9 +362,21 @@ class FakeOpenAI(_FakeServer):
         #: Value of the ``retry-after`` header on "429" (None: no header). The openai SDK ignores
         #: 0 (it only honours 0 < retry-after <= 60 s) and falls back to its own backoff.
         self.retry_after: str | None = "0"
+        #: Value of the ``retry-after-ms`` header on "429" (None: no header; the SDK reads it first).
+        self.retry_after_ms: str | None = None
         #: "trickle": seconds between two bytes.
         self.trickle_seconds = 0.05
+        #: A request budget like OpenAI's RPM limit: at most this many completions per
+        #: ``rate_limit_window`` seconds (a fixed window from its first request). Every answer
+        #: then carries ``x-ratelimit-limit/remaining/reset-requests``, and a request over the
+        #: budget gets 429 rate_limit_exceeded with ``retry-after`` (whole seconds to the reset).
+        self.rate_limit_requests: int | None = None
+        self.rate_limit_window = 60.0
+        self._window_start: float | None = None
+        self._window_used = 0
         self._requests: list[dict[str, Any]] = []
+        self._request_times: list[float] = []
+        self._rate_limited = 0
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
 
     @property
@@ -364,6 +390,40 @@ class FakeOpenAI(_FakeServer):
         with self._lock:
             return copy.deepcopy(self._requests)
 
+    @property
+    def request_times(self) -> list[float]:
+        """When each request of ``requests`` arrived (time.monotonic())."""
+        with self._lock:
+            return list(self._request_times)
+
+    @property
+    def rate_limited(self) -> int:
+        """How many requests got a 429 rate_limit_exceeded (scripted or over the budget)."""
+        with self._lock:
+            return self._rate_limited
+
+    def _take_from_budget(self) -> tuple[dict[str, str], float | None]:
+        """The x-ratelimit headers of this request and, when it is over the budget, the seconds
+        until the window resets."""
+        limit = self.rate_limit_requests
+        if limit is None:
+            return {}, None
+        now = time.monotonic()
+        with self._lock:
+            if self._window_start is None or now >= self._window_start + self.rate_limit_window:
+                self._window_start, self._window_used = now, 0
+            reset = self._window_start + self.rate_limit_window - now
+            over = self._window_used >= limit
+            if not over:
+                self._window_used += 1
+            remaining = limit - self._window_used
+        headers = {
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": go_duration(reset),
+        }
+        return headers, reset if over else None
+
     def _routes(self) -> list[Route]:
         return [Route("/v1/chat/completions", self._chat_completions, methods=["POST"])]
 
@@ -372,6 +432,9 @@ class FakeOpenAI(_FakeServer):
 
     def _clear_records(self) -> None:
         self._requests.clear()
+        self._request_times.clear()
+        self._rate_limited = 0
+        self._window_start, self._window_used = None, 0
 
     # -- responses -------------------------------------------------------------------------------
 
@@ -397,6 +460,25 @@ class FakeOpenAI(_FakeServer):
         body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
         return JSONResponse(body, status_code=status, headers=self._headers(headers))
 
+    def _rate_limit_error(
+        self, model: str, headers: dict[str, str], retry_after: int | None
+    ) -> JSONResponse:
+        with self._lock:
+            self._rate_limited += 1
+        limit = headers.get("x-ratelimit-limit-requests", "3")
+        reset = headers.get("x-ratelimit-reset-requests", "20s")
+        headers = dict(headers)
+        if retry_after is not None:
+            headers["retry-after"] = str(retry_after)
+        return self._error(
+            429,
+            f"Rate limit reached for {model} in organization org-fake on requests per min "
+            f"(RPM): Limit {limit}, Used {limit}, Requested 1. Please try again in {reset}.",
+            "requests",
+            "rate_limit_exceeded",
+            headers=headers,
+        )
+
     def _scripted_error(self, behaviour: str | None, model: str) -> JSONResponse | None:
         if behaviour == "429":
             headers = {
@@ -406,14 +488,9 @@ class FakeOpenAI(_FakeServer):
             }
             if self.retry_after is not None:
                 headers["retry-after"] = self.retry_after
-            return self._error(
-                429,
-                f"Rate limit reached for {model} in organization org-fake on requests per min "
-                "(RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.",
-                "requests",
-                "rate_limit_exceeded",
-                headers=headers,
-            )
+            if self.retry_after_ms is not None:
+                headers["retry-after-ms"] = self.retry_after_ms
+            return self._rate_limit_error(model, headers, None)
         if behaviour == "quota":
             return self._error(
                 429,
@@ -461,6 +538,7 @@ class FakeOpenAI(_FakeServer):
             )
         with self._lock:
             self._requests.append(body)
+            self._request_times.append(time.monotonic())
         if self.api_key is not None and not hmac.compare_digest(
             request.headers.get("authorization", ""), f"Bearer {self.api_key}"
         ):
@@ -479,6 +557,9 @@ class FakeOpenAI(_FakeServer):
         error = self._scripted_error(behaviour, model)
         if error is not None:
             return error
+        budget, over_for = self._take_from_budget()
+        if over_for is not None:
+            return self._rate_limit_error(model, budget, math.ceil(over_for))
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._error(
@@ -497,15 +578,15 @@ class FakeOpenAI(_FakeServer):
                 param="stream",
             )
         if behaviour == "html":
-            return HTMLResponse(self.HTML, headers=self._headers())
+            return HTMLResponse(self.HTML, headers=self._headers(budget))
         completion = self._completion(model, messages, body, behaviour)
         if behaviour == "trickle":
             return StreamingResponse(
                 self._trickle(json.dumps(completion).encode()),
                 media_type="application/json",
-                headers=self._headers(),
+                headers=self._headers(budget),
             )
-        return JSONResponse(completion, headers=self._headers())
+        return JSONResponse(completion, headers=self._headers(budget))
 
     async def _trickle(self, body: bytes) -> AsyncIterator[bytes]:
         deadline = time.monotonic() + self.hang_seconds

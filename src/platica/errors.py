@@ -11,6 +11,8 @@ Validation errors of FastAPI request models are rendered in the same shape, with
 
     RetryableError                          a transient failure of an outside service (timeout,
                                             429, 5xx): the job backs off and tries again
+    └── RateLimited                         the LLM provider asks us to slow down for
+                                            `retry_after` seconds (replies/generator.py)
 """
 
 from __future__ import annotations

@@ -227,9 +227,31 @@ class TestFailures:
 
         assert stack.twilio.sent[0]["body"] == "Echo: Hola"
         assert len(stack.openai.requests) == 3
+        # The 429 gave its attempt back.
         assert (
-            stack.database.scalar("SELECT attempts FROM messages WHERE direction = 'inbound'") == 3
+            stack.database.scalar("SELECT attempts FROM messages WHERE direction = 'inbound'") == 2
         )
+
+    def test_llm_429s_pace_the_reply_instead_of_the_fallback(self, stack):
+        """More 429s in a row than LLM attempts: the reply waits for the provider and is the
+        AI's, not the fallback."""
+        stack.openai.fail_next("429", "429", "429", "429")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+
+        assert [m["body"] for m in stack.twilio.sent] == ["Echo: Hola"]
+        assert len(stack.openai.requests) == 5
+
+    def test_the_providers_request_budget_paces_the_replies(self, stack):
+        """A budget of 2 requests per window, 5 conversations at once: whatever 429s the first
+        concurrent calls get, every message gets the AI's answer, none the fallback."""
+        stack.openai.rate_limit_requests, stack.openai.rate_limit_window = 2, 1.5
+        senders = [f"+3461100{n:04d}" for n in range(5)]
+        for sender in senders:
+            stack.send(body="Hola", sender=sender)
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 5, "five replies")
+
+        assert {m["body"] for m in stack.twilio.sent} == {"Echo: Hola"}
 
     def test_llm_that_keeps_failing_gets_the_fallback(self, stack):
         stack.configure(fallback_message="Ahora no podemos responder.")

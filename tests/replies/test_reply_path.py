@@ -45,7 +45,7 @@ from platica.models import (
     utcnow,
 )
 from platica.replies import pipeline
-from platica.replies.generator import GeneratedReply, ReplyRequest
+from platica.replies.generator import GeneratedReply, RateLimited, ReplyRequest
 from platica.replies.pipeline import (
     LOCK_BUSY_RETRY_SECONDS,
     OPT_OUT_CONFIRMATION,
@@ -72,9 +72,13 @@ class StubGenerator:
         )
         # Runs during the LLM call, as other processes would meanwhile.
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
+        # Raised by the next calls, in order.
+        self.failures: list[Exception] = []
 
     async def generate(self, request: ReplyRequest) -> GeneratedReply:
         self.requests.append(request)
+        if self.failures:
+            raise self.failures.pop(0)
         if self.meanwhile is not None:
             meanwhile, self.meanwhile = self.meanwhile, None
             await meanwhile()
@@ -527,6 +531,64 @@ class TestDecisions:
         assert len(path.sender.sent) == 1
         [row] = await path.rows("SELECT ai_enabled, handoff_until FROM conversations")
         assert (bool(row.ai_enabled), row.handoff_until) == (True, None)
+
+
+class TestLlmRateLimits:
+    async def test_a_429_paces_the_reply_and_gives_its_attempt_back(self, path):
+        """The messages wait for the provider (pending, no fallback), and the 429 does not use
+        up one of the batch's LLM attempts."""
+        conversation = await path.conversation()
+        path.generator.failures = [RateLimited("the LLM is rate limited (429)", 42.0)]
+
+        wait = await reply_to_conversation(path.ctx, conversation)
+
+        assert wait is not None
+        assert 42.0 <= wait <= 42.0 * 1.25
+        [row] = await path.rows("SELECT reply_state, attempts FROM messages")
+        assert (row.reply_state, row.attempts) == ("pending", 0)
+        assert await path.outbound() == []
+        assert await path.scalar("SELECT lease_owner FROM conversations") is None
+        # Once the provider is back, the reply is the AI's.
+        assert await reply_to_conversation(path.ctx, conversation) is None
+        assert [m.body for m in path.sender.sent] == ["Echo: ¿Abren el domingo?"]
+
+    async def test_429s_never_use_up_the_attempts(self, path):
+        conversation = await path.conversation()
+        for _ in range(path.ctx.policy.llm_attempts + 2):
+            path.generator.failures = [RateLimited("the LLM is rate limited (429)", 1.0)]
+            assert await reply_to_conversation(path.ctx, conversation) is not None
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+        assert [m.body for m in path.sender.sent] == ["Echo: ¿Abren el domingo?"]
+
+    async def test_past_the_patience_bound_a_429_gets_the_fallback(self, path):
+        conversation = await path.conversation()
+        await path.execute(
+            "UPDATE messages SET created_at = :old",
+            old=utcnow() - path.ctx.policy.llm_patience - timedelta(seconds=1),
+        )
+        path.generator.failures = [RateLimited("the LLM is rate limited (429)", 30.0)]
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [reply] = path.sender.sent
+        config_fallback = await path.scalar("SELECT fallback_message FROM channel_configs LIMIT 1")
+        assert reply.body == config_fallback
+        note = await path.scalar("SELECT note FROM messages WHERE direction = 'inbound'")
+        assert "429" in note
+
+    async def test_near_the_patience_bound_the_wait_ends_at_it(self, path):
+        conversation = await path.conversation()
+        await path.execute(
+            "UPDATE messages SET created_at = :old",
+            old=utcnow() - path.ctx.policy.llm_patience + timedelta(seconds=10),
+        )
+        path.generator.failures = [RateLimited("the LLM is rate limited (429)", 60.0)]
+
+        wait = await reply_to_conversation(path.ctx, conversation)
+
+        assert wait is not None
+        assert wait <= 10.5
 
 
 class TestLogging:

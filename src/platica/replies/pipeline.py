@@ -61,7 +61,13 @@ from platica.models import (
     utcnow,
 )
 from platica.replies import prompts, store
-from platica.replies.generator import GeneratedReply, GenerationFailed, ReplyGenerator, ReplyRequest
+from platica.replies.generator import (
+    GeneratedReply,
+    GenerationFailed,
+    RateLimited,
+    ReplyGenerator,
+    ReplyRequest,
+)
 from platica.replies.keywords import Keyword, detect_keyword
 from platica.replies.shaping import SmsText, shape_sms, shape_whatsapp
 from platica.replies.store import Inbound, Loaded, Outbound
@@ -84,6 +90,9 @@ class RetryPolicy:
     send_give_up_after: timedelta = timedelta(hours=1)
     # A burst is answered at most this long after its first message, however it goes on.
     max_debounce_wait: float = 10.0
+    # The LLM provider's 429s make messages wait (they do not use up attempts) until the oldest
+    # of the batch has waited this long; then the fallback.
+    llm_patience: timedelta = timedelta(minutes=10)
 
     def backoff(self, attempt: int) -> float:
         """Exponential, with jitter so a crowd of retries does not arrive together."""
@@ -170,6 +179,10 @@ async def _rounds(ctx: ReplyContext, lease: Lease) -> float | None:
         # Another worker has the conversation now; it carries on from the stored state.
         log.warning("reply.lease_lost", conversation_id=lease.conversation_id)
         return LOCK_BUSY_RETRY_SECONDS
+    except _Paced as paced:
+        # The LLM provider asked us to slow down: the messages stay pending until then.
+        log.info("reply.llm_paced", conversation_id=lease.conversation_id, wait=paced.wait)
+        return paced.wait
     return 0.0
 
 
@@ -476,10 +489,19 @@ async def _answer(
     return await _send_parts(ctx, lease, loaded, outbound)
 
 
+class _Paced(Exception):
+    """The LLM provider rate-limits us: the batch waits `wait` seconds, still pending."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
 async def _generate(
     ctx: ReplyContext, prepared: _Prepared
 ) -> tuple[GeneratedReply | None, str | None]:
-    """The LLM's reply, retrying transient failures; (None, why) when the fallback is due."""
+    """The LLM's reply, retrying transient failures; (None, why) when the fallback is due.
+    Raises _Paced when the provider rate-limits us: a 429 paces the reply, it does not drop it."""
     failure = "no attempts left"
     first = prepared.first_attempt
     attempts = range(first, ctx.policy.llm_attempts + 1) if first else range(0)
@@ -491,6 +513,12 @@ async def _generate(
                 await store.count_attempt(connection, prepared.batch_ids, attempt)
         try:
             return await ctx.generator.generate(prepared.request), None
+        except RateLimited as error:
+            wait = await _pace(ctx, prepared, attempt, error)
+            if wait is not None:
+                raise _Paced(wait) from error
+            failure = f"{error.message}, for longer than we wait"
+            break
         except RetryableError as error:
             failure = error.message
             log.warning("reply.llm_retry", attempt=attempt, error=error.message)
@@ -501,6 +529,22 @@ async def _generate(
             break
     log.warning("reply.llm_failed", error=failure)
     return None, failure
+
+
+async def _pace(
+    ctx: ReplyContext, prepared: _Prepared, attempt: int, error: RateLimited
+) -> float | None:
+    """Seconds the batch waits for the rate-limiting provider, with its attempt given back; None
+    when its oldest message has waited long enough (then the fallback is due)."""
+    async with ctx.transaction(durable=False) as connection:
+        oldest = await store.oldest(connection, prepared.batch_ids)
+        patience = (oldest + ctx.policy.llm_patience - utcnow()).total_seconds()
+        if patience <= 0:
+            return None
+        await store.count_attempt(connection, prepared.batch_ids, attempt - 1)
+    # Jitter, so the conversations it paced do not all come back at the same instant.
+    wait = error.retry_after * random.uniform(1.0, 1.25)
+    return max(min(wait, patience), 0.0)
 
 
 def _shape(config: ChannelConfig, text: str) -> list[tuple[str, SmsText | None]]:

@@ -417,6 +417,15 @@ async def count_attempt(connection: Tx, ids: Sequence[int], attempt: int) -> Non
     await connection.execute(_COUNT_ATTEMPT, {"ids": list(ids), "attempt": attempt})
 
 
+_OLDEST = select(func.min(_m.created_at)).where(_m.id.in_(_ids))
+
+
+async def oldest(connection: Tx, ids: Sequence[int]) -> datetime:
+    """When the oldest of these messages arrived."""
+    found: datetime = (await connection.execute(_OLDEST, {"ids": list(ids)})).scalar()
+    return found
+
+
 _SETTLE = (
     update(_messages)
     .where(_m.id.in_(_ids), _m.reply_state == ReplyState.pending)
