@@ -807,6 +807,10 @@ class FakeTwilio(_FakeServer):
       "drop"     record nothing, sleep ``hang_seconds``, answer 503 (code 20503)
       "failed:CODE" / "undelivered:CODE"  accept (201 queued), then the message ends in that
                  status with ErrorCode CODE (e.g. "failed:63016", "undelivered:30003")
+
+    List requests (``GET .../Messages.json``, how a client looks for a message it may have sent)
+    fail with ``fail_lists("500")`` (or "429"), each with Twilio's error body, until
+    ``fail_lists(None)``; ``list_times`` records when each list request arrived.
     """
 
     BEHAVIOURS = frozenset({*TWILIO_ERRORS, "timeout", "drop"})
@@ -832,6 +836,8 @@ class FakeTwilio(_FakeServer):
         self.final_error_code: int | None = None
         self._messages: dict[str, _Message] = {}
         self._attempts: list[dict[str, list[str]]] = []
+        self._list_failure: str | None = None
+        self._list_times: list[float] = []
         self._tasks: set[asyncio.Task[None]] = set()
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
 
@@ -855,6 +861,19 @@ class FakeTwilio(_FakeServer):
         """Every create request's form (rejected ones included), in order."""
         with self._lock:
             return copy.deepcopy(self._attempts)
+
+    def fail_lists(self, behaviour: str | None) -> None:
+        """Answer every list request with this error ("500", "429"; None: answer normally)."""
+        if behaviour is not None and behaviour not in ("500", "429"):
+            raise ValueError(f"unknown list behaviour {behaviour!r}")
+        with self._lock:
+            self._list_failure = behaviour
+
+    @property
+    def list_times(self) -> list[float]:
+        """When each list request arrived (time.monotonic()), failed ones included."""
+        with self._lock:
+            return list(self._list_times)
 
     @property
     def callback_log(self) -> list[dict[str, Any]]:
@@ -882,6 +901,8 @@ class FakeTwilio(_FakeServer):
     def _clear_records(self) -> None:
         self._messages.clear()
         self._attempts.clear()
+        self._list_times.clear()
+        self._list_failure = None
 
     def _control(self, command: dict[str, Any]) -> None:
         if "callbacks" in command:
@@ -925,7 +946,13 @@ class FakeTwilio(_FakeServer):
         if denied is not None:
             return denied
         if request.method == "GET":
+            with self._lock:
+                self._list_times.append(time.monotonic())
+                failure = self._list_failure
             await self._sleep(self.latency)
+            if failure is not None:
+                status, code, text = TWILIO_ERRORS[failure]
+                return _twilio_error(status, code, text)
             return self._list(request)
         return await self._create(request)
 

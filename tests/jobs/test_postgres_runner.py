@@ -222,6 +222,26 @@ class TestClaiming:
         assert await queue.scalar("SELECT lease_owner FROM conversations") is None
 
 
+class TestRescue:
+    async def test_a_rescue_makes_due_only_what_nothing_queued(self, queue):
+        lost = await queue.conversation(due_in=None)
+        waiting = await queue.conversation(due_in=60)
+        runner = await queue.runner(Handler(queue.engine), work=False)
+        before = await queue.scalar(
+            "SELECT reply_due_at FROM conversations WHERE id = :id", id=waiting
+        )
+
+        assert await runner.rescue([lost, waiting]) == 1
+
+        assert (
+            await queue.scalar("SELECT reply_due_at FROM conversations WHERE id = :id", id=waiting)
+            == before
+        )
+        assert await queue.scalar(
+            "SELECT reply_due_at IS NOT NULL FROM conversations WHERE id = :id", id=lost
+        )
+
+
 class TestWaking:
     async def test_a_deferred_conversation_runs_without_waiting_for_the_poll(
         self, queue, monkeypatch

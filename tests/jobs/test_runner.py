@@ -323,6 +323,11 @@ class RecordingRunner:
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
         self.deferred.append((conversation_id, delay))
 
+    async def rescue(self, conversation_ids: list[int]) -> int:
+        for conversation_id in conversation_ids:
+            self.deferred.append((conversation_id, 0.0))
+        return len(conversation_ids)
+
     def wake(self) -> None:
         return None
 
@@ -379,6 +384,14 @@ class Seeder:
                 )
             )
             return conversation.id
+
+    async def set(self, conversation_id: int, **values: Any) -> None:
+        """Set columns of a conversation."""
+        async with db.transaction(self._sessionmaker) as session:
+            conversation = await session.get(Conversation, conversation_id)
+            assert conversation is not None
+            for name, value in values.items():
+                setattr(conversation, name, value)
 
 
 def ago(seconds: float) -> datetime:
@@ -473,3 +486,52 @@ class TestSweeper:
         assert await sweeper.sweep(grace_seconds=0) == 2
 
         assert runner.ids == {inbound, sending}
+
+    async def test_leaves_a_conversation_already_due_later_alone(self, seeded):
+        """Queued (on PostgreSQL, reply_due_at): waiting out a backoff or the LLM provider's
+        pause, which a sweep must not cut short."""
+        seeder, sweeper, runner = seeded
+        waiting = await seeder.conversation(**old_inbound(ReplyState.pending))
+        await seeder.set(waiting, reply_due_at=utcnow() + timedelta(minutes=1))
+
+        assert await sweeper.sweep(grace_seconds=30) == 0
+
+        assert runner.deferred == []
+
+    async def test_leaves_a_conversation_a_worker_holds_alone(self, seeded):
+        seeder, sweeper, runner = seeded
+        held = await seeder.conversation(**outbound(MessageStatus.sending, 120))
+        await seeder.set(held, lease_owner="w", lease_expires_at=utcnow() + timedelta(seconds=15))
+        lapsed = await seeder.conversation(**outbound(MessageStatus.sending, 120))
+        await seeder.set(lapsed, lease_owner="w", lease_expires_at=utcnow() - timedelta(seconds=1))
+
+        assert await sweeper.sweep(grace_seconds=30) == 1
+
+        assert runner.ids == {lapsed}
+
+
+class TestRescue:
+    async def test_a_rescue_does_not_cut_a_wait_short(self, start_runner):
+        """The sweeper's rescue queues only what the runner has lost: a conversation waiting
+        for its next run keeps its time."""
+        handler = Recorder()
+        runner = await start_runner(handler)
+        await runner.defer(7, 60.0)
+
+        assert await runner.rescue([7]) == 0
+        assert await runner.rescue([8]) == 1
+
+        await eventually(lambda: handler.calls == [8], "the rescued conversation's run")
+
+    async def test_a_rescue_does_not_run_a_running_conversation_twice(self, start_runner):
+        release = asyncio.Event()
+
+        async def handler(conversation_id: int) -> None:
+            await release.wait()
+
+        runner = await start_runner(handler)
+        await runner.defer(7)
+        await eventually(lambda: not runner._waiting and 7 not in runner._due, "the run")
+
+        assert await runner.rescue([7]) == 0
+        release.set()

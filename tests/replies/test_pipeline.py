@@ -3,6 +3,7 @@ Twilio spoken to through the official SDKs, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -86,11 +87,28 @@ def short_llm_timeout(monkeypatch):
     monkeypatch.setattr("platica.replies.generator.OPENAI_TIMEOUT_SECONDS", 0.3)
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch):
+def retry_policy(monkeypatch, **defaults):
+    """Every RetryPolicy made from now on (the servers' included) takes these defaults (its
+    dataclass __init__ has its own copy of the class's, so setting those would not do)."""
     from platica.replies.pipeline import RetryPolicy
 
-    monkeypatch.setattr(RetryPolicy, "backoff_base", 0.05)
+    real_init = RetryPolicy.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **{**defaults, **kwargs})
+
+    monkeypatch.setattr(RetryPolicy, "__init__", init)
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch):
+    retry_policy(monkeypatch, backoff_base=0.05)
+
+
+@pytest.fixture
+def backoff_from_200ms(monkeypatch):
+    """Request it before `stack`: a backoff slow enough for its spacing to show."""
+    retry_policy(monkeypatch, backoff_base=0.2)
 
 
 class TestReplies:
@@ -313,6 +331,26 @@ class TestFailures:
         reply = stack.outbound()[0]
         assert reply.twilio_sid == stack.twilio.sent[0]["sid"]
         assert reply.attempts == 3
+
+    def test_a_failing_lookup_backs_off_and_counts_its_attempts(self, backoff_from_200ms, stack):
+        """A send that may have landed (a 500), then Twilio failing every lookup: each lookup
+        is an attempt, and the intervals between them grow (exponential backoff), instead of
+        one lookup a second for an hour."""
+        stack.twilio.fail_next("500")
+        stack.twilio.fail_lists("500")
+        stack.send(body="Hola")
+        wait_for(lambda: len(stack.twilio.list_times) >= 4, "four lookups")
+
+        times = stack.twilio.list_times[:4]
+        intervals = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert intervals == sorted(intervals), intervals
+        assert intervals[-1] >= 2 * intervals[0], intervals
+        # The send and each failed lookup counted.
+        attempts = stack.database.scalar(
+            "SELECT attempts FROM messages WHERE direction = 'outbound'"
+        )
+        assert attempts >= 1 + 4
+        assert len(stack.twilio.sent) == 0
 
     def test_unsubscribed_recipient_is_recorded_not_retried(self, stack):
         stack.twilio.fail_next("21610")

@@ -95,6 +95,9 @@ class StubSender:
         self.on_send: Callable[[OutgoingMessage], Awaitable[None]] | None = None
         # Raised by the next sends, in order, before anything is sent.
         self.failures: list[Exception] = []
+        # Raised by the next lookups (find_sent), in order; the `since` of each lookup.
+        self.lookup_failures: list[Exception] = []
+        self.lookups: list[datetime] = []
         self._sids = (f"SM{n:032x}" for n in itertools.count(1))
 
     def next_sid(self) -> str:
@@ -109,6 +112,9 @@ class StubSender:
         return SentMessage(self.next_sid(), MessageStatus.queued)
 
     async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
+        self.lookups.append(since)
+        if self.lookup_failures:
+            raise self.lookup_failures.pop(0)
         return self.found
 
     async def aclose(self) -> None:
@@ -308,6 +314,23 @@ async def path(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         if driver_pool is not None:
             await driver_pool.close()
         await engine.dispose()
+
+
+async def leave_sending(path: Path, body: str = "Echo") -> None:
+    """The conversation's message answered by a reply left `sending` (one attempt counted), as a
+    crash between the durable `sending` commit and Twilio's answer leaves it."""
+    reply_to = await path.scalar("SELECT id FROM messages")
+    await path.execute("UPDATE messages SET reply_state = 'answered' WHERE id = :id", id=reply_to)
+    now = utcnow()
+    await path.execute(
+        "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
+        " body, media, status, reply_to_id, part, attempts, simulated, created_at, updated_at)"
+        " SELECT account_id, conversation_id, channel, 'outbound', 'ai', :body, '[]',"
+        " 'sending', id, 0, 1, false, :now, :now FROM messages WHERE id = :id",
+        id=reply_to,
+        now=now,
+        body=body,
+    )
 
 
 class TestRoundTrips:
@@ -638,6 +661,27 @@ class TestSendFailures:
         [reply] = await path.outbound()
         assert (reply.status, reply.attempts) == ("queued", 4)
         assert len(path.sender.sent) == 1
+
+    async def test_a_failing_lookup_backs_off_exponentially_and_counts(self, path):
+        """A reply left `sending` (a crash mid-send) and Twilio failing every lookup: each run
+        counts the lookup as an attempt and waits longer than the one before."""
+        conversation = await path.conversation()
+        await leave_sending(path)
+        path.sender.lookup_failures = [RetryableError("Twilio could not be asked")] * 4
+        path.ctx.policy = RetryPolicy(backoff_base=1.0, backoff_max=300.0)
+
+        waits, attempts = [], []
+        for _ in range(4):
+            waits.append(await reply_to_conversation(path.ctx, conversation))
+            [reply] = await path.outbound()
+            attempts.append(reply.attempts)
+
+        assert attempts == [2, 3, 4, 5]
+        numbers = [wait for wait in waits if wait is not None]
+        assert len(numbers) == 4, waits
+        assert numbers == sorted(numbers), waits
+        assert len(set(numbers)) == 4, waits
+        assert path.sender.sent == []
 
     async def test_a_reply_still_failing_after_an_hour_is_given_up(self, path):
         conversation = await path.conversation()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.db import constant, insert_ignore
@@ -153,7 +153,9 @@ async def conversations_needing_work(
     session: AsyncSession, older_than: datetime, limit: int = 500
 ) -> list[int]:
     """Conversations with an unanswered inbound or an unsent outbound message last touched
-    before `older_than`: work a crash or a lost wake-up may have left behind."""
+    before `older_than`: work a crash or a lost wake-up may have left behind. Not those a worker
+    holds (their lease is live) or that are queued already (on PostgreSQL, due at some time:
+    waiting out a backoff, which a sweep must not cut short)."""
     pending = select(Message.conversation_id).where(
         Message.reply_state == ReplyState.pending, Message.created_at < older_than
     )
@@ -162,7 +164,16 @@ async def conversations_needing_work(
         Message.status.in_([MessageStatus.pending, MessageStatus.sending]),
         Message.updated_at < older_than,
     )
-    rows = await session.scalars(pending.union(unsent).limit(limit))
+    now = utcnow()
+    rows = await session.scalars(
+        select(Conversation.id)
+        .where(
+            Conversation.id.in_(pending.union(unsent).scalar_subquery()),
+            Conversation.reply_due_at.is_(None),
+            or_(Conversation.lease_expires_at.is_(None), Conversation.lease_expires_at < now),
+        )
+        .limit(limit)
+    )
     return list(rows)
 
 

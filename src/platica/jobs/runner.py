@@ -51,6 +51,11 @@ class TaskRunner(Protocol):
         """Queue the conversation's reply task to run after `delay` seconds."""
         ...
 
+    async def rescue(self, conversation_ids: list[int]) -> int:
+        """Queue to run now those of the conversations nothing has queued, is running or will
+        run (the sweeper's work: a wait already set is never cut short); how many it queued."""
+        ...
+
     def wake(self) -> None:
         """Tell the workers that reply tasks were queued in SQL, by the webhook's statement."""
         ...
@@ -83,6 +88,7 @@ class InProcessRunner:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._ready: asyncio.Queue[int] = asyncio.Queue()
         self._waiting: set[int] = set()  # in the ready queue, not yet picked up
+        self._running: set[int] = set()
         self._workers: list[asyncio.Task[None]] = []
 
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
@@ -97,6 +103,18 @@ class InProcessRunner:
             timer.cancel()
         self._due[conversation_id] = due
         self._timers[conversation_id] = loop.call_at(due, self._make_ready, conversation_id)
+
+    async def rescue(self, conversation_ids: list[int]) -> int:
+        lost = [
+            conversation_id
+            for conversation_id in conversation_ids
+            if conversation_id not in self._due
+            and conversation_id not in self._waiting
+            and conversation_id not in self._running
+        ]
+        for conversation_id in lost:
+            await self.defer(conversation_id)
+        return len(lost)
 
     def wake(self) -> None:
         """Nothing to do: on SQLite every task is queued through `defer`."""
@@ -119,7 +137,11 @@ class InProcessRunner:
         while True:
             conversation_id = await self._ready.get()
             self._waiting.discard(conversation_id)
-            wait = await run_handler(self._handler, conversation_id)
+            self._running.add(conversation_id)
+            try:
+                wait = await run_handler(self._handler, conversation_id)
+            finally:
+                self._running.discard(conversation_id)
             if wait is not None:
                 await self.defer(conversation_id, wait)
 
@@ -158,6 +180,16 @@ _MAKE_DUE = (
     update(_table)
     .where(_c.id.in_(bindparam("ids", expanding=True)))
     .values(reply_due_at=func.least(func.coalesce(_c.reply_due_at, _due), _due))
+)
+# Due now, unless queued already (due at some time) or held by a worker: the sweeper's rescue.
+_RESCUE = (
+    update(_table)
+    .where(
+        _c.id.in_(bindparam("ids", expanding=True)),
+        _c.reply_due_at.is_(None),
+        or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
+    )
+    .values(reply_due_at=_now)
 )
 NOTIFY_SQL = f"SELECT pg_notify('{WAKE_CHANNEL}', '')"
 
@@ -231,6 +263,15 @@ class PostgresRunner:
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
         await self._make_due([conversation_id], delay)
         self.wake()
+
+    async def rescue(self, conversation_ids: list[int]) -> int:
+        async with store_transaction(
+            self._engine, durable=False, driver_pool=self._driver_pool
+        ) as connection:
+            result = await connection.execute(_RESCUE, {"ids": conversation_ids, "now": utcnow()})
+        if result.rowcount:
+            self.wake()
+        return result.rowcount
 
     async def _make_due(self, conversation_ids: list[int], delay: float = 0.0) -> None:
         due = utcnow() + timedelta(seconds=max(delay, 0.0))
@@ -389,11 +430,10 @@ class Sweeper:
         older_than = utcnow() - timedelta(seconds=grace_seconds)
         async with transaction(self._sessionmaker) as session:
             conversation_ids = await repository.conversations_needing_work(session, older_than)
-        for conversation_id in conversation_ids:
-            await self._runner.defer(conversation_id)
-        if conversation_ids:
-            log.info("sweep.requeued", conversations=len(conversation_ids))
-        return len(conversation_ids)
+        requeued = await self._runner.rescue(conversation_ids) if conversation_ids else 0
+        if requeued:
+            log.info("sweep.requeued", conversations=requeued)
+        return requeued
 
     async def _loop(self, interval: float) -> None:
         while True:

@@ -82,10 +82,17 @@ OPT_IN_CONFIRMATION = "You are subscribed again. Reply STOP to unsubscribe."
 
 @dataclass
 class RetryPolicy:
+    """How every retry backs off: exponentially with the attempts counted so far, with jitter.
+
+    A failure is retried within the run after a sleep of at most `max_sleep_in_run`; a longer
+    wait hands the conversation back to the queue, due again when it is over.
+    """
+
     llm_attempts: int = 3
     send_attempts_per_run: int = 3
     backoff_base: float = 1.0
-    backoff_max: float = 30.0
+    backoff_max: float = 60.0
+    max_sleep_in_run: float = 5.0
     # A send still failing this long after the reply was stored is given up.
     send_give_up_after: timedelta = timedelta(hours=1)
     # A burst is answered at most this long after its first message, however it goes on.
@@ -649,6 +656,8 @@ async def _deliver(
                 try:
                     found = await sender.find_sent(outgoing, since=message.created_at)
                 except RetryableError as error:
+                    # Asking is an attempt too: its failures back off like a send's.
+                    message.attempts += 1
                     return await _send_failed_transiently(ctx, message, error)
                 if found is not None:
                     return _Sent(found.sid, found.status, recovered=True)
@@ -665,7 +674,7 @@ async def _deliver(
             if not error.ambiguous:
                 message.status = MessageStatus.pending
             wait = await _send_failed_transiently(ctx, message, error)
-            if wait is None or wait > ctx.policy.backoff_max:
+            if wait is None or wait > ctx.policy.max_sleep_in_run:
                 return wait
             await asyncio.sleep(wait)
             continue
@@ -702,5 +711,7 @@ async def _send_failed_transiently(
         REPLIES.labels(message.channel, "send_failed").inc()
         return None
     async with ctx.transaction(durable=True) as connection:
-        await store.record_error(connection, message.id, message.status, error.message)
+        await store.record_error(
+            connection, message.id, message.status, error.message, attempts=message.attempts
+        )
     return ctx.policy.backoff(message.attempts)

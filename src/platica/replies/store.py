@@ -645,6 +645,7 @@ _RECORD_ERROR = (
         status=bindparam("new_status"),
         error_code=bindparam("code"),
         error_message=bindparam("error"),
+        attempts=func.coalesce(bindparam("new_attempts", type_=_m.attempts.type), _m.attempts),
         updated_at=bindparam("now"),
     )
 )
@@ -656,8 +657,10 @@ async def record_error(
     status: MessageStatus,
     error: str,
     code: int | None = None,
+    attempts: int | None = None,
 ) -> None:
-    """Record a failed send: for good (status failed) or for now (the status it is left in)."""
+    """Record a failed send (or lookup): for good (status failed) or for now (the status it is
+    left in), with the attempts counted so far when given."""
     await connection.execute(
         _RECORD_ERROR,
         {
@@ -665,6 +668,7 @@ async def record_error(
             "new_status": status,
             "code": code,
             "error": error,
+            "new_attempts": attempts,
             "now": utcnow(),
         },
     )
