@@ -352,6 +352,26 @@ class TestFailures:
         assert attempts >= 1 + 4
         assert len(stack.twilio.sent) == 0
 
+    def test_the_same_text_twice_with_the_second_send_cut_short_is_sent_once_each(self, stack):
+        """Two HELP answers (the same text) to one contact within seconds, the second send
+        failing before Twilio created it: looking for it must not take the first one's SID
+        (the task then crashed on the unique SID for ever, and the conversation was stuck)."""
+        stack.configure(help_message="Escribe tu pregunta; STOP para salir.")
+        stack.send("whatsapp", body="HELP")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 1, "the first answer")
+        stack.twilio.fail_next("500")
+        stack.send("whatsapp", body="INFO")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the second answer")
+        stack.send("whatsapp", body="¿Abren el domingo?")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 3, "the next reply")
+
+        bodies = [m["body"] for m in stack.twilio.sent]
+        assert bodies[:2] == ["Escribe tu pregunta; STOP para salir."] * 2
+        assert bodies[2] == "Echo: ¿Abren el domingo?"
+        sids = [row.twilio_sid for row in stack.outbound()]
+        assert sids == [m["sid"] for m in stack.twilio.sent]
+        assert stack.database.scalar("SELECT crash_count FROM conversations") == 0
+
     def test_unsubscribed_recipient_is_recorded_not_retried(self, stack):
         stack.twilio.fail_next("21610")
         stack.send(body="Hola")

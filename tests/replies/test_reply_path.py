@@ -44,7 +44,7 @@ from platica.models import (
     WebhookLog,
     utcnow,
 )
-from platica.replies import pipeline
+from platica.replies import pipeline, store
 from platica.replies.generator import GeneratedReply, RateLimited, ReplyRequest
 from platica.replies.pipeline import (
     LOCK_BUSY_RETRY_SECONDS,
@@ -91,7 +91,7 @@ class StubGenerator:
 class StubSender:
     def __init__(self) -> None:
         self.sent: list[OutgoingMessage] = []
-        self.found: SentMessage | None = None
+        self.found: list[SentMessage] = []
         self.on_send: Callable[[OutgoingMessage], Awaitable[None]] | None = None
         # Raised by the next sends, in order, before anything is sent.
         self.failures: list[Exception] = []
@@ -111,7 +111,7 @@ class StubSender:
         self.sent.append(message)
         return SentMessage(self.next_sid(), MessageStatus.queued)
 
-    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> list[SentMessage]:
         self.lookups.append(since)
         if self.lookup_failures:
             raise self.lookup_failures.pop(0)
@@ -424,13 +424,96 @@ class TestExactlyOnce:
             now=now,
         )
         sid = path.sender.next_sid()
-        path.sender.found = SentMessage(sid, MessageStatus.sent)
+        path.sender.found = [SentMessage(sid, MessageStatus.sent)]
 
         assert await reply_to_conversation(path.ctx, conversation) is None
 
         assert path.sender.sent == []
         [reply] = await path.outbound()
         assert (reply.twilio_sid, reply.status, reply.attempts) == (sid, "sent", 1)
+
+    async def test_a_lookup_never_takes_a_sid_another_message_has(self, path):
+        """The same text sent twice (a fallback during an outage, HELP answers), the second send
+        cut short: Twilio's list finds the first, whose SID is ours already. It is not taken
+        (that crashed the task on the unique SID, forever): the reply is sent."""
+        conversation = await path.conversation()
+        await leave_sending(path, body="Sorry, we can't answer right now.")
+        taken = path.sender.next_sid()
+        await path.execute(
+            "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
+            " body, media, twilio_sid, status, part, attempts, simulated, created_at,"
+            " updated_at) SELECT account_id, conversation_id, channel, 'outbound', 'system',"
+            " body, '[]', :sid, 'delivered', 0, 1, false, created_at, updated_at FROM messages"
+            " WHERE status = 'sending'",
+            sid=taken,
+        )
+        path.sender.found = [SentMessage(taken, MessageStatus.delivered)]
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert [m.body for m in path.sender.sent] == ["Sorry, we can't answer right now."]
+        rows = await path.rows(
+            "SELECT twilio_sid FROM messages WHERE direction = 'outbound' ORDER BY id"
+        )
+        sids = [row.twilio_sid for row in rows]
+        assert sids[1] == taken
+        assert sids[0] not in (None, taken)
+
+    async def test_the_lookup_starts_at_this_attempts_sending_mark(self, path):
+        """Only what Twilio created since the message was marked `sending` for this attempt can
+        be it, however long ago it was stored; a failed lookup keeps that moment."""
+        conversation = await path.conversation()
+        await leave_sending(path)
+        marked = utcnow() - timedelta(seconds=30)
+        await path.execute(
+            "UPDATE messages SET created_at = :stored, updated_at = :marked"
+            " WHERE direction = 'outbound'",
+            stored=marked - timedelta(minutes=10),
+            marked=marked,
+        )
+        path.sender.lookup_failures = [RetryableError("Twilio could not be asked")]
+
+        assert await reply_to_conversation(path.ctx, conversation) is not None
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert len(path.sender.lookups) == 2
+        for since in path.sender.lookups:
+            assert abs(since - marked) < timedelta(milliseconds=1)
+
+    async def test_a_sid_clash_when_storing_means_not_found(self, path, monkeypatch):
+        """Between the lookup and storing the SID another message took it: not found after
+        all, no crash; the next look leaves it out."""
+        conversation = await path.conversation()
+        await leave_sending(path)
+        taken = path.sender.next_sid()
+        await path.execute(
+            "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
+            " body, media, twilio_sid, status, part, attempts, simulated, created_at,"
+            " updated_at) SELECT account_id, conversation_id, channel, 'outbound', 'ai',"
+            " body, '[]', :sid, 'sent', 0, 1, false, created_at, updated_at FROM messages"
+            " WHERE status = 'sending'",
+            sid=taken,
+        )
+        path.sender.found = [SentMessage(taken, MessageStatus.sent)]
+        real = store.stored_sids
+        calls = 0
+
+        async def stale_once(connection, sids):
+            nonlocal calls
+            calls += 1
+            return set() if calls == 1 else await real(connection, sids)
+
+        monkeypatch.setattr(store, "stored_sids", stale_once)
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert len(path.sender.sent) == 1
+        assert (
+            await path.scalar(
+                "SELECT count(DISTINCT twilio_sid) FROM messages WHERE direction = 'outbound'"
+            )
+            == 2
+        )
 
     async def test_a_lease_lost_during_the_llm_call_stores_and_sends_nothing(self, path):
         conversation = await path.conversation()

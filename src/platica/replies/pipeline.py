@@ -38,6 +38,7 @@ from platica.channels.sender import (
     MessageSender,
     OutgoingMessage,
     SendFailed,
+    SentMessage,
 )
 from platica.config import Settings
 from platica.db import DriverPool
@@ -583,17 +584,20 @@ async def _send_parts(
         if isinstance(result, float):
             return result
         after = parts[index + 1] if index + 1 < len(parts) else None
-        # Durable when it marks the next part `sending`: Twilio is called next (see store.py).
-        async with ctx.transaction(durable=after is not None) as connection:
-            if after is not None:
-                await lease.renew(connection)
-            if result is not None:
-                await store.store_sent(connection, message.id, result.sid, result.status)
-            if after is not None:
-                after.attempts += 1
-                await store.mark_sending(connection, after)
-            else:
-                released = await lease.release(connection, RELEASE_WHEN_IDLE)
+        try:
+            # Durable when it marks the next part `sending`: Twilio is called next (store.py).
+            async with ctx.transaction(durable=after is not None) as connection:
+                if after is not None:
+                    await lease.renew(connection)
+                if result is not None:
+                    await store.store_sent(connection, message.id, result.sid, result.status)
+                if after is not None:
+                    after.attempts += 1
+                    await store.mark_sending(connection, after)
+                else:
+                    released = await lease.release(connection, RELEASE_WHEN_IDLE)
+        except store.SidTaken:
+            return _sid_taken(message, result)
         if after is not None:
             after.status = MessageStatus.sending
         if result is not None:
@@ -610,9 +614,21 @@ async def _deliver_unsent(
         if isinstance(result, float):
             return result
         if result is not None:
-            async with ctx.transaction(durable=False) as connection:
-                await store.store_sent(connection, message.id, result.sid, result.status)
+            try:
+                async with ctx.transaction(durable=False) as connection:
+                    await store.store_sent(connection, message.id, result.sid, result.status)
+            except store.SidTaken:
+                return _sid_taken(message, result)
             _log_sent(message, result)
+    return AGAIN
+
+
+def _sid_taken(message: Outbound, result: _Sent | None) -> _Again:
+    """Another message stored the SID first: what was found was not this message after all (it
+    stays `sending`; the next look leaves that SID out)."""
+    log.warning(
+        "reply.sid_taken", message_id=message.id, sid=result.sid if result is not None else None
+    )
     return AGAIN
 
 
@@ -654,7 +670,7 @@ async def _deliver(
             if message.status == MessageStatus.sending:
                 # An earlier attempt may have reached Twilio before it was cut off: ask first.
                 try:
-                    found = await sender.find_sent(outgoing, since=message.created_at)
+                    found = await _find_landed(ctx, sender, outgoing, message)
                 except RetryableError as error:
                     # Asking is an attempt too: its failures back off like a send's.
                     message.attempts += 1
@@ -694,6 +710,21 @@ async def _deliver(
             return None
         return _Sent(sent.sid, sent.status)
     return ctx.policy.backoff(message.attempts)
+
+
+async def _find_landed(
+    ctx: ReplyContext, sender: MessageSender, outgoing: OutgoingMessage, message: Outbound
+) -> SentMessage | None:
+    """What Twilio made of the message's interrupted attempt, if it landed: a message like it,
+    created since the attempt began, whose SID no message of ours has (the same text may have
+    gone to the same contact moments before: a fallback, a HELP answer)."""
+    since = message.sending_since or message.created_at
+    candidates = [c for c in await sender.find_sent(outgoing, since=since) if c.sid]
+    if not candidates:
+        return None
+    async with ctx.transaction(durable=False) as connection:
+        stored = await store.stored_sids(connection, [c.sid for c in candidates if c.sid])
+    return next((c for c in candidates if c.sid not in stored), None)
 
 
 async def _send_failed_transiently(
