@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
-from platica.jobs.locks import LeaseLocks
+from platica.jobs.locks import PARK_AFTER_CRASHES, LeaseLocks
 from platica.jobs.runner import WAKE_CHANNEL, PostgresRunner
 from platica.models import ReplyState, utcnow
 from platica.replies import store
@@ -37,6 +37,14 @@ async def eventually(condition: Callable[[], Any], what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def eventually_async(probe: Callable[[], Awaitable[Any]], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not await probe():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,35 @@ class TestClaiming:
         await queue.runner(handler)
 
         await eventually(lambda: handler.ran(conversation) == 2, "the retry")
+
+    async def test_a_conversation_that_keeps_crashing_is_parked(self, queue, monkeypatch):
+        monkeypatch.setattr("platica.jobs.runner.CRASH_RETRY_SECONDS", 0.02)
+        handler = Handler(queue.engine, *[RuntimeError("boom")] * (PARK_AFTER_CRASHES + 3))
+        stuck = await queue.conversation()
+        await queue.runner(handler)
+
+        await eventually_async(
+            lambda: queue.scalar("SELECT parked_at IS NOT NULL FROM conversations"), "parking"
+        )
+
+        assert handler.ran(stuck) == PARK_AFTER_CRASHES
+        assert await queue.scalar("SELECT crash_count FROM conversations") == PARK_AFTER_CRASHES
+        assert await queue.scalar("SELECT reply_due_at FROM conversations") is None
+        assert "RuntimeError: boom" in await queue.scalar("SELECT parked_error FROM conversations")
+
+    async def test_a_parked_conversation_is_not_claimed(self, queue):
+        handler = Handler(queue.engine)
+        parked = await queue.conversation()
+        await queue.execute(
+            "UPDATE conversations SET parked_at = now(), parked_error = 'boom', crash_count = 5"
+            " WHERE id = :id",
+            id=parked,
+        )
+        other = await queue.conversation(due_in=0.05)
+        await queue.runner(handler)
+
+        await eventually(lambda: handler.ran(other) == 1, "the other conversation's run")
+        assert handler.ran(parked) == 0
 
     async def test_no_more_tasks_than_its_concurrency(self, queue):
         gate = asyncio.Event()

@@ -154,8 +154,8 @@ async def conversations_needing_work(
 ) -> list[int]:
     """Conversations with an unanswered inbound or an unsent outbound message last touched
     before `older_than`: work a crash or a lost wake-up may have left behind. Not those a worker
-    holds (their lease is live) or that are queued already (on PostgreSQL, due at some time:
-    waiting out a backoff, which a sweep must not cut short)."""
+    holds (their lease is live), that are queued already (on PostgreSQL, due at some time:
+    waiting out a backoff, which a sweep must not cut short), or that are parked."""
     pending = select(Message.conversation_id).where(
         Message.reply_state == ReplyState.pending, Message.created_at < older_than
     )
@@ -171,6 +171,8 @@ async def conversations_needing_work(
             Conversation.id.in_(pending.union(unsent).scalar_subquery()),
             Conversation.reply_due_at.is_(None),
             or_(Conversation.lease_expires_at.is_(None), Conversation.lease_expires_at < now),
+            # Parked: an operator retries it (jobs/locks.py).
+            Conversation.parked_at.is_(None),
         )
         .limit(limit)
     )

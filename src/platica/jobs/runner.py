@@ -5,12 +5,17 @@ before running it again (debounce, a busy lock, a failing service) or None when 
 Neither queue is the source of truth: a sweeper re-queues, at start-up and periodically, every
 conversation whose stored messages still need work, so a crash between storing a message and
 queueing its task loses nothing.
+
+A task that crashes is run again later, with exponential backoff and jitter by the crashes in a
+row counted on its conversation; past a few the conversation is parked (jobs/locks.py): it is not
+claimed, swept or run until an operator retries it, and it never holds up the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Protocol, cast
@@ -22,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.conversations import repository
 from platica.db import DriverPool, transaction
+from platica.jobs.locks import TaskCrashed
 from platica.logging import get_logger
 from platica.models import Conversation, utcnow
 from platica.replies.store import transaction as store_transaction
@@ -33,8 +39,10 @@ Handler = Callable[[int], Awaitable[float | None]]
 
 # What working processes LISTEN on, and `wake` notifies.
 WAKE_CHANNEL = "platica_replies"
-# How long to wait before re-running a task that raised, and how often the sweeper looks.
+# How long to wait before re-running a task that raised (doubling with each crash in a row,
+# up to CRASH_RETRY_MAX_SECONDS), and how often the sweeper looks.
 CRASH_RETRY_SECONDS = 5.0
+CRASH_RETRY_MAX_SECONDS = 300.0
 SWEEP_INTERVAL_SECONDS = 10.0
 # Work younger than this is someone's in-flight task, not a leftover.
 SWEEP_GRACE_SECONDS = 30.0
@@ -67,15 +75,41 @@ class TaskRunner(Protocol):
     async def stop(self) -> None: ...
 
 
+def crash_backoff(crashes: int) -> float:
+    """Seconds before running a task again after its `crashes`th crash in a row: exponential,
+    with jitter so that what crashed together does not come back together."""
+    delay: float = min(CRASH_RETRY_SECONDS * 2 ** max(crashes - 1, 0), CRASH_RETRY_MAX_SECONDS)
+    return delay * random.uniform(0.75, 1.0)
+
+
+def after_crash(error: Exception, conversation_id: int | None) -> float | None:
+    """Log a task's crash; seconds before running it again, or None when its conversation is
+    parked (an operator retries it)."""
+    if not isinstance(error, TaskCrashed):
+        # Before the task held its conversation, or the database failing: not counted.
+        log.exception("task.crashed", conversation_id=conversation_id)
+        return crash_backoff(1)
+    log.exception("task.crashed", conversation_id=error.conversation_id, crashes=error.crashes)
+    if error.parked:
+        log.error(
+            "task.parked",
+            conversation_id=error.conversation_id,
+            crashes=error.crashes,
+            error=error.error,
+        )
+        return None
+    return crash_backoff(error.crashes)
+
+
 async def run_handler(
     handler: Callable[..., Awaitable[float | None]], conversation_id: int, **kwargs: Any
 ) -> float | None:
-    """Run the task; a crash in it is logged and retried later, never lost or fatal."""
+    """Run the task; a crash in it is logged and retried later (or its conversation parked),
+    never lost or fatal."""
     try:
         return await handler(conversation_id, **kwargs)
-    except Exception:
-        log.exception("task.crashed", conversation_id=conversation_id)
-        return CRASH_RETRY_SECONDS
+    except Exception as error:
+        return after_crash(error, conversation_id)
 
 
 class InProcessRunner:
@@ -171,6 +205,7 @@ _NEXT_DUE = (
     .where(
         _c.reply_due_at.is_not(None),
         or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
+        _c.parked_at.is_(None),
     )
     .order_by(_c.reply_due_at)
     .limit(1)
@@ -188,6 +223,7 @@ _RESCUE = (
         _c.id.in_(bindparam("ids", expanding=True)),
         _c.reply_due_at.is_(None),
         or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
+        _c.parked_at.is_(None),
     )
     .values(reply_due_at=_now)
 )
@@ -376,9 +412,8 @@ class PostgresRunner:
         try:
             result = await self._claim_next(claimed)
             wait = None if result is None else result.wait
-        except Exception:
-            log.exception("task.crashed")
-            wait = CRASH_RETRY_SECONDS
+        except Exception as error:
+            wait = after_crash(error, self._running.get(task) if task is not None else None)
         conversation_id = self._running.get(task) if task is not None else None
         if self._claiming and conversation_id is None:
             claimed(None, False)  # it failed before its claim said anything

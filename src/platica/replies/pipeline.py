@@ -181,6 +181,8 @@ async def _rounds(ctx: ReplyContext, lease: Lease) -> float | None:
     try:
         for _ in range(MAX_ROUNDS):
             outcome = await _round(ctx, lease)
+            if lease.parked:
+                return None  # its reply task kept crashing: an operator retries it
             if not isinstance(outcome, _Again):
                 return outcome
     except LeaseLost:
