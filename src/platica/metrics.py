@@ -41,6 +41,11 @@ PENDING_REPLIES = Gauge(
     "platica_pending_replies",
     "Inbound messages waiting for their reply (reply_state pending), counted at each scrape.",
 )
+PARKED_CONVERSATIONS = Gauge(
+    "platica_parked_conversations",
+    "Conversations parked because their reply task kept crashing: nothing runs on them until "
+    "an operator retries them. Counted at each scrape.",
+)
 
 # Every series from the start, at zero, so rates and alerts work before the first event.
 for _channel in ("whatsapp", "sms"):

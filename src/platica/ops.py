@@ -12,8 +12,8 @@ from sqlalchemy import func, select, text
 
 from platica.deps import AppState, StateDep
 from platica.logging import get_logger
-from platica.metrics import PENDING_REPLIES
-from platica.models import Message, ReplyState
+from platica.metrics import PARKED_CONVERSATIONS, PENDING_REPLIES
+from platica.models import Conversation, Message, ReplyState
 
 router = APIRouter(tags=["operations"])
 log = get_logger(__name__)
@@ -39,20 +39,33 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
+_PENDING = (
+    select(func.count())
+    .select_from(Message)
+    .where(Message.reply_state == ReplyState.pending)
+    .scalar_subquery()
+)
+_PARKED = (
+    select(func.count())
+    .select_from(Conversation)
+    .where(Conversation.parked_at.is_not(None))
+    .scalar_subquery()
+)
+
+
 async def _count_pending(state: AppState) -> None:
-    """Set the queue depth gauge: one COUNT on the partial index of pending messages."""
+    """Set the gauges counted at each scrape, in one query: the queue depth (a COUNT on the
+    partial index of pending messages) and the parked conversations."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), state.engine.connect() as connection:
-            pending = await connection.scalar(
-                select(func.count())
-                .select_from(Message)
-                .where(Message.reply_state == ReplyState.pending)
-            )
+            row = (await connection.execute(select(_PENDING, _PARKED))).one()
     except Exception as error:  # the other metrics are still worth serving
         log.warning("metrics.pending_unavailable", error=type(error).__name__)
         PENDING_REPLIES.set(math.nan)
+        PARKED_CONVERSATIONS.set(math.nan)
         return
-    PENDING_REPLIES.set(pending or 0)
+    PENDING_REPLIES.set(row[0] or 0)
+    PARKED_CONVERSATIONS.set(row[1] or 0)
 
 
 @router.get("/metrics")

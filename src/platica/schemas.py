@@ -50,6 +50,14 @@ class ConversationRead(BaseModel):
     awaiting_reply: bool = Field(
         default=False, description="The contact's last message has not been answered yet."
     )
+    parked_at: datetime | None = Field(
+        default=None,
+        description="Set when its reply task kept crashing: nothing runs on the conversation "
+        "until an operator retries it (POST .../retry).",
+    )
+    parked_error: str | None = Field(
+        default=None, description="Why it was parked: the crash, phone numbers masked."
+    )
 
 
 class MediaRead(BaseModel):

@@ -91,6 +91,7 @@ NOTICES = {
     "handed_off": "You have the conversation: the AI stays quiet until you resume it.",
     "resumed": "The AI answers this conversation again.",
     "replied": "Reply queued for sending.",
+    "retried": "Retried: the conversation's replies run again.",
 }
 AUTHORS = {
     Author.contact: "Contact",
@@ -229,6 +230,7 @@ def _row(visit: Visit, view: ConversationView) -> dict[str, Any]:
         "last_at": conversation.last_message_at,
         "state": display.conversation_state(view),
         "awaiting": view.awaiting_reply,
+        "parked": conversation.parked_at is not None,
         "account": conversation.account_id,
     }
 
@@ -421,6 +423,8 @@ async def _act(
                 await operators.resume(session, conversation)
             elif action == "replied":
                 await operators.manual_reply(session, conversation, body or "")
+            elif action == "retried":
+                await operators.retry(session, conversation)
             await session.commit()
         except PlaticaError as problem:
             await session.rollback()
@@ -432,7 +436,7 @@ async def _act(
         return await _conversation_response(
             visit, thread, status_code=error.status_code, error=error.message, draft=body or ""
         )
-    if action == "replied" and visit.state.runner is not None:
+    if action in ("replied", "retried") and visit.state.runner is not None:
         await visit.state.runner.defer(key[1])
     log.info("dashboard.action", action=action, conversation_id=key[1])
     return redirect(visit, f"/conversations/{key[0].value}/{key[1]}?notice={action}")
@@ -460,6 +464,14 @@ async def resume(
 ) -> Response:
     """Give the conversation back to the AI."""
     return await _act(visit, channel, conversation_id, "resumed")
+
+
+@router.post("/conversations/{channel}/{conversation_id}/retry")
+async def retry(
+    visit: OperatorVisit, _form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Unpark a conversation its reply task kept crashing on, and run its work again."""
+    return await _act(visit, channel, conversation_id, "retried")
 
 
 @router.post("/conversations/{channel}/{conversation_id}/reply")
