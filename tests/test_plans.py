@@ -29,6 +29,7 @@ SAMPLE: dict[str, Any] = {
     "profile_name": None,
     "wa_id": None,
     "body": "Hola",
+    "simulated": False,
     "media": "[]",
     "now": NOW,
     "window_over": NOW,
@@ -44,6 +45,8 @@ SAMPLE: dict[str, Any] = {
     "earlier": ["queued", "sending", "sent"],
     "error_code": None,
     "error_message": None,
+    "clear": True,
+    "final": ["canceled", "dry_run", "failed"],
     # The reply path's and the queue's.
     "conversation_id": 1,
     "contact_id": 1,

@@ -232,6 +232,21 @@ class TestClaiming:
 
         await eventually(lambda: handler.ran(other) == 1, "the other conversation's run")
         assert handler.ran(parked) == 0
+        # Made due by a new message, it is taken off the queue (not claimed in a loop), and
+        # left parked, its lease free.
+        await eventually_async(
+            lambda: queue.scalar(
+                "SELECT reply_due_at IS NULL FROM conversations WHERE id = :id", id=parked
+            ),
+            "the parked conversation off the queue",
+        )
+        row = await queue.scalar(
+            "SELECT parked_at IS NOT NULL AND lease_owner IS NULL FROM conversations"
+            " WHERE id = :id",
+            id=parked,
+        )
+        assert row
+        assert handler.ran(parked) == 0
 
     async def test_no_more_tasks_than_its_concurrency(self, queue):
         gate = asyncio.Event()

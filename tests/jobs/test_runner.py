@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 from sqlalchemy import text
 
 from platica import db
@@ -571,7 +572,17 @@ class Crashing:
 
 
 @pytest.fixture
-async def parking(database_url, monkeypatch):
+def runner_log(monkeypatch) -> structlog.testing.LogCapture:
+    """What jobs/runner.py logs, captured (and not rendered: a traceback each crash)."""
+    capture = structlog.testing.LogCapture()
+    monkeypatch.setattr(
+        "platica.jobs.runner.log", structlog.wrap_logger(None, processors=[capture])
+    )
+    return capture
+
+
+@pytest.fixture
+async def parking(database_url, monkeypatch, runner_log):
     """A seeder, lease locks and the engine, with crash retries from 50 ms."""
     monkeypatch.setattr("platica.jobs.runner.CRASH_RETRY_SECONDS", 0.05)
     engine = db.create_engine(database_url)
@@ -596,7 +607,9 @@ async def conversation_row(engine: Any, conversation_id: int) -> Any:
 
 
 class TestParking:
-    async def test_a_conversation_that_keeps_crashing_is_parked(self, parking, start_runner):
+    async def test_a_conversation_that_keeps_crashing_is_parked(
+        self, parking, start_runner, runner_log
+    ):
         seeder, locks, engine = parking
         stuck = await seeder.conversation(**old_inbound(ReplyState.pending))
         fine = await seeder.conversation(**old_inbound(ReplyState.pending))
@@ -619,6 +632,11 @@ class TestParking:
         intervals = [later - earlier for earlier, later in itertools.pairwise(times)]
         assert intervals == sorted(intervals), intervals
         assert intervals[-1] >= 2 * intervals[0], intervals
+        # Operators hear of it, at ERROR.
+        [parked_event] = [e for e in runner_log.entries if e["event"] == "task.parked"]
+        assert parked_event["log_level"] == "error"
+        assert parked_event["conversation_id"] == stuck
+        assert "+34600111222" not in parked_event["error"]
         # Run again (a new message, say), it does nothing and crashes no more.
         await runner.defer(stuck)
         await eventually(lambda: len(handler.times(stuck)) == PARK_AFTER_CRASHES + 1, "a run")

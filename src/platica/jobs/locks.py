@@ -181,7 +181,6 @@ _CLAIMABLE = (
     .where(
         _due <= _now,
         or_(_conversations.lease_expires_at.is_(None), _conversations.lease_expires_at < _now),
-        _conversations.parked_at.is_(None),
     )
     .order_by(_due)
     .limit(1)
@@ -206,7 +205,6 @@ CLAIM_DUE = (
         .where(
             _other.c.reply_due_at <= _now,
             or_(_other.c.lease_expires_at.is_(None), _other.c.lease_expires_at < _now),
-            _other.c.parked_at.is_(None),
             _other.c.id != _conversations.id,
         )
         .order_by(_other.c.reply_due_at)
@@ -287,6 +285,14 @@ class Lease:
                     self._on_claim(None, False)
                 else:
                     self._on_claim(row.id, bool(row.more_due))
+            if row is not None and row.parked_at is not None:
+                # A new message made a parked conversation due (the webhook does not look):
+                # the claim took it off the queue; give the lease back and leave it parked.
+                # (Not skipped by the claim itself: a filter on parked_at there has
+                # PostgreSQL plan the claim as a scan of every conversation.)
+                await connection.execute(_RELEASE, self._params())
+                self.parked = True
+                return None
         else:
             row = (
                 await connection.execute(_TAKE, self._params(now=now, expires_at=expires_at))

@@ -205,7 +205,6 @@ _NEXT_DUE = (
     .where(
         _c.reply_due_at.is_not(None),
         or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
-        _c.parked_at.is_(None),
     )
     .order_by(_c.reply_due_at)
     .limit(1)
