@@ -61,7 +61,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from types import TracebackType
@@ -72,7 +72,7 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
@@ -297,6 +297,20 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def go_duration(seconds: float) -> str:
+    """A duration as OpenAI's x-ratelimit-reset-* headers write it: "20ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(round(seconds * 1000), 1)}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if minutes or hours:
+        text = f"{int(minutes)}m{text}"
+    if hours:
+        text = f"{int(hours)}h{text}"
+    return text
+
+
 def echo_reply(messages: list[dict[str, Any]]) -> str:
     """Default FakeOpenAI reply: "Echo: " + the last user message's text."""
     for message in reversed(messages):
@@ -320,9 +334,19 @@ class FakeOpenAI(_FakeServer):
       "timeout"  sleep ``hang_seconds`` before answering normally (the client should time out)
       "refusal"  200, message.content None and message.refusal set
       "empty"    200, message.content ""
+      "trickle"  200 at once, then the body a byte at a time: a space every ``trickle_seconds``
+                 for ``hang_seconds`` (JSON allows leading whitespace), then the completion (a
+                 slow proxy or an overloaded server: no read ever waits long)
+      "html"     200 with a proxy's HTML page (``text/html``) instead of a completion
     """
 
-    BEHAVIOURS = frozenset({"429", "quota", "500", "400", "timeout", "refusal", "empty"})
+    BEHAVIOURS = frozenset(
+        {"429", "quota", "500", "400", "timeout", "refusal", "empty", "trickle", "html"}
+    )
+    HTML = (
+        "<html><head><title>502 Bad Gateway</title></head>"
+        "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+    )
     REFUSAL = "I'm sorry, I can't help with that."
 
     def __init__(
@@ -340,10 +364,24 @@ class FakeOpenAI(_FakeServer):
         #: Value of the ``retry-after`` header on "429" (None: no header). The openai SDK ignores
         #: 0 (it only honours 0 < retry-after <= 60 s) and falls back to its own backoff.
         self.retry_after: str | None = "0"
+        #: Value of the ``retry-after-ms`` header on "429" (None: no header; the SDK reads it first).
+        self.retry_after_ms: str | None = None
+        #: "trickle": seconds between two bytes.
+        self.trickle_seconds = 0.05
+        #: A request budget like OpenAI's RPM limit: at most this many completions per
+        #: ``rate_limit_window`` seconds (a fixed window from its first request). Every answer
+        #: then carries ``x-ratelimit-limit/remaining/reset-requests``, and a request over the
+        #: budget gets 429 rate_limit_exceeded with ``retry-after`` (whole seconds to the reset).
+        self.rate_limit_requests: int | None = None
+        self.rate_limit_window = 60.0
+        self._window_start: float | None = None
+        self._window_used = 0
         self._requests: list[dict[str, Any]] = []
         #: Completions being answered right now, and the most there have been at once.
         self.in_flight = 0
         self.max_in_flight = 0
+        self._request_times: list[float] = []
+        self._rate_limited = 0
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
 
     @property
@@ -357,6 +395,40 @@ class FakeOpenAI(_FakeServer):
         with self._lock:
             return copy.deepcopy(self._requests)
 
+    @property
+    def request_times(self) -> list[float]:
+        """When each request of ``requests`` arrived (time.monotonic())."""
+        with self._lock:
+            return list(self._request_times)
+
+    @property
+    def rate_limited(self) -> int:
+        """How many requests got a 429 rate_limit_exceeded (scripted or over the budget)."""
+        with self._lock:
+            return self._rate_limited
+
+    def _take_from_budget(self) -> tuple[dict[str, str], float | None]:
+        """The x-ratelimit headers of this request and, when it is over the budget, the seconds
+        until the window resets."""
+        limit = self.rate_limit_requests
+        if limit is None:
+            return {}, None
+        now = time.monotonic()
+        with self._lock:
+            if self._window_start is None or now >= self._window_start + self.rate_limit_window:
+                self._window_start, self._window_used = now, 0
+            reset = self._window_start + self.rate_limit_window - now
+            over = self._window_used >= limit
+            if not over:
+                self._window_used += 1
+            remaining = limit - self._window_used
+        headers = {
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": go_duration(reset),
+        }
+        return headers, reset if over else None
+
     def _routes(self) -> list[Route]:
         return [Route("/v1/chat/completions", self._chat_completions, methods=["POST"])]
 
@@ -366,6 +438,9 @@ class FakeOpenAI(_FakeServer):
     def _clear_records(self) -> None:
         self._requests.clear()
         self.max_in_flight = 0
+        self._request_times.clear()
+        self._rate_limited = 0
+        self._window_start, self._window_used = None, 0
 
     # -- responses -------------------------------------------------------------------------------
 
@@ -391,6 +466,25 @@ class FakeOpenAI(_FakeServer):
         body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
         return JSONResponse(body, status_code=status, headers=self._headers(headers))
 
+    def _rate_limit_error(
+        self, model: str, headers: dict[str, str], retry_after: int | None
+    ) -> JSONResponse:
+        with self._lock:
+            self._rate_limited += 1
+        limit = headers.get("x-ratelimit-limit-requests", "3")
+        reset = headers.get("x-ratelimit-reset-requests", "20s")
+        headers = dict(headers)
+        if retry_after is not None:
+            headers["retry-after"] = str(retry_after)
+        return self._error(
+            429,
+            f"Rate limit reached for {model} in organization org-fake on requests per min "
+            f"(RPM): Limit {limit}, Used {limit}, Requested 1. Please try again in {reset}.",
+            "requests",
+            "rate_limit_exceeded",
+            headers=headers,
+        )
+
     def _scripted_error(self, behaviour: str | None, model: str) -> JSONResponse | None:
         if behaviour == "429":
             headers = {
@@ -400,14 +494,9 @@ class FakeOpenAI(_FakeServer):
             }
             if self.retry_after is not None:
                 headers["retry-after"] = self.retry_after
-            return self._error(
-                429,
-                f"Rate limit reached for {model} in organization org-fake on requests per min "
-                "(RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.",
-                "requests",
-                "rate_limit_exceeded",
-                headers=headers,
-            )
+            if self.retry_after_ms is not None:
+                headers["retry-after-ms"] = self.retry_after_ms
+            return self._rate_limit_error(model, headers, None)
         if behaviour == "quota":
             return self._error(
                 429,
@@ -465,6 +554,7 @@ class FakeOpenAI(_FakeServer):
             )
         with self._lock:
             self._requests.append(body)
+            self._request_times.append(time.monotonic())
         if self.api_key is not None and not hmac.compare_digest(
             request.headers.get("authorization", ""), f"Bearer {self.api_key}"
         ):
@@ -483,6 +573,9 @@ class FakeOpenAI(_FakeServer):
         error = self._scripted_error(behaviour, model)
         if error is not None:
             return error
+        budget, over_for = self._take_from_budget()
+        if over_for is not None:
+            return self._rate_limit_error(model, budget, math.ceil(over_for))
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._error(
@@ -500,9 +593,23 @@ class FakeOpenAI(_FakeServer):
                 None,
                 param="stream",
             )
-        return JSONResponse(
-            self._completion(model, messages, body, behaviour), headers=self._headers()
-        )
+        if behaviour == "html":
+            return HTMLResponse(self.HTML, headers=self._headers(budget))
+        completion = self._completion(model, messages, body, behaviour)
+        if behaviour == "trickle":
+            return StreamingResponse(
+                self._trickle(json.dumps(completion).encode()),
+                media_type="application/json",
+                headers=self._headers(budget),
+            )
+        return JSONResponse(completion, headers=self._headers(budget))
+
+    async def _trickle(self, body: bytes) -> AsyncIterator[bytes]:
+        deadline = time.monotonic() + self.hang_seconds
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            yield b" "
+            await asyncio.sleep(self.trickle_seconds)
+        yield body
 
     def _completion(
         self, model: str, messages: list[Any], body: dict[str, Any], behaviour: str | None
@@ -716,6 +823,10 @@ class FakeTwilio(_FakeServer):
       "drop"     record nothing, sleep ``hang_seconds``, answer 503 (code 20503)
       "failed:CODE" / "undelivered:CODE"  accept (201 queued), then the message ends in that
                  status with ErrorCode CODE (e.g. "failed:63016", "undelivered:30003")
+
+    List requests (``GET .../Messages.json``, how a client looks for a message it may have sent)
+    fail with ``fail_lists("500")`` (or "429"), each with Twilio's error body, until
+    ``fail_lists(None)``; ``list_times`` records when each list request arrived.
     """
 
     BEHAVIOURS = frozenset({*TWILIO_ERRORS, "timeout", "drop"})
@@ -741,6 +852,8 @@ class FakeTwilio(_FakeServer):
         self.final_error_code: int | None = None
         self._messages: dict[str, _Message] = {}
         self._attempts: list[dict[str, list[str]]] = []
+        self._list_failure: str | None = None
+        self._list_times: list[float] = []
         self._tasks: set[asyncio.Task[None]] = set()
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
 
@@ -764,6 +877,19 @@ class FakeTwilio(_FakeServer):
         """Every create request's form (rejected ones included), in order."""
         with self._lock:
             return copy.deepcopy(self._attempts)
+
+    def fail_lists(self, behaviour: str | None) -> None:
+        """Answer every list request with this error ("500", "429"; None: answer normally)."""
+        if behaviour is not None and behaviour not in ("500", "429"):
+            raise ValueError(f"unknown list behaviour {behaviour!r}")
+        with self._lock:
+            self._list_failure = behaviour
+
+    @property
+    def list_times(self) -> list[float]:
+        """When each list request arrived (time.monotonic()), failed ones included."""
+        with self._lock:
+            return list(self._list_times)
 
     @property
     def callback_log(self) -> list[dict[str, Any]]:
@@ -791,6 +917,8 @@ class FakeTwilio(_FakeServer):
     def _clear_records(self) -> None:
         self._messages.clear()
         self._attempts.clear()
+        self._list_times.clear()
+        self._list_failure = None
 
     def _control(self, command: dict[str, Any]) -> None:
         if "callbacks" in command:
@@ -834,7 +962,13 @@ class FakeTwilio(_FakeServer):
         if denied is not None:
             return denied
         if request.method == "GET":
+            with self._lock:
+                self._list_times.append(time.monotonic())
+                failure = self._list_failure
             await self._sleep(self.latency)
+            if failure is not None:
+                status, code, text = TWILIO_ERRORS[failure]
+                return _twilio_error(status, code, text)
             return self._list(request)
         return await self._create(request)
 

@@ -129,3 +129,18 @@ class TestPendingReplies:
             "UPDATE messages SET reply_state = 'answered' WHERE direction = 'inbound'"
         )
         assert Scrape(stack)("platica_pending_replies") == 0
+
+
+class TestParkedConversations:
+    def test_counts_parked_conversations(self, stack):
+        stack.send(body="uno")
+        stack.send(body="dos", sender="+34600999888")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the replies")
+        assert Scrape(stack)("platica_parked_conversations") == 0
+
+        stack.database.execute(
+            "UPDATE conversations SET parked_at = created_at, parked_error = 'boom',"
+            " crash_count = 5"
+        )
+
+        assert Scrape(stack)("platica_parked_conversations") == 2

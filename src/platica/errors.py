@@ -14,6 +14,8 @@ lost) is 503 `database_unavailable`, with Retry-After, rather than a bare 500.
 
     RetryableError                          a transient failure of an outside service (timeout,
                                             429, 5xx): the job backs off and tries again
+    └── RateLimited                         the LLM provider asks us to slow down for
+                                            `retry_after` seconds (replies/generator.py)
 """
 
 from __future__ import annotations

@@ -58,6 +58,11 @@ BUDGETS_SPENT = Gauge(
     "Channels (of all accounts) whose daily token budget is spent today, at each scrape: "
     "their conversations get the busy message.",
 )
+PARKED_CONVERSATIONS = Gauge(
+    "platica_parked_conversations",
+    "Conversations parked because their reply task kept crashing: nothing runs on them until "
+    "an operator retries them. Counted at each scrape.",
+)
 
 # Every series from the start, at zero, so rates and alerts work before the first event.
 for _channel in ("whatsapp", "sms"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -104,7 +105,8 @@ class MessageStatus(StrEnum):
     dry_run = "dry_run"
 
 
-# How far along each status is: a callback may only move a message to a higher rank.
+# How far along each status is: a callback may only move a message to a higher rank (and not
+# from a final status, see status_move).
 STATUS_RANK: dict[MessageStatus, int] = {
     MessageStatus.received: 0,
     MessageStatus.pending: 0,
@@ -119,6 +121,47 @@ STATUS_RANK: dict[MessageStatus, int] = {
     MessageStatus.dry_run: 5,
     MessageStatus.delivered: 6,
     MessageStatus.read: 7,
+}
+# Nothing Twilio reports later changes these: the message was never handed on to a carrier
+# (failed, canceled), or never sent at all (dry_run). `undelivered` is not final: carriers retry,
+# and a later `delivered` supersedes it.
+FINAL_STATUSES = frozenset({MessageStatus.failed, MessageStatus.canceled, MessageStatus.dry_run})
+# The message reached the handset: whatever error an earlier report gave no longer applies.
+_REACHED = frozenset({MessageStatus.delivered, MessageStatus.read})
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMove:
+    """How a status report may change a stored message."""
+
+    status: MessageStatus
+    # The stored statuses it replaces; from any other the report is stale (or, from a final
+    # status, ignored).
+    replaces: tuple[MessageStatus, ...]
+    # It clears the stored error code and message; otherwise its own error, if any, replaces the
+    # stored one and an error it does not mention stays.
+    clears_error: bool
+
+
+def status_move(status: MessageStatus) -> StatusMove:
+    """The one rule for applying a status report: the webhook on PostgreSQL
+    (channels/inbound.py) and on SQLite (conversations/repository.py), and the reports that came
+    before the SID was stored (replies/store.py) all follow it. Statuses only move forward,
+    never out of a final status, and a message that reached the handset carries no error."""
+    return _STATUS_MOVES[status]
+
+
+_STATUS_MOVES = {
+    status: StatusMove(
+        status,
+        tuple(
+            earlier
+            for earlier, rank in STATUS_RANK.items()
+            if rank < STATUS_RANK[status] and earlier not in FINAL_STATUSES
+        ),
+        status in _REACHED,
+    )
+    for status in MessageStatus
 }
 
 

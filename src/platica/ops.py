@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import func, select, text
+from sqlalchemy import ScalarSelect, func, select, text
 
 from platica.deps import AppState, StateDep
 from platica.logging import get_logger
-from platica.metrics import BUDGETS_SPENT, OLDEST_PENDING_SECONDS, PENDING_REPLIES
-from platica.models import ChannelConfig, Message, ReplyState, utcnow
+from platica.metrics import (
+    BUDGETS_SPENT,
+    OLDEST_PENDING_SECONDS,
+    PARKED_CONVERSATIONS,
+    PENDING_REPLIES,
+)
+from platica.models import ChannelConfig, Conversation, Message, ReplyState, utcnow
 
 router = APIRouter(tags=["operations"])
 log = get_logger(__name__)
@@ -41,37 +46,55 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
+_PENDING = (
+    select(func.count())
+    .select_from(Message)
+    .where(Message.reply_state == ReplyState.pending)
+    .scalar_subquery()
+)
+_OLDEST = (
+    select(func.min(Message.created_at))
+    .where(Message.reply_state == ReplyState.pending)
+    .scalar_subquery()
+)
+_PARKED = (
+    select(func.count())
+    .select_from(Conversation)
+    .where(Conversation.parked_at.is_not(None))
+    .scalar_subquery()
+)
+
+
+def _spent(now: datetime) -> ScalarSelect[int]:
+    return (
+        select(func.count())
+        .select_from(ChannelConfig)
+        .where(
+            ChannelConfig.daily_token_budget.is_not(None),
+            ChannelConfig.tokens_day == now.date(),
+            ChannelConfig.tokens_used >= ChannelConfig.daily_token_budget,
+        )
+        .scalar_subquery()
+    )
+
+
 async def _count_pending(state: AppState) -> None:
-    """Set the backlog gauges (pending messages and the oldest one's wait: one pass over the
-    partial index of pending messages) and the spent budgets."""
+    """Set the gauges counted at each scrape, in one query: the backlog (pending messages and
+    the oldest one's wait, on the partial index of pending messages), the parked conversations
+    and the spent budgets."""
     now = utcnow()
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), state.engine.connect() as connection:
-            pending, oldest = (
-                await connection.execute(
-                    select(func.count(), func.min(Message.created_at)).where(
-                        Message.reply_state == ReplyState.pending
-                    )
-                )
-            ).one()
-            spent = await connection.scalar(
-                select(func.count())
-                .select_from(ChannelConfig)
-                .where(
-                    ChannelConfig.daily_token_budget.is_not(None),
-                    ChannelConfig.tokens_day == now.date(),
-                    ChannelConfig.tokens_used >= ChannelConfig.daily_token_budget,
-                )
-            )
+            row = (await connection.execute(select(_PENDING, _OLDEST, _PARKED, _spent(now)))).one()
     except Exception as error:  # the other metrics are still worth serving
         log.warning("metrics.pending_unavailable", error=type(error).__name__)
-        for gauge in (PENDING_REPLIES, OLDEST_PENDING_SECONDS, BUDGETS_SPENT):
+        for gauge in (PENDING_REPLIES, OLDEST_PENDING_SECONDS, PARKED_CONVERSATIONS, BUDGETS_SPENT):
             gauge.set(math.nan)
         return
+    pending, oldest, parked, spent = row
     PENDING_REPLIES.set(pending or 0)
-    if isinstance(oldest, str):  # SQLite hands min() back as text
-        oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
     OLDEST_PENDING_SECONDS.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
+    PARKED_CONVERSATIONS.set(parked or 0)
     BUDGETS_SPENT.set(spent or 0)
 
 

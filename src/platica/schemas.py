@@ -56,6 +56,14 @@ class ConversationRead(BaseModel):
         "stored, never answered).",
     )
     flag_reason: str | None = None
+    parked_at: datetime | None = Field(
+        default=None,
+        description="Set when its reply task kept crashing: nothing runs on the conversation "
+        "until an operator retries it (POST .../retry).",
+    )
+    parked_error: str | None = Field(
+        default=None, description="Why it was parked: the crash, phone numbers masked."
+    )
 
 
 class MediaRead(BaseModel):

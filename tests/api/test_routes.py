@@ -27,6 +27,7 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/{channel}/conversations/{id}/messages", {"body": "Hola"}),
     ("POST", "/api/{channel}/conversations/{id}/handoff", None),
     ("POST", "/api/{channel}/conversations/{id}/resume", None),
+    ("POST", "/api/{channel}/conversations/{id}/retry", None),
     ("GET", "/api/{channel}/config", None),
     ("PUT", "/api/{channel}/config", {"temperature": 0.5}),
 ]
@@ -40,6 +41,7 @@ SPEC_PATHS = frozenset(
         ("post", "/api/{channel}/conversations/{id}/messages"),
         ("post", "/api/{channel}/conversations/{id}/handoff"),
         ("post", "/api/{channel}/conversations/{id}/resume"),
+        ("post", "/api/{channel}/conversations/{id}/retry"),
         ("get", "/api/{channel}/config"),
         ("put", "/api/{channel}/config"),
         ("get", "/healthz"),
@@ -87,6 +89,8 @@ CONVERSATION_FIELDS = {
     "awaiting_reply",
     "flagged_at",
     "flag_reason",
+    "parked_at",
+    "parked_error",
 }
 
 
@@ -912,6 +916,59 @@ class TestHandoff:
         api.send("sms", body="Vale")
         wait_for(lambda: api.settled() and len(api.twilio.sent) == 3, "the AI's answer")
         assert api.twilio.sent[2]["body"] == "Echo: Vale"
+
+
+def park(api: Api, conversation: int) -> None:
+    """As the runner parks a conversation its reply task kept crashing on."""
+    api.database.execute(
+        "UPDATE conversations SET parked_at = :at, parked_error = :error, crash_count = 5"
+        " WHERE id = :id",
+        at=utcnow(),
+        error="IntegrityError: duplicate key value violates unique constraint",
+        id=conversation,
+    )
+
+
+class TestRetry:
+    def test_a_parked_conversation_shows_why(self, api):
+        conversation = answered_conversation(api)
+        park(api, conversation)
+
+        history = api.ok(api.get(f"/api/sms/conversations/{conversation}/history"))
+        assert history["conversation"]["parked_at"] is not None
+        assert history["conversation"]["parked_error"].startswith("IntegrityError")
+        [item] = api.ok(api.get("/api/sms/conversations"))["items"]
+        assert item["parked_at"] is not None
+
+    def test_retry_unparks_it_and_its_messages_are_answered(self, api):
+        conversation = answered_conversation(api)
+        park(api, conversation)
+        api.send("sms", body="¿Hola?")
+        # A new message does not unpark it: the operator decides.
+        assert api.database.scalar(
+            "SELECT parked_at FROM conversations WHERE id = :id", id=conversation
+        )
+
+        body = api.ok(api.post(f"/api/sms/conversations/{conversation}/retry"))
+
+        assert set(body) == CONVERSATION_FIELDS
+        assert (body["parked_at"], body["parked_error"]) == (None, None)
+        wait_for(lambda: api.settled() and len(api.twilio.sent) == 2, "the answer")
+        assert api.twilio.sent[1]["body"] == "Echo: ¿Hola?"
+        assert (
+            api.database.scalar(
+                "SELECT crash_count FROM conversations WHERE id = :id", id=conversation
+            )
+            == 0
+        )
+
+    def test_retrying_a_conversation_that_is_not_parked_changes_nothing(self, api):
+        conversation = answered_conversation(api)
+        before = api.ok(api.get(f"/api/sms/conversations/{conversation}/history"))
+
+        body = api.ok(api.post(f"/api/sms/conversations/{conversation}/retry"))
+
+        assert body == before["conversation"]
 
 
 class TestConfig:

@@ -168,9 +168,8 @@ class TestTwilioSender:
         assert elapsed < 3
         # The fake accepted the message before the client gave up, as Twilio may.
         [recorded] = fake.sent
-        assert found is not None
-        assert found.sid == recorded["sid"]
-        assert other is None
+        assert [candidate.sid for candidate in found] == [recorded["sid"]]
+        assert other == []
 
     async def test_find_sent_ignores_messages_to_someone_else(self, settings, fake):
         before = utcnow() - timedelta(seconds=1)
@@ -184,18 +183,44 @@ class TestTwilioSender:
         finally:
             await sender.aclose()
 
-        assert found is None
+        assert found == []
 
-    async def test_find_sent_ignores_messages_from_long_before(self, settings, fake):
+    async def test_find_sent_ignores_messages_created_before_the_attempt(self, settings, fake):
+        """The same text sent a minute earlier (a fallback, a HELP answer) is not this attempt:
+        only messages created at or after `since`, less Twilio's one-second rounding, are."""
         sender = TwilioSender(settings)
         try:
             await sender.send(sms("Hola"))
-            # Past the two minutes of clock skew allowed: an older send, not our attempt.
-            found = await sender.find_sent(sms("Hola"), since=utcnow() + timedelta(minutes=5))
+            found = await sender.find_sent(sms("Hola"), since=utcnow() + timedelta(seconds=5))
         finally:
             await sender.aclose()
 
-        assert found is None
+        assert found == []
+
+    async def test_find_sent_allows_for_twilios_whole_seconds(self, settings, fake):
+        """Twilio's date_created drops the fraction of a second: a message created just after
+        `since` may show a date just before it."""
+        sender = TwilioSender(settings)
+        try:
+            since = utcnow()
+            await sender.send(sms("Hola"))
+            found = await sender.find_sent(sms("Hola"), since=since)
+        finally:
+            await sender.aclose()
+
+        assert [candidate.sid for candidate in found] == [fake.sent[0]["sid"]]
+
+    async def test_find_sent_lists_every_candidate_oldest_first(self, settings, fake):
+        sender = TwilioSender(settings)
+        try:
+            since = utcnow() - timedelta(seconds=1)
+            for _ in range(3):
+                await sender.send(sms("Hola"))
+            found = await sender.find_sent(sms("Hola"), since=since)
+        finally:
+            await sender.aclose()
+
+        assert [candidate.sid for candidate in found] == [m["sid"] for m in fake.sent]
 
     async def test_unreachable_twilio_is_retryable(self, database_url):
         closed = f"http://127.0.0.1:{free_port()}"
@@ -224,7 +249,7 @@ class TestDryRunSender:
 
         assert sent.sid is None
         assert sent.status is MessageStatus.dry_run
-        assert await sender.find_sent(whatsapp(), since=utcnow()) is None
+        assert await sender.find_sent(whatsapp(), since=utcnow()) == []
         await sender.aclose()
 
 

@@ -462,6 +462,50 @@ class TestStatusCallback:
             "Unreachable",
         )
 
+    def outcomes(self, database: Database) -> list[str]:
+        rows = database.rows(
+            "SELECT outcome FROM webhook_logs WHERE endpoint = 'status' ORDER BY id"
+        )
+        return [r.outcome for r in rows]
+
+    def test_a_failed_message_never_shows_delivered(self, server, client, database, outbound_sid):
+        """Failed is terminal (Twilio never handed the message on): what comes after is logged
+        as ignored, not applied."""
+        post(client, server, "/webhook/status", status_form(outbound_sid, "sent"))
+        failed = status_form(outbound_sid, "failed", ErrorCode="30003", ErrorMessage="Unreachable")
+        post(client, server, "/webhook/status", failed)
+        for status in ("delivered", "read", "undelivered"):
+            response = post(client, server, "/webhook/status", status_form(outbound_sid, status))
+            assert response.status_code == 200
+
+        row = self.status_of(database, outbound_sid)
+        assert (row.status, row.error_code, row.error_message) == ("failed", 30003, "Unreachable")
+        assert self.outcomes(database)[2:] == ["status_ignored"] * 3
+
+    @pytest.mark.parametrize("success", ["delivered", "read"])
+    def test_delivered_after_undelivered_clears_the_error(
+        self, server, client, database, outbound_sid, success
+    ):
+        """Carriers retry: a later delivery supersedes `undelivered`, and its error goes."""
+        undelivered = status_form(
+            outbound_sid, "undelivered", ErrorCode="30003", ErrorMessage="Unreachable"
+        )
+        post(client, server, "/webhook/status", undelivered)
+        post(client, server, "/webhook/status", status_form(outbound_sid, success))
+
+        row = self.status_of(database, outbound_sid)
+        assert (row.status, row.error_code, row.error_message) == (success, None, None)
+        assert self.outcomes(database) == ["status_updated", "status_updated"]
+
+    def test_a_delivery_report_with_an_error_code_stores_none(
+        self, server, client, database, outbound_sid
+    ):
+        form = status_form(outbound_sid, "delivered", ErrorCode="30003")
+        post(client, server, "/webhook/status", form)
+
+        row = self.status_of(database, outbound_sid)
+        assert (row.status, row.error_code, row.error_message) == ("delivered", None, None)
+
     def test_word_error_codes_are_kept(self, server, client, database, outbound_sid):
         form = status_form(outbound_sid, "failed", ErrorCode="InvalidSandboxRequest")
         post(client, server, "/webhook/status", form)

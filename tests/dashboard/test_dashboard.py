@@ -330,6 +330,7 @@ class TestLogin:
             ("/logout", {}),
             (f"/conversations/sms/{conversation}/close", {}),
             (f"/conversations/sms/{conversation}/close", {"csrf_token": "forged" * 8}),
+            (f"/conversations/sms/{conversation}/retry", {}),
             ("/settings/sms", {"temperature": "1"}),
         ):
             response = page.request.post(path, form=form)
@@ -565,6 +566,34 @@ class TestConversation:
         expect(page.get_by_text("This conversation is closed.")).to_be_visible()
         expect(page.get_by_label("Reply by hand")).to_have_count(0)
         assert dashboard.database.scalar("SELECT status FROM conversations") == "closed"
+
+    def test_a_parked_conversation_shows_its_error_and_is_retried(self, dashboard):
+        """Its reply task kept crashing: the inbox marks it, the page says why, and Retry
+        unparks it and answers what waited."""
+        dashboard.send(body="Hola")
+        wait_for(lambda: dashboard.settled() and dashboard.twilio.sent, "the AI's reply")
+        dashboard.database.execute(
+            "UPDATE conversations SET parked_at = created_at, crash_count = 5, parked_error ="
+            " 'IntegrityError: duplicate key value violates unique constraint'"
+        )
+        dashboard.send(body="¿Hay alguien?")
+        page = dashboard.page()
+        dashboard.log_in(page)
+        row = page.locator(".conversation-row").first
+        expect(row.get_by_text("Parked", exact=True)).to_be_visible()
+
+        row.get_by_role("link").click()
+        parked = page.get_by_role("region", name="Replies stopped")
+        expect(parked).to_contain_text("IntegrityError: duplicate key value")
+        dashboard.shot(page, "conversation-parked")
+        parked.get_by_role("button", name="Retry").click()
+
+        expect(page.get_by_role("status")).to_have_text(
+            "Retried: the conversation's replies run again."
+        )
+        expect(page.get_by_role("region", name="Replies stopped")).to_have_count(0)
+        expect(page.get_by_role("log", name="Messages")).to_contain_text("Echo: ¿Hay alguien?")
+        assert dashboard.database.scalar("SELECT parked_at FROM conversations") is None
 
     def test_manual_reply_problems_are_shown(self, dashboard):
         dashboard.send(body="Hola")

@@ -10,8 +10,14 @@ import pytest
 from sqlalchemy import false, text
 
 from platica import db
-from platica.jobs.locks import LeaseLocks, LeaseLost, release_statement, renew_statement
-from platica.models import Conversation, MessageStatus, ReplyState
+from platica.jobs.locks import (
+    LeaseLocks,
+    LeaseLost,
+    TaskCrashed,
+    release_statement,
+    renew_statement,
+)
+from platica.models import Conversation, MessageStatus, ReplyState, utcnow
 from platica.replies.store import transaction
 from tests.jobs.test_runner import Seeder, ago, old_inbound
 
@@ -37,6 +43,31 @@ async def owner_of(engine: Any, conversation_id: int) -> str | None:
             )
         ).scalar()
         return owner
+
+
+class TestParked:
+    async def test_a_parked_conversation_is_not_taken(self, world):
+        seeder, locks, engine = world
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
+        await seeder.set(conversation, parked_at=utcnow(), parked_error="boom", crash_count=5)
+
+        async with locks.lease(conversation) as lease:
+            async with transaction(engine, durable=False) as connection:
+                row = await lease.take(connection)
+            assert row is None
+            assert lease.parked
+        assert await owner_of(engine, conversation) is None
+
+    async def test_a_busy_conversation_is_not_called_parked(self, world):
+        seeder, locks, engine = world
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
+
+        async with locks.lease(conversation) as first, locks.lease(conversation) as second:
+            async with transaction(engine, durable=False) as connection:
+                assert await first.take(connection) is not None
+            async with transaction(engine, durable=False) as connection:
+                assert await second.take(connection) is None
+            assert not second.parked
 
 
 class TestLease:
@@ -100,8 +131,11 @@ class TestLease:
                     assert await lease.release(connection) is True
                     raise RuntimeError("the transaction fails after the release")
 
-        with pytest.raises(RuntimeError):
+        # The crash goes on, counted on the conversation (TaskCrashed, caused by it).
+        with pytest.raises(TaskCrashed) as crashed:
             await release_then_fail()
+        assert isinstance(crashed.value.__cause__, RuntimeError)
+        assert crashed.value.crashes == 1
         assert await owner_of(engine, conversation) is None
 
     async def test_renewing_a_lost_lease_raises(self, world):

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
-from platica.jobs.locks import LeaseLocks
+from platica.jobs.locks import PARK_AFTER_CRASHES, LeaseLocks
 from platica.jobs.runner import WAKE_CHANNEL, PostgresRunner
 from platica.models import ReplyState, utcnow
 from platica.replies import store
@@ -37,6 +37,14 @@ async def eventually(condition: Callable[[], Any], what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def eventually_async(probe: Callable[[], Awaitable[Any]], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not await probe():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,50 @@ class TestClaiming:
 
         await eventually(lambda: handler.ran(conversation) == 2, "the retry")
 
+    async def test_a_conversation_that_keeps_crashing_is_parked(self, queue, monkeypatch):
+        monkeypatch.setattr("platica.jobs.runner.CRASH_RETRY_SECONDS", 0.02)
+        handler = Handler(queue.engine, *[RuntimeError("boom")] * (PARK_AFTER_CRASHES + 3))
+        stuck = await queue.conversation()
+        await queue.runner(handler)
+
+        await eventually_async(
+            lambda: queue.scalar("SELECT parked_at IS NOT NULL FROM conversations"), "parking"
+        )
+
+        assert handler.ran(stuck) == PARK_AFTER_CRASHES
+        assert await queue.scalar("SELECT crash_count FROM conversations") == PARK_AFTER_CRASHES
+        assert await queue.scalar("SELECT reply_due_at FROM conversations") is None
+        assert "RuntimeError: boom" in await queue.scalar("SELECT parked_error FROM conversations")
+
+    async def test_a_parked_conversation_is_not_claimed(self, queue):
+        handler = Handler(queue.engine)
+        parked = await queue.conversation()
+        await queue.execute(
+            "UPDATE conversations SET parked_at = now(), parked_error = 'boom', crash_count = 5"
+            " WHERE id = :id",
+            id=parked,
+        )
+        other = await queue.conversation(due_in=0.05)
+        await queue.runner(handler)
+
+        await eventually(lambda: handler.ran(other) == 1, "the other conversation's run")
+        assert handler.ran(parked) == 0
+        # Made due by a new message, it is taken off the queue (not claimed in a loop), and
+        # left parked, its lease free.
+        await eventually_async(
+            lambda: queue.scalar(
+                "SELECT reply_due_at IS NULL FROM conversations WHERE id = :id", id=parked
+            ),
+            "the parked conversation off the queue",
+        )
+        row = await queue.scalar(
+            "SELECT parked_at IS NOT NULL AND lease_owner IS NULL FROM conversations"
+            " WHERE id = :id",
+            id=parked,
+        )
+        assert row
+        assert handler.ran(parked) == 0
+
     async def test_no_more_tasks_than_its_concurrency(self, queue):
         gate = asyncio.Event()
         handler = Handler(queue.engine, gate, gate, gate, gate, gate)
@@ -220,6 +272,26 @@ class TestClaiming:
 
         assert await queue.scalar("SELECT reply_due_at FROM conversations") is not None
         assert await queue.scalar("SELECT lease_owner FROM conversations") is None
+
+
+class TestRescue:
+    async def test_a_rescue_makes_due_only_what_nothing_queued(self, queue):
+        lost = await queue.conversation(due_in=None)
+        waiting = await queue.conversation(due_in=60)
+        runner = await queue.runner(Handler(queue.engine), work=False)
+        before = await queue.scalar(
+            "SELECT reply_due_at FROM conversations WHERE id = :id", id=waiting
+        )
+
+        assert await runner.rescue([lost, waiting]) == 1
+
+        assert (
+            await queue.scalar("SELECT reply_due_at FROM conversations WHERE id = :id", id=waiting)
+            == before
+        )
+        assert await queue.scalar(
+            "SELECT reply_due_at IS NOT NULL FROM conversations WHERE id = :id", id=lost
+        )
 
 
 class TestWaking:

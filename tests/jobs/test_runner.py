@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
+import structlog
+from sqlalchemy import text
 
 from platica import db
-from platica.jobs.locks import LeaseLocks
+from platica.jobs.locks import PARK_AFTER_CRASHES, LeaseLocks, TaskCrashed
 from platica.jobs.runner import InProcessRunner, Sweeper, run_handler
 from platica.models import (
     Account,
@@ -26,6 +30,7 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
+from platica.replies.store import transaction
 
 DEADLINE_SECONDS = 5.0
 
@@ -207,7 +212,10 @@ class TestRunHandler:
     async def test_a_crash_becomes_the_crash_retry_wait(self, monkeypatch):
         monkeypatch.setattr("platica.jobs.runner.CRASH_RETRY_SECONDS", 0.05)
 
-        assert await run_handler(Recorder(ValueError("bad")), 1) == 0.05
+        wait = await run_handler(Recorder(ValueError("bad")), 1)
+
+        assert wait is not None
+        assert 0.05 * 0.75 <= wait <= 0.05
 
 
 @pytest.fixture
@@ -269,9 +277,10 @@ class TestLeaseLocks:
         conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
         locks = make()
 
-        with pytest.raises(RuntimeError):
+        with pytest.raises(TaskCrashed) as crashed:
             async with locks.hold(conversation):
                 raise RuntimeError("task failed")
+        assert isinstance(crashed.value.__cause__, RuntimeError)
 
         async with make().hold(conversation) as again:
             assert again is True
@@ -322,6 +331,11 @@ class RecordingRunner:
 
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
         self.deferred.append((conversation_id, delay))
+
+    async def rescue(self, conversation_ids: list[int]) -> int:
+        for conversation_id in conversation_ids:
+            self.deferred.append((conversation_id, 0.0))
+        return len(conversation_ids)
 
     def wake(self) -> None:
         return None
@@ -379,6 +393,14 @@ class Seeder:
                 )
             )
             return conversation.id
+
+    async def set(self, conversation_id: int, **values: Any) -> None:
+        """Set columns of a conversation."""
+        async with db.transaction(self._sessionmaker) as session:
+            conversation = await session.get(Conversation, conversation_id)
+            assert conversation is not None
+            for name, value in values.items():
+                setattr(conversation, name, value)
 
 
 def ago(seconds: float) -> datetime:
@@ -473,3 +495,203 @@ class TestSweeper:
         assert await sweeper.sweep(grace_seconds=0) == 2
 
         assert runner.ids == {inbound, sending}
+
+    async def test_leaves_a_conversation_already_due_later_alone(self, seeded):
+        """Queued (on PostgreSQL, reply_due_at): waiting out a backoff or the LLM provider's
+        pause, which a sweep must not cut short."""
+        seeder, sweeper, runner = seeded
+        waiting = await seeder.conversation(**old_inbound(ReplyState.pending))
+        await seeder.set(waiting, reply_due_at=utcnow() + timedelta(minutes=1))
+
+        assert await sweeper.sweep(grace_seconds=30) == 0
+
+        assert runner.deferred == []
+
+    async def test_leaves_a_conversation_a_worker_holds_alone(self, seeded):
+        seeder, sweeper, runner = seeded
+        held = await seeder.conversation(**outbound(MessageStatus.sending, 120))
+        await seeder.set(held, lease_owner="w", lease_expires_at=utcnow() + timedelta(seconds=15))
+        lapsed = await seeder.conversation(**outbound(MessageStatus.sending, 120))
+        await seeder.set(lapsed, lease_owner="w", lease_expires_at=utcnow() - timedelta(seconds=1))
+
+        assert await sweeper.sweep(grace_seconds=30) == 1
+
+        assert runner.ids == {lapsed}
+
+
+class TestRescue:
+    async def test_a_rescue_does_not_cut_a_wait_short(self, start_runner):
+        """The sweeper's rescue queues only what the runner has lost: a conversation waiting
+        for its next run keeps its time."""
+        handler = Recorder()
+        runner = await start_runner(handler)
+        await runner.defer(7, 60.0)
+
+        assert await runner.rescue([7]) == 0
+        assert await runner.rescue([8]) == 1
+
+        await eventually(lambda: handler.calls == [8], "the rescued conversation's run")
+
+    async def test_a_rescue_does_not_run_a_running_conversation_twice(self, start_runner):
+        release = asyncio.Event()
+
+        async def handler(conversation_id: int) -> None:
+            await release.wait()
+
+        runner = await start_runner(handler)
+        await runner.defer(7)
+        await eventually(lambda: not runner._waiting and 7 not in runner._due, "the run")
+
+        assert await runner.rescue([7]) == 0
+        release.set()
+
+
+class Crashing:
+    """A reply task that takes the conversation's lease, as replies/pipeline.py does, and then
+    crashes (while `crashes` lasts), recording when each run began."""
+
+    def __init__(self, locks: LeaseLocks, engine: Any, crashes: int, error: Exception) -> None:
+        self.locks, self.engine = locks, engine
+        self.crashes, self.error = crashes, error
+        self.runs: list[tuple[int, float]] = []
+
+    async def __call__(self, conversation_id: int) -> float | None:
+        async with self.locks.lease(conversation_id) as lease:
+            async with transaction(self.engine, durable=False) as connection:
+                row = await lease.take(connection)
+            self.runs.append((conversation_id, time.monotonic()))
+            if row is None:
+                return None if lease.parked else 0.05
+            if self.crashes > 0:
+                self.crashes -= 1
+                raise self.error
+            return None
+
+    def times(self, conversation_id: int) -> list[float]:
+        return [at for ran, at in self.runs if ran == conversation_id]
+
+
+@pytest.fixture
+def runner_log(monkeypatch) -> structlog.testing.LogCapture:
+    """What jobs/runner.py logs, captured (and not rendered: a traceback each crash)."""
+    capture = structlog.testing.LogCapture()
+    monkeypatch.setattr(
+        "platica.jobs.runner.log", structlog.wrap_logger(None, processors=[capture])
+    )
+    return capture
+
+
+@pytest.fixture
+async def parking(database_url, monkeypatch, runner_log):
+    """A seeder, lease locks and the engine, with crash retries from 50 ms."""
+    monkeypatch.setattr("platica.jobs.runner.CRASH_RETRY_SECONDS", 0.05)
+    engine = db.create_engine(database_url)
+    sessionmaker = db.create_sessionmaker(engine)
+    try:
+        yield Seeder(sessionmaker), LeaseLocks(sessionmaker), engine
+    finally:
+        await engine.dispose()
+
+
+async def conversation_row(engine: Any, conversation_id: int) -> Any:
+    async with engine.connect() as connection:
+        return (
+            await connection.execute(
+                text(
+                    "SELECT crash_count, parked_at, parked_error, reply_due_at, lease_owner"
+                    " FROM conversations WHERE id = :id"
+                ),
+                {"id": conversation_id},
+            )
+        ).one()
+
+
+class TestParking:
+    async def test_a_conversation_that_keeps_crashing_is_parked(
+        self, parking, start_runner, runner_log
+    ):
+        seeder, locks, engine = parking
+        stuck = await seeder.conversation(**old_inbound(ReplyState.pending))
+        fine = await seeder.conversation(**old_inbound(ReplyState.pending))
+        handler = Crashing(locks, engine, 100, RuntimeError("boom for +34600111222"))
+        runner = await start_runner(handler)
+
+        await runner.defer(stuck)
+        await eventually_row(
+            lambda: conversation_row(engine, stuck), lambda row: row.parked_at, "it parked"
+        )
+
+        row = await conversation_row(engine, stuck)
+        assert row.crash_count == PARK_AFTER_CRASHES
+        assert row.lease_owner is None
+        assert "RuntimeError: boom for" in row.parked_error
+        assert "+34600111222" not in row.parked_error
+        assert len(handler.times(stuck)) == PARK_AFTER_CRASHES
+        # Retried with growing waits, not every few seconds for ever.
+        times = handler.times(stuck)
+        intervals = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert intervals == sorted(intervals), intervals
+        assert intervals[-1] >= 2 * intervals[0], intervals
+        # Operators hear of it, at ERROR.
+        [parked_event] = [e for e in runner_log.entries if e["event"] == "task.parked"]
+        assert parked_event["log_level"] == "error"
+        assert parked_event["conversation_id"] == stuck
+        assert "+34600111222" not in parked_event["error"]
+        # Run again (a new message, say), it does nothing and crashes no more.
+        await runner.defer(stuck)
+        await eventually(lambda: len(handler.times(stuck)) == PARK_AFTER_CRASHES + 1, "a run")
+        assert (await conversation_row(engine, stuck)).crash_count == PARK_AFTER_CRASHES
+        # The other conversations go on.
+        handler.crashes = 0
+        await runner.defer(fine)
+        await eventually(lambda: bool(handler.times(fine)), "the other conversation's run")
+
+    async def test_a_successful_run_resets_the_count(self, parking, start_runner):
+        seeder, locks, engine = parking
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
+        handler = Crashing(locks, engine, 2, RuntimeError("boom"))
+        runner = await start_runner(handler)
+
+        await runner.defer(conversation)
+        await eventually(lambda: len(handler.times(conversation)) == 3, "two crashes and a run")
+
+        await eventually_row(
+            lambda: conversation_row(engine, conversation),
+            lambda row: row.crash_count == 0 and row.lease_owner is None,
+            "the count reset",
+        )
+        assert (await conversation_row(engine, conversation)).parked_at is None
+
+    async def test_a_database_failure_is_not_the_conversations_crash(self, parking, start_runner):
+        seeder, locks, engine = parking
+        conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
+        error = psycopg.OperationalError("the connection was closed")
+        handler = Crashing(locks, engine, PARK_AFTER_CRASHES + 1, error)
+        runner = await start_runner(handler)
+
+        await runner.defer(conversation)
+        await eventually(
+            lambda: len(handler.times(conversation)) == PARK_AFTER_CRASHES + 2, "every retry"
+        )
+
+        row = await conversation_row(engine, conversation)
+        assert (row.crash_count, row.parked_at) == (0, None)
+
+    async def test_a_parked_conversation_is_not_swept(self, parking):
+        seeder, _locks, engine = parking
+        parked = await seeder.conversation(**old_inbound(ReplyState.pending))
+        await seeder.set(parked, parked_at=utcnow(), parked_error="boom", crash_count=5)
+        runner = RecordingRunner()
+
+        assert await Sweeper(db.create_sessionmaker(engine), runner).sweep(grace_seconds=0) == 0
+        assert runner.deferred == []
+
+
+async def eventually_row(
+    probe: Callable[[], Awaitable[Any]], holds: Callable[[Any], Any], what: str
+) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not holds(await probe()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -73,8 +73,8 @@ class StubSender:
         self.count += 1
         return SentMessage(f"SM{self.count:032x}", MessageStatus.queued)
 
-    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
-        return None
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> list[SentMessage]:
+        return []
 
     async def aclose(self) -> None:
         return None

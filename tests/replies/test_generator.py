@@ -3,8 +3,10 @@ and the factory choosing between them."""
 
 from __future__ import annotations
 
+import email.utils
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,11 @@ from platica.replies.generator import (
     GenerationFailed,
     OfflineReplyGenerator,
     OpenAIReplyGenerator,
+    RateLimited,
     ReplyRequest,
     create_generator,
+    parse_duration,
+    retry_after,
 )
 from tests.conftest import free_port, make_settings
 from tests.fakes import FakeOpenAI
@@ -188,6 +193,50 @@ class TestOpenAIReplyGenerator:
         assert "timed out" in str(error)
         assert time.monotonic() - started < 3
 
+    async def test_a_trickling_server_is_cut_off_at_the_deadline(
+        self, database_url, fake, monkeypatch
+    ):
+        """A byte every 50 ms never trips a read timeout; the call's own deadline ends it."""
+        monkeypatch.setattr("platica.replies.generator.OPENAI_TIMEOUT_SECONDS", 0.5)
+        settings = make_settings(database_url, OPENAI_BASE_URL=fake.url, OPENAI_API_KEY=API_KEY)
+        fake.hang_seconds = 8
+
+        error = await generate_failing(settings, fake, "trickle")
+
+        assert isinstance(error, RetryableError)
+        assert "timed out" in str(error)
+
+    async def test_a_trickled_answer_within_the_deadline_is_read(self, settings, fake):
+        fake.hang_seconds = 0.2
+        fake.fail_next("trickle")
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            reply = await generator.generate(request())
+        finally:
+            await generator.aclose()
+        assert reply.text.startswith("Echo: ")
+
+    async def test_an_html_page_instead_of_a_completion_is_retryable(self, settings, fake):
+        error = await generate_failing(settings, fake, "html")
+
+        assert isinstance(error, RetryableError)
+        assert "not a chat completion" in str(error)
+
+    async def test_json_that_is_not_a_completion_is_retryable(self, settings, fake):
+        fake.reply = lambda messages: "unused"
+        generator = OpenAIReplyGenerator(settings)
+        original = fake._completion
+
+        def broken(*args: Any) -> dict[str, Any]:
+            return {"id": original(*args)["id"], "object": "chat.completion"}
+
+        fake._completion = broken
+        try:
+            with pytest.raises(RetryableError, match="not a chat completion"):
+                await generator.generate(request())
+        finally:
+            await generator.aclose()
+
     async def test_refusal_fails_for_good(self, settings, fake):
         error = await generate_failing(settings, fake, "refusal")
 
@@ -219,6 +268,110 @@ class TestOpenAIReplyGenerator:
                 await generator.generate(request())
         finally:
             await generator.aclose()
+
+
+class TestProviderLimits:
+    """429s and the x-ratelimit headers pace the calls: a pause for the whole process."""
+
+    async def test_a_429_carries_its_retry_after(self, settings, fake):
+        fake.retry_after = "7"
+        error = await generate_failing(settings, fake, "429")
+
+        assert isinstance(error, RateLimited)
+        assert error.retry_after == pytest.approx(7, abs=0.5)
+
+    async def test_retry_after_ms_comes_first(self, settings, fake):
+        fake.retry_after, fake.retry_after_ms = "7", "2500"
+        error = await generate_failing(settings, fake, "429")
+
+        assert isinstance(error, RateLimited)
+        assert error.retry_after == pytest.approx(2.5, abs=0.5)
+
+    async def test_retry_after_as_an_http_date(self, settings, fake):
+        fake.retry_after = email.utils.format_datetime(
+            datetime.now(UTC) + timedelta(seconds=30), usegmt=True
+        )
+        error = await generate_failing(settings, fake, "429")
+
+        assert isinstance(error, RateLimited)
+        assert 25 <= error.retry_after <= 31
+
+    async def test_without_retry_after_the_reset_header_says_how_long(self, settings, fake):
+        fake.retry_after = None  # the scripted 429 says x-ratelimit-reset-requests: 20s
+        error = await generate_failing(settings, fake, "429")
+
+        assert isinstance(error, RateLimited)
+        assert error.retry_after == pytest.approx(20, abs=1)
+
+    async def test_while_paused_no_request_is_sent(self, settings, fake):
+        fake.retry_after = "30"
+        fake.fail_next("429")
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            with pytest.raises(RateLimited):
+                await generator.generate(request())
+            with pytest.raises(RateLimited) as again:
+                await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+        assert len(fake.requests) == 1
+        assert 25 <= again.value.retry_after <= 30
+
+    async def test_a_short_pause_is_waited_out_before_the_next_request(self, settings, fake):
+        fake.retry_after = "0.5"
+        fake.fail_next("429")
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            with pytest.raises(RateLimited):
+                await generator.generate(request())
+            reply = await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+        assert reply.text.startswith("Echo: ")
+        first, second = fake.request_times
+        assert second - first >= 0.5
+
+    async def test_an_exhausted_request_budget_pauses_until_its_reset(self, settings, fake):
+        """remaining-requests 0 on a success: the next call waits for the reset instead of
+        getting a 429."""
+        fake.rate_limit_requests, fake.rate_limit_window = 2, 0.6
+        generator = OpenAIReplyGenerator(settings)
+        try:
+            for _ in range(4):
+                await generator.generate(request())
+        finally:
+            await generator.aclose()
+
+        assert fake.rate_limited == 0
+        times = fake.request_times
+        assert len(times) == 4
+        # Two per window: the third waited for the first window's reset.
+        assert times[2] - times[0] >= 0.6
+
+    async def test_out_of_credit_is_not_paced(self, settings, fake):
+        error = await generate_failing(settings, fake, "quota")
+
+        assert isinstance(error, GenerationFailed)
+        assert not isinstance(error, RateLimited)
+
+
+class TestHeaders:
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [("20ms", 0.02), ("1s", 1.0), ("6m0s", 360.0), ("1h2m3.5s", 3723.5), ("0.5s", 0.5)],
+    )
+    def test_durations_as_openai_writes_them(self, text, seconds):
+        assert parse_duration(text) == pytest.approx(seconds)
+
+    @pytest.mark.parametrize("text", ["", "soon", "5", "1x", "1s and more", None])
+    def test_what_is_not_a_duration(self, text):
+        assert parse_duration(text) is None
+
+    def test_retry_after_that_says_nothing_usable(self):
+        assert retry_after({"retry-after": "later, maybe"}) is None
+        assert retry_after({}) is None
 
 
 class TestOfflineReplyGenerator:

@@ -3,6 +3,7 @@ Twilio spoken to through the official SDKs, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,11 +91,28 @@ def short_llm_timeout(monkeypatch):
     monkeypatch.setattr("platica.replies.generator.OPENAI_TIMEOUT_SECONDS", 0.3)
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch):
+def retry_policy(monkeypatch, **defaults):
+    """Every RetryPolicy made from now on (the servers' included) takes these defaults (its
+    dataclass __init__ has its own copy of the class's, so setting those would not do)."""
     from platica.replies.pipeline import RetryPolicy
 
-    monkeypatch.setattr(RetryPolicy, "backoff_base", 0.05)
+    real_init = RetryPolicy.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **{**defaults, **kwargs})
+
+    monkeypatch.setattr(RetryPolicy, "__init__", init)
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch):
+    retry_policy(monkeypatch, backoff_base=0.05)
+
+
+@pytest.fixture
+def backoff_from_200ms(monkeypatch):
+    """Request it before `stack`: a backoff slow enough for its spacing to show."""
+    retry_policy(monkeypatch, backoff_base=0.2)
 
 
 class TestReplies:
@@ -231,9 +249,31 @@ class TestFailures:
 
         assert stack.twilio.sent[0]["body"] == "Echo: Hola"
         assert len(stack.openai.requests) == 3
+        # The 429 gave its attempt back.
         assert (
-            stack.database.scalar("SELECT attempts FROM messages WHERE direction = 'inbound'") == 3
+            stack.database.scalar("SELECT attempts FROM messages WHERE direction = 'inbound'") == 2
         )
+
+    def test_llm_429s_pace_the_reply_instead_of_the_fallback(self, stack):
+        """More 429s in a row than LLM attempts: the reply waits for the provider and is the
+        AI's, not the fallback."""
+        stack.openai.fail_next("429", "429", "429", "429")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
+
+        assert [m["body"] for m in stack.twilio.sent] == ["Echo: Hola"]
+        assert len(stack.openai.requests) == 5
+
+    def test_the_providers_request_budget_paces_the_replies(self, stack):
+        """A budget of 2 requests per window, 5 conversations at once: whatever 429s the first
+        concurrent calls get, every message gets the AI's answer, none the fallback."""
+        stack.openai.rate_limit_requests, stack.openai.rate_limit_window = 2, 1.5
+        senders = [f"+3461100{n:04d}" for n in range(5)]
+        for sender in senders:
+            stack.send(body="Hola", sender=sender)
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 5, "five replies")
+
+        assert {m["body"] for m in stack.twilio.sent} == {"Echo: Hola"}
 
     def test_llm_that_keeps_failing_gets_the_fallback(self, stack):
         stack.configure(fallback_message="Ahora no podemos responder.")
@@ -265,6 +305,19 @@ class TestFailures:
         wait_for(lambda: stack.settled() and stack.twilio.sent, "the reply")
         assert stack.twilio.sent[0]["body"] == "Echo: Hola"
 
+    def test_an_html_page_from_the_llm_is_an_llm_failure_not_a_crash(self, stack):
+        """A proxy's HTML page instead of a completion: retried like any LLM failure, then the
+        fallback, with why on the message (a crashing task would have used up the attempts
+        without a word)."""
+        stack.openai.fail_always("html")
+        stack.send(body="Hola")
+        wait_for(lambda: stack.settled() and stack.twilio.sent, "the fallback")
+
+        assert stack.outbound()[0].author == "system"
+        assert len(stack.openai.requests) == 3
+        note = stack.database.scalar("SELECT note FROM messages WHERE direction = 'inbound'")
+        assert "not a chat completion" in note
+
     def test_out_of_credit_falls_back_at_once(self, stack):
         stack.openai.fail_always("quota")
         stack.send(body="Hola")
@@ -282,6 +335,46 @@ class TestFailures:
         reply = stack.outbound()[0]
         assert reply.twilio_sid == stack.twilio.sent[0]["sid"]
         assert reply.attempts == 3
+
+    def test_a_failing_lookup_backs_off_and_counts_its_attempts(self, backoff_from_200ms, stack):
+        """A send that may have landed (a 500), then Twilio failing every lookup: each lookup
+        is an attempt, and the intervals between them grow (exponential backoff), instead of
+        one lookup a second for an hour."""
+        stack.twilio.fail_next("500")
+        stack.twilio.fail_lists("500")
+        stack.send(body="Hola")
+        wait_for(lambda: len(stack.twilio.list_times) >= 4, "four lookups")
+
+        times = stack.twilio.list_times[:4]
+        intervals = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert intervals == sorted(intervals), intervals
+        assert intervals[-1] >= 2 * intervals[0], intervals
+        # The send and each failed lookup counted.
+        attempts = stack.database.scalar(
+            "SELECT attempts FROM messages WHERE direction = 'outbound'"
+        )
+        assert attempts >= 1 + 4
+        assert len(stack.twilio.sent) == 0
+
+    def test_the_same_text_twice_with_the_second_send_cut_short_is_sent_once_each(self, stack):
+        """Two HELP answers (the same text) to one contact within seconds, the second send
+        failing before Twilio created it: looking for it must not take the first one's SID
+        (the task then crashed on the unique SID for ever, and the conversation was stuck)."""
+        stack.configure(help_message="Escribe tu pregunta; STOP para salir.")
+        stack.send("whatsapp", body="HELP")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 1, "the first answer")
+        stack.twilio.fail_next("500")
+        stack.send("whatsapp", body="INFO")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 2, "the second answer")
+        stack.send("whatsapp", body="¿Abren el domingo?")
+        wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 3, "the next reply")
+
+        bodies = [m["body"] for m in stack.twilio.sent]
+        assert bodies[:2] == ["Escribe tu pregunta; STOP para salir."] * 2
+        assert bodies[2] == "Echo: ¿Abren el domingo?"
+        sids = [row.twilio_sid for row in stack.outbound()]
+        assert sids == [m["sid"] for m in stack.twilio.sent]
+        assert stack.database.scalar("SELECT crash_count FROM conversations") == 0
 
     def test_unsubscribed_recipient_is_recorded_not_retried(self, stack):
         stack.twilio.fail_next("21610")

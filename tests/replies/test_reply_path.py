@@ -15,11 +15,18 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+import structlog
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
-from platica.channels.sender import UNSUBSCRIBED, OutgoingMessage, SendFailed, SentMessage
+from platica.channels.sender import (
+    UNSUBSCRIBED,
+    DryRunSender,
+    OutgoingMessage,
+    SendFailed,
+    SentMessage,
+)
 from platica.config import Settings
 from platica.errors import RetryableError
 from platica.jobs.locks import LeaseLocks
@@ -37,7 +44,8 @@ from platica.models import (
     WebhookLog,
     utcnow,
 )
-from platica.replies.generator import GeneratedReply, ReplyRequest
+from platica.replies import pipeline, store
+from platica.replies.generator import GeneratedReply, RateLimited, ReplyRequest
 from platica.replies.pipeline import (
     LOCK_BUSY_RETRY_SECONDS,
     OPT_OUT_CONFIRMATION,
@@ -64,9 +72,13 @@ class StubGenerator:
         )
         # Runs during the LLM call, as other processes would meanwhile.
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
+        # Raised by the next calls, in order.
+        self.failures: list[Exception] = []
 
     async def generate(self, request: ReplyRequest) -> GeneratedReply:
         self.requests.append(request)
+        if self.failures:
+            raise self.failures.pop(0)
         if self.meanwhile is not None:
             meanwhile, self.meanwhile = self.meanwhile, None
             await meanwhile()
@@ -79,10 +91,13 @@ class StubGenerator:
 class StubSender:
     def __init__(self) -> None:
         self.sent: list[OutgoingMessage] = []
-        self.found: SentMessage | None = None
+        self.found: list[SentMessage] = []
         self.on_send: Callable[[OutgoingMessage], Awaitable[None]] | None = None
         # Raised by the next sends, in order, before anything is sent.
         self.failures: list[Exception] = []
+        # Raised by the next lookups (find_sent), in order; the `since` of each lookup.
+        self.lookup_failures: list[Exception] = []
+        self.lookups: list[datetime] = []
         self._sids = (f"SM{n:032x}" for n in itertools.count(1))
 
     def next_sid(self) -> str:
@@ -96,7 +111,10 @@ class StubSender:
         self.sent.append(message)
         return SentMessage(self.next_sid(), MessageStatus.queued)
 
-    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> list[SentMessage]:
+        self.lookups.append(since)
+        if self.lookup_failures:
+            raise self.lookup_failures.pop(0)
         return self.found
 
     async def aclose(self) -> None:
@@ -298,6 +316,23 @@ async def path(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         await engine.dispose()
 
 
+async def leave_sending(path: Path, body: str = "Echo") -> None:
+    """The conversation's message answered by a reply left `sending` (one attempt counted), as a
+    crash between the durable `sending` commit and Twilio's answer leaves it."""
+    reply_to = await path.scalar("SELECT id FROM messages")
+    await path.execute("UPDATE messages SET reply_state = 'answered' WHERE id = :id", id=reply_to)
+    now = utcnow()
+    await path.execute(
+        "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
+        " body, media, status, reply_to_id, part, attempts, simulated, created_at, updated_at)"
+        " SELECT account_id, conversation_id, channel, 'outbound', 'ai', :body, '[]',"
+        " 'sending', id, 0, 1, false, :now, :now FROM messages WHERE id = :id",
+        id=reply_to,
+        now=now,
+        body=body,
+    )
+
+
 class TestRoundTrips:
     async def test_a_plain_reply_takes_three_transactions_and_few_statements(self, path):
         conversation = await path.conversation()
@@ -389,13 +424,96 @@ class TestExactlyOnce:
             now=now,
         )
         sid = path.sender.next_sid()
-        path.sender.found = SentMessage(sid, MessageStatus.sent)
+        path.sender.found = [SentMessage(sid, MessageStatus.sent)]
 
         assert await reply_to_conversation(path.ctx, conversation) is None
 
         assert path.sender.sent == []
         [reply] = await path.outbound()
         assert (reply.twilio_sid, reply.status, reply.attempts) == (sid, "sent", 1)
+
+    async def test_a_lookup_never_takes_a_sid_another_message_has(self, path):
+        """The same text sent twice (a fallback during an outage, HELP answers), the second send
+        cut short: Twilio's list finds the first, whose SID is ours already. It is not taken
+        (that crashed the task on the unique SID, forever): the reply is sent."""
+        conversation = await path.conversation()
+        await leave_sending(path, body="Sorry, we can't answer right now.")
+        taken = path.sender.next_sid()
+        await path.execute(
+            "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
+            " body, media, twilio_sid, status, part, attempts, simulated, created_at,"
+            " updated_at) SELECT account_id, conversation_id, channel, 'outbound', 'system',"
+            " body, '[]', :sid, 'delivered', 0, 1, false, created_at, updated_at FROM messages"
+            " WHERE status = 'sending'",
+            sid=taken,
+        )
+        path.sender.found = [SentMessage(taken, MessageStatus.delivered)]
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert [m.body for m in path.sender.sent] == ["Sorry, we can't answer right now."]
+        rows = await path.rows(
+            "SELECT twilio_sid FROM messages WHERE direction = 'outbound' ORDER BY id"
+        )
+        sids = [row.twilio_sid for row in rows]
+        assert sids[1] == taken
+        assert sids[0] not in (None, taken)
+
+    async def test_the_lookup_starts_at_this_attempts_sending_mark(self, path):
+        """Only what Twilio created since the message was marked `sending` for this attempt can
+        be it, however long ago it was stored; a failed lookup keeps that moment."""
+        conversation = await path.conversation()
+        await leave_sending(path)
+        marked = utcnow() - timedelta(seconds=30)
+        await path.execute(
+            "UPDATE messages SET created_at = :stored, updated_at = :marked"
+            " WHERE direction = 'outbound'",
+            stored=marked - timedelta(minutes=10),
+            marked=marked,
+        )
+        path.sender.lookup_failures = [RetryableError("Twilio could not be asked")]
+
+        assert await reply_to_conversation(path.ctx, conversation) is not None
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert len(path.sender.lookups) == 2
+        for since in path.sender.lookups:
+            assert abs(since - marked) < timedelta(milliseconds=1)
+
+    async def test_a_sid_clash_when_storing_means_not_found(self, path, monkeypatch):
+        """Between the lookup and storing the SID another message took it: not found after
+        all, no crash; the next look leaves it out."""
+        conversation = await path.conversation()
+        await leave_sending(path)
+        taken = path.sender.next_sid()
+        await path.execute(
+            "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
+            " body, media, twilio_sid, status, part, attempts, simulated, created_at,"
+            " updated_at) SELECT account_id, conversation_id, channel, 'outbound', 'ai',"
+            " body, '[]', :sid, 'sent', 0, 1, false, created_at, updated_at FROM messages"
+            " WHERE status = 'sending'",
+            sid=taken,
+        )
+        path.sender.found = [SentMessage(taken, MessageStatus.sent)]
+        real = store.stored_sids
+        calls = 0
+
+        async def stale_once(connection, sids):
+            nonlocal calls
+            calls += 1
+            return set() if calls == 1 else await real(connection, sids)
+
+        monkeypatch.setattr(store, "stored_sids", stale_once)
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        assert len(path.sender.sent) == 1
+        assert (
+            await path.scalar(
+                "SELECT count(DISTINCT twilio_sid) FROM messages WHERE direction = 'outbound'"
+            )
+            == 2
+        )
 
     async def test_a_lease_lost_during_the_llm_call_stores_and_sends_nothing(self, path):
         conversation = await path.conversation()
@@ -439,6 +557,55 @@ class TestExactlyOnce:
         assert (reply.twilio_sid, reply.status) == (sid, "delivered")
         assert await path.scalar("SELECT outcome FROM webhook_logs") == "status_replayed"
 
+    async def early_statuses(self, path, sid: str, *statuses: dict[str, list[str]]) -> None:
+        async with path.engine.begin() as connection:
+            for params in statuses:
+                await connection.execute(
+                    sa.insert(WebhookLog).values(
+                        endpoint="status",
+                        message_sid=sid,
+                        status_code=200,
+                        outcome="status_unknown",
+                        params={"MessageSid": [sid], **params},
+                        received_at=utcnow(),
+                    )
+                )
+
+    async def test_early_callbacks_after_failed_are_not_replayed_over_it(self, path):
+        conversation = await path.conversation()
+        sid = f"SM{1:032x}"  # the stub's first SID
+        await self.early_statuses(
+            path,
+            sid,
+            {"MessageStatus": ["sent"]},
+            {"MessageStatus": ["failed"], "ErrorCode": ["30003"]},
+            {"MessageStatus": ["delivered"]},
+        )
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [row] = await path.rows(
+            "SELECT status, error_code FROM messages WHERE direction = 'outbound'"
+        )
+        assert (row.status, row.error_code) == ("failed", 30003)
+
+    async def test_early_delivered_after_undelivered_clears_the_error(self, path):
+        conversation = await path.conversation()
+        sid = f"SM{1:032x}"
+        await self.early_statuses(
+            path,
+            sid,
+            {"MessageStatus": ["undelivered"], "ErrorCode": ["30003"], "ErrorMessage": ["x"]},
+            {"MessageStatus": ["delivered"]},
+        )
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [row] = await path.rows(
+            "SELECT status, error_code, error_message FROM messages WHERE direction = 'outbound'"
+        )
+        assert (row.status, row.error_code, row.error_message) == ("delivered", None, None)
+
 
 class TestDecisions:
     async def test_whatsapp_stop_in_a_burst_is_confirmed_and_the_rest_skipped(self, path):
@@ -472,6 +639,82 @@ class TestDecisions:
         assert (bool(row.ai_enabled), row.handoff_until) == (True, None)
 
 
+class TestLlmRateLimits:
+    async def test_a_429_paces_the_reply_and_gives_its_attempt_back(self, path):
+        """The messages wait for the provider (pending, no fallback), and the 429 does not use
+        up one of the batch's LLM attempts."""
+        conversation = await path.conversation()
+        path.generator.failures = [RateLimited("the LLM is rate limited (429)", 42.0)]
+
+        wait = await reply_to_conversation(path.ctx, conversation)
+
+        assert wait is not None
+        assert 42.0 <= wait <= 42.0 * 1.25
+        [row] = await path.rows("SELECT reply_state, attempts FROM messages")
+        assert (row.reply_state, row.attempts) == ("pending", 0)
+        assert await path.outbound() == []
+        assert await path.scalar("SELECT lease_owner FROM conversations") is None
+        # Once the provider is back, the reply is the AI's.
+        assert await reply_to_conversation(path.ctx, conversation) is None
+        assert [m.body for m in path.sender.sent] == ["Echo: ¿Abren el domingo?"]
+
+    async def test_429s_never_use_up_the_attempts(self, path):
+        conversation = await path.conversation()
+        for _ in range(path.ctx.policy.llm_attempts + 2):
+            path.generator.failures = [RateLimited("the LLM is rate limited (429)", 1.0)]
+            assert await reply_to_conversation(path.ctx, conversation) is not None
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+        assert [m.body for m in path.sender.sent] == ["Echo: ¿Abren el domingo?"]
+
+    async def test_past_the_patience_bound_a_429_gets_the_fallback(self, path):
+        conversation = await path.conversation()
+        await path.execute(
+            "UPDATE messages SET created_at = :old",
+            old=utcnow() - path.ctx.policy.llm_patience - timedelta(seconds=1),
+        )
+        path.generator.failures = [RateLimited("the LLM is rate limited (429)", 30.0)]
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [reply] = path.sender.sent
+        config_fallback = await path.scalar("SELECT fallback_message FROM channel_configs LIMIT 1")
+        assert reply.body == config_fallback
+        note = await path.scalar("SELECT note FROM messages WHERE direction = 'inbound'")
+        assert "429" in note
+
+    async def test_near_the_patience_bound_the_wait_ends_at_it(self, path):
+        conversation = await path.conversation()
+        await path.execute(
+            "UPDATE messages SET created_at = :old",
+            old=utcnow() - path.ctx.policy.llm_patience + timedelta(seconds=10),
+        )
+        path.generator.failures = [RateLimited("the LLM is rate limited (429)", 60.0)]
+
+        wait = await reply_to_conversation(path.ctx, conversation)
+
+        assert wait is not None
+        assert wait <= 10.5
+
+
+class TestLogging:
+    async def test_a_dry_run_is_not_logged_as_sent_with_no_sid(self, path, monkeypatch):
+        capture = structlog.testing.LogCapture()
+        monkeypatch.setattr(pipeline, "log", structlog.wrap_logger(None, processors=[capture]))
+        path.ctx.sender = DryRunSender()
+        conversation = await path.conversation()
+
+        assert await reply_to_conversation(path.ctx, conversation) is None
+
+        [reply] = await path.outbound()
+        assert (reply.status, reply.twilio_sid) == ("dry_run", None)
+        events = [entry["event"] for entry in capture.entries]
+        assert "reply.sent" not in events
+        [dry_run] = [entry for entry in capture.entries if entry["event"] == "reply.dry_run"]
+        assert dry_run["message_id"] == reply.id
+        assert "sid" not in dry_run
+
+
 class TestSendFailures:
     async def test_an_unsubscribed_recipient_fails_the_reply_and_opts_the_contact_out(self, path):
         conversation = await path.conversation()
@@ -501,6 +744,27 @@ class TestSendFailures:
         [reply] = await path.outbound()
         assert (reply.status, reply.attempts) == ("queued", 4)
         assert len(path.sender.sent) == 1
+
+    async def test_a_failing_lookup_backs_off_exponentially_and_counts(self, path):
+        """A reply left `sending` (a crash mid-send) and Twilio failing every lookup: each run
+        counts the lookup as an attempt and waits longer than the one before."""
+        conversation = await path.conversation()
+        await leave_sending(path)
+        path.sender.lookup_failures = [RetryableError("Twilio could not be asked")] * 4
+        path.ctx.policy = RetryPolicy(backoff_base=1.0, backoff_max=300.0)
+
+        waits, attempts = [], []
+        for _ in range(4):
+            waits.append(await reply_to_conversation(path.ctx, conversation))
+            [reply] = await path.outbound()
+            attempts.append(reply.attempts)
+
+        assert attempts == [2, 3, 4, 5]
+        numbers = [wait for wait in waits if wait is not None]
+        assert len(numbers) == 4, waits
+        assert numbers == sorted(numbers), waits
+        assert len(set(numbers)) == 4, waits
+        assert path.sender.sent == []
 
     async def test_a_reply_still_failing_after_an_hour_is_given_up(self, path):
         conversation = await path.conversation()

@@ -160,6 +160,18 @@ async def resume(
     return resumed
 
 
+@router.post("/conversations/{conversation_id}/retry", response_model=ConversationRead)
+async def retry(
+    channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep, state: StateDep
+) -> dict[str, Any]:
+    """Retry a parked conversation (its reply task kept crashing): unpark it and run its work
+    again now. Idempotent."""
+    view = await _change(caller, channel, conversation_id, operators.retry)
+    if state.runner is not None:
+        await state.runner.defer(conversation_id)
+    return view
+
+
 def _own_account(caller: CallerDep) -> uuid.UUID:
     if caller.account_id is None:
         raise BadRequest("the admin token must name the account: add ?account_id=<uuid>")

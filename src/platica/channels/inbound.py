@@ -22,7 +22,7 @@ from platica.channels.parsing import InboundMessage, StatusUpdate
 from platica.conversations import repository, service
 from platica.db import DriverPool
 from platica.deps import AppState
-from platica.models import STATUS_RANK, WebhookLog, utcnow
+from platica.models import FINAL_STATUSES, WebhookLog, status_move, utcnow
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE
 
 FLOOD_REASON = "over the sender's flood limit (RATE_LIMIT_FLOOD)"
@@ -309,19 +309,25 @@ async def _record_orm(
 
 # --- Status callbacks ----------------------------------------------------------------------------
 
+# The rule of models.status_move: `earlier` the statuses the report replaces, `clear` whether it
+# clears the error. A report on a message in a final status (`final`) is logged as ignored.
 STATUS_SQL = """
 WITH moved AS (
     UPDATE messages
     SET status = %(status)s, updated_at = %(now)s,
-        error_code = COALESCE(%(error_code)s, error_code),
-        error_message = COALESCE(%(error_message)s, error_message)
+        error_code = CASE WHEN %(clear)s THEN NULL
+                          ELSE COALESCE(%(error_code)s, error_code) END,
+        error_message = CASE WHEN %(clear)s THEN NULL
+                             ELSE COALESCE(%(error_message)s, error_message) END
     WHERE twilio_sid = %(sid)s AND status = ANY(%(earlier)s)
     RETURNING id
 ),
 verdict AS (
     SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 'updated'
-                WHEN EXISTS (SELECT 1 FROM messages WHERE twilio_sid = %(sid)s) THEN 'stale'
-                ELSE 'unknown' END AS outcome
+                ELSE COALESCE((SELECT CASE WHEN status = ANY(%(final)s) THEN 'ignored'
+                                           ELSE 'stale' END
+                               FROM messages WHERE twilio_sid = %(sid)s), 'unknown')
+           END AS outcome
 ),
 logged AS (
     INSERT INTO webhook_logs (received_at, endpoint, message_sid, idempotency_token,
@@ -334,12 +340,13 @@ logged AS (
 SELECT outcome FROM verdict, (SELECT count(*) FROM logged) AS written
 """
 STATUS_STATEMENT = " ".join(STATUS_SQL.split())
+FINAL_STATUSES_SQL = sorted(status.value for status in FINAL_STATUSES)
 
 
 async def record_status(
     state: AppState, update: StatusUpdate, entry: WebhookEntry
 ) -> service.StatusOutcome:
-    """Apply a delivery status callback (statuses only move forward) and log it."""
+    """Apply a delivery status callback (models.status_move) and log it."""
     if state.driver_pool is None:
         async with state.sessionmaker() as session:
             outcome = await service.record_status(session, update)
@@ -347,11 +354,13 @@ async def record_status(
             session.add(entry.row())
             await session.commit()
         return outcome
-    rank = STATUS_RANK[update.status]
+    move = status_move(update.status)
     params = {
         "sid": update.sid,
         "status": update.status.value,
-        "earlier": [status.value for status, r in STATUS_RANK.items() if r < rank],
+        "earlier": [status.value for status in move.replaces],
+        "clear": move.clears_error,
+        "final": FINAL_STATUSES_SQL,
         "error_code": update.error_code,
         "error_message": update.error_message,
         "now": utcnow(),

@@ -22,6 +22,9 @@ from platica.models import Channel, MessageStatus
 log = get_logger(__name__)
 
 TWILIO_TIMEOUT_SECONDS = 10.0
+# Twilio's date_created is in whole seconds (the fraction dropped), and its clock is not ours:
+# a message created just after an attempt began may show a date up to this much before it.
+FIND_SKEW = timedelta(seconds=2)
 # Twilio errors about the recipient or the content: sending again cannot succeed.
 UNSUBSCRIBED = 21610
 OUTSIDE_WINDOW = 63016
@@ -56,8 +59,11 @@ class MessageSender(Protocol):
         """Raises RetryableError for transient failures and SendFailed for permanent ones."""
         ...
 
-    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
-        """The message if an earlier, interrupted attempt did reach Twilio."""
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> list[SentMessage]:
+        """The messages like `message` (same sender, recipient and text) created at or after
+        `since`, oldest first: an interrupted attempt begun at `since` that did reach Twilio is
+        among them. Some may be other messages of ours (the same text sent twice): the caller
+        leaves out the SIDs it has stored already."""
         ...
 
     async def aclose(self) -> None: ...
@@ -115,7 +121,7 @@ class TwilioSender:
             TWILIO_SECONDS.observe(time.perf_counter() - started)
         return SentMessage(sid=created.sid, status=_status(created.status))
 
-    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> list[SentMessage]:
         try:
             async with asyncio.timeout(TWILIO_TIMEOUT_SECONDS):
                 # No DateSent filter: a message still queued has no send date and would be missed.
@@ -128,14 +134,15 @@ class TwilioSender:
                 )
         except (TwilioRestException, aiohttp.ClientError, TimeoutError, TwilioException) as error:
             raise RetryableError(f"Twilio could not be asked ({type(error).__name__})") from error
-        skew = timedelta(minutes=2)
-        for candidate in candidates:
-            created_at = candidate.date_created
-            if candidate.body == message.body and (
-                created_at is None or created_at >= since - skew
-            ):
-                return SentMessage(sid=candidate.sid, status=_status(candidate.status))
-        return None
+        earliest = since - FIND_SKEW
+        found = [
+            SentMessage(sid=candidate.sid, status=_status(candidate.status))
+            for candidate in candidates
+            if candidate.body == message.body
+            and (candidate.date_created is None or candidate.date_created >= earliest)
+        ]
+        found.reverse()  # oldest first
+        return found
 
     async def aclose(self) -> None:
         await self._http.close()
@@ -145,14 +152,12 @@ class DryRunSender:
     """Twilio is not configured: replies are stored and logged, never sent."""
 
     async def send(self, message: OutgoingMessage) -> SentMessage:
-        log.info(
-            "reply.dry_run", channel=message.channel.value, to=message.to, chars=len(message.body)
-        )
+        # Logged by the reply task (reply.dry_run), with the message it stored.
         await asyncio.sleep(0)
         return SentMessage(sid=None, status=MessageStatus.dry_run)
 
-    async def find_sent(self, message: OutgoingMessage, since: datetime) -> SentMessage | None:
-        return None
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> list[SentMessage]:
+        return []
 
     async def aclose(self) -> None:
         return None

@@ -67,6 +67,8 @@ class ConversationView:
             "awaiting_reply": self.awaiting_reply,
             "flagged_at": self.flagged_at,
             "flag_reason": self.flag_reason,
+            "parked_at": c.parked_at,
+            "parked_error": c.parked_error,
         }
 
 
@@ -235,6 +237,17 @@ async def resume(session: AsyncSession, conversation: Conversation) -> Conversat
     conversation.ai_enabled = True
     conversation.handoff_until = None
     await session.flush()
+    return conversation
+
+
+async def retry(session: AsyncSession, conversation: Conversation) -> Conversation:
+    """Unpark a conversation its reply task kept crashing on (idempotent): its crashes are
+    forgotten; the caller makes it due (the runner's defer) once committed."""
+    if conversation.parked_at is not None or conversation.crash_count:
+        conversation.parked_at = None
+        conversation.parked_error = None
+        conversation.crash_count = 0
+        await session.flush()
     return conversation
 
 

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.db import constant, insert_ignore
 from platica.models import (
-    STATUS_RANK,
     Channel,
     ChannelConfig,
     Contact,
@@ -20,6 +19,7 @@ from platica.models import (
     Message,
     MessageStatus,
     ReplyState,
+    status_move,
     utcnow,
 )
 
@@ -125,29 +125,39 @@ async def advance_status(
     error_code: int | None,
     error_message: str | None,
 ) -> bool:
-    """Move the message with `sid` to `status` if that is a step forward; whether it moved."""
-    rank = STATUS_RANK[status]
-    earlier = [s for s, r in STATUS_RANK.items() if r < rank]
+    """Move the message with `sid` to `status` if models.status_move allows it; whether it moved."""
+    move = status_move(status)
     values: dict[str, object] = {"status": status, "updated_at": utcnow()}
-    if error_code is not None:
-        values["error_code"] = error_code
-    if error_message is not None:
-        values["error_message"] = error_message
+    if move.clears_error:
+        values.update(error_code=None, error_message=None)
+    else:
+        if error_code is not None:
+            values["error_code"] = error_code
+        if error_message is not None:
+            values["error_message"] = error_message
     result = await session.execute(
         update(Message)
-        .where(and_(Message.twilio_sid == sid, Message.status.in_(earlier)))
+        .where(and_(Message.twilio_sid == sid, Message.status.in_(move.replaces)))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def message_status_by_sid(session: AsyncSession, sid: str) -> MessageStatus | None:
+    status = await session.scalar(select(Message.status).where(Message.twilio_sid == sid))
+    return None if status is None else MessageStatus(status)
+
+
 async def conversations_needing_work(
     session: AsyncSession, older_than: datetime, limit: int = 500
 ) -> list[int]:
     """Conversations with an unanswered inbound or an unsent outbound message last touched
-    before `older_than`: work a crash or a lost wake-up may have left behind. Not the messages
-    an operator's hold keeps waiting for them (until it runs out: the AI then answers)."""
+    before `older_than`: work a crash or a lost wake-up may have left behind. Not those a worker
+    holds (their lease is live), that are queued already (on PostgreSQL, due at some time:
+    waiting out a backoff, which a sweep must not cut short), that are parked, or whose
+    messages an operator's hold keeps waiting for them (until it runs out: the AI then
+    answers)."""
     pending = (
         select(Message.conversation_id)
         .join(Conversation, Conversation.id == Message.conversation_id)
@@ -166,7 +176,18 @@ async def conversations_needing_work(
         Message.status.in_([MessageStatus.pending, MessageStatus.sending]),
         Message.updated_at < older_than,
     )
-    rows = await session.scalars(pending.union(unsent).limit(limit))
+    now = utcnow()
+    rows = await session.scalars(
+        select(Conversation.id)
+        .where(
+            Conversation.id.in_(pending.union(unsent).scalar_subquery()),
+            Conversation.reply_due_at.is_(None),
+            or_(Conversation.lease_expires_at.is_(None), Conversation.lease_expires_at < now),
+            # Parked: an operator retries it (jobs/locks.py).
+            Conversation.parked_at.is_(None),
+        )
+        .limit(limit)
+    )
     return list(rows)
 
 

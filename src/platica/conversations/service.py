@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.channels.parsing import InboundMessage, StatusUpdate
 from platica.conversations import repository
-from platica.models import Author, Direction, Message, MessageStatus, ReplyState, utcnow
+from platica.models import (
+    FINAL_STATUSES,
+    Author,
+    Direction,
+    Message,
+    MessageStatus,
+    ReplyState,
+    utcnow,
+)
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Window
 
 
@@ -27,6 +35,7 @@ class StatusOutcome(StrEnum):
     updated = "updated"
     stale = "stale"  # an older status arrived after a newer one; ignored
     unknown = "unknown"  # no message has this SID
+    ignored = "ignored"  # the message's status is final (failed): nothing changes it
 
 
 async def record_inbound(
@@ -100,9 +109,10 @@ async def record_status(session: AsyncSession, update: StatusUpdate) -> StatusOu
     )
     if moved:
         return StatusOutcome.updated
-    if await repository.message_id_by_sid(session, update.sid) is None:
+    current = await repository.message_status_by_sid(session, update.sid)
+    if current is None:
         return StatusOutcome.unknown
-    return StatusOutcome.stale
+    return StatusOutcome.ignored if current in FINAL_STATUSES else StatusOutcome.stale
 
 
 async def find_reply(session: AsyncSession, sid: str) -> str | None:

@@ -99,6 +99,7 @@ NOTICES = {
     "handed_off": "You have the conversation: the AI stays quiet until you resume it.",
     "resumed": "The AI answers this conversation again.",
     "replied": "Reply queued for sending.",
+    "retried": "Retried: the conversation's replies run again.",
 }
 AUTHORS = {
     Author.contact: "Contact",
@@ -255,6 +256,7 @@ def _row(visit: Visit, view: ConversationView) -> dict[str, Any]:
         "state": display.conversation_state(view),
         "awaiting": view.awaiting_reply,
         "flagged": view.flagged_at is not None,
+        "parked": conversation.parked_at is not None,
         "account": conversation.account_id,
     }
 
@@ -451,6 +453,8 @@ async def _act(
                 await operators.resume(session, conversation)
             elif action == "replied":
                 await operators.manual_reply(session, conversation, body or "")
+            elif action == "retried":
+                await operators.retry(session, conversation)
             await session.commit()
         except PlaticaError as problem:
             await session.rollback()
@@ -462,7 +466,7 @@ async def _act(
         return await _conversation_response(
             visit, thread, status_code=error.status_code, error=error.message, draft=body or ""
         )
-    if action in ("replied", "resumed") and visit.state.runner is not None:
+    if action in ("replied", "resumed", "retried") and visit.state.runner is not None:
         # After the commit: a reply to send, or the AI to answer what waited for it.
         await visit.state.runner.defer(key[1])
     log.info("dashboard.action", action=action, conversation_id=key[1])
@@ -491,6 +495,14 @@ async def resume(
 ) -> Response:
     """Give the conversation back to the AI."""
     return await _act(visit, channel, conversation_id, "resumed")
+
+
+@router.post("/conversations/{channel}/{conversation_id}/retry")
+async def retry(
+    visit: OperatorVisit, _form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Unpark a conversation its reply task kept crashing on, and run its work again."""
+    return await _act(visit, channel, conversation_id, "retried")
 
 
 @router.post("/conversations/{channel}/{conversation_id}/reply")

@@ -8,6 +8,12 @@ dies, its leases simply expire, so no conversation stays stuck.
 The reply task takes, renews and gives back its lease inside its own transactions (`Lease`), so
 that taking the lease also reads the conversation (UPDATE … RETURNING) and giving it back costs
 no transaction of its own; `hold()` is the same with a transaction per step.
+
+A task that crashes while it holds the lease gives it back with the crash counted on the
+conversation (`crash_count`, reset by the next run that does not crash); after
+PARK_AFTER_CRASHES in a row the conversation is parked (`parked_at`, `parked_error`): no lease
+is taken on it, so no task runs on it, until an operator retries it. The runner learns of it
+from TaskCrashed, to back off or stop.
 """
 
 from __future__ import annotations
@@ -21,26 +27,34 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, cast
 
+import psycopg
 from sqlalchemy import (
     ColumnElement,
     Table,
     Update,
     bindparam,
+    case,
     null,
     or_,
     select,
     update,
 )
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.db import DriverPool
-from platica.logging import get_logger
+from platica.logging import get_logger, mask_phone
 from platica.models import Conversation, utcnow
 from platica.replies.store import Tx, engine_of, transaction
 
 log = get_logger(__name__)
 
 LEASE_SECONDS = 15.0
+# Crashes in a row after which a conversation is parked.
+PARK_AFTER_CRASHES = 5
+# The database itself failing (a restart, a dropped connection, a locked SQLite file) is no
+# conversation's fault: such crashes are not counted.
+_NOT_THE_CONVERSATIONS = (OSError, psycopg.OperationalError, OperationalError, InterfaceError)
 
 _table = cast(Table, Conversation.__table__)
 _conversations = _table.c
@@ -48,6 +62,26 @@ _conversations = _table.c
 
 class LeaseLost(Exception):
     """The lease expired and another worker may have taken the conversation: stop at once."""
+
+
+class TaskCrashed(Exception):
+    """The task crashed while it held the conversation's lease (the crash is its __cause__);
+    counted on the conversation: the `crashes` in a row so far, and whether that parked it."""
+
+    def __init__(self, conversation_id: int, crashes: int, parked: bool, error: str) -> None:
+        super().__init__(f"conversation {conversation_id}: {error}")
+        self.conversation_id = conversation_id
+        self.crashes = crashes
+        self.parked = parked
+        self.error = error
+
+
+def crash_report(error: BaseException) -> str:
+    """What operators see of a crash (`parked_error`): its type and the first line of its
+    message (the rest of a database error is the SQL and its parameters), numbers masked."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return mask_phone(text)[:500]
 
 
 def renew_statement(**values: Any) -> Update:
@@ -92,12 +126,46 @@ _TAKE = (
             _conversations.lease_expires_at.is_(None),
             _conversations.lease_expires_at < bindparam("now"),
         ),
+        _conversations.parked_at.is_(None),
     )
     .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("expires_at"))
     .returning(*_conversations)
 )
+_PARKED = select(_conversations.parked_at.is_not(None)).where(
+    _conversations.id == bindparam("conversation_id")
+)
 _RENEW = renew_statement()
 _RELEASE = release_statement()
+# Gives the lease back with the crash counted; the one that makes PARK_AFTER_CRASHES parks the
+# conversation and takes it off PostgreSQL's queue.
+_crashes = _conversations.crash_count + 1
+_parks = _crashes >= PARK_AFTER_CRASHES
+_CRASHED = (
+    release_statement()
+    .values(
+        crash_count=_crashes,
+        parked_at=case(
+            (_parks, bindparam("now", type_=_conversations.parked_at.type)),
+            else_=_conversations.parked_at,
+        ),
+        parked_error=case(
+            (_parks, bindparam("error", type_=_conversations.parked_error.type)),
+            else_=_conversations.parked_error,
+        ),
+        reply_due_at=case((_parks, null()), else_=_conversations.reply_due_at),
+    )
+    .returning(_conversations.crash_count, _conversations.parked_at)
+)
+# A run that did not crash: the count starts again.
+_RECOVERED = (
+    update(_table)
+    .where(
+        _conversations.id == bindparam("conversation_id"),
+        _conversations.crash_count > 0,
+        _conversations.parked_at.is_(None),
+    )
+    .values(crash_count=0)
+)
 
 # PostgreSQL's reply queue (jobs/runner.py): the due conversation nobody holds that has waited
 # longest (the partial index on reply_due_at), locked so that concurrent claims by other
@@ -191,6 +259,10 @@ class Lease:
         self._locks = locks
         self._released = False
         self._renewal: asyncio.Task[None] | None = None
+        # The conversation is parked: take() refused it (an operator retries it).
+        self.parked = False
+        # Its crashes in a row when taken.
+        self.crashes = 0
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"conversation_id": self.conversation_id, "owner": self.owner, **extra}
@@ -213,13 +285,26 @@ class Lease:
                     self._on_claim(None, False)
                 else:
                     self._on_claim(row.id, bool(row.more_due))
+            if row is not None and row.parked_at is not None:
+                # A new message made a parked conversation due (the webhook does not look):
+                # the claim took it off the queue; give the lease back and leave it parked.
+                # (Not skipped by the claim itself: a filter on parked_at there has
+                # PostgreSQL plan the claim as a scan of every conversation.)
+                await connection.execute(_RELEASE, self._params())
+                self.parked = True
+                return None
         else:
             row = (
                 await connection.execute(_TAKE, self._params(now=now, expires_at=expires_at))
             ).first()
         if row is not None:
             self.taken = True
+            self.crashes = row.crash_count or 0
             self._start_renewal()
+        elif not self.claims_due:
+            # Busy, or parked (rare: one more look, only then).
+            parked = await connection.execute(_PARKED, self._params())
+            self.parked = bool(parked.scalar())
         return row
 
     def _start_renewal(self) -> None:
@@ -274,15 +359,52 @@ class Lease:
             self._renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewal
+        if (
+            self.taken
+            and isinstance(exc, Exception)
+            and not isinstance(exc, (LeaseLost, *_NOT_THE_CONVERSATIONS))
+        ):
+            # Shielded, as below; the crash is what propagates, with how it was counted.
+            crashed = await asyncio.shield(self._release_crashed(exc))
+            if crashed is not None:
+                raise crashed from exc
+            return
         # A release inside a block that then failed may have been rolled back: give the lease
         # back again (a no-op if it is not this worker's any more). Shielded: a cancelled task
         # still hands its lease back.
         if self.taken and (exc_type is not None or not self._released):
             await asyncio.shield(self._release_alone())
+        if self.taken and exc_type is None and self.crashes:
+            await self._recovered()
 
     async def _release_alone(self) -> None:
         async with self._locks.transaction() as connection:
             await self.release(connection)
+
+    async def _release_crashed(self, error: Exception) -> TaskCrashed | None:
+        """Give the lease back with the crash counted; what it came to (None when the lease was
+        not this worker's any more, or the database failed: the crash goes on as it is)."""
+        report = crash_report(error)
+        try:
+            async with self._locks.transaction() as connection:
+                row = (
+                    await connection.execute(_CRASHED, self._params(now=utcnow(), error=report))
+                ).first()
+        except _NOT_THE_CONVERSATIONS:
+            log.warning("lease.crash_not_counted", conversation_id=self.conversation_id)
+            return None
+        if row is None:
+            return None
+        return TaskCrashed(self.conversation_id, row.crash_count, row.parked_at is not None, report)
+
+    async def _recovered(self) -> None:
+        """A run that did not crash after some that did: the count starts again."""
+        try:
+            async with self._locks.transaction() as connection:
+                await connection.execute(_RECOVERED, self._params())
+        except _NOT_THE_CONVERSATIONS:
+            # The next successful run resets it.
+            log.warning("lease.crash_count_not_reset", conversation_id=self.conversation_id)
 
 
 class LeaseLocks:

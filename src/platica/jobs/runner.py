@@ -5,12 +5,17 @@ before running it again (debounce, a busy lock, a failing service) or None when 
 Neither queue is the source of truth: a sweeper re-queues, at start-up and periodically, every
 conversation whose stored messages still need work, so a crash between storing a message and
 queueing its task loses nothing.
+
+A task that crashes is run again later, with exponential backoff and jitter by the crashes in a
+row counted on its conversation; past a few the conversation is parked (jobs/locks.py): it is not
+claimed, swept or run until an operator retries it, and it never holds up the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Protocol, cast
@@ -22,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.conversations import repository
 from platica.db import DriverPool, transaction
+from platica.jobs.locks import TaskCrashed
 from platica.logging import get_logger
 from platica.models import Conversation, utcnow
 from platica.replies.store import transaction as store_transaction
@@ -33,8 +39,10 @@ Handler = Callable[[int], Awaitable[float | None]]
 
 # What working processes LISTEN on, and `wake` notifies.
 WAKE_CHANNEL = "platica_replies"
-# How long to wait before re-running a task that raised, and how often the sweeper looks.
+# How long to wait before re-running a task that raised (doubling with each crash in a row,
+# up to CRASH_RETRY_MAX_SECONDS), and how often the sweeper looks.
 CRASH_RETRY_SECONDS = 5.0
+CRASH_RETRY_MAX_SECONDS = 300.0
 SWEEP_INTERVAL_SECONDS = 10.0
 # Work younger than this is someone's in-flight task, not a leftover.
 SWEEP_GRACE_SECONDS = 30.0
@@ -51,6 +59,11 @@ class TaskRunner(Protocol):
         """Queue the conversation's reply task to run after `delay` seconds."""
         ...
 
+    async def rescue(self, conversation_ids: list[int]) -> int:
+        """Queue to run now those of the conversations nothing has queued, is running or will
+        run (the sweeper's work: a wait already set is never cut short); how many it queued."""
+        ...
+
     def wake(self) -> None:
         """Tell the workers that reply tasks were queued in SQL, by the webhook's statement."""
         ...
@@ -62,15 +75,41 @@ class TaskRunner(Protocol):
     async def stop(self) -> None: ...
 
 
+def crash_backoff(crashes: int) -> float:
+    """Seconds before running a task again after its `crashes`th crash in a row: exponential,
+    with jitter so that what crashed together does not come back together."""
+    delay: float = min(CRASH_RETRY_SECONDS * 2 ** max(crashes - 1, 0), CRASH_RETRY_MAX_SECONDS)
+    return delay * random.uniform(0.75, 1.0)
+
+
+def after_crash(error: Exception, conversation_id: int | None) -> float | None:
+    """Log a task's crash; seconds before running it again, or None when its conversation is
+    parked (an operator retries it)."""
+    if not isinstance(error, TaskCrashed):
+        # Before the task held its conversation, or the database failing: not counted.
+        log.exception("task.crashed", conversation_id=conversation_id)
+        return crash_backoff(1)
+    log.exception("task.crashed", conversation_id=error.conversation_id, crashes=error.crashes)
+    if error.parked:
+        log.error(
+            "task.parked",
+            conversation_id=error.conversation_id,
+            crashes=error.crashes,
+            error=error.error,
+        )
+        return None
+    return crash_backoff(error.crashes)
+
+
 async def run_handler(
     handler: Callable[..., Awaitable[float | None]], conversation_id: int, **kwargs: Any
 ) -> float | None:
-    """Run the task; a crash in it is logged and retried later, never lost or fatal."""
+    """Run the task; a crash in it is logged and retried later (or its conversation parked),
+    never lost or fatal."""
     try:
         return await handler(conversation_id, **kwargs)
-    except Exception:
-        log.exception("task.crashed", conversation_id=conversation_id)
-        return CRASH_RETRY_SECONDS
+    except Exception as error:
+        return after_crash(error, conversation_id)
 
 
 class InProcessRunner:
@@ -83,6 +122,7 @@ class InProcessRunner:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._ready: asyncio.Queue[int] = asyncio.Queue()
         self._waiting: set[int] = set()  # in the ready queue, not yet picked up
+        self._running: set[int] = set()
         self._workers: list[asyncio.Task[None]] = []
 
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
@@ -97,6 +137,18 @@ class InProcessRunner:
             timer.cancel()
         self._due[conversation_id] = due
         self._timers[conversation_id] = loop.call_at(due, self._make_ready, conversation_id)
+
+    async def rescue(self, conversation_ids: list[int]) -> int:
+        lost = [
+            conversation_id
+            for conversation_id in conversation_ids
+            if conversation_id not in self._due
+            and conversation_id not in self._waiting
+            and conversation_id not in self._running
+        ]
+        for conversation_id in lost:
+            await self.defer(conversation_id)
+        return len(lost)
 
     def wake(self) -> None:
         """Nothing to do: on SQLite every task is queued through `defer`."""
@@ -119,7 +171,11 @@ class InProcessRunner:
         while True:
             conversation_id = await self._ready.get()
             self._waiting.discard(conversation_id)
-            wait = await run_handler(self._handler, conversation_id)
+            self._running.add(conversation_id)
+            try:
+                wait = await run_handler(self._handler, conversation_id)
+            finally:
+                self._running.discard(conversation_id)
             if wait is not None:
                 await self.defer(conversation_id, wait)
 
@@ -158,6 +214,17 @@ _MAKE_DUE = (
     update(_table)
     .where(_c.id.in_(bindparam("ids", expanding=True)))
     .values(reply_due_at=func.least(func.coalesce(_c.reply_due_at, _due), _due))
+)
+# Due now, unless queued already (due at some time) or held by a worker: the sweeper's rescue.
+_RESCUE = (
+    update(_table)
+    .where(
+        _c.id.in_(bindparam("ids", expanding=True)),
+        _c.reply_due_at.is_(None),
+        or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
+        _c.parked_at.is_(None),
+    )
+    .values(reply_due_at=_now)
 )
 NOTIFY_SQL = f"SELECT pg_notify('{WAKE_CHANNEL}', '')"
 
@@ -231,6 +298,15 @@ class PostgresRunner:
     async def defer(self, conversation_id: int, delay: float = 0.0) -> None:
         await self._make_due([conversation_id], delay)
         self.wake()
+
+    async def rescue(self, conversation_ids: list[int]) -> int:
+        async with store_transaction(
+            self._engine, durable=False, driver_pool=self._driver_pool
+        ) as connection:
+            result = await connection.execute(_RESCUE, {"ids": conversation_ids, "now": utcnow()})
+        if result.rowcount:
+            self.wake()
+        return result.rowcount
 
     async def _make_due(self, conversation_ids: list[int], delay: float = 0.0) -> None:
         due = utcnow() + timedelta(seconds=max(delay, 0.0))
@@ -335,9 +411,8 @@ class PostgresRunner:
         try:
             result = await self._claim_next(claimed)
             wait = None if result is None else result.wait
-        except Exception:
-            log.exception("task.crashed")
-            wait = CRASH_RETRY_SECONDS
+        except Exception as error:
+            wait = after_crash(error, self._running.get(task) if task is not None else None)
         conversation_id = self._running.get(task) if task is not None else None
         if self._claiming and conversation_id is None:
             claimed(None, False)  # it failed before its claim said anything
@@ -389,11 +464,10 @@ class Sweeper:
         older_than = utcnow() - timedelta(seconds=grace_seconds)
         async with transaction(self._sessionmaker) as session:
             conversation_ids = await repository.conversations_needing_work(session, older_than)
-        for conversation_id in conversation_ids:
-            await self._runner.defer(conversation_id)
-        if conversation_ids:
-            log.info("sweep.requeued", conversations=len(conversation_ids))
-        return len(conversation_ids)
+        requeued = await self._runner.rescue(conversation_ids) if conversation_ids else 0
+        if requeued:
+            log.info("sweep.requeued", conversations=requeued)
+        return requeued
 
     async def _loop(self, interval: float) -> None:
         while True:

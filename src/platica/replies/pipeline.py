@@ -38,6 +38,7 @@ from platica.channels.sender import (
     MessageSender,
     OutgoingMessage,
     SendFailed,
+    SentMessage,
 )
 from platica.config import Settings
 from platica.db import DriverPool
@@ -62,7 +63,13 @@ from platica.models import (
 )
 from platica.ratelimit import RateLimits
 from platica.replies import prompts, store
-from platica.replies.generator import GeneratedReply, GenerationFailed, ReplyGenerator, ReplyRequest
+from platica.replies.generator import (
+    GeneratedReply,
+    GenerationFailed,
+    RateLimited,
+    ReplyGenerator,
+    ReplyRequest,
+)
 from platica.replies.keywords import Keyword, detect_keyword
 from platica.replies.shaping import SmsText, shape_sms, shape_whatsapp
 from platica.replies.store import Inbound, Loaded, Outbound
@@ -90,14 +97,24 @@ BUSY_ALREADY_NOTE = "daily token budget spent: busy message sent earlier today"
 
 @dataclass
 class RetryPolicy:
+    """How every retry backs off: exponentially with the attempts counted so far, with jitter.
+
+    A failure is retried within the run after a sleep of at most `max_sleep_in_run`; a longer
+    wait hands the conversation back to the queue, due again when it is over.
+    """
+
     llm_attempts: int = 3
     send_attempts_per_run: int = 3
     backoff_base: float = 1.0
-    backoff_max: float = 30.0
+    backoff_max: float = 60.0
+    max_sleep_in_run: float = 5.0
     # A send still failing this long after the reply was stored is given up.
     send_give_up_after: timedelta = timedelta(hours=1)
     # A burst is answered at most this long after its first message, however it goes on.
     max_debounce_wait: float = 10.0
+    # The LLM provider's 429s make messages wait (they do not use up attempts) until the oldest
+    # of the batch has waited this long; then the fallback.
+    llm_patience: timedelta = timedelta(minutes=10)
 
     def backoff(self, attempt: int) -> float:
         """Exponential, with jitter so a crowd of retries does not arrive together."""
@@ -181,12 +198,18 @@ async def _rounds(ctx: ReplyContext, lease: Lease) -> float | None:
     try:
         for _ in range(MAX_ROUNDS):
             outcome = await _round(ctx, lease)
+            if lease.parked:
+                return None  # its reply task kept crashing: an operator retries it
             if not isinstance(outcome, _Again):
                 return outcome
     except LeaseLost:
         # Another worker has the conversation now; it carries on from the stored state.
         log.warning("reply.lease_lost", conversation_id=lease.conversation_id)
         return LOCK_BUSY_RETRY_SECONDS
+    except _Paced as paced:
+        # The LLM provider asked us to slow down: the messages stay pending until then.
+        log.info("reply.llm_paced", conversation_id=lease.conversation_id, wait=paced.wait)
+        return paced.wait
     return 0.0
 
 
@@ -375,7 +398,7 @@ async def _write_plan(
     if _budget_spent(loaded.config, now):
         await _write_busy(connection, lease, loaded, plan, now)
         return None
-    wait = await _pace(ctx, connection, loaded, now)
+    wait = await _pacing_wait(ctx, connection, loaded, now)
     if wait > 0:
         await lease.release(connection)
         return wait
@@ -485,7 +508,9 @@ async def _write_busy(
     # Again: the busy message goes out next.
 
 
-async def _pace(ctx: ReplyContext, connection: store.Tx, loaded: Loaded, now: datetime) -> float:
+async def _pacing_wait(
+    ctx: ReplyContext, connection: store.Tx, loaded: Loaded, now: datetime
+) -> float:
     """Seconds the conversation's reply must wait for the pacing limits; 0 to answer now (then
     counted towards the account's pace)."""
     per_sender = ctx.limits.per_sender
@@ -630,10 +655,19 @@ async def _answer(
     return await _send_parts(ctx, lease, loaded, outbound)
 
 
+class _Paced(Exception):
+    """The LLM provider rate-limits us: the batch waits `wait` seconds, still pending."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
 async def _generate(
     ctx: ReplyContext, prepared: _Prepared
 ) -> tuple[GeneratedReply | None, str | None]:
-    """The LLM's reply, retrying transient failures; (None, why) when the fallback is due."""
+    """The LLM's reply, retrying transient failures; (None, why) when the fallback is due.
+    Raises _Paced when the provider rate-limits us: a 429 paces the reply, it does not drop it."""
     failure = "no attempts left"
     first = prepared.first_attempt
     attempts = range(first, ctx.policy.llm_attempts + 1) if first else range(0)
@@ -645,6 +679,12 @@ async def _generate(
                 await store.count_attempt(connection, prepared.batch_ids, attempt)
         try:
             return await ctx.generator.generate(prepared.request), None
+        except RateLimited as error:
+            wait = await _pace(ctx, prepared, attempt, error)
+            if wait is not None:
+                raise _Paced(wait) from error
+            failure = f"{error.message}, for longer than we wait"
+            break
         except RetryableError as error:
             failure = error.message
             log.warning("reply.llm_retry", attempt=attempt, error=error.message)
@@ -655,6 +695,22 @@ async def _generate(
             break
     log.warning("reply.llm_failed", error=failure)
     return None, failure
+
+
+async def _pace(
+    ctx: ReplyContext, prepared: _Prepared, attempt: int, error: RateLimited
+) -> float | None:
+    """Seconds the batch waits for the rate-limiting provider, with its attempt given back; None
+    when its oldest message has waited long enough (then the fallback is due)."""
+    async with ctx.transaction(durable=False) as connection:
+        oldest = await store.oldest(connection, prepared.batch_ids)
+        patience = (oldest + ctx.policy.llm_patience - utcnow()).total_seconds()
+        if patience <= 0:
+            return None
+        await store.count_attempt(connection, prepared.batch_ids, attempt - 1)
+    # Jitter, so the conversations it paced do not all come back at the same instant.
+    wait = error.retry_after * random.uniform(1.0, 1.25)
+    return max(min(wait, patience), 0.0)
 
 
 def _shape(config: ChannelConfig, text: str) -> list[tuple[str, SmsText | None]]:
@@ -686,17 +742,20 @@ async def _send_parts(
         if isinstance(result, float):
             return result
         after = parts[index + 1] if index + 1 < len(parts) else None
-        # Durable when it marks the next part `sending`: Twilio is called next (see store.py).
-        async with ctx.transaction(durable=after is not None) as connection:
-            if after is not None:
-                await lease.renew(connection)
-            if result is not None:
-                await store.store_sent(connection, message.id, result.sid, result.status)
-            if after is not None:
-                after.attempts += 1
-                await store.mark_sending(connection, after)
-            else:
-                released = await lease.release(connection, RELEASE_WHEN_IDLE)
+        try:
+            # Durable when it marks the next part `sending`: Twilio is called next (store.py).
+            async with ctx.transaction(durable=after is not None) as connection:
+                if after is not None:
+                    await lease.renew(connection)
+                if result is not None:
+                    await store.store_sent(connection, message.id, result.sid, result.status)
+                if after is not None:
+                    after.attempts += 1
+                    await store.mark_sending(connection, after)
+                else:
+                    released = await lease.release(connection, RELEASE_WHEN_IDLE)
+        except store.SidTaken:
+            return _sid_taken(message, result)
         if after is not None:
             after.status = MessageStatus.sending
         if result is not None:
@@ -713,14 +772,35 @@ async def _deliver_unsent(
         if isinstance(result, float):
             return result
         if result is not None:
-            async with ctx.transaction(durable=False) as connection:
-                await store.store_sent(connection, message.id, result.sid, result.status)
+            try:
+                async with ctx.transaction(durable=False) as connection:
+                    await store.store_sent(connection, message.id, result.sid, result.status)
+            except store.SidTaken:
+                return _sid_taken(message, result)
             _log_sent(message, result)
     return AGAIN
 
 
+def _sid_taken(message: Outbound, result: _Sent | None) -> _Again:
+    """Another message stored the SID first: what was found was not this message after all (it
+    stays `sending`; the next look leaves that SID out)."""
+    log.warning(
+        "reply.sid_taken", message_id=message.id, sid=result.sid if result is not None else None
+    )
+    return AGAIN
+
+
 def _log_sent(message: Outbound, result: _Sent) -> None:
-    if result.recovered:
+    if result.status == MessageStatus.dry_run:
+        # Stored, deliberately not sent: Twilio is not configured, or it answers the simulator.
+        log.info(
+            "reply.dry_run",
+            message_id=message.id,
+            part=message.part,
+            channel=message.channel.value,
+            chars=len(message.body),
+        )
+    elif result.recovered:
         log.info("reply.recovered", message_id=message.id, sid=result.sid)
     else:
         log.info("reply.sent", message_id=message.id, sid=result.sid, part=message.part)
@@ -748,8 +828,10 @@ async def _deliver(
             if message.status == MessageStatus.sending:
                 # An earlier attempt may have reached Twilio before it was cut off: ask first.
                 try:
-                    found = await sender.find_sent(outgoing, since=message.created_at)
+                    found = await _find_landed(ctx, sender, outgoing, message)
                 except RetryableError as error:
+                    # Asking is an attempt too: its failures back off like a send's.
+                    message.attempts += 1
                     return await _send_failed_transiently(ctx, message, error)
                 if found is not None:
                     return _Sent(found.sid, found.status, recovered=True)
@@ -766,7 +848,7 @@ async def _deliver(
             if not error.ambiguous:
                 message.status = MessageStatus.pending
             wait = await _send_failed_transiently(ctx, message, error)
-            if wait is None or wait > ctx.policy.backoff_max:
+            if wait is None or wait > ctx.policy.max_sleep_in_run:
                 return wait
             await asyncio.sleep(wait)
             continue
@@ -788,6 +870,21 @@ async def _deliver(
     return ctx.policy.backoff(message.attempts)
 
 
+async def _find_landed(
+    ctx: ReplyContext, sender: MessageSender, outgoing: OutgoingMessage, message: Outbound
+) -> SentMessage | None:
+    """What Twilio made of the message's interrupted attempt, if it landed: a message like it,
+    created since the attempt began, whose SID no message of ours has (the same text may have
+    gone to the same contact moments before: a fallback, a HELP answer)."""
+    since = message.sending_since or message.created_at
+    candidates = [c for c in await sender.find_sent(outgoing, since=since) if c.sid]
+    if not candidates:
+        return None
+    async with ctx.transaction(durable=False) as connection:
+        stored = await store.stored_sids(connection, [c.sid for c in candidates if c.sid])
+    return next((c for c in candidates if c.sid not in stored), None)
+
+
 async def _send_failed_transiently(
     ctx: ReplyContext, message: Outbound, error: RetryableError
 ) -> float | None:
@@ -803,5 +900,7 @@ async def _send_failed_transiently(
         REPLIES.labels(message.channel, "send_failed").inc()
         return None
     async with ctx.transaction(durable=True) as connection:
-        await store.record_error(connection, message.id, message.status, error.message)
+        await store.record_error(
+            connection, message.id, message.status, error.message, attempts=message.attempts
+        )
     return ctx.policy.backoff(message.attempts)

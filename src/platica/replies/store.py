@@ -20,6 +20,7 @@ from datetime import date, datetime
 from typing import Any, Protocol, cast
 
 import psycopg
+import psycopg.errors
 from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     BindParameter,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Integer,
     Row,
     Table,
+    Update,
     and_,
     bindparam,
     case,
@@ -39,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -46,7 +49,6 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from platica.channels.parsing import parse_status
 from platica.db import DriverPool, constant
 from platica.models import (
-    STATUS_RANK,
     Account,
     Author,
     Channel,
@@ -58,6 +60,7 @@ from platica.models import (
     MessageStatus,
     ReplyState,
     WebhookLog,
+    status_move,
     utcnow,
 )
 from platica.ratelimit import Pace
@@ -302,6 +305,9 @@ class Outbound:
     created_at: datetime
     # Answers a simulated message: sent by the dry-run sender, never to a real phone.
     simulated: bool = False
+    # While `sending`: when it was marked so for its current attempt (None: when it was
+    # created). Twilio is asked whether that attempt landed among what it created since.
+    sending_since: datetime | None = None
 
 
 def conversation_state(row: Row[Any]) -> ConversationState:
@@ -387,6 +393,7 @@ _WORK = (
         _m.part,
         _m.simulated,
         _m.created_at,
+        _m.updated_at,
     )
     .where(
         _m.conversation_id == bindparam("conversation_id"),
@@ -417,6 +424,8 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
                     row.part,
                     row.created_at,
                     row.simulated,
+                    # A `sending` message's updated_at is its mark (see record_error).
+                    row.updated_at if row.status == MessageStatus.sending else None,
                 )
             )
     return unsent, pending
@@ -465,6 +474,15 @@ _COUNT_ATTEMPT = update(_messages).where(_m.id.in_(_ids)).values(attempts=bindpa
 async def count_attempt(connection: Tx, ids: Sequence[int], attempt: int) -> None:
     """Record that the LLM is being asked for the `attempt`th time about these messages."""
     await connection.execute(_COUNT_ATTEMPT, {"ids": list(ids), "attempt": attempt})
+
+
+_OLDEST = select(func.min(_m.created_at)).where(_m.id.in_(_ids))
+
+
+async def oldest(connection: Tx, ids: Sequence[int]) -> datetime:
+    """When the oldest of these messages arrived."""
+    found: datetime = (await connection.execute(_OLDEST, {"ids": list(ids)})).scalar()
+    return found
 
 
 _SETTLE = (
@@ -652,11 +670,37 @@ _MARK_SENDING = (
 
 
 async def mark_sending(connection: Tx, message: Outbound) -> None:
-    """Record `message` as possibly on its way to Twilio, with its attempts counted."""
+    """Record `message` as possibly on its way to Twilio, with its attempts counted, from now
+    (its `sending_since`)."""
+    now = utcnow()
     await connection.execute(
-        _MARK_SENDING,
-        {"message_id": message.id, "new_attempts": message.attempts, "now": utcnow()},
+        _MARK_SENDING, {"message_id": message.id, "new_attempts": message.attempts, "now": now}
     )
+    message.sending_since = now
+
+
+class SidTaken(Exception):
+    """Another message has this Twilio SID already."""
+
+
+_UNIQUE_SID = "uq_messages_twilio_sid"
+
+
+def _is_sid_clash(error: Exception) -> bool:
+    """Whether `error` is the unique index on messages.twilio_sid refusing a SID."""
+    cause = getattr(error, "orig", error)
+    if isinstance(cause, psycopg.errors.UniqueViolation):
+        return cause.diag.constraint_name == _UNIQUE_SID
+    return isinstance(error, IntegrityError) and "messages.twilio_sid" in str(error)
+
+
+_STORED_SIDS = select(_m.twilio_sid).where(_m.twilio_sid.in_(bindparam("sids", expanding=True)))
+
+
+async def stored_sids(connection: Tx, sids: Sequence[str]) -> set[str]:
+    """Those of these Twilio SIDs some message has."""
+    rows = await connection.execute(_STORED_SIDS, {"sids": list(sids)})
+    return {row.twilio_sid for row in rows}
 
 
 _sid: BindParameter[str | None] = bindparam("sid")
@@ -677,11 +721,17 @@ _STORE_SENT = (
 async def store_sent(
     connection: Tx, message_id: int, sid: str | None, status: MessageStatus
 ) -> None:
-    """Store the SID and status Twilio gave the message."""
-    early = await connection.execute(
-        _STORE_SENT,
-        {"message_id": message_id, "sid": sid, "new_status": status, "now": utcnow()},
-    )
+    """Store the SID and status Twilio gave the message; SidTaken when another message has the
+    SID (the caller's transaction is then spoiled: let it roll back)."""
+    try:
+        early = await connection.execute(
+            _STORE_SENT,
+            {"message_id": message_id, "sid": sid, "new_status": status, "now": utcnow()},
+        )
+    except (IntegrityError, psycopg.errors.UniqueViolation) as error:
+        if _is_sid_clash(error):
+            raise SidTaken(sid) from error
+        raise
     if sid is not None and early.scalar():
         await _replay_early_statuses(connection, sid)
 
@@ -691,18 +741,28 @@ _EARLY_STATUSES = (
     .where(_logs.message_sid == _sid, _logs.outcome == "status_unknown")
     .order_by(_logs.id)
 )
-_ADVANCE_STATUS = (
-    update(_messages)
-    .where(_m.twilio_sid == _sid, _m.status.in_(bindparam("earlier", expanding=True)))
-    .values(
-        status=bindparam("new_status"),
-        updated_at=bindparam("now"),
-        error_code=func.coalesce(bindparam("code", type_=_m.error_code.type), _m.error_code),
-        error_message=func.coalesce(
-            bindparam("error", type_=_m.error_message.type), _m.error_message
-        ),
+
+
+def _advance_status(clears_error: bool) -> Update:
+    errors: dict[str, Any] = (
+        {"error_code": None, "error_message": None}
+        if clears_error
+        else {
+            "error_code": func.coalesce(bindparam("code", type_=_m.error_code.type), _m.error_code),
+            "error_message": func.coalesce(
+                bindparam("error", type_=_m.error_message.type), _m.error_message
+            ),
+        }
     )
-)
+    return (
+        update(_messages)
+        .where(_m.twilio_sid == _sid, _m.status.in_(bindparam("earlier", expanding=True)))
+        .values(status=bindparam("new_status"), updated_at=bindparam("now"), **errors)
+    )
+
+
+# models.status_move's rule, by whether the report clears the stored error.
+_ADVANCE_STATUS = {clears: _advance_status(clears) for clears in (False, True)}
 _REPLAYED = (
     update(cast(Table, WebhookLog.__table__))
     .where(_logs.id.in_(bindparam("log_ids", expanding=True)))
@@ -712,18 +772,18 @@ _REPLAYED = (
 
 async def _replay_early_statuses(connection: Tx, sid: str) -> None:
     """Status callbacks that reached us before the message's SID was stored, applied now in
-    their order (statuses only move forward, as conversations/service.py's record_status)."""
+    their order (by models.status_move, as the webhook applies them)."""
     entries = list(await connection.execute(_EARLY_STATUSES, {"sid": sid}))
     for entry in entries:
         if not entry.params:
             continue
         update = parse_status(entry.params)
-        rank = STATUS_RANK[update.status]
+        move = status_move(update.status)
         await connection.execute(
-            _ADVANCE_STATUS,
+            _ADVANCE_STATUS[move.clears_error],
             {
                 "sid": sid,
-                "earlier": [status for status, r in STATUS_RANK.items() if r < rank],
+                "earlier": list(move.replaces),
                 "new_status": update.status,
                 "code": update.error_code,
                 "error": update.error_message,
@@ -734,16 +794,23 @@ async def _replay_early_statuses(connection: Tx, sid: str) -> None:
         await connection.execute(_REPLAYED, {"log_ids": [entry.id for entry in entries]})
 
 
-_RECORD_ERROR = (
-    update(_messages)
-    .where(_m.id == bindparam("message_id"))
-    .values(
-        status=bindparam("new_status"),
-        error_code=bindparam("code"),
-        error_message=bindparam("error"),
-        updated_at=bindparam("now"),
+def _record_error(*, touch: bool) -> Update:
+    return (
+        update(_messages)
+        .where(_m.id == bindparam("message_id"))
+        .values(
+            status=bindparam("new_status"),
+            error_code=bindparam("code"),
+            error_message=bindparam("error"),
+            attempts=func.coalesce(bindparam("new_attempts", type_=_m.attempts.type), _m.attempts),
+            updated_at=bindparam("now") if touch else _m.updated_at,
+        )
     )
-)
+
+
+# A message left `sending` keeps its updated_at: the moment its current attempt began, from
+# which Twilio is asked whether it landed (Outbound.sending_since).
+_RECORD_ERROR = {True: _record_error(touch=True), False: _record_error(touch=False)}
 
 
 async def record_error(
@@ -752,15 +819,18 @@ async def record_error(
     status: MessageStatus,
     error: str,
     code: int | None = None,
+    attempts: int | None = None,
 ) -> None:
-    """Record a failed send: for good (status failed) or for now (the status it is left in)."""
+    """Record a failed send (or lookup): for good (status failed) or for now (the status it is
+    left in), with the attempts counted so far when given."""
     await connection.execute(
-        _RECORD_ERROR,
+        _RECORD_ERROR[status != MessageStatus.sending],
         {
             "message_id": message_id,
             "new_status": status,
             "code": code,
             "error": error,
+            "new_attempts": attempts,
             "now": utcnow(),
         },
     )
