@@ -82,7 +82,7 @@ class TestReplyMetrics:
         scrape = Scrape(stack)
 
         for channel in ("whatsapp", "sms"):
-            for outcome in ("ai", "fallback", "keyword", "skipped", "rate_limited", "send_failed"):
+            for outcome in ("ai", "fallback", "busy", "keyword", "skipped", "flood", "send_failed"):
                 key = (
                     "platica_replies_total",
                     (("channel", channel), ("outcome", outcome)),

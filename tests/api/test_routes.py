@@ -817,15 +817,15 @@ class TestManualReply:
         assert api.twilio.sent[1]["to"] == f"whatsapp:{CONTACT}"
         assert api.twilio.sent[1]["body"] == "*Hola*"
 
-    def test_next_inbound_is_stored_not_answered(self, api):
+    def test_next_inbound_waits_for_the_operator(self, api):
         conversation = answered_conversation(api)
         api.ok(
             api.post(f"/api/sms/conversations/{conversation}/messages", {"body": "Aquí Lola"}), 202
         )
         wait_for(lambda: len(api.twilio.sent) == 2 and api.settled(), "the manual reply")
         api.send("sms", body="Gracias, Lola")
-        wait_for(lambda: api.settled() and len(api.reply_states(conversation)) == 2, "settled")
-        assert api.reply_states(conversation) == ["answered", "skipped"]
+        wait_for(lambda: len(api.reply_states(conversation)) == 2, "stored")
+        assert api.reply_states(conversation) == ["answered", "pending"]
         assert len(api.openai.requests) == 1
         assert [m["body"] for m in api.twilio.sent] == ["Echo: Hola", "Aquí Lola"]
 

@@ -165,10 +165,10 @@ class TestOneStatement:
 
         assert database.scalar("SELECT reply_due_at FROM conversations") == before
 
-    def test_a_duplicate_or_a_rate_limited_message_makes_nothing_due(
+    def test_a_duplicate_or_a_flood_message_makes_nothing_due(
         self, pg_url, live_server, client, database
     ):
-        server = live_server(make_settings(pg_url, RATE_LIMIT_PER_SENDER="1/minute"), worker=False)
+        server = live_server(make_settings(pg_url, RATE_LIMIT_FLOOD="1/minute"), worker=False)
         first = send(client, server)
         database.execute("UPDATE conversations SET reply_due_at = NULL")
         post_signed(client, server.url, "/webhook/sms", first)
@@ -176,7 +176,7 @@ class TestOneStatement:
 
         assert database.scalar("SELECT reply_due_at FROM conversations") is None
         outcomes = database.rows("SELECT outcome FROM webhook_logs ORDER BY id")
-        assert [r.outcome for r in outcomes] == ["accepted", "duplicate", "rate_limited"]
+        assert [r.outcome for r in outcomes] == ["accepted", "duplicate", "flood"]
         states = database.rows("SELECT reply_state FROM messages ORDER BY id")
         assert [r.reply_state for r in states] == ["pending", "skipped"]
 

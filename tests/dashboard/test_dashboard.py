@@ -540,7 +540,8 @@ class TestConversation:
         expect(status).to_have_text("Handed off")
         dashboard.send(body="¿Me atiende una persona?")
         thread = page.get_by_role("log", name="Messages")
-        expect(thread).to_contain_text("Not answered: AI paused: an operator has the conversation")
+        # It waits for the operator, who sees it waiting.
+        expect(thread.locator(".msg").last).to_contain_text("Awaiting reply")
 
         page.get_by_label("Reply by hand").fill("Hola, soy Marta. ¿En qué te ayudo?")
         page.get_by_role("button", name="Send reply").click()
@@ -549,6 +550,7 @@ class TestConversation:
         expect(mine).to_contain_text("Operator")
         expect(mine).to_contain_text("Hola, soy Marta. ¿En qué te ayudo?")
         expect(mine).to_contain_text("Delivered")
+        expect(thread).to_contain_text("answered by an operator")
         assert dashboard.twilio.sent[-1]["body"] == "Hola, soy Marta. ¿En qué te ayudo?"
         assert len(dashboard.openai.requests) == 1
         dashboard.shot(page, "conversation-handoff")

@@ -299,6 +299,8 @@ def _plan(loaded: Loaded, batch: Sequence[Inbound], now: datetime) -> _Plan:
     """
     plan = _Plan()
     skip_reason, plan.resume_ai, hold = _why_not_answer(loaded, now)
+    # Nothing can be sent to an opted-out contact, by an operator either: nothing to wait for.
+    hold = hold and not loaded.contact.opted_out
     keyed = [(message, detect_keyword(message.body)) for message in batch]
     if hold:
         # The messages wait for the operator; keywords are honoured all the same.
