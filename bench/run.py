@@ -18,8 +18,9 @@ What one run does, every step bounded in requests and in time (the whole run in 
    - the one-account load: 300 webhooks/s for 15 s, 10 % of the senders writing 3-5 messages
      0.3 s apart; ack latency (the ack bar), then, with the fakes still at 1 s / 0.1 s, until
      every message is settled (answered, or marked not to be answered) or at most
-     `sustain_seconds` after the load: the sustained replies per second; whatever is left is
-     finished with the fakes at latency 0. Then its own exactly-once check;
+     `sustain_seconds` after the load: the sustained replies per second (over the backlog left
+     when the load ends, as the drain's); whatever is left is finished with the fakes at latency
+     0. Then its own exactly-once check;
    - ack sweep: open loop at each arrival rate (25...600/s), latency counted from the due time;
    - closed loop: the most webhooks per second at a fixed concurrency;
    - drain: the fakes at latency 0 until every message is settled (bounded by `drain_seconds`
@@ -587,7 +588,8 @@ class Bench:
         """SPEC §6: `bar_rate` webhooks/s for `bar_seconds` to the one account, some senders
         writing bursts. The acks (the ack bar); then, with the fakes still at their latency,
         until every message is settled or `sustain_seconds` after the load: the sustained
-        replies per second; the rest with the fakes at 0; then its exactly-once check."""
+        replies per second (after the load, as the drain's rate: a backlog, no webhooks
+        arriving); the rest with the fakes at 0; then its exactly-once check."""
         config = self.config
         count = max(1, round(config.bar_rate * config.bar_seconds))
         burst = loadgen.Burst(config.burst_share, config.burst_sizes, config.burst_gap)
@@ -637,7 +639,10 @@ class Bench:
             "wait_seconds": waited,
             "finish_instant": finish,
             "replies_with_latency": len(times),
-            "sustained_rate": checks.steady_rate(times),
+            # The bar's (a): the backlog left when the load ends, answered with the fakes still
+            # at their latency, like the drain's (b) with no webhooks to acknowledge meanwhile.
+            "sustained_rate": checks.steady_rate(after),
+            "whole_rate": checks.steady_rate(times),
             "first_to_last_rate": checks.span_rate(times),
             "during_load_rate": (len(during) / (load_end - started))
             if load_end > started
@@ -1134,7 +1139,8 @@ def _bar_line(bar: dict[str, Any]) -> str:
     return (
         f"one account {ack['target_rate']:g}/s: {ack['ok']}/{ack['requests']} acked, "
         f"p99 {ack['p99_ms']:.1f} ms; {bar['replies_with_latency']} replies with the fakes' "
-        f"latency, sustained {_rate(bar['sustained_rate'])} (first to last "
+        f"latency, sustained after the load {_rate(bar['sustained_rate'])} (during the load "
+        f"{_rate(bar['during_load_rate'])}, first to last "
         f"{_rate(bar['first_to_last_rate'])}); waited {bar['wait_seconds']:.1f} s; "
         + _checks_line(bar["checks"])
     )

@@ -294,6 +294,13 @@ class Conversation(Base):
             sqlite_where=text("reply_due_at IS NOT NULL"),
             postgresql_where=text("reply_due_at IS NOT NULL"),
         ),
+        # The parked ones, counted at each /metrics scrape (a few, in a large table).
+        Index(
+            "ix_conversations_parked",
+            "parked_at",
+            sqlite_where=text("parked_at IS NOT NULL"),
+            postgresql_where=text("parked_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

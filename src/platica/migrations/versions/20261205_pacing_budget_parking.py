@@ -28,6 +28,7 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+PARKED = sa.text("parked_at IS NOT NULL")
 BUSY_MESSAGE = "We're getting a lot of messages right now. We'll get back to you as soon as we can."
 
 
@@ -56,6 +57,13 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("parked_at", sa.DateTime(timezone=True)))
         batch_op.add_column(sa.Column("parked_error", sa.Text()))
+        batch_op.create_index(
+            "ix_conversations_parked",
+            ["parked_at"],
+            unique=False,
+            sqlite_where=PARKED,
+            postgresql_where=PARKED,
+        )
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("simulated", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -66,6 +74,7 @@ def downgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_column("simulated")
     with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.drop_index("ix_conversations_parked")
         batch_op.drop_column("parked_error")
         batch_op.drop_column("parked_at")
         batch_op.drop_column("crash_count")
