@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -18,14 +17,11 @@ from platica.accounts import create_api_key
 from platica.config import ConfigError, load_settings
 from platica.models import Account
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Pace, RateLimits
-from tests.conftest import Database, make_settings
 from tests.factories import CONTACT, inbound_form, post_signed
-from tests.fakes import FakeOpenAI, FakeTwilio
 from tests.polling import wait_for
-from tests.replies.test_pipeline import Stack
+from tests.replies.test_pipeline import ADMIN_TOKEN, Stack, make_stack
 
 FLOODER = "+34611000999"
-ADMIN_TOKEN = "admin-0f3e5d7c9b5a1e2d4c6b8a90"
 
 
 LOW_LIMITS = {
@@ -149,23 +145,7 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def flood_stack(database_url, live_server) -> Iterator[Stack]:
-    with FakeOpenAI() as openai, FakeTwilio(callbacks=True) as twilio:
-        settings = make_settings(
-            database_url,
-            OPENAI_BASE_URL=openai.url,
-            OPENAI_API_KEY="sk-local-0123456789",
-            TWILIO_API_BASE_URL=twilio.url,
-            PLATICA_ADMIN_TOKEN=ADMIN_TOKEN,
-            LOG_LEVEL="INFO",
-            **LOW_LIMITS,
-        )
-        server = live_server(settings)
-        database = Database(database_url)
-        with httpx.Client(timeout=30) as client:
-            stack = Stack(server, openai, twilio, database, client)
-            stack.configure(debounce_seconds=0)
-            yield stack
-        database.engine.dispose()
+    yield from make_stack(database_url, live_server, LOG_LEVEL="INFO", **LOW_LIMITS)
 
 
 @pytest.fixture
@@ -253,37 +233,19 @@ def answered_at(stack: Stack) -> list[datetime]:
     ]
 
 
-def pacing_stack(database_url, live_server, **limits: str) -> Iterator[Stack]:
-    with FakeOpenAI() as openai, FakeTwilio(callbacks=True) as twilio:
-        settings = make_settings(
-            database_url,
-            OPENAI_BASE_URL=openai.url,
-            OPENAI_API_KEY="sk-local-0123456789",
-            TWILIO_API_BASE_URL=twilio.url,
-            **limits,
-        )
-        server = live_server(settings)
-        database = Database(database_url)
-        with httpx.Client(timeout=30) as client:
-            stack = Stack(server, openai, twilio, database, client)
-            stack.configure(debounce_seconds=0)
-            yield stack
-        database.engine.dispose()
-
-
 @pytest.fixture
 def default_limits(database_url, live_server) -> Iterator[Stack]:
-    yield from pacing_stack(database_url, live_server)
+    yield from make_stack(database_url, live_server)
 
 
 @pytest.fixture
 def account_paced(database_url, live_server) -> Iterator[Stack]:
-    yield from pacing_stack(database_url, live_server, RATE_LIMIT_PER_ACCOUNT="10/second")
+    yield from make_stack(database_url, live_server, RATE_LIMIT_PER_ACCOUNT="10/second")
 
 
 @pytest.fixture
 def sender_paced(database_url, live_server) -> Iterator[Stack]:
-    yield from pacing_stack(database_url, live_server, RATE_LIMIT_PER_SENDER="2/3seconds")
+    yield from make_stack(database_url, live_server, RATE_LIMIT_PER_SENDER="2/3seconds")
 
 
 SENDERS = [f"+3461200{i:04d}" for i in range(30)]

@@ -65,8 +65,8 @@ class Stack:
         )
 
 
-@pytest.fixture
-def stack(database_url, live_server) -> Iterator[Stack]:
+def make_stack(database_url, live_server, **overrides: Any) -> Iterator[Stack]:
+    """A live server with `overrides` over the test settings, the fakes behind it, debounce 0."""
     with FakeOpenAI() as openai, FakeTwilio(callbacks=True) as twilio:
         openai.retry_after = "0.01"
         settings = make_settings(
@@ -75,6 +75,7 @@ def stack(database_url, live_server) -> Iterator[Stack]:
             OPENAI_API_KEY="sk-local-0123456789",
             TWILIO_API_BASE_URL=twilio.url,
             PLATICA_ADMIN_TOKEN=ADMIN_TOKEN,
+            **overrides,
         )
         server = live_server(settings)
         database = Database(database_url)
@@ -83,6 +84,11 @@ def stack(database_url, live_server) -> Iterator[Stack]:
             created.configure(debounce_seconds=0)
             yield created
         database.engine.dispose()
+
+
+@pytest.fixture
+def stack(database_url, live_server) -> Iterator[Stack]:
+    yield from make_stack(database_url, live_server)
 
 
 @pytest.fixture

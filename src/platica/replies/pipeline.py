@@ -134,7 +134,7 @@ class ReplyContext:
     # Sends the replies to simulated messages (the dashboard's simulator): never to a phone.
     dry_run: MessageSender = field(default_factory=DryRunSender)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    # The public URL of /webhook/status, when known (PUBLIC_BASE_URL, else the last webhook's).
+    # The public URL of /webhook/status: PUBLIC_BASE_URL (required with Twilio credentials).
     status_callback: Callable[[], str | None] = lambda: None
     # PostgreSQL: the psycopg pool the reply path's statements go through (db.open_driver_pool).
     driver_pool: DriverPool | None = None
@@ -436,19 +436,8 @@ async def _write_keyword(
     conversation = loaded.conversation
     word = message.body.strip().rstrip(".!?,;:…").upper() or keyword.value
     if confirmation:
-        await store.insert_reply_part(
-            connection,
-            {
-                "account_id": conversation.account_id,
-                "conversation_id": conversation.id,
-                "channel": conversation.channel,
-                "author": Author.system,
-                "body": confirmation,
-                "status": MessageStatus.pending,
-                "reply_to_id": message.id,
-                "part": 0,
-                "simulated": message.simulated,
-            },
+        await _store_system_reply(
+            connection, conversation, confirmation, message.id, simulated=message.simulated
         )
         note = f"{word}: {KEYWORD_CONFIRMED[keyword]}"
         await store.settle(connection, [message.id], ReplyState.answered, note)
@@ -457,6 +446,32 @@ async def _write_keyword(
         note = f"{word}: {'Twilio answers it on SMS' if sms else KEYWORD_UNCONFIRMED[keyword]}"
         await store.settle(connection, [message.id], ReplyState.skipped, note)
     log.info("reply.keyword", conversation_id=conversation.id, keyword=keyword.value)
+
+
+async def _store_system_reply(
+    connection: store.Tx,
+    conversation: store.ConversationState,
+    body: str,
+    reply_to_id: int,
+    *,
+    simulated: bool,
+) -> None:
+    """Store a fixed text of Plática's (a confirmation, the busy message) as the one-part reply
+    to `reply_to_id`, to be sent in the conversation's order."""
+    await store.insert_reply_part(
+        connection,
+        {
+            "account_id": conversation.account_id,
+            "conversation_id": conversation.id,
+            "channel": conversation.channel,
+            "author": Author.system,
+            "body": body,
+            "status": MessageStatus.pending,
+            "reply_to_id": reply_to_id,
+            "part": 0,
+            "simulated": simulated,
+        },
+    )
 
 
 def _budget_spent(config: ChannelConfig, now: datetime) -> bool:
@@ -489,19 +504,12 @@ async def _write_busy(
         plan.released = await lease.release(connection, RELEASE_WHEN_IDLE)
         REPLIES.labels(conversation.channel, "skipped").inc(len(batch_ids))
         return
-    await store.insert_reply_part(
+    await _store_system_reply(
         connection,
-        {
-            "account_id": conversation.account_id,
-            "conversation_id": conversation.id,
-            "channel": conversation.channel,
-            "author": Author.system,
-            "body": loaded.config.busy_message,
-            "status": MessageStatus.pending,
-            "reply_to_id": batch_ids[-1],
-            "part": 0,
-            "simulated": any(m.simulated for m in plan.remaining),
-        },
+        conversation,
+        loaded.config.busy_message,
+        batch_ids[-1],
+        simulated=any(m.simulated for m in plan.remaining),
     )
     await store.settle(connection, batch_ids, ReplyState.answered, BUSY_NOTE)
     await store.set_busy_sent(connection, conversation.id, now)
