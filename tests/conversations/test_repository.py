@@ -4,6 +4,7 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +21,8 @@ from platica.models import (
     Direction,
     Message,
     MessageStatus,
+    ReplyState,
+    utcnow,
 )
 from tests.factories import new_sid
 
@@ -101,3 +104,52 @@ class TestAdvanceStatus:
         assert not await repository.advance_status(session, sid, MessageStatus.sent, None, None)
 
         assert await state(session, sid) == ("delivered", None, None)
+
+
+async def held_conversation(session: AsyncSession, handoff_until: datetime | None) -> int:
+    """A conversation an operator took over, with a message of the contact's waiting."""
+    account = Account(name="Panadería")
+    session.add(account)
+    await session.flush()
+    contact = Contact(account_id=account.id, channel=Channel.sms, address="+34600111333")
+    session.add(contact)
+    await session.flush()
+    conversation = Conversation(
+        account_id=account.id,
+        channel=Channel.sms,
+        contact_id=contact.id,
+        contact_address=contact.address,
+        ai_enabled=False,
+        handoff_until=handoff_until,
+    )
+    session.add(conversation)
+    await session.flush()
+    session.add(
+        Message(
+            account_id=account.id,
+            conversation_id=conversation.id,
+            channel=Channel.sms,
+            direction=Direction.inbound,
+            author=Author.contact,
+            body="¿Hay alguien?",
+            media=[],
+            status=MessageStatus.received,
+            reply_state=ReplyState.pending,
+            created_at=utcnow() - timedelta(minutes=5),
+        )
+    )
+    await session.flush()
+    return conversation.id
+
+
+class TestConversationsNeedingWork:
+    async def test_a_message_waiting_for_the_operator_is_not_swept(self, session):
+        await held_conversation(session, utcnow() + timedelta(minutes=30))
+
+        assert await repository.conversations_needing_work(session, utcnow()) == []
+
+    async def test_when_the_handoff_lapses_the_ai_gets_what_waited(self, session):
+        """Issue 12's defect 7, for a handoff that runs out rather than an operator's Resume."""
+        conversation_id = await held_conversation(session, utcnow() - timedelta(seconds=1))
+
+        assert await repository.conversations_needing_work(session, utcnow()) == [conversation_id]
