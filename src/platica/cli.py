@@ -15,11 +15,10 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
-from twilio.request_validator import RequestValidator
 
 from platica import db
 from platica.accounts import DEMO_NUMBERS, create_account
-from platica.channels.forms import inbound_form
+from platica.channels.forms import inbound_form, signature
 from platica.config import E164, ConfigError, Settings, get_settings, strip_channel_prefix
 from platica.conversations.retention import DEFAULT_IDLE_DAYS
 from platica.models import Channel
@@ -575,9 +574,9 @@ def simulate(
     post_url = url.rstrip("/") + path
     headers = {}
     if settings.TWILIO_AUTH_TOKEN is not None:
-        signed = (settings.PUBLIC_BASE_URL + path) if settings.PUBLIC_BASE_URL else post_url
-        validator = RequestValidator(settings.TWILIO_AUTH_TOKEN.get_secret_value())
-        headers["X-Twilio-Signature"] = validator.compute_signature(signed, form)
+        token = settings.TWILIO_AUTH_TOKEN.get_secret_value()
+        base_url = settings.PUBLIC_BASE_URL or url.rstrip("/")
+        headers["X-Twilio-Signature"] = signature(form, token, base_url, path)
     try:
         response = httpx.post(post_url, data=form, headers=headers, timeout=10)
     except httpx.HTTPError as error:
