@@ -1,12 +1,15 @@
-"""Test data: Twilio-shaped webhook forms, signed with the official SDK."""
+"""Test data: Twilio-shaped webhook forms, signed with the official SDK. The forms and the
+signature are platica.channels.forms' (what `platica simulate` posts); this adds the tests'
+account, numbers and defaults."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import httpx
-from twilio.request_validator import RequestValidator
+
+from platica.channels import forms
+from platica.models import Channel
 
 AUTH_TOKEN = "0123456789abcdef0123456789abcdef"
 ACCOUNT_SID = "AC" + "a1" * 16
@@ -28,47 +31,32 @@ def inbound_form(
     sid: str | None = None,
     **extra: str,
 ) -> dict[str, str]:
-    """An inbound message webhook as Twilio posts it (the real payloads' field set)."""
-    sid = sid or new_sid()
-    whatsapp = channel == "whatsapp"
-    prefix = "whatsapp:" if whatsapp else ""
-    to = to or (WHATSAPP_NUMBER if whatsapp else SMS_NUMBER)
-    form = {
-        "ToCountry": "US",
-        "SmsMessageSid": sid,
-        "NumMedia": "0",
-        "SmsSid": sid,
-        "SmsStatus": "received",
-        "Body": body,
-        "To": prefix + to,
-        "NumSegments": "1",
-        "MessageSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": prefix + sender,
-        "ApiVersion": "2010-04-01",
-    }
-    if whatsapp:
-        form.update(ProfileName="Ana", WaId=sender.lstrip("+"), MessageType="text")
-    form.update(extra)
-    return form
+    """An inbound message webhook as Twilio posts it (the real payloads' field set), from
+    CONTACT to the test number of `channel`; `extra` fields replace or add to it."""
+    kind = Channel(channel)
+    return forms.inbound_form(
+        kind,
+        sender,
+        to or (WHATSAPP_NUMBER if kind is Channel.whatsapp else SMS_NUMBER),
+        body,
+        account_sid=ACCOUNT_SID,
+        sid=sid or new_sid(),
+        profile_name="Ana" if kind is Channel.whatsapp else None,
+        # A geographic field of real SMS posts, which Plática ignores (but signs).
+        extra={"ToCountry": "US", **extra},
+    )
 
 
 def status_form(sid: str, status: str, **extra: str) -> dict[str, str]:
-    return {
-        "MessageSid": sid,
-        "SmsSid": sid,
-        "MessageStatus": status,
-        "SmsStatus": status,
-        "AccountSid": ACCOUNT_SID,
-        "From": SMS_NUMBER,
-        "To": CONTACT,
-        "ApiVersion": "2010-04-01",
-        **extra,
-    }
+    """The status callback of an SMS from the test number to CONTACT."""
+    return forms.status_form(
+        Channel.sms, SMS_NUMBER, CONTACT, sid, status, account_sid=ACCOUNT_SID, extra=extra
+    )
 
 
-def sign(url: str, form: dict[str, Any], token: str = AUTH_TOKEN) -> str:
-    return str(RequestValidator(token).compute_signature(url, form))
+def sign(url: str, form: dict[str, str], token: str = AUTH_TOKEN) -> str:
+    """X-Twilio-Signature of `form` posted to `url` (the whole URL Twilio signs)."""
+    return forms.signature(form, token, url)
 
 
 def post_signed(

@@ -74,8 +74,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from twilio.request_validator import RequestValidator
 
+from platica.channels import forms
+from platica.models import Channel
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN
 
 logger = logging.getLogger("tests.fakes")
@@ -1155,21 +1156,16 @@ class FakeTwilio(_FakeServer):
         url = message.status_callback
         if not self.callbacks or not url or self._stopping.is_set():
             return
-        params = {
-            "SmsSid": message.sid,
-            "SmsStatus": status,
-            "MessageStatus": status,
-            "To": message.to,
-            "MessageSid": message.sid,
-            "AccountSid": message.account_sid,
-            "From": message.from_,
-            "ApiVersion": API_VERSION,
-        }
-        if message.whatsapp:
-            params["ChannelPrefix"] = "whatsapp"
-        if error_code is not None:
-            params["ErrorCode"] = str(error_code)
-        signature = str(RequestValidator(self.auth_token).compute_signature(url, params))
+        params = forms.status_form(
+            Channel.whatsapp if message.whatsapp else Channel.sms,
+            message.from_.removeprefix("whatsapp:"),
+            message.to.removeprefix("whatsapp:"),
+            message.sid,
+            status,
+            account_sid=message.account_sid,
+            error_code=None if error_code is None else str(error_code),
+        )
+        signature = forms.signature(params, self.auth_token, url)
         headers = {
             "X-Twilio-Signature": signature,
             "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
