@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from twilio.rest import Client
 
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN, CONTACT, SMS_NUMBER, WHATSAPP_NUMBER
 from tests.fakes import FakeOpenAI, FakeTwilio, count_segments
+from tests.polling import eventually
 
 # aiohttp 3.14 deprecates the BasicAuth object that twilio 9.13's AsyncTwilioHttpClient passes.
 pytestmark = [
@@ -40,15 +41,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll until `predicate()` holds, failing after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,7 +497,7 @@ async def test_twilio_posts_signed_status_callbacks(receiver: CallbackReceiver) 
             message = await client.messages.create_async(
                 to=CONTACT, from_=SMS_NUMBER, body="hi", status_callback=callback_url
             )
-            await eventually(lambda: len(receiver.posts) == 2)
+            await eventually(lambda: len(receiver.posts) == 2, "both callbacks")
             fetched = await client.messages(message.sid).fetch_async()
 
         statuses = [post["form"]["MessageStatus"] for post in receiver.posts]
@@ -526,7 +518,7 @@ async def test_twilio_posts_signed_status_callbacks(receiver: CallbackReceiver) 
             )
         assert fetched.status == "delivered"
         assert fetched.date_sent is not None
-        await eventually(lambda: len(fake.callback_log) == 2)
+        await eventually(lambda: len(fake.callback_log) == 2, "both callbacks logged")
         assert [entry["response_status"] for entry in fake.callback_log] == [204, 204]
 
 
@@ -542,7 +534,7 @@ async def test_twilio_scripted_async_failure(receiver: CallbackReceiver) -> None
                 status_callback=callback_url,
             )
             assert message.status == "queued"
-            await eventually(lambda: len(receiver.posts) == 1)
+            await eventually(lambda: len(receiver.posts) == 1, "the failure's callback")
             fetched = await client.messages(message.sid).fetch_async()
 
     [post] = receiver.posts
@@ -558,7 +550,7 @@ async def test_twilio_callback_failures_never_break_the_fake() -> None:
             await client.messages.create_async(
                 to=CONTACT, from_=SMS_NUMBER, body="hi", status_callback="http://127.0.0.1:9/x"
             )
-            await eventually(lambda: len(fake.callback_log) == 2)
+            await eventually(lambda: len(fake.callback_log) == 2, "both failed callbacks logged")
             assert all("error" in entry for entry in fake.callback_log)
             await client.messages.create_async(to=CONTACT, from_=SMS_NUMBER, body="still fine")
         assert len(fake.sent) == 2
@@ -571,7 +563,9 @@ async def test_no_callbacks_unless_enabled(
         message = await client.messages.create_async(
             to=CONTACT, from_=SMS_NUMBER, body="hi", status_callback=receiver.url + "/status"
         )
-        await eventually(lambda: fake_twilio.message(message.sid)["status"] == "delivered")
+        await eventually(
+            lambda: fake_twilio.message(message.sid)["status"] == "delivered", "the delivery"
+        )
     assert receiver.posts == []
     assert fake_twilio.callback_log == []
 

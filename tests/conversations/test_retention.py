@@ -3,9 +3,7 @@ retention deleted, webhook logs trimmed; one cleanup at a time; the daily schedu
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -38,9 +36,9 @@ from platica.models import (
     WebhookLog,
 )
 from tests.conftest import make_settings
+from tests.polling import eventually
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-DEADLINE_SECONDS = 10.0
 
 
 @pytest.fixture
@@ -386,12 +384,3 @@ async def closed(sessionmaker: async_sessionmaker[AsyncSession], conversation_id
             select(Conversation.status).where(Conversation.id == conversation_id)
         )
     return status == ConversationStatus.closed
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll the async `check()` until it is true; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)

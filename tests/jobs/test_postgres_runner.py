@@ -24,27 +24,11 @@ from platica.replies import store
 from tests.conftest import LiveServer, make_settings, truncate_all
 from tests.factories import inbound_form, post_signed
 from tests.jobs.test_runner import Seeder, old_inbound
+from tests.polling import eventually
 
 pytestmark = pytest.mark.postgres
 
 DEADLINE_SECONDS = 10.0
-
-
-async def eventually(condition: Callable[[], Any], what: str) -> None:
-    """Poll until `condition()` holds; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def eventually_async(probe: Callable[[], Awaitable[Any]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not await probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -210,7 +194,7 @@ class TestClaiming:
         stuck = await queue.conversation()
         await queue.runner(handler)
 
-        await eventually_async(
+        await eventually(
             lambda: queue.scalar("SELECT parked_at IS NOT NULL FROM conversations"), "parking"
         )
 
@@ -234,7 +218,7 @@ class TestClaiming:
         assert handler.ran(parked) == 0
         # Made due by a new message, it is taken off the queue (not claimed in a loop), and
         # left parked, its lease free.
-        await eventually_async(
+        await eventually(
             lambda: queue.scalar(
                 "SELECT reply_due_at IS NULL FROM conversations WHERE id = :id", id=parked
             ),
@@ -350,17 +334,14 @@ class TestWaking:
 
 
 async def eventually_listening(queue: Queue, count: int) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while (
-        await queue.scalar(
+    await eventually(
+        lambda: queue.scalar(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND query LIKE 'LISTEN%' AND state = 'idle'"
-        )
-        != count
-    ):
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for the listener")
-        await asyncio.sleep(0.02)
+        ),
+        f"{count} idle listener(s)",
+        holds=lambda listening: listening == count,
+    )
 
 
 class Listener:

@@ -31,17 +31,9 @@ from platica.models import (
     utcnow,
 )
 from platica.replies.store import transaction
+from tests.polling import eventually
 
 DEADLINE_SECONDS = 5.0
-
-
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """Poll until `predicate()` holds; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class Recorder:
@@ -313,14 +305,6 @@ class TestLeaseLocks:
             assert first_expiry is not None
             assert later_expiry is not None
             assert later_expiry > first_expiry
-
-
-async def eventually_async(probe: Callable[[], Awaitable[Any]], expected: Any, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while (value := await probe()) != expected:
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what} (last: {value!r})")
-        await asyncio.sleep(0.02)
 
 
 class RecordingRunner:
@@ -617,8 +601,8 @@ class TestParking:
         runner = await start_runner(handler)
 
         await runner.defer(stuck)
-        await eventually_row(
-            lambda: conversation_row(engine, stuck), lambda row: row.parked_at, "it parked"
+        await eventually(
+            lambda: conversation_row(engine, stuck), "it parked", holds=lambda row: row.parked_at
         )
 
         row = await conversation_row(engine, stuck)
@@ -655,10 +639,10 @@ class TestParking:
         await runner.defer(conversation)
         await eventually(lambda: len(handler.times(conversation)) == 3, "two crashes and a run")
 
-        await eventually_row(
+        await eventually(
             lambda: conversation_row(engine, conversation),
-            lambda row: row.crash_count == 0 and row.lease_owner is None,
             "the count reset",
+            holds=lambda row: row.crash_count == 0 and row.lease_owner is None,
         )
         assert (await conversation_row(engine, conversation)).parked_at is None
 
@@ -685,13 +669,3 @@ class TestParking:
 
         assert await Sweeper(db.create_sessionmaker(engine), runner).sweep(grace_seconds=0) == 0
         assert runner.deferred == []
-
-
-async def eventually_row(
-    probe: Callable[[], Awaitable[Any]], holds: Callable[[Any], Any], what: str
-) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not holds(await probe()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
