@@ -3,37 +3,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner, Result
 
-from platica import db
 from platica.cli import app
 from platica.config import get_settings
 from platica.models import (
-    Account,
-    Author,
     Channel,
-    Contact,
     Conversation,
     Direction,
-    Message,
-    MessageStatus,
     ReplyState,
     WebhookLog,
     utcnow,
 )
 from tests.conftest import Database, make_settings
-
-T = TypeVar("T")
+from tests.records import add_account, add_conversation, add_message, in_session
 
 
 def invoke(*args: str) -> Result:
@@ -54,19 +46,7 @@ def use_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return database_url
 
 
-def in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    async def main() -> T:
-        engine = db.create_engine(database_url)
-        try:
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
-
-
-async def add_conversation(
+async def add_question(
     session: AsyncSession,
     account_id: uuid.UUID,
     channel: Channel,
@@ -77,49 +57,25 @@ async def add_conversation(
 ) -> Conversation:
     """A conversation with one inbound message `age` ago, answered `replied_after` later."""
     sent_at = utcnow() - age
-    contact = Contact(account_id=account_id, channel=channel, address=address)
-    session.add(contact)
-    await session.flush()
-    conversation = Conversation(
-        account_id=account_id,
-        channel=channel,
-        contact_id=contact.id,
-        contact_address=address,
-        created_at=sent_at,
-        last_message_at=sent_at,
+    conversation = await add_conversation(
+        session, account_id, address, channel, created_at=sent_at, last_message_at=sent_at
     )
-    session.add(conversation)
-    await session.flush()
-    common: dict[str, Any] = {
-        "account_id": account_id,
-        "conversation_id": conversation.id,
-        "channel": channel,
-        "media": [],
-    }
-    question = Message(
-        **common,
-        direction=Direction.inbound,
-        author=Author.contact,
+    question = await add_message(
+        session,
+        conversation,
         body="¿Abren hoy?",
-        status=MessageStatus.received,
         reply_state=ReplyState.answered if replied_after else ReplyState.pending,
         created_at=sent_at,
     )
-    session.add(question)
-    await session.flush()
     if replied_after is not None:
-        session.add(
-            Message(
-                **common,
-                direction=Direction.outbound,
-                author=Author.ai,
-                body="Sí, hasta las 8.",
-                status=MessageStatus.delivered,
-                reply_to_id=question.id,
-                created_at=sent_at + replied_after,
-            )
+        await add_message(
+            session,
+            conversation,
+            Direction.outbound,
+            body="Sí, hasta las 8.",
+            reply_to_id=question.id,
+            created_at=sent_at + replied_after,
         )
-        await session.flush()
     return conversation
 
 
@@ -128,14 +84,12 @@ def accounts(use_database: str) -> tuple[uuid.UUID, uuid.UUID]:
     """Two accounts: A with an answered SMS and a waiting WhatsApp message, B with one SMS."""
 
     async def seed(session: AsyncSession) -> tuple[uuid.UUID, uuid.UUID]:
-        a, b = Account(name="A"), Account(name="B")
-        session.add_all([a, b])
-        await session.flush()
-        await add_conversation(
+        a, b = await add_account(session, "A"), await add_account(session, "B")
+        await add_question(
             session, a.id, Channel.sms, "+34600000001", replied_after=timedelta(seconds=2)
         )
-        await add_conversation(session, a.id, Channel.whatsapp, "+34600000002")
-        await add_conversation(session, b.id, Channel.sms, "+34600000003")
+        await add_question(session, a.id, Channel.whatsapp, "+34600000002")
+        await add_question(session, b.id, Channel.sms, "+34600000003")
         return a.id, b.id
 
     return in_session(use_database, seed)
@@ -206,10 +160,8 @@ class TestStats:
 class TestCleanup:
     def test_reports_what_it_did(self, use_database, database: Database):
         async def seed(session: AsyncSession) -> None:
-            keeps_week = Account(name="A", retention_days=7)
-            session.add(keeps_week)
-            await session.flush()
-            await add_conversation(
+            keeps_week = await add_account(session, "A", retention_days=7)
+            await add_question(
                 session,
                 keeps_week.id,
                 Channel.sms,
@@ -217,7 +169,7 @@ class TestCleanup:
                 age=timedelta(days=40),
                 replied_after=timedelta(seconds=3),
             )
-            await add_conversation(session, keeps_week.id, Channel.sms, "+34600000002")
+            await add_question(session, keeps_week.id, Channel.sms, "+34600000002")
             session.add(
                 WebhookLog(
                     received_at=utcnow() - timedelta(days=31),

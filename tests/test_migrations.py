@@ -13,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from platica import db
-from platica.models import Account, Channel, Contact, Conversation, ConversationStatus
+from platica.models import Contact, Conversation, ConversationStatus
+from tests.records import account_row, contact_row, conversation_row
 from tests.throwaway import throwaway_database
 
 TABLES = {
@@ -82,22 +83,16 @@ class TestActiveConversationIndex:
 
     @pytest.fixture
     def contact(self, session: Session) -> Contact:
-        account = Account(name="Acme")
+        account = account_row("Acme")
         session.add(account)
         session.flush()
-        contact = Contact(account_id=account.id, channel=Channel.sms, address="+34600111222")
+        contact = contact_row(account.id, "+34600111222")
         session.add(contact)
         session.commit()
         return contact
 
     def conversation(self, contact: Contact, status: ConversationStatus) -> Conversation:
-        return Conversation(
-            account_id=contact.account_id,
-            channel=contact.channel,
-            contact_id=contact.id,
-            contact_address=contact.address,
-            status=status,
-        )
+        return conversation_row(contact, status=status)
 
     def test_several_closed_and_one_active(self, session: Session, contact: Contact) -> None:
         session.add_all(
@@ -141,7 +136,7 @@ class TestActiveConversationIndex:
         )
 
     def test_other_contacts_have_their_own(self, session: Session, contact: Contact) -> None:
-        other = Contact(account_id=contact.account_id, channel=Channel.sms, address="+34600333444")
+        other = contact_row(contact.account_id, "+34600333444")
         session.add_all([other, self.conversation(contact, ConversationStatus.active)])
         session.flush()
         session.add(self.conversation(other, ConversationStatus.active))

@@ -3,7 +3,6 @@ and the API's 429 with Retry-After."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,14 +10,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from platica import db
 from platica.accounts import create_api_key
 from platica.config import ConfigError, load_settings
 from platica.models import Account
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Pace, RateLimits
 from tests.factories import CONTACT, inbound_form, post_signed
 from tests.polling import wait_for
+from tests.records import in_session
 from tests.replies.test_pipeline import ADMIN_TOKEN, Stack, make_stack
 
 FLOODER = "+34611000999"
@@ -325,17 +325,12 @@ class TestPacing:
 def new_api_key(database_url: str) -> str:
     """A new API key for the (default) account."""
 
-    async def main() -> str:
-        engine = db.create_engine(database_url)
-        try:
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
-                account = await session.scalar(select(Account).limit(1))
-                assert account is not None
-                return await create_api_key(session, account.id)
-        finally:
-            await engine.dispose()
+    async def create(session: AsyncSession) -> str:
+        account = await session.scalar(select(Account).limit(1))
+        assert account is not None
+        return await create_api_key(session, account.id)
 
-    return asyncio.run(main())
+    return in_session(database_url, create)
 
 
 class TestApiLimit:

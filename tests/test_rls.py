@@ -33,7 +33,6 @@ from platica.models import (
     ApiKey,
     Author,
     Channel,
-    ChannelConfig,
     Contact,
     Conversation,
     ConversationStatus,
@@ -49,6 +48,7 @@ from tests.conftest import LiveServer, make_settings, truncate_all
 from tests.factories import SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, new_sid, post_signed
 from tests.fakes import FakeTwilio
 from tests.polling import wait_for
+from tests.records import account_row, config_rows, contact_row, conversation_row, message_row
 from tests.throwaway import throwaway_database
 
 pytestmark = pytest.mark.postgres
@@ -181,20 +181,12 @@ class Builder:
     ) -> Conversation:
         contact = self.contacts.get((channel, address))
         if contact is None:
-            contact = Contact(
-                account_id=self.account.id,
-                channel=channel,
-                address=address,
-                created_at=self.now - opened,
-            )
+            contact = contact_row(self.account.id, address, channel, created_at=self.now - opened)
             self.session.add(contact)
             self.session.flush()
             self.contacts[(channel, address)] = contact
-        conversation = Conversation(
-            account_id=self.account.id,
-            channel=channel,
-            contact_id=contact.id,
-            contact_address=address,
+        conversation = conversation_row(
+            contact,
             status=status,
             created_at=self.now - opened,
             last_message_at=self.now - opened,
@@ -205,17 +197,9 @@ class Builder:
         return conversation
 
     def _message(self, conversation: Conversation, at: datetime, **values: Any) -> Message:
-        message = Message(
-            account_id=self.account.id,
-            conversation_id=conversation.id,
-            channel=conversation.channel,
-            body=values.pop("body", "hola"),
-            media=[],
-            twilio_sid=new_sid(),
-            attempts=0,
-            created_at=at,
-            updated_at=at,
-            **values,
+        values.setdefault("body", "hola")
+        message = message_row(
+            conversation, twilio_sid=new_sid(), attempts=0, created_at=at, updated_at=at, **values
         )
         self.session.add(message)
         self.session.flush()
@@ -291,11 +275,10 @@ def days(value: float) -> timedelta:
 
 
 def new_account(session: Session, name: str, sms: str, whatsapp: str) -> tuple[Account, str]:
-    account = Account(name=name, created_at=utcnow())
+    account = account_row(name, created_at=utcnow())
     session.add(account)
     session.flush()
-    for channel, number in ((Channel.sms, sms), (Channel.whatsapp, whatsapp)):
-        session.add(ChannelConfig(account_id=account.id, channel=channel, phone_number=number))
+    session.add_all(config_rows(account, {Channel.sms: sms, Channel.whatsapp: whatsapp}))
     key = new_api_key()
     session.add(
         ApiKey(account_id=account.id, prefix=key[:12], key_hash=hash_api_key(key), name="test")

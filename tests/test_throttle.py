@@ -12,9 +12,9 @@ from limits import parse as parse_limit
 
 from platica.accounts import create_api_key
 from platica.throttle import FAILED_LOGINS
-from tests.api.conftest import in_session
 from tests.conftest import Database, LiveServer, make_settings
 from tests.dashboard.client import DashboardClient
+from tests.records import in_session
 
 ADMIN_TOKEN = "admin-throttle-0f3e5d7c9b1a2b3c"
 ATTEMPTS = parse_limit(FAILED_LOGINS).amount

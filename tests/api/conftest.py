@@ -3,12 +3,11 @@ key for the default account, a second account with its own numbers, and seeded d
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import jwt
@@ -16,18 +15,14 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platica import db
 from platica.accounts import create_account, create_api_key
 from platica.models import (
     Account,
     Author,
     Channel,
-    Contact,
-    Conversation,
     ConversationStatus,
     Direction,
     Message,
-    MessageStatus,
     ReplyState,
     utcnow,
 )
@@ -35,8 +30,8 @@ from tests.conftest import Database, LiveServer, make_settings
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
 from tests.polling import wait_for
-
-T = TypeVar("T")
+from tests.records import add_conversation, add_message
+from tests.records import in_session as in_session  # tests/dashboard imports it from here
 
 ADMIN_TOKEN = "admin-3b1f9a7c-5d2e8f40a1b6c9"
 JWT_SECRET = "jwt-secret-for-tests-0123456789abcdef"
@@ -45,20 +40,6 @@ B_SMS_NUMBER = "+15005550001"
 B_WHATSAPP_NUMBER = "+14155550123"
 DEADLINE_SECONDS = 20.0
 _DEFAULT = object()
-
-
-def in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run `work` in one committed transaction on the test database (from a sync test)."""
-
-    async def main() -> T:
-        engine = db.create_engine(database_url)
-        try:
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
 
 
 def supabase_token(
@@ -275,47 +256,34 @@ async def seed_conversation(
 ) -> int:
     """A contact, a conversation and its messages, stored as the pipeline would store them: each
     AI (or fallback) reply answers the contact's latest message before it."""
-    kind = Channel(channel)
-    contact = Contact(account_id=account_id, channel=kind, address=address, opted_out=False)
-    session.add(contact)
-    await session.flush()
     first, last = messages[0].at, messages[-1].at
-    conversation = Conversation(
-        account_id=account_id,
-        channel=kind,
-        contact_id=contact.id,
-        contact_address=address,
+    conversation = await add_conversation(
+        session,
+        account_id,
+        address,
+        Channel(channel),
         status=ConversationStatus(status),
-        ai_enabled=True,
         created_at=first,
         last_message_at=last,
         closed_at=last if status == "closed" else None,
     )
-    session.add(conversation)
-    await session.flush()
     latest_inbound: Message | None = None
     for said in messages:
         inbound = said.author == "contact"
-        message = Message(
-            account_id=account_id,
-            conversation_id=conversation.id,
-            channel=kind,
-            direction=Direction.inbound if inbound else Direction.outbound,
+        reply_to_id = None
+        if said.author in ("ai", "system") and latest_inbound is not None:
+            reply_to_id = latest_inbound.id
+            latest_inbound.reply_state = ReplyState.answered
+        message = await add_message(
+            session,
+            conversation,
+            Direction.inbound if inbound else Direction.outbound,
             author=Author(said.author),
             body=said.body,
-            media=[],
-            status=MessageStatus.received if inbound else MessageStatus.delivered,
-            reply_state=ReplyState.pending if inbound else None,
-            part=0,
-            attempts=0,
+            reply_to_id=reply_to_id,
             created_at=said.at,
             updated_at=said.at,
         )
-        if said.author in ("ai", "system") and latest_inbound is not None:
-            message.reply_to_id = latest_inbound.id
-            latest_inbound.reply_state = ReplyState.answered
-        session.add(message)
-        await session.flush()
         if inbound:
             latest_inbound = message
     return conversation.id

@@ -25,9 +25,10 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 
 from platica.accounts import create_api_key
-from tests.api.conftest import Api, in_session
+from tests.api.conftest import Api
 from tests.factories import ACCOUNT_SID, CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, new_sid, sign
 from tests.polling import wait_for
+from tests.records import in_session
 
 # SQLite gets the full budget; PostgreSQL (slower per request) a third of it, for what only it
 # refuses (NUL in text, integers past bigint, ...).

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from platica.models import utcnow
-from tests.api.conftest import ADMIN_TOKEN, Api, Said, in_session, seed_conversation, supabase_token
+from tests.api.conftest import ADMIN_TOKEN, Api, Said, seed_conversation, supabase_token
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER
 from tests.polling import wait_for
+from tests.records import in_session
 
 OTHER_CONTACT = "+34600999888"
 ENDPOINTS: list[tuple[str, str, Any]] = [

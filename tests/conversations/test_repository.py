@@ -13,60 +13,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from platica import db
 from platica.conversations import repository
 from platica.models import (
-    Account,
-    Author,
-    Channel,
-    Contact,
-    Conversation,
     Direction,
-    Message,
     MessageStatus,
-    ReplyState,
     utcnow,
 )
 from tests.factories import new_sid
+from tests.records import add_account, add_conversation, add_message, open_engine
 
 
 @pytest.fixture
 async def session(database_url: str) -> AsyncIterator[AsyncSession]:
-    engine = db.create_engine(database_url)
-    sessionmaker = db.create_sessionmaker(engine)
-    try:
-        async with sessionmaker() as session:
-            yield session
-    finally:
-        await engine.dispose()
+    async with open_engine(database_url) as engine, db.create_sessionmaker(engine)() as session:
+        yield session
 
 
 async def seed(session: AsyncSession) -> str:
     """An outbound message with a SID, queued at Twilio."""
-    account = Account(name="Panadería")
-    session.add(account)
-    await session.flush()
-    contact = Contact(account_id=account.id, channel=Channel.sms, address="+34600111222")
-    session.add(contact)
-    await session.flush()
-    conversation = Conversation(
-        account_id=account.id,
-        channel=Channel.sms,
-        contact_id=contact.id,
-        contact_address=contact.address,
-    )
-    session.add(conversation)
-    await session.flush()
+    account = await add_account(session)
+    conversation = await add_conversation(session, account.id, "+34600111222")
     sid = new_sid()
-    session.add(
-        Message(
-            account_id=account.id,
-            conversation_id=conversation.id,
-            channel=Channel.sms,
-            direction=Direction.outbound,
-            author=Author.ai,
-            body="Hola",
-            media=[],
-            twilio_sid=sid,
-            status=MessageStatus.queued,
-        )
+    await add_message(
+        session, conversation, Direction.outbound, twilio_sid=sid, status=MessageStatus.queued
     )
     await session.commit()
     return sid
@@ -108,37 +75,13 @@ class TestAdvanceStatus:
 
 async def held_conversation(session: AsyncSession, handoff_until: datetime | None) -> int:
     """A conversation an operator took over, with a message of the contact's waiting."""
-    account = Account(name="Panadería")
-    session.add(account)
-    await session.flush()
-    contact = Contact(account_id=account.id, channel=Channel.sms, address="+34600111333")
-    session.add(contact)
-    await session.flush()
-    conversation = Conversation(
-        account_id=account.id,
-        channel=Channel.sms,
-        contact_id=contact.id,
-        contact_address=contact.address,
-        ai_enabled=False,
-        handoff_until=handoff_until,
+    account = await add_account(session)
+    conversation = await add_conversation(
+        session, account.id, "+34600111333", ai_enabled=False, handoff_until=handoff_until
     )
-    session.add(conversation)
-    await session.flush()
-    session.add(
-        Message(
-            account_id=account.id,
-            conversation_id=conversation.id,
-            channel=Channel.sms,
-            direction=Direction.inbound,
-            author=Author.contact,
-            body="¿Hay alguien?",
-            media=[],
-            status=MessageStatus.received,
-            reply_state=ReplyState.pending,
-            created_at=utcnow() - timedelta(minutes=5),
-        )
+    await add_message(
+        session, conversation, body="¿Hay alguien?", created_at=utcnow() - timedelta(minutes=5)
     )
-    await session.flush()
     return conversation.id
 
 

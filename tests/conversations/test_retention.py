@@ -24,8 +24,6 @@ from platica.conversations.retention import (
 from platica.jobs.runner import psycopg_conninfo
 from platica.models import (
     Account,
-    Author,
-    Channel,
     Contact,
     Conversation,
     ConversationStatus,
@@ -37,15 +35,15 @@ from platica.models import (
 )
 from tests.conftest import make_settings
 from tests.polling import eventually
+from tests.records import add_account, add_conversation, add_message, open_engine
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = db.create_engine(database_url)
-    yield db.create_sessionmaker(engine)
-    await engine.dispose()
+    async with open_engine(database_url) as engine:
+        yield db.create_sessionmaker(engine)
 
 
 class World:
@@ -56,10 +54,7 @@ class World:
         self._numbers = 0
 
     async def account(self, retention_days: int | None = None) -> Account:
-        account = Account(name="shop", retention_days=retention_days)
-        self.session.add(account)
-        await self.session.flush()
-        return account
+        return await add_account(self.session, "shop", retention_days=retention_days)
 
     async def conversation(
         self,
@@ -69,23 +64,15 @@ class World:
         status: ConversationStatus = ConversationStatus.active,
     ) -> Conversation:
         self._numbers += 1
-        address = f"+3460000{self._numbers:04d}"
-        contact = Contact(account_id=account.id, channel=Channel.sms, address=address)
-        self.session.add(contact)
-        await self.session.flush()
-        conversation = Conversation(
-            account_id=account.id,
-            channel=Channel.sms,
-            contact_id=contact.id,
-            contact_address=address,
+        return await add_conversation(
+            self.session,
+            account.id,
+            f"+3460000{self._numbers:04d}",
             status=status,
             created_at=NOW - idle - timedelta(hours=1),
             last_message_at=NOW - idle,
             closed_at=NOW - idle if status == ConversationStatus.closed else None,
         )
-        self.session.add(conversation)
-        await self.session.flush()
-        return conversation
 
     async def message(
         self,
@@ -97,24 +84,17 @@ class World:
         status: MessageStatus = MessageStatus.received,
         reply_to: Message | None = None,
     ) -> Message:
-        inbound = direction == Direction.inbound
-        message = Message(
-            account_id=conversation.account_id,
-            conversation_id=conversation.id,
-            channel=conversation.channel,
-            direction=direction,
-            author=Author.contact if inbound else Author.ai,
+        return await add_message(
+            self.session,
+            conversation,
+            direction,
             body="hola",
-            media=[],
             status=status,
-            reply_state=reply_state if inbound else None,
+            reply_state=reply_state if direction == Direction.inbound else None,
             reply_to_id=reply_to.id if reply_to else None,
             created_at=NOW - age,
             updated_at=NOW - age,
         )
-        self.session.add(message)
-        await self.session.flush()
-        return message
 
     async def exchange(self, conversation: Conversation, *, age: timedelta) -> tuple[int, int]:
         """An answered inbound message and its reply, a minute later; their ids."""

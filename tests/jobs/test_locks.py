@@ -20,18 +20,16 @@ from platica.jobs.locks import (
 from platica.models import Conversation, MessageStatus, ReplyState, utcnow
 from platica.replies.store import transaction
 from tests.jobs.test_runner import Seeder, ago, old_inbound
+from tests.records import open_engine
 
 NEVER = release_statement(false())
 
 
 @pytest.fixture
 async def world(database_url: str) -> AsyncIterator[tuple[Seeder, LeaseLocks, Any]]:
-    engine = db.create_engine(database_url)
-    sessionmaker = db.create_sessionmaker(engine)
-    try:
+    async with open_engine(database_url) as engine:
+        sessionmaker = db.create_sessionmaker(engine)
         yield Seeder(sessionmaker), LeaseLocks(sessionmaker, lease_seconds=30), engine
-    finally:
-        await engine.dispose()
 
 
 async def owner_of(engine: Any, conversation_id: int) -> str | None:

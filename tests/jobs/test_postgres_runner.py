@@ -25,6 +25,7 @@ from tests.conftest import LiveServer, make_settings, truncate_all
 from tests.factories import inbound_form, post_signed
 from tests.jobs.test_runner import Seeder, old_inbound
 from tests.polling import eventually
+from tests.records import open_engine
 
 pytestmark = pytest.mark.postgres
 
@@ -109,14 +110,13 @@ class Queue:
 @pytest.fixture
 async def queue(postgres_url: str) -> AsyncIterator[Queue]:
     truncate_all(postgres_url)
-    engine = db.create_engine(postgres_url)
-    created = Queue(postgres_url, engine)
-    try:
-        yield created
-    finally:
-        for runner in created.runners:
-            await runner.stop()
-        await engine.dispose()
+    async with open_engine(postgres_url) as engine:
+        created = Queue(postgres_url, engine)
+        try:
+            yield created
+        finally:
+            for runner in created.runners:
+                await runner.stop()
 
 
 class TestClaiming:

@@ -18,20 +18,17 @@ from platica import db
 from platica.jobs.locks import PARK_AFTER_CRASHES, LeaseLocks, TaskCrashed
 from platica.jobs.runner import InProcessRunner, Sweeper, run_handler
 from platica.models import (
-    Account,
     Author,
     Channel,
-    ChannelConfig,
-    Contact,
     Conversation,
     Direction,
-    Message,
     MessageStatus,
     ReplyState,
     utcnow,
 )
 from platica.replies.store import transaction
 from tests.polling import eventually
+from tests.records import add_account, add_conversation, add_message, open_engine
 
 DEADLINE_SECONDS = 5.0
 
@@ -214,16 +211,13 @@ class TestRunHandler:
 async def leases(database_url: str) -> AsyncIterator[tuple[Seeder, Callable[..., LeaseLocks], Any]]:
     """A seeder for conversations and a factory of lease locks (as separate processes would
     have), on a real database."""
-    engine = db.create_engine(database_url)
-    sessionmaker = db.create_sessionmaker(engine)
+    async with open_engine(database_url) as engine:
+        sessionmaker = db.create_sessionmaker(engine)
 
-    def make(lease_seconds: float = 30.0) -> LeaseLocks:
-        return LeaseLocks(sessionmaker, lease_seconds=lease_seconds)
+        def make(lease_seconds: float = 30.0) -> LeaseLocks:
+            return LeaseLocks(sessionmaker, lease_seconds=lease_seconds)
 
-    try:
         yield Seeder(sessionmaker), make, sessionmaker
-    finally:
-        await engine.dispose()
 
 
 async def lease_of(sessionmaker: Any, conversation_id: int) -> tuple[str | None, datetime | None]:
@@ -346,36 +340,12 @@ class Seeder:
         """A new conversation (with its own contact) holding one message with `message`'s columns."""
         self._count += 1
         async with db.transaction(self._sessionmaker) as session:
-            account = Account(name=f"Panadería {self._count}")
-            session.add(account)
-            await session.flush()
-            session.add(
-                ChannelConfig(
-                    account_id=account.id,
-                    channel=Channel.sms,
-                    phone_number=f"+1500555{self._count:04d}",
-                )
+            number = f"+1500555{self._count:04d}"
+            account = await add_account(
+                session, f"Panadería {self._count}", numbers={Channel.sms: number}
             )
-            contact = Contact(account_id=account.id, channel=Channel.sms, address="+34600111222")
-            session.add(contact)
-            await session.flush()
-            conversation = Conversation(
-                account_id=account.id,
-                channel=Channel.sms,
-                contact_id=contact.id,
-                contact_address=contact.address,
-            )
-            session.add(conversation)
-            await session.flush()
-            session.add(
-                Message(
-                    account_id=account.id,
-                    conversation_id=conversation.id,
-                    channel=Channel.sms,
-                    body="Hola",
-                    **message,
-                )
-            )
+            conversation = await add_conversation(session, account.id, "+34600111222")
+            await add_message(session, conversation, **message)
             return conversation.id
 
     async def set(self, conversation_id: int, **values: Any) -> None:
@@ -414,13 +384,10 @@ def outbound(status: MessageStatus, age: float) -> dict[str, Any]:
 
 @pytest.fixture
 async def seeded(database_url: str) -> AsyncIterator[tuple[Seeder, Sweeper, RecordingRunner]]:
-    engine = db.create_engine(database_url)
-    sessionmaker = db.create_sessionmaker(engine)
     runner = RecordingRunner()
-    try:
+    async with open_engine(database_url) as engine:
+        sessionmaker = db.create_sessionmaker(engine)
         yield Seeder(sessionmaker), Sweeper(sessionmaker, runner), runner
-    finally:
-        await engine.dispose()
 
 
 class TestSweeper:
@@ -569,12 +536,9 @@ def runner_log(monkeypatch) -> structlog.testing.LogCapture:
 async def parking(database_url, monkeypatch, runner_log):
     """A seeder, lease locks and the engine, with crash retries from 50 ms."""
     monkeypatch.setattr("platica.jobs.runner.CRASH_RETRY_SECONDS", 0.05)
-    engine = db.create_engine(database_url)
-    sessionmaker = db.create_sessionmaker(engine)
-    try:
+    async with open_engine(database_url) as engine:
+        sessionmaker = db.create_sessionmaker(engine)
         yield Seeder(sessionmaker), LeaseLocks(sessionmaker), engine
-    finally:
-        await engine.dispose()
 
 
 async def conversation_row(engine: Any, conversation_id: int) -> Any:

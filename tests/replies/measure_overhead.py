@@ -35,21 +35,14 @@ from platica.config import load_settings
 from platica.jobs.locks import LeaseLocks
 from platica.logging import configure_logging
 from platica.models import (
-    Account,
-    Author,
     Channel,
-    ChannelConfig,
-    Contact,
-    Conversation,
-    Direction,
-    Message,
     MessageStatus,
-    ReplyState,
 )
 from platica.replies.generator import GeneratedReply, OpenAIReplyGenerator, ReplyRequest
 from platica.replies.pipeline import ReplyContext, reply_to_conversation
 from tests.conftest import DEFAULT_TEST_DATABASE_URL
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN
+from tests.records import add_account, add_conversation, message_row
 
 # Enough for every pooled connection to have prepared the reply path's statements (psycopg
 # prepares a statement on its fifth use on a connection).
@@ -83,44 +76,12 @@ class StubSender:
 async def seed(sessionmaker: Any, count: int) -> list[int]:
     ids = []
     async with db.transaction(sessionmaker) as session:
-        account = Account(name="Panadería")
-        session.add(account)
-        await session.flush()
-        session.add(
-            ChannelConfig(
-                account_id=account.id,
-                channel=Channel.sms,
-                phone_number="+15005550006",
-                debounce_seconds=0.0,
-            )
+        account = await add_account(
+            session, numbers={Channel.sms: "+15005550006"}, config={"debounce_seconds": 0.0}
         )
         for index in range(count):
-            contact = Contact(
-                account_id=account.id, channel=Channel.sms, address=f"+34600{index:06d}"
-            )
-            session.add(contact)
-            await session.flush()
-            conversation = Conversation(
-                account_id=account.id,
-                channel=Channel.sms,
-                contact_id=contact.id,
-                contact_address=contact.address,
-            )
-            session.add(conversation)
-            await session.flush()
-            session.add(
-                Message(
-                    account_id=account.id,
-                    conversation_id=conversation.id,
-                    channel=Channel.sms,
-                    direction=Direction.inbound,
-                    author=Author.contact,
-                    body="¿Abren el domingo?",
-                    media=[],
-                    status=MessageStatus.received,
-                    reply_state=ReplyState.pending,
-                )
-            )
+            conversation = await add_conversation(session, account.id, f"+34600{index:06d}")
+            session.add(message_row(conversation, body="¿Abren el domingo?"))
             ids.append(conversation.id)
     return ids
 

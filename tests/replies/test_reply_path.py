@@ -31,16 +31,9 @@ from platica.config import Settings
 from platica.errors import RetryableError
 from platica.jobs.locks import LeaseLocks
 from platica.models import (
-    Account,
-    Author,
     Channel,
-    ChannelConfig,
-    Contact,
     Conversation,
-    Direction,
-    Message,
     MessageStatus,
-    ReplyState,
     WebhookLog,
     utcnow,
 )
@@ -54,6 +47,7 @@ from platica.replies.pipeline import (
     reply_to_conversation,
 )
 from tests.conftest import make_settings
+from tests.records import add_account, add_conversation, message_row
 
 # A plain one-part reply: the batch read (lease, config and contact, work, LLM attempt,
 # history), the reply stored (lease renewed, part, inbound answered), the SID stored (SID with
@@ -164,40 +158,16 @@ class Path:
         sessionmaker = db.create_sessionmaker(self.engine)
         async with db.transaction(sessionmaker) as session:
             if self.account_id is None:
-                account = Account(name="Panadería")
-                session.add(account)
-                await session.flush()
+                numbers = {Channel.sms: "+15005550006", Channel.whatsapp: "+14155238886"}
+                account = await add_account(
+                    session, numbers=numbers, config={"debounce_seconds": 0.0}
+                )
                 self.account_id = account.id
-                for each, number in (
-                    (Channel.sms, "+15005550006"),
-                    (Channel.whatsapp, "+14155238886"),
-                ):
-                    session.add(
-                        ChannelConfig(
-                            account_id=account.id,
-                            channel=each,
-                            phone_number=number,
-                            debounce_seconds=0.0,
-                        )
-                    )
             self.contact_id += 1
-            contact = Contact(
-                account_id=self.account_id,
-                channel=channel,
-                address=f"+3460011{self.contact_id:04d}",
-            )
-            session.add(contact)
-            await session.flush()
-            conversation = Conversation(
-                account_id=self.account_id,
-                channel=channel,
-                contact_id=contact.id,
-                contact_address=contact.address,
-            )
-            session.add(conversation)
-            await session.flush()
+            address = f"+3460011{self.contact_id:04d}"
+            conversation = await add_conversation(session, self.account_id, address, channel)
             for body in bodies or ("¿Abren el domingo?",):
-                session.add(inbound(conversation, body))
+                session.add(message_row(conversation, body=body))
             conversation_id: int = conversation.id
         self.statements.clear()
         return conversation_id
@@ -219,20 +189,6 @@ class Path:
             "SELECT id, body, status, twilio_sid, part, attempts, reply_to_id FROM messages"
             " WHERE direction = 'outbound' ORDER BY id"
         )
-
-
-def inbound(conversation: Conversation, body: str) -> Message:
-    return Message(
-        account_id=conversation.account_id,
-        conversation_id=conversation.id,
-        channel=conversation.channel,
-        direction=Direction.inbound,
-        author=Author.contact,
-        body=body,
-        media=[],
-        status=MessageStatus.received,
-        reply_state=ReplyState.pending,
-    )
 
 
 # What a psycopg connection of the pool runs for itself, not for the reply path.
@@ -367,7 +323,7 @@ class TestRoundTrips:
             async with db.transaction(sessionmaker) as session:
                 stored = await session.get(Conversation, conversation)
                 assert stored is not None
-                session.add(inbound(stored, "¿Y el lunes?"))
+                session.add(message_row(stored, body="¿Y el lunes?"))
 
         path.generator.meanwhile = second_message
 
