@@ -25,53 +25,72 @@ PARAMS = {
 }
 
 
+# twilio-python's base vector: TOKEN's signature of PARAMS posted to URI.
+SIGNATURE = "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+
+
 class TestSignatureVectors:
     """twilio-python's own vectors, run through the check the webhooks use."""
 
-    def test_base_vector(self):
-        assert signature_matches(TOKEN, URI, PARAMS, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
+    @pytest.mark.parametrize(
+        ("uri", "params", "signature"),
+        [
+            pytest.param(URI, PARAMS, SIGNATURE, id="base_vector"),
+            pytest.param(
+                "https://mycompany.com:1234/myapp.php?foo=1&bar=2",
+                PARAMS,
+                SIGNATURE,
+                id="https_port_is_removed",
+            ),
+            pytest.param(
+                "http://mycompany.com:1234/myapp.php?foo=1&bar=2",
+                PARAMS,
+                "Zmvh+3yNM1Phv2jhDCwEM3q5ebU=",
+                id="http_with_port",
+            ),
+            pytest.param(URI, PARAMS, "kvajT1Ptam85bY51eRf/AJRuM3w=", id="https_port_443_is_added"),
+            pytest.param(
+                "http://mycompany.com/myapp.php?foo=1&bar=2",
+                PARAMS,
+                "0ZXoZLH/DfblKGATFgpif+LLRf4=",
+                id="http_port_80_is_added",
+            ),
+            pytest.param(
+                URI,
+                {"Sid": ["CA123"], "SidAccount": ["AC123"], "Digits": ["5678", "1234", "1234"]},
+                "IK+Dwps556ElfBT0I3Rgjkr1wJU=",
+                id="repeated_fields",
+            ),
+            pytest.param(
+                URI,
+                {"MessagingBinding.Address": ["+1415xxxxxxx", "+1325xxxxxxx"]},
+                "83O6e2vORAoJHUNzJjDWN1jz+BA=",
+                id="repeated_fields_in_any_order",
+            ),
+            pytest.param(
+                "https://mycompany.com/myapp.php?foo=1&bar=2&Body=It%27s+amazing",
+                PARAMS,
+                "TfZzewPq8wqrGlMfyAud8+/IvJ0=",
+                id="percent_encoded_query_as_received",
+            ),
+        ],
+    )
+    def test_matches(self, uri, params, signature):
+        assert signature_matches(TOKEN, uri, params, signature)
 
-    def test_https_port_is_removed(self):
-        uri = "https://mycompany.com:1234/myapp.php?foo=1&bar=2"
-        assert signature_matches(TOKEN, uri, PARAMS, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
-
-    def test_http_with_port(self):
-        uri = "http://mycompany.com:1234/myapp.php?foo=1&bar=2"
-        assert signature_matches(TOKEN, uri, PARAMS, "Zmvh+3yNM1Phv2jhDCwEM3q5ebU=")
-
-    def test_https_port_443_is_added(self):
-        assert signature_matches(TOKEN, URI, PARAMS, "kvajT1Ptam85bY51eRf/AJRuM3w=")
-
-    def test_http_port_80_is_added(self):
-        uri = "http://mycompany.com/myapp.php?foo=1&bar=2"
-        assert signature_matches(TOKEN, uri, PARAMS, "0ZXoZLH/DfblKGATFgpif+LLRf4=")
-
-    def test_repeated_fields(self):
-        params = {"Sid": ["CA123"], "SidAccount": ["AC123"], "Digits": ["5678", "1234", "1234"]}
-        assert signature_matches(TOKEN, URI, params, "IK+Dwps556ElfBT0I3Rgjkr1wJU=")
-
-    def test_repeated_fields_in_any_order(self):
-        params = {"MessagingBinding.Address": ["+1415xxxxxxx", "+1325xxxxxxx"]}
-        assert signature_matches(TOKEN, URI, params, "83O6e2vORAoJHUNzJjDWN1jz+BA=")
-
-    def test_percent_encoded_query_as_received(self):
-        uri = "https://mycompany.com/myapp.php?foo=1&bar=2&Body=It%27s+amazing"
-        assert signature_matches(TOKEN, uri, PARAMS, "TfZzewPq8wqrGlMfyAud8+/IvJ0=")
-
-    def test_wrong_token(self):
-        assert not signature_matches("54321", URI, PARAMS, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
-
-    def test_changed_field(self):
-        params = {**PARAMS, "Digits": ["1235"]}
-        assert not signature_matches(TOKEN, URI, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
-
-    def test_added_field(self):
-        params = {**PARAMS, "Extra": ["1"]}
-        assert not signature_matches(TOKEN, URI, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
-
-    def test_other_url(self):
-        uri = "https://mycompany.com/other.php?foo=1&bar=2"
-        assert not signature_matches(TOKEN, uri, PARAMS, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
+    @pytest.mark.parametrize(
+        ("token", "uri", "params"),
+        [
+            pytest.param("54321", URI, PARAMS, id="wrong_token"),
+            pytest.param(TOKEN, URI, {**PARAMS, "Digits": ["1235"]}, id="changed_field"),
+            pytest.param(TOKEN, URI, {**PARAMS, "Extra": ["1"]}, id="added_field"),
+            pytest.param(
+                TOKEN, "https://mycompany.com/other.php?foo=1&bar=2", PARAMS, id="other_url"
+            ),
+        ],
+    )
+    def test_does_not_match(self, token, uri, params):
+        assert not signature_matches(token, uri, params, SIGNATURE)
 
 
 StartServer = Callable[..., LiveServer]
