@@ -5,32 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Database, make_settings
-from tests.fakes import FakeOpenAI, FakeTwilio
 from tests.polling import wait_for
-from tests.replies.test_pipeline import Stack
+from tests.stack import Stack, live_stack
 
 
 @pytest.fixture
 def stack(database_url, live_server) -> Iterator[Stack]:
-    with FakeOpenAI() as openai, FakeTwilio(callbacks=True) as twilio:
-        settings = make_settings(
-            database_url,
-            OPENAI_BASE_URL=openai.url,
-            OPENAI_API_KEY="sk-local-0123456789",
-            TWILIO_API_BASE_URL=twilio.url,
-        )
-        server = live_server(settings)
-        database = Database(database_url)
-        with httpx.Client(timeout=30) as client:
-            created = Stack(server, openai, twilio, database, client)
-            created.configure(debounce_seconds=0)
-            yield created
-        database.engine.dispose()
+    with live_stack(database_url, live_server) as created:
+        yield created
 
 
 class Scrape:

@@ -19,7 +19,7 @@ from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Pace, RateLimits
 from tests.factories import CONTACT, inbound_form, post_signed
 from tests.polling import wait_for
 from tests.records import in_session
-from tests.replies.test_pipeline import ADMIN_TOKEN, Stack, make_stack
+from tests.stack import ADMIN_TOKEN, Stack, live_stack
 
 FLOODER = "+34611000999"
 
@@ -145,7 +145,8 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def flood_stack(database_url, live_server) -> Iterator[Stack]:
-    yield from make_stack(database_url, live_server, LOG_LEVEL="INFO", **LOW_LIMITS)
+    with live_stack(database_url, live_server, LOG_LEVEL="INFO", **LOW_LIMITS) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -235,17 +236,20 @@ def answered_at(stack: Stack) -> list[datetime]:
 
 @pytest.fixture
 def default_limits(database_url, live_server) -> Iterator[Stack]:
-    yield from make_stack(database_url, live_server)
+    with live_stack(database_url, live_server) as stack:
+        yield stack
 
 
 @pytest.fixture
 def account_paced(database_url, live_server) -> Iterator[Stack]:
-    yield from make_stack(database_url, live_server, RATE_LIMIT_PER_ACCOUNT="10/second")
+    with live_stack(database_url, live_server, RATE_LIMIT_PER_ACCOUNT="10/second") as stack:
+        yield stack
 
 
 @pytest.fixture
 def sender_paced(database_url, live_server) -> Iterator[Stack]:
-    yield from make_stack(database_url, live_server, RATE_LIMIT_PER_SENDER="2/3seconds")
+    with live_stack(database_url, live_server, RATE_LIMIT_PER_SENDER="2/3seconds") as stack:
+        yield stack
 
 
 SENDERS = [f"+3461200{i:04d}" for i in range(30)]

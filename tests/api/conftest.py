@@ -26,12 +26,12 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
-from tests.conftest import Database, LiveServer, make_settings
-from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
-from tests.fakes import FakeOpenAI, FakeTwilio
+from tests.conftest import LiveServer
+from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER
 from tests.polling import wait_for
 from tests.records import add_conversation, add_message
 from tests.records import in_session as in_session  # tests/dashboard imports it from here
+from tests.stack import Stack, live_stack
 
 ADMIN_TOKEN = "admin-3b1f9a7c-5d2e8f40a1b6c9"
 JWT_SECRET = "jwt-secret-for-tests-0123456789abcdef"
@@ -74,13 +74,8 @@ class Tenant:
 
 
 @dataclass
-class Api:
-    server: LiveServer
-    openai: FakeOpenAI
-    twilio: FakeTwilio
-    database: Database
+class Api(Stack):
     database_url: str
-    client: httpx.Client
     a: Tenant
     _b: Tenant | None = field(default=None, repr=False)
 
@@ -164,15 +159,7 @@ class Api:
         """A signed inbound webhook to `tenant`'s number (account A's by default)."""
         if tenant is not None:
             form.setdefault("to", tenant.number(channel))
-        data = inbound_form(channel, **form)
-        response = post_signed(self.client, self.server.url, f"/webhook/{channel}", data)
-        assert response.status_code == 200, response.text
-        return data
-
-    def configure(self, **values: Any) -> None:
-        """Change every channel config of every account (read afresh by each reply task)."""
-        assignments = ", ".join(f"{name} = :{name}" for name in values)
-        self.database.execute(f"UPDATE channel_configs SET {assignments}", **values)
+        return super().send(channel, **form)
 
     def conversation_id(
         self, contact: str = CONTACT, channel: str = "sms", status: str = "active"
@@ -187,13 +174,6 @@ class Api:
         assert found is not None, f"no {status} {channel} conversation with {contact}"
         return int(found)
 
-    def settled(self) -> bool:
-        """Nothing pending: every inbound handled, every outbound past sending."""
-        return not self.database.scalar(
-            "SELECT count(*) FROM messages WHERE reply_state = 'pending'"
-            " OR (direction = 'outbound' AND status IN ('pending', 'sending'))"
-        )
-
     def reply_states(self, conversation_id: int) -> list[str]:
         rows = self.database.rows(
             "SELECT reply_state FROM messages WHERE direction = 'inbound'"
@@ -203,34 +183,26 @@ class Api:
         return [row.reply_state for row in rows]
 
     def bodies_sent_to(self, number: str) -> list[str]:
-        return [m["body"] for m in self.twilio.sent if m["to"].removeprefix("whatsapp:") == number]
+        return [m["body"] for m in self.sent_to(number)]
 
 
 @pytest.fixture
 def api(database_url: str, live_server: Callable[..., LiveServer]) -> Iterator[Api]:
     """Plática on a live server with an admin token, Supabase JWTs, the fake OpenAI and the fake
     Twilio (posting status callbacks), debounce 0; account A is the default account."""
-    with FakeOpenAI() as openai, FakeTwilio(callbacks=True) as twilio:
-        settings = make_settings(
-            database_url,
-            OPENAI_BASE_URL=openai.url,
-            OPENAI_API_KEY="sk-local-0123456789",
-            TWILIO_API_BASE_URL=twilio.url,
-            PLATICA_ADMIN_TOKEN=ADMIN_TOKEN,
-            SUPABASE_JWT_SECRET=JWT_SECRET,
-        )
-        server = live_server(settings)
-        database = Database(database_url)
+    with live_stack(
+        database_url,
+        live_server,
+        PLATICA_ADMIN_TOKEN=ADMIN_TOKEN,
+        SUPABASE_JWT_SECRET=JWT_SECRET,
+    ) as stack:
         account_id = uuid.UUID(
-            str(database.scalar("SELECT id FROM accounts WHERE name = 'default'"))
+            str(stack.database.scalar("SELECT id FROM accounts WHERE name = 'default'"))
         )
         key = in_session(database_url, lambda session: create_api_key(session, account_id))
         tenant = Tenant(account_id, key, SMS_NUMBER, WHATSAPP_NUMBER)
-        with httpx.Client(timeout=30) as client:
-            created = Api(server, openai, twilio, database, database_url, client, tenant)
-            created.configure(debounce_seconds=0)
-            yield created
-        database.engine.dispose()
+        parts = (stack.server, stack.openai, stack.twilio, stack.database, stack.client)
+        yield Api(*parts, database_url, tenant)
 
 
 # -- seeded data: rows with known timestamps, for exact figures -----------------------------------
