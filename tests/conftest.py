@@ -23,6 +23,8 @@ from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, WHATSAPP_NUMBER
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SETTINGS_VARIABLES = list(Settings.model_fields)
+# Every table of Plática's, dependents first: truncate_all empties them, test_migrations and
+# test_rls check each.
 TABLES = (
     "dashboard_sessions",
     "webhook_logs",
@@ -125,6 +127,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     postgres: str = request.getfixturevalue("postgres_url")
     truncate_all(postgres)
     return postgres
+
+
+@pytest.fixture
+def use_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """database_url, as the DATABASE_URL of the `platica` commands a test runs."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return database_url
 
 
 @pytest.fixture

@@ -39,12 +39,6 @@ def scratch_postgres(postgres_url: str) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def use_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    return database_url
-
-
 class TestDbUpgrade:
     def test_sqlite_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         url = f"sqlite+aiosqlite:///{tmp_path}/fresh.db"

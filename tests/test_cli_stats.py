@@ -12,10 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
-from typer.testing import CliRunner, Result
 
-from platica.cli import app
-from platica.config import get_settings
 from platica.models import (
     Channel,
     Conversation,
@@ -26,24 +23,7 @@ from platica.models import (
 )
 from tests.conftest import Database, make_settings
 from tests.records import add_account, add_conversation, add_message, in_session
-
-
-def invoke(*args: str) -> Result:
-    """Run `platica ARGS` in-process, reading the settings afresh from the environment."""
-    get_settings.cache_clear()
-    return CliRunner().invoke(app, list(args))
-
-
-def printed(result: Result, label: str) -> str:
-    """The value printed after `label` on stdout."""
-    [line] = [line for line in result.stdout.splitlines() if line.startswith(label)]
-    return line.split(": ", 1)[1]
-
-
-@pytest.fixture
-def use_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    return database_url
+from tests.test_cli import invoke, printed
 
 
 async def add_question(

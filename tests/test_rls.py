@@ -44,7 +44,7 @@ from platica.models import (
     WebhookLog,
     utcnow,
 )
-from tests.conftest import LiveServer, make_settings, truncate_all
+from tests.conftest import TABLES, LiveServer, make_settings, truncate_all
 from tests.factories import SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, new_sid, post_signed
 from tests.fakes import FakeTwilio
 from tests.polling import wait_for
@@ -54,16 +54,6 @@ from tests.throwaway import throwaway_database
 pytestmark = pytest.mark.postgres
 
 ADMIN_TOKEN = "admin-3b1f9a7c-5d2e8f40a1b6c9"
-TABLES = (
-    "accounts",
-    "api_keys",
-    "channel_configs",
-    "contacts",
-    "conversations",
-    "messages",
-    "webhook_logs",
-    "dashboard_sessions",
-)
 # Account B's numbers; account A owns the factories' (and the test settings') numbers.
 B_SMS_NUMBER = "+15005550009"
 B_WHATSAPP_NUMBER = "+14155230009"
