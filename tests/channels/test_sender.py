@@ -14,6 +14,7 @@ from platica.channels.sender import (
     DryRunSender,
     OutgoingMessage,
     SendFailed,
+    SentMessage,
     TwilioSender,
     create_sender,
 )
@@ -60,25 +61,26 @@ def settings(database_url: str, fake: FakeTwilio) -> Settings:
     return make_settings(database_url, TWILIO_API_BASE_URL=fake.url)
 
 
+async def send(settings: Settings, message: OutgoingMessage) -> SentMessage:
+    """`message` sent by a new TwilioSender, closed afterwards."""
+    sender = TwilioSender(settings)
+    try:
+        return await sender.send(message)
+    finally:
+        await sender.aclose()
+
+
 async def send_failing(settings: Settings, fake: FakeTwilio, behaviour: str) -> Exception:
     """The exception TwilioSender raises when the fake answers the creation with `behaviour`."""
     fake.fail_next(behaviour)
-    sender = TwilioSender(settings)
-    try:
-        with pytest.raises((RetryableError, SendFailed)) as caught:
-            await sender.send(sms())
-    finally:
-        await sender.aclose()
+    with pytest.raises((RetryableError, SendFailed)) as caught:
+        await send(settings, sms())
     return caught.value
 
 
 class TestTwilioSender:
     async def test_whatsapp_send_returns_the_sid_and_queued(self, settings, fake):
-        sender = TwilioSender(settings)
-        try:
-            sent = await sender.send(whatsapp())
-        finally:
-            await sender.aclose()
+        sent = await send(settings, whatsapp())
 
         [recorded] = fake.sent
         assert sent.sid == recorded["sid"]
@@ -91,11 +93,7 @@ class TestTwilioSender:
         assert recorded["status_callback"] == CALLBACK
 
     async def test_sms_is_sent_without_a_prefix(self, settings, fake):
-        sender = TwilioSender(settings)
-        try:
-            sent = await sender.send(sms())
-        finally:
-            await sender.aclose()
+        sent = await send(settings, sms())
 
         [recorded] = fake.sent
         assert sent.sid == recorded["sid"]
@@ -105,11 +103,7 @@ class TestTwilioSender:
 
     async def test_without_a_callback_none_is_sent(self, settings, fake):
         message = OutgoingMessage(channel=Channel.sms, to=CONTACT, from_=SMS_NUMBER, body="Hola")
-        sender = TwilioSender(settings)
-        try:
-            await sender.send(message)
-        finally:
-            await sender.aclose()
+        await send(settings, message)
 
         [attempt] = fake.attempts
         assert "StatusCallback" not in attempt
