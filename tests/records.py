@@ -6,7 +6,8 @@ signatures, no database; the benchmark and the fakes import it), this is the dat
 
 The `*_row` builders make unsaved rows, usable with a sync Session as well; the async `add_*`
 helpers store them (flushed, not committed: whoever opened the session commits). Defaults are
-a plausible row; each test passes the columns its scenario is about."""
+a plausible row; each test passes the columns its scenario is about. `add_queued_reply` answers
+a webhook's message in direct SQL, for tests that hold no session."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from platica.models import (
     MessageStatus,
     ReplyState,
 )
+from tests.conftest import Database
 from tests.factories import CONTACT
 
 T = TypeVar("T")
@@ -166,3 +168,15 @@ async def add_message(
     session.add(message)
     await session.flush()
     return message
+
+
+def add_queued_reply(database: Database, sid: str) -> None:
+    """An AI reply with Twilio SID `sid`, queued at Twilio, to the one message in the database
+    (stored by a webhook)."""
+    database.execute(
+        "INSERT INTO messages (account_id, conversation_id, channel, direction, author, body,"
+        " media, twilio_sid, status, part, attempts, created_at, updated_at)"
+        " SELECT account_id, conversation_id, channel, 'outbound', 'ai', 'Hola!', media,"
+        " :sid, 'queued', 0, 0, created_at, updated_at FROM messages",
+        sid=sid,
+    )

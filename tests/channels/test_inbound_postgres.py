@@ -20,6 +20,7 @@ from platica import db
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
 from tests.factories import inbound_form, new_sid, post_signed, status_form
 from tests.polling import wait_for
+from tests.records import add_queued_reply
 
 pytestmark = pytest.mark.postgres
 
@@ -115,13 +116,7 @@ class TestOneStatement:
     def test_a_status_callback_is_one_statement(self, quiet_server, client, database):
         send(client, quiet_server)
         sid = new_sid()
-        database.execute(
-            "INSERT INTO messages (account_id, conversation_id, channel, direction, author, body,"
-            " media, twilio_sid, status, part, attempts, created_at, updated_at)"
-            " SELECT account_id, conversation_id, channel, 'outbound', 'ai', 'Hola!', media,"
-            " :sid, 'queued', 0, 0, created_at, updated_at FROM messages",
-            sid=sid,
-        )
+        add_queued_reply(database, sid)
         with Statements(quiet_server) as statements:
             for status in ("sent", "delivered", "sent"):
                 form = status_form(sid, status)

@@ -25,6 +25,7 @@ from tests.factories import (
     sign,
     status_form,
 )
+from tests.records import add_queued_reply
 
 
 @pytest.fixture
@@ -404,13 +405,7 @@ class TestStatusCallback:
     def outbound_sid(self, server, client, database) -> str:
         post(client, server, "/webhook/sms", inbound_form())
         sid = new_sid()
-        database.execute(
-            "INSERT INTO messages (account_id, conversation_id, channel, direction, author, body,"
-            " media, twilio_sid, status, part, attempts, created_at, updated_at)"
-            " SELECT account_id, conversation_id, channel, 'outbound', 'ai', 'Hola!', media,"
-            " :sid, 'queued', 0, 0, created_at, updated_at FROM messages",
-            sid=sid,
-        )
+        add_queued_reply(database, sid)
         return sid
 
     def status_of(self, database: Database, sid: str):

@@ -366,19 +366,7 @@ class TestExactlyOnce:
     async def test_a_reply_left_sending_is_reconciled_not_sent_again(self, path):
         """As after a crash between the durable `sending` commit and Twilio's answer."""
         conversation = await path.conversation()
-        reply_to = await path.scalar("SELECT id FROM messages")
-        await path.execute(
-            "UPDATE messages SET reply_state = 'answered' WHERE id = :id", id=reply_to
-        )
-        now = utcnow()
-        await path.execute(
-            "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
-            " body, media, status, reply_to_id, part, attempts, created_at, updated_at)"
-            " SELECT account_id, conversation_id, channel, 'outbound', 'ai', 'Echo', '[]',"
-            " 'sending', id, 0, 1, :now, :now FROM messages WHERE id = :id",
-            id=reply_to,
-            now=now,
-        )
+        await leave_sending(path)
         sid = path.sender.next_sid()
         path.sender.found = [SentMessage(sid, MessageStatus.sent)]
 
