@@ -3,10 +3,8 @@ and the API's 429 with Retry-After."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +15,7 @@ from platica.config import ConfigError, load_settings
 from platica.models import Account
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Pace, RateLimits
 from tests.factories import CONTACT, inbound_form, post_signed
+from tests.logs import LogEvents, log_events
 from tests.polling import wait_for
 from tests.records import in_session
 from tests.stack import ADMIN_TOKEN, Stack, live_stack
@@ -131,18 +130,6 @@ class TestRateLimits:
             load_settings(_env_file=None, **{variable: value})
 
 
-class Records(logging.Handler):
-    """Keeps the structlog event dicts that reach the standard library's root logger."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.events: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, dict):
-            self.events.append(record.msg)
-
-
 @pytest.fixture
 def flood_stack(database_url, live_server) -> Iterator[Stack]:
     with live_stack(database_url, live_server, LOG_LEVEL="INFO", **LOW_LIMITS) as stack:
@@ -150,12 +137,10 @@ def flood_stack(database_url, live_server) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def log_records() -> Iterator[Records]:
+def log_records() -> Iterator[LogEvents]:
     """Request it after the server: creating the app resets the root logger's handlers."""
-    records = Records()
-    logging.getLogger().addHandler(records)
-    yield records
-    logging.getLogger().removeHandler(records)
+    with log_events() as events:
+        yield events
 
 
 class TestFlood:
@@ -182,7 +167,7 @@ class TestFlood:
         # The flood's excess never reaches the LLM, not even as context.
         prompts = str(stack.openai.requests)
         assert all(row.body not in prompts for row in limited)
-        logged = [e for e in log_records.events if e.get("event") == "webhook.flood"]
+        logged = log_records.named("webhook.flood")
         assert len(logged) == 25
         assert all("sender" not in event for event in logged)
         assert "+34" not in str(logged)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +11,7 @@ from platica.channels import forms
 from platica.channels.webhook import signature_matches
 from tests.conftest import Database, LiveServer, make_settings
 from tests.factories import AUTH_TOKEN, inbound_form, post_signed, sign
+from tests.logs import log_events
 
 TOKEN = "12345"
 URI = "https://mycompany.com/myapp.php?foo=1&bar=2"
@@ -94,18 +93,6 @@ class TestSignatureVectors:
 
 
 StartServer = Callable[..., LiveServer]
-
-
-class EventRecords(logging.Handler):
-    """structlog's events as they reach the standard library (before rendering)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, dict):
-            self.events.append(record.msg)
 
 
 class TestWebhookSignature:
@@ -242,18 +229,13 @@ class TestWebhookSignature:
         operator finds it in the log and the webhook log entry."""
         public = "https://platica.example.com/hidden-prefix"
         server = live_server(make_settings(sqlite_url, PUBLIC_BASE_URL=public))
-        records = EventRecords()
-        logging.getLogger().addHandler(records)
-        try:
-            with httpx.Client() as client:
-                response = post_signed(client, server.url, "/webhook/sms", inbound_form())
-        finally:
-            logging.getLogger().removeHandler(records)
+        with log_events() as records, httpx.Client() as client:
+            response = post_signed(client, server.url, "/webhook/sms", inbound_form())
 
         assert response.status_code == 403
         assert "hidden-prefix" not in response.text
         assert "does not match" in response.json()["error"]["message"]
-        [event] = [e for e in records.events if e["event"] == "webhook.rejected"]
+        [event] = records.named("webhook.rejected")
         assert event["signed_url"] == public + "/webhook/sms"
         reason = Database(sqlite_url).scalar("SELECT reason FROM webhook_logs")
         assert public + "/webhook/sms" in reason
