@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from platica import db
+from platica.accounts import DEFAULT_ACCOUNT_NAME, create_api_key
 from platica.models import (
     Account,
     Author,
@@ -62,6 +64,20 @@ def in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) 
             return await work(session)
 
     return asyncio.run(main())
+
+
+def default_account_key(database_url: str) -> tuple[uuid.UUID, str]:
+    """The default account (made by the server for the configured numbers) and a new API key
+    of it."""
+
+    async def create(session: AsyncSession) -> tuple[uuid.UUID, str]:
+        account_id = await session.scalar(
+            select(Account.id).where(Account.name == DEFAULT_ACCOUNT_NAME)
+        )
+        assert account_id is not None, "no default account (has a server started?)"
+        return account_id, await create_api_key(session, account_id)
+
+    return in_session(database_url, create)
 
 
 # -- rows -----------------------------------------------------------------------------------------

@@ -7,17 +7,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from platica.accounts import create_api_key
 from platica.config import ConfigError, load_settings
-from platica.models import Account
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Pace, RateLimits
 from tests.factories import CONTACT, inbound_form, post_signed
 from tests.logs import LogEvents, log_events
 from tests.polling import wait_for
-from tests.records import in_session
+from tests.records import default_account_key
 from tests.stack import ADMIN_TOKEN, Stack, live_stack
 
 FLOODER = "+34611000999"
@@ -311,22 +307,11 @@ class TestPacing:
         assert stack.openai.max_in_flight > 50
 
 
-def new_api_key(database_url: str) -> str:
-    """A new API key for the (default) account."""
-
-    async def create(session: AsyncSession) -> str:
-        account = await session.scalar(select(Account).limit(1))
-        assert account is not None
-        return await create_api_key(session, account.id)
-
-    return in_session(database_url, create)
-
-
 class TestApiLimit:
     def test_over_the_limit_the_api_answers_429_with_retry_after(self, flood_stack, database_url):
         stack = flood_stack
         url = f"{stack.server.url}/api/sms/stats"
-        headers = {"Authorization": f"Bearer {new_api_key(database_url)}"}
+        headers = {"Authorization": f"Bearer {default_account_key(database_url)[1]}"}
 
         statuses = [stack.client.get(url, headers=headers).status_code for _ in range(3)]
         refused = stack.client.get(url, headers=headers)
@@ -340,5 +325,5 @@ class TestApiLimit:
         # Other credentials have allowances of their own.
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         assert stack.client.get(url, headers=admin).status_code == 200
-        other = {"Authorization": f"Bearer {new_api_key(database_url)}"}
+        other = {"Authorization": f"Bearer {default_account_key(database_url)[1]}"}
         assert stack.client.get(url, headers=other).status_code == 200

@@ -3,18 +3,16 @@ the dashboard and failed API credentials, per client address, over real HTTP."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from limits import parse as parse_limit
 
-from platica.accounts import create_api_key
 from platica.throttle import FAILED_LOGINS
-from tests.conftest import Database, LiveServer, make_settings
+from tests.conftest import LiveServer, make_settings
 from tests.dashboard.client import DashboardClient
-from tests.records import in_session
+from tests.records import default_account_key
 
 ADMIN_TOKEN = "admin-throttle-0f3e5d7c9b1a2b3c"
 ATTEMPTS = parse_limit(FAILED_LOGINS).amount
@@ -29,10 +27,8 @@ def server(database_url, live_server) -> LiveServer:
 
 
 @pytest.fixture
-def api_key(server, database_url, database: Database) -> str:
-    account_id = uuid.UUID(str(database.scalar("SELECT id FROM accounts WHERE name = 'default'")))
-    key: str = in_session(database_url, lambda session: create_api_key(session, account_id))
-    return key
+def api_key(server, database_url) -> str:
+    return default_account_key(database_url)[1]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platica.accounts import create_account, create_api_key
+from platica.accounts import create_account
 from platica.models import (
     Account,
     Author,
@@ -29,7 +29,7 @@ from platica.models import (
 from tests.conftest import LiveServer
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER
 from tests.polling import wait_for
-from tests.records import add_conversation, add_message
+from tests.records import add_conversation, add_message, default_account_key
 from tests.records import in_session as in_session  # tests/dashboard imports it from here
 from tests.stack import Stack, live_stack
 
@@ -196,10 +196,7 @@ def api(database_url: str, live_server: Callable[..., LiveServer]) -> Iterator[A
         PLATICA_ADMIN_TOKEN=ADMIN_TOKEN,
         SUPABASE_JWT_SECRET=JWT_SECRET,
     ) as stack:
-        account_id = uuid.UUID(
-            str(stack.database.scalar("SELECT id FROM accounts WHERE name = 'default'"))
-        )
-        key = in_session(database_url, lambda session: create_api_key(session, account_id))
+        account_id, key = default_account_key(database_url)
         tenant = Tenant(account_id, key, SMS_NUMBER, WHATSAPP_NUMBER)
         parts = (stack.server, stack.openai, stack.twilio, stack.database, stack.client)
         yield Api(*parts, database_url, tenant)
