@@ -21,8 +21,19 @@ def new_message_sid() -> str:
     return "SM" + uuid.uuid4().hex
 
 
-def _address(channel: Channel, number: str) -> str:
-    return f"whatsapp:{number}" if channel is Channel.whatsapp else number
+def _common(
+    channel: Channel, sender: str, recipient: str, sid: str, account_sid: str | None
+) -> dict[str, str]:
+    """The fields every post about message `sid` carries (inbound or status)."""
+    prefix = "whatsapp:" if channel is Channel.whatsapp else ""
+    return {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "AccountSid": account_sid or NO_ACCOUNT_SID,
+        "From": prefix + sender,
+        "To": prefix + recipient,
+        "ApiVersion": API_VERSION,
+    }
 
 
 def inbound_form(
@@ -42,19 +53,14 @@ def inbound_form(
     a MediaUrlN/MediaContentTypeN pair per (url, content type) of `media`, then `extra` (which
     may replace any of them)."""
     sid = sid or new_message_sid()
-    form = {
-        "MessageSid": sid,
-        "SmsMessageSid": sid,
-        "SmsSid": sid,
-        "AccountSid": account_sid or NO_ACCOUNT_SID,
-        "From": _address(channel, sender),
-        "To": _address(channel, recipient),
-        "Body": body,
-        "NumMedia": str(len(media)),
-        "NumSegments": "1",
-        "SmsStatus": "received",
-        "ApiVersion": API_VERSION,
-    }
+    form = _common(channel, sender, recipient, sid, account_sid)
+    form.update(
+        SmsMessageSid=sid,
+        Body=body,
+        NumMedia=str(len(media)),
+        NumSegments="1",
+        SmsStatus="received",
+    )
     for index, (url, content_type) in enumerate(media):
         form[f"MediaUrl{index}"] = url
         form[f"MediaContentType{index}"] = content_type
@@ -82,16 +88,8 @@ def status_form(
 ) -> dict[str, str]:
     """The status callback of message `sid`, sent from `sender` to `recipient` (E.164), now
     `status`; WhatsApp's carry ChannelPrefix. `extra` may replace any field."""
-    form = {
-        "MessageSid": sid,
-        "SmsSid": sid,
-        "MessageStatus": status,
-        "SmsStatus": status,
-        "AccountSid": account_sid or NO_ACCOUNT_SID,
-        "From": _address(channel, sender),
-        "To": _address(channel, recipient),
-        "ApiVersion": API_VERSION,
-    }
+    form = _common(channel, sender, recipient, sid, account_sid)
+    form.update(MessageStatus=status, SmsStatus=status)
     if channel is Channel.whatsapp:
         form["ChannelPrefix"] = "whatsapp"
     if error_code is not None:
