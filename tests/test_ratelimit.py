@@ -328,7 +328,7 @@ def new_api_key(database_url: str) -> str:
     async def main() -> str:
         engine = db.create_engine(database_url)
         try:
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
+            async with db.session(db.create_sessionmaker(engine)) as session:
                 account = await session.scalar(select(Account).limit(1))
                 assert account is not None
                 return await create_api_key(session, account.id)

@@ -53,7 +53,7 @@ def in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) 
     async def main() -> T:
         engine = db.create_engine(database_url)
         try:
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
+            async with db.session(db.create_sessionmaker(engine)) as session:
                 return await work(session)
         finally:
             await engine.dispose()

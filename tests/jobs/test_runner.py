@@ -15,7 +15,9 @@ import structlog
 from sqlalchemy import text
 
 from platica import db
-from platica.jobs.locks import PARK_AFTER_CRASHES, LeaseLocks, TaskCrashed
+from platica.db import transaction
+from platica.jobs.locks import LeaseLocks, TaskCrashed
+from platica.jobs.queue import PARK_AFTER_CRASHES
 from platica.jobs.runner import InProcessRunner, Sweeper, run_handler
 from platica.models import (
     Account,
@@ -30,7 +32,6 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
-from platica.replies.store import transaction
 
 DEADLINE_SECONDS = 5.0
 
@@ -289,7 +290,7 @@ class TestLeaseLocks:
         """A SIGKILLed worker releases nothing: its lease must lapse on its own."""
         seeder, make, sessionmaker = leases
         conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
-        async with db.transaction(sessionmaker) as session:
+        async with db.session(sessionmaker) as session:
             dead = await session.get(Conversation, conversation)
             assert dead is not None
             dead.lease_owner, dead.lease_expires_at = "dead-worker", ago(1)
@@ -361,7 +362,7 @@ class Seeder:
     async def conversation(self, **message: Any) -> int:
         """A new conversation (with its own contact) holding one message with `message`'s columns."""
         self._count += 1
-        async with db.transaction(self._sessionmaker) as session:
+        async with db.session(self._sessionmaker) as session:
             account = Account(name=f"Panadería {self._count}")
             session.add(account)
             await session.flush()
@@ -396,7 +397,7 @@ class Seeder:
 
     async def set(self, conversation_id: int, **values: Any) -> None:
         """Set columns of a conversation."""
-        async with db.transaction(self._sessionmaker) as session:
+        async with db.session(self._sessionmaker) as session:
             conversation = await session.get(Conversation, conversation_id)
             assert conversation is not None
             for name, value in values.items():

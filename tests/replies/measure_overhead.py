@@ -82,7 +82,7 @@ class StubSender:
 
 async def seed(sessionmaker: Any, count: int) -> list[int]:
     ids = []
-    async with db.transaction(sessionmaker) as session:
+    async with db.session(sessionmaker) as session:
         account = Account(name="Panadería")
         session.add(account)
         await session.flush()
