@@ -72,7 +72,7 @@ def _strictest_prepared_statements(monkeypatch: pytest.MonkeyPatch) -> None:
         return engine
 
     monkeypatch.setattr(db, "create_engine", create_engine)
-    real_prepare = db._prepare_connection
+    real_prepare = db.engine._prepare_connection
 
     async def prepare_generically(connection: Any) -> None:
         await real_prepare(connection)
@@ -80,7 +80,7 @@ def _strictest_prepared_statements(monkeypatch: pytest.MonkeyPatch) -> None:
         await connection.execute("SET plan_cache_mode = force_generic_plan")
 
     # The webhook's own pool of psycopg connections (db.open_driver_pool), likewise.
-    monkeypatch.setattr(db, "_prepare_connection", prepare_generically)
+    monkeypatch.setattr(db.engine, "_prepare_connection", prepare_generically)
 
 
 def _admin_url() -> str:

@@ -59,7 +59,7 @@ def in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) 
     async def main() -> T:
         async with (
             open_engine(database_url) as engine,
-            db.transaction(db.create_sessionmaker(engine)) as session,
+            db.session(db.create_sessionmaker(engine)) as session,
         ):
             return await work(session)
 

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy.sql import ClauseElement
 
 from platica.channels import inbound
-from platica.jobs import locks, runner
+from platica.jobs import queue
 from platica.models import utcnow
-from platica.replies import pipeline, store
+from platica.replies import store
 from tests.conftest import truncate_all
 from tests.plans import generic_plan, unbounded_scans
 
@@ -63,10 +63,10 @@ SAMPLE: dict[str, Any] = {
 STATEMENTS: dict[str, str | ClauseElement] = {
     "webhook": inbound.RECORD_STATEMENT,
     "status callback": inbound.STATUS_STATEMENT,
-    "claim": locks.CLAIM_DUE,
-    "take lease": locks._TAKE,
-    "renew and touch": pipeline.RENEW_AND_TOUCH,
-    "release when idle": pipeline.RELEASE_WHEN_IDLE,
+    "claim": queue.CLAIM_DUE,
+    "take lease": queue.TAKE,
+    "renew and touch": queue.RENEW_AND_TOUCH,
+    "release when idle": queue.RELEASE_WHEN_IDLE,
     "load": store._LOAD,
     "work": store._WORK,
     "history": store._HISTORY,
@@ -92,7 +92,7 @@ def test_the_next_due_time_is_the_first_entry_of_its_index(postgres_url: str) ->
     truncate_all(postgres_url)
     conninfo = postgres_url.replace("postgresql+psycopg://", "postgresql://")
 
-    plan = generic_plan(conninfo, runner._NEXT_DUE, SAMPLE).splitlines()
+    plan = generic_plan(conninfo, queue.NEXT_DUE, SAMPLE).splitlines()
 
     assert plan[0].startswith("Limit"), plan
     assert "Index Scan using ix_conversations_reply_due on conversations" in plan[1], plan

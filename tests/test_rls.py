@@ -1023,7 +1023,7 @@ async def test_the_application_connects_as_the_service(
                     await session.scalar(sa.text("SELECT current_setting('platica.service')"))
                 )
                 await session.rollback()
-        async with db.transaction(sessionmaker) as session:
+        async with db.session(sessionmaker) as session:
             await session.execute(
                 sa.text("SELECT set_config('platica.account_id', :a, true)"),
                 {"a": str(uuid.uuid4())},

@@ -103,7 +103,7 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
     await asyncio.to_thread(check_schema, settings)
     engine = db.create_engine(settings.DATABASE_URL)
     sessionmaker = db.create_sessionmaker(engine)
-    async with db.transaction(sessionmaker) as session:
+    async with db.session(sessionmaker) as session:
         await ensure_default_account(session, settings)
     generator = create_generator(settings)
     sender = create_sender(settings)
@@ -135,7 +135,7 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
         )
     )
     await runner.start(work=work)
-    sweeper = Sweeper(sessionmaker, runner)
+    sweeper = Sweeper(sessionmaker, runner, state.driver_pool)
     if work:
         await sweeper.start()
         state.cleanup = DailyCleanup(sessionmaker)

@@ -241,7 +241,7 @@ def accounts_create(
 
         engine = db.create_engine(settings.DATABASE_URL)
         try:
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
+            async with db.session(db.create_sessionmaker(engine)) as session:
                 account, key = await create_account(
                     session, name.strip(), whatsapp_number=whatsapp, sms_number=sms
                 )
@@ -276,7 +276,7 @@ def _with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     async def run() -> T:
         engine = db.create_engine(settings.DATABASE_URL)
         try:
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
+            async with db.session(db.create_sessionmaker(engine)) as session:
                 return await work(session)
         finally:
             await engine.dispose()

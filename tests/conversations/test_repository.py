@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica import db
 from platica.conversations import repository
+from platica.jobs import queue
 from platica.models import (
     Direction,
     MessageStatus,
@@ -85,14 +86,21 @@ async def held_conversation(session: AsyncSession, handoff_until: datetime | Non
     return conversation.id
 
 
+async def needing_work(session: AsyncSession) -> list[int]:
+    """What the sweeper finds now (jobs/queue.py), in the session's transaction."""
+    now = utcnow()
+    rows = await session.execute(queue.NEEDING_WORK, {"older_than": now, "now": now})
+    return [row.id for row in rows]
+
+
 class TestConversationsNeedingWork:
     async def test_a_message_waiting_for_the_operator_is_not_swept(self, session):
         await held_conversation(session, utcnow() + timedelta(minutes=30))
 
-        assert await repository.conversations_needing_work(session, utcnow()) == []
+        assert await needing_work(session) == []
 
     async def test_when_the_handoff_lapses_the_ai_gets_what_waited(self, session):
         """Issue 12's defect 7, for a handoff that runs out rather than an operator's Resume."""
         conversation_id = await held_conversation(session, utcnow() - timedelta(seconds=1))
 
-        assert await repository.conversations_needing_work(session, utcnow()) == [conversation_id]
+        assert await needing_work(session) == [conversation_id]

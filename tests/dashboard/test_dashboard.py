@@ -63,7 +63,7 @@ def in_session(database_url: str, work: Callable[[AsyncSession], Any]) -> Any:
     async def main() -> Any:
         engine = db.create_engine(database_url)
         try:
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
+            async with db.session(db.create_sessionmaker(engine)) as session:
                 return await work(session)
         finally:
             await engine.dispose()

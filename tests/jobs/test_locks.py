@@ -10,15 +10,10 @@ import pytest
 from sqlalchemy import false, text
 
 from platica import db
-from platica.jobs.locks import (
-    LeaseLocks,
-    LeaseLost,
-    TaskCrashed,
-    release_statement,
-    renew_statement,
-)
+from platica.db import transaction
+from platica.jobs.locks import LeaseLocks, LeaseLost, TaskCrashed
+from platica.jobs.queue import release_statement, renew_statement
 from platica.models import Conversation, MessageStatus, ReplyState, utcnow
-from platica.replies.store import transaction
 from tests.jobs.test_runner import Seeder, ago, old_inbound
 from tests.records import open_engine
 
@@ -143,7 +138,7 @@ class TestLease:
         async with locks.lease(conversation) as lease:
             async with transaction(engine, durable=False) as connection:
                 await lease.take(connection)
-            async with db.transaction(db.create_sessionmaker(engine)) as session:
+            async with db.session(db.create_sessionmaker(engine)) as session:
                 stolen = await session.get(Conversation, conversation)
                 assert stolen is not None
                 stolen.lease_owner, stolen.lease_expires_at = "another-worker", ago(-30)

@@ -17,10 +17,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
-from platica.jobs.locks import PARK_AFTER_CRASHES, LeaseLocks
-from platica.jobs.runner import WAKE_CHANNEL, PostgresRunner
+from platica.jobs.locks import LeaseLocks
+from platica.jobs.queue import PARK_AFTER_CRASHES, WAKE_CHANNEL
+from platica.jobs.runner import PostgresRunner
 from platica.models import ReplyState, utcnow
-from platica.replies import store
 from tests.conftest import LiveServer, make_settings, truncate_all
 from tests.factories import inbound_form, post_signed
 from tests.jobs.test_runner import Seeder, old_inbound
@@ -51,7 +51,7 @@ class Handler:
 
     async def __call__(self, on_claim: Callable[[int | None, bool], None]) -> Run | None:
         async with self.locks.claim_due(on_claim) as lease:
-            async with store.transaction(self.engine, durable=False) as connection:
+            async with db.transaction(self.engine, durable=False) as connection:
                 row = await lease.take(connection)
             if row is None:
                 return None

@@ -15,7 +15,9 @@ import structlog
 from sqlalchemy import text
 
 from platica import db
-from platica.jobs.locks import PARK_AFTER_CRASHES, LeaseLocks, TaskCrashed
+from platica.db import transaction
+from platica.jobs.locks import LeaseLocks, TaskCrashed
+from platica.jobs.queue import PARK_AFTER_CRASHES
 from platica.jobs.runner import InProcessRunner, Sweeper, run_handler
 from platica.models import (
     Author,
@@ -26,7 +28,6 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
-from platica.replies.store import transaction
 from tests.polling import eventually
 from tests.records import add_account, add_conversation, add_message, open_engine
 
@@ -275,7 +276,7 @@ class TestLeaseLocks:
         """A SIGKILLed worker releases nothing: its lease must lapse on its own."""
         seeder, make, sessionmaker = leases
         conversation = await seeder.conversation(**old_inbound(ReplyState.pending))
-        async with db.transaction(sessionmaker) as session:
+        async with db.session(sessionmaker) as session:
             dead = await session.get(Conversation, conversation)
             assert dead is not None
             dead.lease_owner, dead.lease_expires_at = "dead-worker", ago(1)
@@ -339,7 +340,7 @@ class Seeder:
     async def conversation(self, **message: Any) -> int:
         """A new conversation (with its own contact) holding one message with `message`'s columns."""
         self._count += 1
-        async with db.transaction(self._sessionmaker) as session:
+        async with db.session(self._sessionmaker) as session:
             number = f"+1500555{self._count:04d}"
             account = await add_account(
                 session, f"Panadería {self._count}", numbers={Channel.sms: number}
@@ -350,7 +351,7 @@ class Seeder:
 
     async def set(self, conversation_id: int, **values: Any) -> None:
         """Set columns of a conversation."""
-        async with db.transaction(self._sessionmaker) as session:
+        async with db.session(self._sessionmaker) as session:
             conversation = await session.get(Conversation, conversation_id)
             assert conversation is not None
             for name, value in values.items():

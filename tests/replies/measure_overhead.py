@@ -75,7 +75,7 @@ class StubSender:
 
 async def seed(sessionmaker: Any, count: int) -> list[int]:
     ids = []
-    async with db.transaction(sessionmaker) as session:
+    async with db.session(sessionmaker) as session:
         account = await add_account(
             session, numbers={Channel.sms: "+15005550006"}, config={"debounce_seconds": 0.0}
         )

@@ -156,7 +156,7 @@ class Path:
     async def conversation(self, channel: Channel = Channel.sms, *bodies: str) -> int:
         """A conversation with an inbound message per body, waiting for its reply."""
         sessionmaker = db.create_sessionmaker(self.engine)
-        async with db.transaction(sessionmaker) as session:
+        async with db.session(sessionmaker) as session:
             if self.account_id is None:
                 numbers = {Channel.sms: "+15005550006", Channel.whatsapp: "+14155238886"}
                 account = await add_account(
@@ -320,7 +320,7 @@ class TestRoundTrips:
         sessionmaker = db.create_sessionmaker(path.engine)
 
         async def second_message() -> None:
-            async with db.transaction(sessionmaker) as session:
+            async with db.session(sessionmaker) as session:
                 stored = await session.get(Conversation, conversation)
                 assert stored is not None
                 session.add(message_row(stored, body="¿Y el lunes?"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.db import constant, insert_ignore
@@ -18,7 +18,6 @@ from platica.models import (
     Direction,
     Message,
     MessageStatus,
-    ReplyState,
     status_move,
     utcnow,
 )
@@ -45,7 +44,7 @@ async def get_or_create_contact(
     """The contact, inserted first if new; safe against a concurrent insert of the same one."""
     await session.execute(
         insert_ignore(
-            session,
+            session.get_bind().dialect.name,
             Contact,
             {
                 "account_id": account_id,
@@ -77,7 +76,7 @@ async def get_or_open_conversation(session: AsyncSession, contact: Contact) -> C
     now = utcnow()
     await session.execute(
         insert_ignore(
-            session,
+            session.get_bind().dialect.name,
             Conversation,
             {
                 "account_id": contact.account_id,
@@ -102,7 +101,7 @@ async def insert_message(session: AsyncSession, values: dict[str, object]) -> in
     """Insert a message unless its Twilio SID is already stored; its id, or None for a duplicate."""
     now = utcnow()
     statement = insert_ignore(
-        session,
+        session.get_bind().dialect.name,
         Message,
         {"created_at": now, "updated_at": now, "attempts": 0, "part": 0, **values},
         index_elements=["twilio_sid"],
@@ -147,48 +146,6 @@ async def advance_status(
 async def message_status_by_sid(session: AsyncSession, sid: str) -> MessageStatus | None:
     status = await session.scalar(select(Message.status).where(Message.twilio_sid == sid))
     return None if status is None else MessageStatus(status)
-
-
-async def conversations_needing_work(
-    session: AsyncSession, older_than: datetime, limit: int = 500
-) -> list[int]:
-    """Conversations with an unanswered inbound or an unsent outbound message last touched
-    before `older_than`: work a crash or a lost wake-up may have left behind. Not those a worker
-    holds (their lease is live), that are queued already (on PostgreSQL, due at some time:
-    waiting out a backoff, which a sweep must not cut short), that are parked, or whose
-    messages an operator's hold keeps waiting for them (until it runs out: the AI then
-    answers)."""
-    pending = (
-        select(Message.conversation_id)
-        .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(
-            Message.reply_state == ReplyState.pending,
-            Message.created_at < older_than,
-            or_(
-                Conversation.ai_enabled.is_(True),
-                Conversation.handoff_until <= utcnow(),
-                Conversation.status != ConversationStatus.active,
-            ),
-        )
-    )
-    unsent = select(Message.conversation_id).where(
-        Message.direction == Direction.outbound,
-        Message.status.in_([MessageStatus.pending, MessageStatus.sending]),
-        Message.updated_at < older_than,
-    )
-    now = utcnow()
-    rows = await session.scalars(
-        select(Conversation.id)
-        .where(
-            Conversation.id.in_(pending.union(unsent).scalar_subquery()),
-            Conversation.reply_due_at.is_(None),
-            or_(Conversation.lease_expires_at.is_(None), Conversation.lease_expires_at < now),
-            # Parked: an operator retries it (jobs/locks.py).
-            Conversation.parked_at.is_(None),
-        )
-        .limit(limit)
-    )
-    return list(rows)
 
 
 async def reply_parts(session: AsyncSession, inbound: Message) -> list[Message]:

@@ -33,7 +33,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from platica.db import transaction
+from platica.db import session as db_session
 from platica.logging import get_logger
 from platica.models import (
     Account,
@@ -137,7 +137,7 @@ async def run_cleanup(
     now: datetime | None = None,
 ) -> CleanupReport | None:
     """`cleanup()` in a transaction of its own; None when another process is running it."""
-    async with transaction(sessionmaker) as session:
+    async with db_session(sessionmaker) as session:
         if session.get_bind().dialect.name == "postgresql":
             taken = await session.scalar(
                 text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": LOCK_NAME}

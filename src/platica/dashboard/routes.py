@@ -165,7 +165,7 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
         credential = admin_fingerprint(visit.state.settings) or ""
     else:
         credential = hash_api_key(token)
-    async with db.transaction(visit.state.sessionmaker) as session:
+    async with db.session(visit.state.sessionmaker) as session:
         sid = await open_session(session, principal.kind, principal.account_id)
     account = str(principal.account_id) if principal.account_id else None
     visit.cookie.log_in(principal.kind, credential, account, sid)
@@ -177,7 +177,7 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
 async def log_out(visit: AnyVisit, _form: PostedForm) -> Response:
     """End the session, on the server too: a copy of its cookie stops working."""
     if visit.cookie.sid:
-        async with db.transaction(visit.state.sessionmaker) as session:
+        async with db.session(visit.state.sessionmaker) as session:
             await close_session(session, visit.cookie.sid)
     visit.cookie.log_out()
     return redirect(visit, "/login")

@@ -25,39 +25,24 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import psycopg
-from sqlalchemy import (
-    ColumnElement,
-    Table,
-    Update,
-    bindparam,
-    case,
-    null,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from platica.db import DriverPool
+from platica.db import Database, DriverPool, Tx, transaction
+from platica.jobs import queue
 from platica.logging import get_logger, mask_phone
-from platica.models import Conversation, utcnow
-from platica.replies.store import Tx, engine_of, transaction
+from platica.models import utcnow
 
 log = get_logger(__name__)
 
 LEASE_SECONDS = 15.0
-# Crashes in a row after which a conversation is parked.
-PARK_AFTER_CRASHES = 5
 # The database itself failing (a restart, a dropped connection, a locked SQLite file) is no
 # conversation's fault: such crashes are not counted.
 _NOT_THE_CONVERSATIONS = (OSError, psycopg.OperationalError, OperationalError, InterfaceError)
-
-_table = cast(Table, Conversation.__table__)
-_conversations = _table.c
 
 
 class LeaseLost(Exception):
@@ -82,138 +67,6 @@ def crash_report(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     return mask_phone(text)[:500]
-
-
-def renew_statement(**values: Any) -> Update:
-    """An UPDATE that extends a held lease (and sets `values`), returning the conversation.
-
-    Build it once, at import: executed by `Lease.renew` with the parameters conversation_id,
-    owner and expires_at (plus any bindparam of `values`).
-    """
-    return (
-        update(_table)
-        .where(
-            _conversations.id == bindparam("conversation_id"),
-            _conversations.lease_owner == bindparam("owner"),
-        )
-        .values(lease_expires_at=bindparam("expires_at"), **values)
-        .returning(*_conversations)
-    )
-
-
-def release_statement(*conditions: ColumnElement[bool]) -> Update:
-    """An UPDATE that gives a held lease back, when every one of `conditions` holds.
-
-    Build it once, at import: executed by `Lease.release` with the parameters conversation_id
-    and owner.
-    """
-    return (
-        update(_table)
-        .where(
-            _conversations.id == bindparam("conversation_id"),
-            _conversations.lease_owner == bindparam("owner"),
-            *conditions,
-        )
-        .values(lease_owner=None, lease_expires_at=None)
-    )
-
-
-_TAKE = (
-    update(_table)
-    .where(
-        _conversations.id == bindparam("conversation_id"),
-        or_(
-            _conversations.lease_expires_at.is_(None),
-            _conversations.lease_expires_at < bindparam("now"),
-        ),
-        _conversations.parked_at.is_(None),
-    )
-    .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("expires_at"))
-    .returning(*_conversations)
-)
-_PARKED = select(_conversations.parked_at.is_not(None)).where(
-    _conversations.id == bindparam("conversation_id")
-)
-_RENEW = renew_statement()
-_RELEASE = release_statement()
-# Gives the lease back with the crash counted; the one that makes PARK_AFTER_CRASHES parks the
-# conversation and takes it off PostgreSQL's queue.
-_crashes = _conversations.crash_count + 1
-_parks = _crashes >= PARK_AFTER_CRASHES
-_CRASHED = (
-    release_statement()
-    .values(
-        crash_count=_crashes,
-        parked_at=case(
-            (_parks, bindparam("now", type_=_conversations.parked_at.type)),
-            else_=_conversations.parked_at,
-        ),
-        parked_error=case(
-            (_parks, bindparam("error", type_=_conversations.parked_error.type)),
-            else_=_conversations.parked_error,
-        ),
-        reply_due_at=case((_parks, null()), else_=_conversations.reply_due_at),
-    )
-    .returning(_conversations.crash_count, _conversations.parked_at)
-)
-# A run that did not crash: the count starts again.
-_RECOVERED = (
-    update(_table)
-    .where(
-        _conversations.id == bindparam("conversation_id"),
-        _conversations.crash_count > 0,
-        _conversations.parked_at.is_(None),
-    )
-    .values(crash_count=0)
-)
-
-# PostgreSQL's reply queue (jobs/runner.py): the due conversation nobody holds that has waited
-# longest (the partial index on reply_due_at), locked so that concurrent claims by other
-# processes skip it rather than wait; claiming it takes its lease and clears its due time in
-# the same UPDATE, so there is no moment when it is claimed but unleased. One conversation per
-# statement, by `id = (subquery)`: a primary-key lookup however it is planned (a claim of
-# several joined to the table was planned, while the table was small, as a scan of all of it;
-# tests/test_plans.py).
-_due = _conversations.reply_due_at
-_now = bindparam("now", type_=_due.type)
-_CLAIMABLE = (
-    select(_conversations.id)
-    .where(
-        _due <= _now,
-        or_(_conversations.lease_expires_at.is_(None), _conversations.lease_expires_at < _now),
-    )
-    .order_by(_due)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
-)
-_other = _table.alias("other")
-CLAIM_DUE = (
-    update(_table)
-    .where(_conversations.id == _CLAIMABLE)
-    .values(
-        lease_owner=bindparam("owner"),
-        lease_expires_at=bindparam("expires_at"),
-        reply_due_at=null(),
-    )
-    .returning(
-        *_conversations,
-        # Whether another conversation is due too: the runner then starts a second task at
-        # once, and otherwise waits. Ordered and limited like the claim, so that it is a probe
-        # of the due index however it is planned.
-        select(_other.c.id)
-        .where(
-            _other.c.reply_due_at <= _now,
-            or_(_other.c.lease_expires_at.is_(None), _other.c.lease_expires_at < _now),
-            _other.c.id != _conversations.id,
-        )
-        .order_by(_other.c.reply_due_at)
-        .limit(1)
-        .scalar_subquery()
-        .is_not(None)
-        .label("more_due"),
-    )
-)
 
 
 class ConversationLocks(Protocol):
@@ -277,7 +130,7 @@ class Lease:
         expires_at = now + self._locks.lease_length
         if self.claims_due:
             claim = {"now": now, "owner": self.owner, "expires_at": expires_at}
-            row = (await connection.execute(CLAIM_DUE, claim)).first()
+            row = (await connection.execute(queue.CLAIM_DUE, claim)).first()
             if row is not None:
                 self.conversation_id = row.id
             if self._on_claim is not None:
@@ -290,12 +143,12 @@ class Lease:
                 # the claim took it off the queue; give the lease back and leave it parked.
                 # (Not skipped by the claim itself: a filter on parked_at there has
                 # PostgreSQL plan the claim as a scan of every conversation.)
-                await connection.execute(_RELEASE, self._params())
+                await connection.execute(queue.RELEASE, self._params())
                 self.parked = True
                 return None
         else:
             row = (
-                await connection.execute(_TAKE, self._params(now=now, expires_at=expires_at))
+                await connection.execute(queue.TAKE, self._params(now=now, expires_at=expires_at))
             ).first()
         if row is not None:
             self.taken = True
@@ -303,7 +156,7 @@ class Lease:
             self._start_renewal()
         elif not self.claims_due:
             # Busy, or parked (rare: one more look, only then).
-            parked = await connection.execute(_PARKED, self._params())
+            parked = await connection.execute(queue.PARKED, self._params())
             self.parked = bool(parked.scalar())
         return row
 
@@ -311,8 +164,8 @@ class Lease:
         if self._renewal is None:
             self._renewal = asyncio.create_task(self._renew_while_held(), name="lease-renewal")
 
-    async def renew(self, connection: Tx, statement: Update = _RENEW, **params: Any) -> Any:
-        """Extend the held lease with `statement` (see `renew_statement`); the conversation's
+    async def renew(self, connection: Tx, statement: Update = queue.RENEW, **params: Any) -> Any:
+        """Extend the held lease with `statement` (see `queue.renew_statement`); the conversation's
         row. Raises LeaseLost when the lease is no longer this worker's."""
         expires_at = utcnow() + self._locks.lease_length
         row = (
@@ -322,9 +175,9 @@ class Lease:
             raise LeaseLost(f"conversation {self.conversation_id}")
         return row
 
-    async def release(self, connection: Tx, statement: Update = _RELEASE) -> bool:
+    async def release(self, connection: Tx, statement: Update = queue.RELEASE) -> bool:
         """Give the lease back in the caller's transaction if `statement`'s conditions hold (see
-        `release_statement`); whether it was given back."""
+        `queue.release_statement`); whether it was given back."""
         result = await connection.execute(statement, self._params())
         released = bool(result.rowcount)
         self._released = self._released or released
@@ -388,7 +241,9 @@ class Lease:
         try:
             async with self._locks.transaction() as connection:
                 row = (
-                    await connection.execute(_CRASHED, self._params(now=utcnow(), error=report))
+                    await connection.execute(
+                        queue.CRASHED, self._params(now=utcnow(), error=report)
+                    )
                 ).first()
         except _NOT_THE_CONVERSATIONS:
             log.warning("lease.crash_not_counted", conversation_id=self.conversation_id)
@@ -401,7 +256,7 @@ class Lease:
         """A run that did not crash after some that did: the count starts again."""
         try:
             async with self._locks.transaction() as connection:
-                await connection.execute(_RECOVERED, self._params())
+                await connection.execute(queue.RECOVERED, self._params())
         except _NOT_THE_CONVERSATIONS:
             # The next successful run resets it.
             log.warning("lease.crash_count_not_reset", conversation_id=self.conversation_id)
@@ -414,7 +269,7 @@ class LeaseLocks:
         lease_seconds: float = LEASE_SECONDS,
         driver_pool: DriverPool | None = None,
     ) -> None:
-        self.engine: AsyncEngine = engine_of(sessionmaker)
+        self.engine: AsyncEngine = Database(sessionmaker).engine
         self.driver_pool = driver_pool
         self.lease_length = timedelta(seconds=lease_seconds)
 

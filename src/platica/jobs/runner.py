@@ -18,27 +18,24 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import psycopg
-from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from platica.conversations import repository
-from platica.db import DriverPool, transaction
+from platica.db import Database, DriverPool, transaction
+from platica.jobs import queue
 from platica.jobs.locks import TaskCrashed
+from platica.jobs.queue import NOTIFY_SQL, WAKE_CHANNEL
 from platica.logging import get_logger
-from platica.models import Conversation, utcnow
-from platica.replies.store import transaction as store_transaction
+from platica.models import utcnow
 
 log = get_logger(__name__)
 
 Handler = Callable[[int], Awaitable[float | None]]
 
 
-# What working processes LISTEN on, and `wake` notifies.
-WAKE_CHANNEL = "platica_replies"
 # How long to wait before re-running a task that raised (doubling with each crash in a row,
 # up to CRASH_RETRY_MAX_SECONDS), and how often the sweeper looks.
 CRASH_RETRY_SECONDS = 5.0
@@ -192,41 +189,7 @@ def psycopg_conninfo(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-# --- PostgreSQL: the conversation row is the job --------------------------------------------
-
-_table = cast(Table, Conversation.__table__)
-_c = _table.c
-_now = bindparam("now", type_=_c.reply_due_at.type)
-_due = bindparam("due", type_=_c.reply_due_at.type)
-
-# The next moment a conversation nobody holds becomes due (the claim itself: jobs/locks.py).
-_NEXT_DUE = (
-    select(_c.reply_due_at)
-    .where(
-        _c.reply_due_at.is_not(None),
-        or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
-    )
-    .order_by(_c.reply_due_at)
-    .limit(1)
-)
-# Due at `due`, unless it is due sooner already.
-_MAKE_DUE = (
-    update(_table)
-    .where(_c.id.in_(bindparam("ids", expanding=True)))
-    .values(reply_due_at=func.least(func.coalesce(_c.reply_due_at, _due), _due))
-)
-# Due now, unless queued already (due at some time) or held by a worker: the sweeper's rescue.
-_RESCUE = (
-    update(_table)
-    .where(
-        _c.id.in_(bindparam("ids", expanding=True)),
-        _c.reply_due_at.is_(None),
-        or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now),
-        _c.parked_at.is_(None),
-    )
-    .values(reply_due_at=_now)
-)
-NOTIFY_SQL = f"SELECT pg_notify('{WAKE_CHANNEL}', '')"
+# --- PostgreSQL: the conversation row is the job (jobs/queue.py) ---------------------------
 
 
 class Claimed(Protocol):
@@ -300,10 +263,12 @@ class PostgresRunner:
         self.wake()
 
     async def rescue(self, conversation_ids: list[int]) -> int:
-        async with store_transaction(
+        async with transaction(
             self._engine, durable=False, driver_pool=self._driver_pool
         ) as connection:
-            result = await connection.execute(_RESCUE, {"ids": conversation_ids, "now": utcnow()})
+            result = await connection.execute(
+                queue.RESCUE, {"ids": conversation_ids, "now": utcnow()}
+            )
         if result.rowcount:
             self.wake()
         return result.rowcount
@@ -311,10 +276,10 @@ class PostgresRunner:
     async def _make_due(self, conversation_ids: list[int], delay: float = 0.0) -> None:
         due = utcnow() + timedelta(seconds=max(delay, 0.0))
         # Not durable: a due time a database crash forgets is found again by the sweeper.
-        async with store_transaction(
+        async with transaction(
             self._engine, durable=False, driver_pool=self._driver_pool
         ) as connection:
-            await connection.execute(_MAKE_DUE, {"ids": conversation_ids, "due": due})
+            await connection.execute(queue.MAKE_DUE, {"ids": conversation_ids, "due": due})
 
     def wake(self) -> None:
         """Tell every working process to look for due conversations now.
@@ -386,7 +351,7 @@ class PostgresRunner:
             return POLL_SECONDS  # the claim's outcome, or a task that ends, nudges
         if not self._maybe_due:
             async with self._engine.connect() as connection:
-                next_due = await connection.scalar(_NEXT_DUE, {"now": utcnow()})
+                next_due = await connection.scalar(queue.NEXT_DUE, {"now": utcnow()})
             if next_due is None:
                 return POLL_SECONDS
             seconds: float = (next_due - utcnow()).total_seconds()
@@ -455,15 +420,20 @@ class PostgresRunner:
 class Sweeper:
     """Re-queues conversations whose stored messages still need work."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], runner: TaskRunner) -> None:
-        self._sessionmaker = sessionmaker
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        runner: TaskRunner,
+        driver_pool: DriverPool | None = None,
+    ) -> None:
+        self._database = Database(sessionmaker, driver_pool)
         self._runner = runner
         self._task: asyncio.Task[None] | None = None
 
     async def sweep(self, grace_seconds: float) -> int:
         older_than = utcnow() - timedelta(seconds=grace_seconds)
-        async with transaction(self._sessionmaker) as session:
-            conversation_ids = await repository.conversations_needing_work(session, older_than)
+        async with self._database.transaction(durable=False) as connection:
+            conversation_ids = await queue.conversations_needing_work(connection, older_than)
         requeued = await self._runner.rescue(conversation_ids) if conversation_ids else 0
         if requeued:
             log.info("sweep.requeued", conversations=requeued)

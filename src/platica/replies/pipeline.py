@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from platica.channels.sender import (
     UNSUBSCRIBED,
@@ -41,15 +41,10 @@ from platica.channels.sender import (
     SentMessage,
 )
 from platica.config import Settings
-from platica.db import DriverPool
+from platica.db import Database, DriverPool, Tx
 from platica.errors import RetryableError
-from platica.jobs.locks import (
-    ConversationLocks,
-    Lease,
-    LeaseLost,
-    release_statement,
-    renew_statement,
-)
+from platica.jobs.locks import ConversationLocks, Lease, LeaseLost
+from platica.jobs.queue import RELEASE_WHEN_IDLE, RENEW_AND_TOUCH
 from platica.logging import get_logger
 from platica.metrics import PACED, REPLIES
 from platica.models import (
@@ -138,17 +133,17 @@ class ReplyContext:
     status_callback: Callable[[], str | None] = lambda: None
     # PostgreSQL: the psycopg pool the reply path's statements go through (db.open_driver_pool).
     driver_pool: DriverPool | None = None
-    engine: AsyncEngine = field(init=False)
+    database: Database = field(init=False)
     # The pacing limits (RATE_LIMIT_PER_SENDER, RATE_LIMIT_PER_ACCOUNT), read from `settings`.
     limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
-        self.engine = store.engine_of(self.sessionmaker)
+        self.database = Database(self.sessionmaker, self.driver_pool)
         self.limits = RateLimits(self.settings)
 
-    def transaction(self, *, durable: bool) -> AbstractAsyncContextManager[store.Tx]:
-        """A transaction of the reply path (see store.transaction)."""
-        return store.transaction(self.engine, durable=durable, driver_pool=self.driver_pool)
+    def transaction(self, *, durable: bool) -> AbstractAsyncContextManager[Tx]:
+        """A transaction of the reply path (db.transaction)."""
+        return self.database.transaction(durable=durable)
 
 
 class _Again:
@@ -158,11 +153,6 @@ class _Again:
 AGAIN = _Again()
 LOCK_BUSY_RETRY_SECONDS = 1.0
 MAX_ROUNDS = 20
-
-# Gives the lease back only if nothing arrived to answer or send while this worker held it.
-RELEASE_WHEN_IDLE = release_statement(*store.idle())
-# Renews the lease (failing if it was lost) and moves last_message_at forward to `at`.
-RENEW_AND_TOUCH = renew_statement(**store.touch_values())
 
 
 async def reply_to_conversation(ctx: ReplyContext, conversation_id: int) -> float | None:
@@ -373,7 +363,7 @@ class _Prepared:
 
 
 async def _write_plan(
-    ctx: ReplyContext, connection: store.Tx, lease: Lease, loaded: Loaded, plan: _Plan
+    ctx: ReplyContext, connection: Tx, lease: Lease, loaded: Loaded, plan: _Plan
 ) -> _Prepared | float | None:
     """Write the plan (contact, conversation, then messages); what to ask the LLM, if anything,
     or seconds to wait for a pace (the lease given back, the messages left pending)."""
@@ -425,7 +415,7 @@ async def _write_plan(
 
 
 async def _write_keyword(
-    connection: store.Tx,
+    connection: Tx,
     loaded: Loaded,
     message: Inbound,
     keyword: Keyword,
@@ -449,7 +439,7 @@ async def _write_keyword(
 
 
 async def _store_system_reply(
-    connection: store.Tx,
+    connection: Tx,
     conversation: store.ConversationState,
     body: str,
     reply_to_id: int,
@@ -481,7 +471,7 @@ def _budget_spent(config: ChannelConfig, now: datetime) -> bool:
 
 
 async def _write_busy(
-    connection: store.Tx,
+    connection: Tx,
     lease: Lease,
     loaded: Loaded,
     plan: _Plan,
@@ -518,9 +508,7 @@ async def _write_busy(
     # Again: the busy message goes out next.
 
 
-async def _pacing_wait(
-    ctx: ReplyContext, connection: store.Tx, loaded: Loaded, now: datetime
-) -> float:
+async def _pacing_wait(ctx: ReplyContext, connection: Tx, loaded: Loaded, now: datetime) -> float:
     """Seconds the conversation's reply must wait for the pacing limits; 0 to answer now (then
     counted towards the account's pace)."""
     per_sender = ctx.limits.per_sender

@@ -1,5 +1,5 @@
-"""The reply task's SQL: Core statements built once, and transactions that say whether they must
-survive a database crash.
+"""The reply task's SQL: Core statements built once, run in db.transaction (durable when Twilio
+may be called next).
 
 The reply path runs a handful of statements per reply, many times a second, so it skips the
 ORM's per-call statement building and identity map: every statement here is built at import
@@ -10,18 +10,13 @@ conversations/repository.py.
 
 from __future__ import annotations
 
-import functools
-import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-import psycopg
 import psycopg.errors
-from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     BindParameter,
     Date,
@@ -40,14 +35,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.sql import ClauseElement, Executable
-from sqlalchemy.sql.compiler import SQLCompiler
 
 from platica.channels.parsing import parse_status
-from platica.db import DriverPool, constant
+from platica.db import Tx, any_of, constant, none_of
+from platica.jobs import queue
 from platica.models import (
     Account,
     Author,
@@ -74,177 +66,6 @@ _configs = _configs_table.c
 _contacts = _contacts_table.c
 _conversations = _conversations_table.c
 _logs = cast(Table, WebhookLog.__table__).c
-
-UNSENT = (MessageStatus.pending, MessageStatus.sending)
-
-
-def engine_of(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncEngine:
-    """The engine the process's sessions are bound to."""
-    engine = sessionmaker.kw["bind"]
-    assert isinstance(engine, AsyncEngine)
-    return engine
-
-
-# Durability. On PostgreSQL a plain COMMIT waits for its WAL to reach the disk (an fsync, about
-# 1.5 ms here); `synchronous_commit = off` skips the wait, and a database crash may then forget
-# the last few such commits. That is harmless for a transaction whose work is redone from the
-# durable state before it: a lease (it lapses), an LLM attempt counter, a batch read, keyword
-# handling (the inbound message is still pending), a stored Twilio SID (the message stays
-# `sending` and is reconciled with `sender.find_sent` before any retry). The WAL is written in
-# order, so the next durable commit makes every earlier one durable too.
-# The commit that must be durable is the one after which Twilio may be called: the message
-# marked `sending` (and the reply stored with it). Lost, the message would be sent again without
-# asking Twilio first. That transaction also renews the lease, failing if the worker lost it, so
-# a forgotten lease cannot let two workers send. SQLite already runs synchronous=NORMAL (db.py).
-_NOT_DURABLE = "SET LOCAL synchronous_commit = off"
-
-
-class Rows(Protocol):
-    """What the reply path reads of a statement's result (SQLAlchemy's Result has it all)."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def first(self) -> Any: ...
-
-    def scalar(self) -> Any: ...
-
-    def scalar_one_or_none(self) -> Any: ...
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-
-class Tx(Protocol):
-    """A connection in a transaction, running SQLAlchemy Core statements."""
-
-    @property
-    def dialect_name(self) -> str: ...
-
-    async def execute(
-        self, statement: Executable, params: Mapping[str, Any] | None = None
-    ) -> Rows: ...
-
-
-@asynccontextmanager
-async def transaction(
-    engine: AsyncEngine, *, durable: bool, driver_pool: DriverPool | None = None
-) -> AsyncIterator[Tx]:
-    """A connection in a transaction, committed when the block succeeds (durably only when
-    `durable`, see above) and rolled back when it raises.
-
-    On PostgreSQL, given the process's psycopg pool (db.open_driver_pool), the statements go to
-    psycopg directly: SQLAlchemy's asyncio layer doubled what a transaction of the reply path
-    cost the worker in CPU (a greenlet per call, and its execution machinery per statement).
-    """
-    if driver_pool is not None:
-        async with driver_pool.connection() as driver, driver.transaction():
-            if not durable:
-                await driver.execute(_NOT_DURABLE)
-            yield _PsycopgTx(driver)
-        return
-    async with engine.begin() as connection:
-        if not durable and connection.dialect.name == "postgresql":
-            await connection.exec_driver_sql(_NOT_DURABLE)
-        yield _SqlAlchemyTx(connection)
-
-
-class _SqlAlchemyTx:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
-        self.dialect_name = connection.dialect.name
-
-    async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Rows:
-        result: Rows = await self._connection.execute(statement, params)
-        return result
-
-
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    sql: str
-    defaults: dict[str, Any]
-    # SQLAlchemy's conversion of each parameter that has one (JSON, timestamps).
-    processors: dict[str, Callable[[Any], Any]]
-    # Columns whose value SQLAlchemy computes in Python when the statement runs without one
-    # (`updated_at`'s onupdate, say).
-    computed: dict[str, Callable[[], Any]]
-
-
-_PG_DIALECT = postgresql_psycopg.dialect()  # type: ignore[no-untyped-call]
-_COMPILED: dict[int, tuple[Executable, _Compiled]] = {}
-_EXPANDING = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
-
-
-def _compiled(statement: Executable) -> _Compiled:
-    """The statement as psycopg's SQL, compiled once (statements are built at import)."""
-    cached = _COMPILED.get(id(statement))
-    if cached is not None and cached[0] is statement:
-        return cached[1]
-    compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=_PG_DIALECT))
-    # An IN list (an expanding parameter) becomes an array parameter: one statement whatever
-    # the list's length, so psycopg can prepare it.
-    sql = _EXPANDING.sub(
-        lambda m: f"<> ALL(%({m[2]})s)" if m[1] else f"= ANY(%({m[2]})s)", compiled.string
-    )
-    processors: dict[str, Callable[[Any], Any]] = {}
-    for name, bind in compiled.binds.items():
-        processor = bind.type.dialect_impl(_PG_DIALECT).bind_processor(_PG_DIALECT)
-        if processor is not None and not bind.expanding:
-            processors[name] = processor
-    computed: dict[str, Callable[[], Any]] = {}
-    for column in [*compiled.insert_prefetch, *compiled.update_prefetch]:
-        default = column.onupdate if column in compiled.update_prefetch else column.default
-        if default is None:
-            continue
-        arg: Any = getattr(default, "arg", None)
-        if default.is_callable:
-            # SQLAlchemy wraps the model's function in one that takes the execution context.
-            computed[column.key] = functools.partial(arg, None)
-        elif default.is_scalar:
-            computed[column.key] = functools.partial(lambda value: value, arg)
-    result = _Compiled(sql, dict(compiled.params), processors, computed)
-    _COMPILED[id(statement)] = (statement, result)
-    return result
-
-
-@dataclass(slots=True)
-class _PsycopgRows:
-    rows: list[Any]
-    rowcount: int
-
-    def first(self) -> Any:
-        return self.rows[0] if self.rows else None
-
-    def scalar(self) -> Any:
-        return self.rows[0][0] if self.rows else None
-
-    def scalar_one_or_none(self) -> Any:
-        if len(self.rows) > 1:
-            raise ValueError(f"{len(self.rows)} rows where at most one was expected")
-        return self.scalar()
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.rows)
-
-
-class _PsycopgTx:
-    dialect_name = "postgresql"
-
-    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
-        self._connection = connection
-
-    async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Rows:
-        compiled = _compiled(statement)
-        values = {**compiled.defaults, **(params or {})}
-        for name, compute in compiled.computed.items():
-            if values.get(name) is None:
-                values[name] = compute()
-        for name, processor in compiled.processors.items():
-            if values.get(name) is not None:
-                values[name] = processor(values[name])
-        async with self._connection.cursor(row_factory=namedtuple_row) as cursor:
-            await cursor.execute(compiled.sql, values)
-            rows = await cursor.fetchall() if cursor.description else []
-            return _PsycopgRows(rows, cursor.rowcount)
 
 
 # --- Rows ----------------------------------------------------------------------------------
@@ -397,10 +218,7 @@ _WORK = (
     )
     .where(
         _m.conversation_id == bindparam("conversation_id"),
-        or_(
-            _m.reply_state == ReplyState.pending,
-            and_(_m.direction == Direction.outbound, _m.status.in_(UNSENT)),
-        ),
+        queue.IS_WORK,
     )
     .order_by(_m.id)
 )
@@ -435,7 +253,7 @@ _HISTORY = (
     select(_m.id, _m.reply_to_id, _m.direction, _m.body, _m.media)
     .where(
         _m.conversation_id == bindparam("conversation_id"),
-        _m.status.not_in([MessageStatus.failed, MessageStatus.undelivered]),
+        none_of(_m.status, [MessageStatus.failed, MessageStatus.undelivered]),
         or_(_m.reply_state.is_(None), _m.reply_state != ReplyState.skipped),
         # Up to the batch being answered (and the replies to what came before it): not what
         # the contact wrote after it, which a later round deals with (a keyword, say).
@@ -466,9 +284,7 @@ async def history(connection: Tx, conversation_id: int, limit: int, up_to: int) 
 
 # --- Writing -------------------------------------------------------------------------------
 
-_ids: BindParameter[list[int]] = bindparam("ids", expanding=True)
-
-_COUNT_ATTEMPT = update(_messages).where(_m.id.in_(_ids)).values(attempts=bindparam("attempt"))
+_COUNT_ATTEMPT = update(_messages).where(any_of(_m.id, "ids")).values(attempts=bindparam("attempt"))
 
 
 async def count_attempt(connection: Tx, ids: Sequence[int], attempt: int) -> None:
@@ -476,7 +292,7 @@ async def count_attempt(connection: Tx, ids: Sequence[int], attempt: int) -> Non
     await connection.execute(_COUNT_ATTEMPT, {"ids": list(ids), "attempt": attempt})
 
 
-_OLDEST = select(func.min(_m.created_at)).where(_m.id.in_(_ids))
+_OLDEST = select(func.min(_m.created_at)).where(any_of(_m.id, "ids"))
 
 
 async def oldest(connection: Tx, ids: Sequence[int]) -> datetime:
@@ -487,7 +303,7 @@ async def oldest(connection: Tx, ids: Sequence[int]) -> datetime:
 
 _SETTLE = (
     update(_messages)
-    .where(_m.id.in_(_ids), _m.reply_state == ReplyState.pending)
+    .where(any_of(_m.id, "ids"), _m.reply_state == ReplyState.pending)
     .values(reply_state=bindparam("state"), note=bindparam("new_note"), updated_at=bindparam("now"))
 )
 
@@ -651,13 +467,6 @@ async def take_account_pace(
     return wait
 
 
-def touch_values() -> dict[str, Any]:
-    """For locks.renew_statement: move last_message_at forward to the `at` parameter."""
-    at = bindparam("at", type_=_conversations.last_message_at.type)
-    latest = case((_conversations.last_message_at < at, at), else_=_conversations.last_message_at)
-    return {"last_message_at": latest}
-
-
 _MARK_SENDING = (
     update(_messages)
     .where(_m.id == bindparam("message_id"))
@@ -694,7 +503,7 @@ def _is_sid_clash(error: Exception) -> bool:
     return isinstance(error, IntegrityError) and "messages.twilio_sid" in str(error)
 
 
-_STORED_SIDS = select(_m.twilio_sid).where(_m.twilio_sid.in_(bindparam("sids", expanding=True)))
+_STORED_SIDS = select(_m.twilio_sid).where(any_of(_m.twilio_sid, "sids"))
 
 
 async def stored_sids(connection: Tx, sids: Sequence[str]) -> set[str]:
@@ -756,7 +565,7 @@ def _advance_status(clears_error: bool) -> Update:
     )
     return (
         update(_messages)
-        .where(_m.twilio_sid == _sid, _m.status.in_(bindparam("earlier", expanding=True)))
+        .where(_m.twilio_sid == _sid, any_of(_m.status, "earlier"))
         .values(status=bindparam("new_status"), updated_at=bindparam("now"), **errors)
     )
 
@@ -765,7 +574,7 @@ def _advance_status(clears_error: bool) -> Update:
 _ADVANCE_STATUS = {clears: _advance_status(clears) for clears in (False, True)}
 _REPLAYED = (
     update(cast(Table, WebhookLog.__table__))
-    .where(_logs.id.in_(bindparam("log_ids", expanding=True)))
+    .where(any_of(_logs.id, "log_ids"))
     .values(outcome="status_replayed")
 )
 
@@ -834,17 +643,3 @@ async def record_error(
             "now": utcnow(),
         },
     )
-
-
-def idle() -> list[Any]:
-    """For locks.release_statement: the conversation has nothing left to answer or send."""
-    return [
-        ~exists().where(
-            _m.conversation_id == _conversations.id, _m.reply_state == ReplyState.pending
-        ),
-        ~exists().where(
-            _m.conversation_id == _conversations.id,
-            _m.direction == Direction.outbound,
-            _m.status.in_(UNSENT),
-        ),
-    ]

@@ -1,21 +1,15 @@
-"""Database plumbing: declarative base, engines for SQLite and PostgreSQL, sessions, migrations."""
+"""Engines and connection pools for SQLite and PostgreSQL, and ORM sessionmakers."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import MetaData, String, event, exc, literal_column
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -23,24 +17,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.sql import ColumnElement
-
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 DriverPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 def async_url(url: str) -> str:
@@ -246,87 +224,3 @@ def _declare_service(sync_engine: Any) -> None:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-@asynccontextmanager
-async def transaction(
-    sessionmaker: async_sessionmaker[AsyncSession],
-) -> AsyncIterator[AsyncSession]:
-    """A session that commits when the block succeeds and rolls back when it raises."""
-    async with sessionmaker() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
-        await session.commit()
-
-
-def constant(value: str) -> ColumnElement[str]:
-    """A string written into the SQL itself, not bound as a parameter.
-
-    An ON CONFLICT's index predicate must be one: PostgreSQL matches it to a partial unique index
-    when it plans the statement, and a prepared statement can be planned without its parameters'
-    values ("no unique or exclusion constraint matching the ON CONFLICT specification").
-    """
-    return literal_column("'" + value.replace("'", "''") + "'", String)
-
-
-def insert_ignore(
-    session: AsyncSession,
-    table: Any,
-    values: Mapping[str, Any],
-    *,
-    index_elements: list[Any],
-    index_where: ColumnElement[bool] | None = None,
-) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING for the session's dialect (PostgreSQL or SQLite)."""
-    dialect = session.get_bind().dialect.name
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    return (
-        module.insert(table)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=index_elements, index_where=index_where)
-    )
-
-
-def alembic_config(url: str) -> Any:
-    from alembic.config import Config
-
-    # Config's stdout default is whatever sys.stdout was when alembic was first imported (maybe
-    # a stream closed since, e.g. a test runner's); `alembic check` and friends print to it.
-    config = Config(stdout=sys.stdout)
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
-    return config
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    """Run the Alembic migrations up to `revision` (blocking)."""
-    from alembic import command
-
-    command.upgrade(alembic_config(url), revision)
-
-
-def current_revision(url: str) -> str | None:
-    """The revision the database is at, or None for an empty database (blocking)."""
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import create_engine as create_sync_engine
-
-    engine = create_sync_engine(sync_url(url))
-    try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
-
-
-def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-
-
-async def upgrade_async(url: str) -> None:
-    """Run the migrations from async code (Alembic itself is blocking)."""
-    await asyncio.to_thread(upgrade, url)

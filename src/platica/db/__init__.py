@@ -1,0 +1,72 @@
+"""The database floor: every other module reaches the database through here.
+
+- `engine`: engines and pools for SQLite and PostgreSQL (and the psycopg pool of the hot path).
+- `tx`: the one transaction primitive (`transaction`, durable or not; `session` for the ORM) and
+  typed rows (`Typed`, `fetch_one`, `fetch_all`).
+- `sql`: the declarative base and statement helpers (`any_of`, `insert_ignore`, `constant`).
+- `migrate`: Alembic.
+"""
+
+from platica.db.engine import (
+    DriverPool,
+    async_url,
+    create_engine,
+    create_sessionmaker,
+    open_driver_pool,
+    sync_url,
+)
+from platica.db.migrate import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade,
+    upgrade_async,
+)
+from platica.db.sql import (
+    Base,
+    any_of,
+    constant,
+    dialect_insert,
+    insert_ignore,
+    none_of,
+    one_of,
+)
+from platica.db.tx import (
+    Database,
+    Rows,
+    Tx,
+    Typed,
+    fetch_all,
+    fetch_one,
+    session,
+    transaction,
+)
+
+__all__ = [
+    "Base",
+    "Database",
+    "DriverPool",
+    "Rows",
+    "Tx",
+    "Typed",
+    "alembic_config",
+    "any_of",
+    "async_url",
+    "constant",
+    "create_engine",
+    "create_sessionmaker",
+    "current_revision",
+    "dialect_insert",
+    "fetch_all",
+    "fetch_one",
+    "head_revision",
+    "insert_ignore",
+    "none_of",
+    "one_of",
+    "open_driver_pool",
+    "session",
+    "sync_url",
+    "transaction",
+    "upgrade",
+    "upgrade_async",
+]
