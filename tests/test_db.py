@@ -19,7 +19,7 @@ NUMBER = "+14155238886"
 @pytest.fixture
 async def engine(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AsyncEngine]:
     # Every connection counts as idle for long: each checkout pings it first.
-    monkeypatch.setattr(db, "PING_IDLE_SECONDS", -1.0)
+    monkeypatch.setattr(db.engine, "PING_IDLE_SECONDS", -1.0)
     created = db.create_engine(postgres_url)
     yield created
     await created.dispose()

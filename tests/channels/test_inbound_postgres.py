@@ -269,7 +269,7 @@ class TestDatabaseOutage:
         self, pg_url, live_server, database, monkeypatch
     ):
         # Down for a while: every pooled connection is checked before use, and found dead.
-        monkeypatch.setattr(db, "PING_IDLE_SECONDS", -1.0)
+        monkeypatch.setattr(db.engine, "PING_IDLE_SECONDS", -1.0)
         server = live_server(make_settings(pg_url), worker=False)
         # Well under the 30 s the pools used to wait, and under Twilio's 15 s.
         with httpx.Client(timeout=10) as client:
