@@ -14,6 +14,7 @@ from platica.api.auth import CallerDep
 from platica.conversations import operators, stats
 from platica.deps import StateDep
 from platica.errors import BadRequest
+from platica.jobs.runner import TaskRunner, commit_and_wake
 from platica.models import Channel, Conversation, ConversationStatus
 from platica.schemas import (
     ChannelConfigRead,
@@ -98,14 +99,16 @@ async def _change(
     channel: Channel,
     conversation_id: int,
     change: Callable[[AsyncSession, Conversation], Awaitable[Conversation]],
+    wake: TaskRunner | None = None,
 ) -> dict[str, Any]:
-    """Apply an operator's change to one of the caller's conversations; its new view, committed."""
+    """Apply an operator's change to one of the caller's conversations; its new view, committed
+    (and, given the runner, its reply task queued once committed)."""
     conversation = await operators.get_conversation(
         caller.session, channel, caller.account_id, conversation_id
     )
     await change(caller.session, conversation)
     view = await operators.view(caller.session, conversation)
-    await caller.session.commit()
+    await commit_and_wake(caller.session, wake, conversation.id if wake else None)
     return view.as_dict()
 
 
@@ -135,9 +138,7 @@ async def send_manual_reply(
         caller.session, channel, caller.account_id, conversation_id
     )
     message = await operators.manual_reply(caller.session, conversation, reply.body)
-    await caller.session.commit()
-    if state.runner is not None:
-        await state.runner.defer(conversation.id)
+    await commit_and_wake(caller.session, state.runner, conversation.id)
     return MessageRead.model_validate(message)
 
 
@@ -154,10 +155,7 @@ async def resume(
     channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep, state: StateDep
 ) -> dict[str, Any]:
     """Give the conversation back to the AI, which answers what the contact wrote meanwhile."""
-    resumed = await _change(caller, channel, conversation_id, operators.resume)
-    if state.runner is not None:
-        await state.runner.defer(conversation_id)
-    return resumed
+    return await _change(caller, channel, conversation_id, operators.resume, state.runner)
 
 
 @router.post("/conversations/{conversation_id}/retry", response_model=ConversationRead)
@@ -166,10 +164,7 @@ async def retry(
 ) -> dict[str, Any]:
     """Retry a parked conversation (its reply task kept crashing): unpark it and run its work
     again now. Idempotent."""
-    view = await _change(caller, channel, conversation_id, operators.retry)
-    if state.runner is not None:
-        await state.runner.defer(conversation_id)
-    return view
+    return await _change(caller, channel, conversation_id, operators.retry, state.runner)
 
 
 def _own_account(caller: CallerDep) -> uuid.UUID:
@@ -192,5 +187,5 @@ async def put_config(channel: ChannelPath, update: ChannelConfigUpdate, caller: 
         setattr(config, name, getattr(update, name))
     await caller.session.flush()
     response = jsonable_encoder(ChannelConfigRead.model_validate(config))
-    await caller.session.commit()
+    await commit_and_wake(caller.session, None)
     return response

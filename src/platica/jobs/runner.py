@@ -72,6 +72,16 @@ class TaskRunner(Protocol):
     async def stop(self) -> None: ...
 
 
+async def commit_and_wake(
+    session: AsyncSession, runner: TaskRunner | None, conversation_id: int | None = None
+) -> None:
+    """End a request's transaction: commit it, then (only then, so that the worker reads what
+    was committed) queue `conversation_id`'s reply task. The one place a route commits."""
+    await session.commit()
+    if conversation_id is not None and runner is not None:
+        await runner.defer(conversation_id)
+
+
 def crash_backoff(crashes: int) -> float:
     """Seconds before running a task again after its `crashes`th crash in a row: exponential,
     with jitter so that what crashed together does not come back together."""
