@@ -21,7 +21,6 @@ from starlette.responses import Response
 
 from platica.api.auth import scope_session
 from platica.channels.parsing import FormData, first, parse_form
-from platica.channels.webhook import read_body
 from platica.dashboard import display
 from platica.dashboard.alerts import Alert, alerts
 from platica.dashboard.session import (
@@ -34,6 +33,7 @@ from platica.dashboard.session import (
 from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
 from platica.deps import AppState, app_state
+from platica.http import read_body
 from platica.models import Account, ApiKey
 
 HERE = Path(__file__).parent
