@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from platica import db
 from platica.accounts import create_account, create_api_key, hash_api_key
 from platica.config import Settings
-from platica.dashboard import routes as dashboard_routes
 from platica.dashboard import session as dashboard_session
+from platica.dashboard import simulator as dashboard_simulator
+from platica.dashboard import web as dashboard_web
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
 from tests.factories import CONTACT, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
@@ -75,8 +76,8 @@ def in_session(database_url: str, work: Callable[[AsyncSession], Any]) -> Any:
 @pytest.fixture(autouse=True)
 def _fast_polling(monkeypatch):
     """Pages poll every 3 s; tests need not wait that long for what they look for."""
-    monkeypatch.setattr(dashboard_routes, "POLL_SECONDS", 0.4)
-    monkeypatch.setattr(dashboard_routes, "SIMULATOR_POLL_SECONDS", 0.4)
+    monkeypatch.setattr(dashboard_web, "POLL_SECONDS", 0.4)
+    monkeypatch.setattr(dashboard_simulator, "SIMULATOR_POLL_SECONDS", 0.4)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,9 @@ templates = Jinja2Templates(directory=HERE / "templates")
 ASSET_VERSION = hashlib.sha256(
     b"".join((STATIC / name).read_bytes() for name in ("app.css", "app.js"))
 ).hexdigest()[:10]
+# How often open pages ask for changes (the server answers 204 when there are none). Read at
+# each request (`web.POLL_SECONDS`), so that tests can make it shorter.
+POLL_SECONDS = 3.0
 SECURITY_HEADERS = {
     # Everything is served from here (no CDN); Twilio's media previews are the only outside images.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -142,6 +145,15 @@ async def _operator(state: AppState, cookie: CookieSession) -> Operator | None:
                 return None
             return Operator("api_key", row.account_id, row.name)
     return None
+
+
+def int_param(value: str | None, default: int, low: int, high: int) -> int:
+    """A number from the query string, kept within [low, high]; `default` when it is none."""
+    try:
+        number = int(value) if value is not None else default
+    except ValueError:
+        return default
+    return max(low, min(high, number))
 
 
 def uuid_or_none(value: str | None) -> uuid.UUID | None:
