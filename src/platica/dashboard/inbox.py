@@ -1,62 +1,35 @@
-"""The inbox at /: the conversations of both channels, newest activity first, updated live."""
+"""The inbox at /: the conversations of both channels, newest activity first, updated live;
+filtered by channel, state and a search, a page at a time ("Older →")."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from fastapi import APIRouter
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from platica.conversations import operators
+from platica.conversations.inbox import InboxFilter, list_conversations
 from platica.conversations.operators import ConversationView
 from platica.dashboard import display, web
 from platica.dashboard.alerts import backlog
-from platica.dashboard.web import OperatorVisit, Visit, embed, int_param, live, render
-from platica.models import Channel, ConversationStatus
+from platica.dashboard.web import (
+    OperatorVisit,
+    Visit,
+    embed,
+    error_page,
+    int_param,
+    live,
+    render,
+)
+from platica.errors import BadRequest
+from platica.models import Channel
 
 router = APIRouter(include_in_schema=False)
 
 INBOX_PAGE = 50
 INBOX_MAX = 500
-# Filters the service cannot apply in SQL (handed off, opted out) look at this many at most.
-FILTER_SCAN = 2000
-
-
-async def _matching(
-    session: AsyncSession,
-    channel: Channel,
-    account_id: uuid.UUID | None,
-    wanted: str | None,
-    limit: int,
-) -> tuple[list[ConversationView], bool]:
-    """Up to `limit` conversations in state `wanted` (any when None), and whether there are more."""
-    status = None
-    if wanted == "closed":
-        status = ConversationStatus.closed
-    elif wanted is not None:
-        status = ConversationStatus.active
-    exact = wanted in (None, "closed")  # the service filters these itself
-    now = datetime.now(UTC)
-    found: list[ConversationView] = []
-    cursor: str | None = None
-    scanned = 0
-    while True:
-        views, cursor = await operators.list_conversations(
-            session,
-            channel,
-            account_id,
-            status=status,
-            limit=limit + 1 if exact else 200,
-            cursor=cursor,
-        )
-        scanned += len(views)
-        found += [v for v in views if exact or display.conversation_state(v, now) == wanted]
-        if len(found) > limit or cursor is None or scanned >= FILTER_SCAN:
-            return found[:limit], len(found) > limit or cursor is not None
+SEARCH_MAX = 100
 
 
 def conversation_row(visit: Visit, view: ConversationView) -> dict[str, Any]:
@@ -81,35 +54,37 @@ def conversation_row(visit: Visit, view: ConversationView) -> dict[str, Any]:
 
 
 async def _inbox(visit: Visit) -> dict[str, Any]:
+    """The page's rows and links; BadRequest for a cursor the inbox did not make."""
     params = visit.request.query_params
     channel = params.get("channel", "")
     status = params.get("status", "")
-    channels = [Channel(channel)] if channel in display.CHANNEL_NAMES else list(Channel)
+    search = (params.get("q") or "").strip()[:SEARCH_MAX]
+    channels = (Channel(channel),) if channel in display.CHANNEL_NAMES else tuple(Channel)
     wanted = status if status in display.CONVERSATION_STATES else None
     limit = int_param(params.get("limit"), INBOX_PAGE, 1, INBOX_MAX)
-    views: list[ConversationView] = []
-    more = False
+    cursor = params.get("cursor") or None
+    filters = InboxFilter(channels=channels, state=wanted, search=search or None)
     async with visit.db() as session:
-        for each in channels:
-            found, has_more = await _matching(session, each, visit.me.account_id, wanted, limit)
-            views += found
-            more = more or has_more
+        views, older = await list_conversations(
+            session, visit.me.account_id, filters, limit=limit, cursor=cursor
+        )
         waiting = await backlog(session, visit.me.account_id)
-    views.sort(key=lambda v: (v.conversation.last_message_at, v.conversation.id), reverse=True)
-    more = more or len(views) > limit
     query = {
         "channel": channel if len(channels) == 1 else "",
         "status": wanted or "",
+        "q": search,
     }
+    if limit != INBOX_PAGE:
+        query["limit"] = str(limit)
+    this_page = {**query, "cursor": cursor} if cursor else query
     return {
-        "rows": [conversation_row(visit, v) for v in views[:limit]],
+        "rows": [conversation_row(visit, v) for v in views],
         "filters": query,
-        "more_url": (
-            f"{visit.root}/?{httpx.QueryParams({**query, 'limit': limit + INBOX_PAGE})}"
-            if more and limit < INBOX_MAX
-            else None
-        ),
-        "poll_url": f"{visit.root}/?{httpx.QueryParams({**query, 'limit': limit, 'fragment': 'list'})}",
+        "older_url": f"{visit.root}/?{httpx.QueryParams({**query, 'cursor': older})}"
+        if older
+        else None,
+        "newest_url": f"{visit.root}/?{httpx.QueryParams(query)}" if cursor else None,
+        "poll_url": f"{visit.root}/?{httpx.QueryParams({**this_page, 'fragment': 'list'})}",
         "show_account": visit.me.account_id is None,
         "accounts": dict(visit.me.accounts),
         "backlog": waiting,
@@ -119,7 +94,16 @@ async def _inbox(visit: Visit) -> dict[str, Any]:
 @router.get("/")
 async def inbox(visit: OperatorVisit) -> Response:
     """Conversations of both channels, newest activity first, updated live."""
-    data = await _inbox(visit)
+    try:
+        data = await _inbox(visit)
+    except BadRequest:
+        return error_page(
+            visit,
+            400,
+            "Broken link",
+            "This link to a page of the inbox is damaged: it was not made by this dashboard. "
+            "Start again from the newest conversations.",
+        )
     options = {"live_id": "inbox-list", "every": web.POLL_SECONDS, "poll_url": data.pop("poll_url")}
     if visit.request.query_params.get("fragment") == "list":
         return live(visit, "_inbox_list.html", **options, **data)

@@ -2,8 +2,8 @@
 
 Pages are rendered on the server (Jinja2); htmx polls the inbox and the open thread so they update
 as messages arrive, and the server answers 204 when nothing changed. Reads and writes go through
-the service functions the REST API uses (conversations/operators.py and stats.py), in sessions
-scoped to the operator's account, so the dashboard sees exactly what the API would.
+the service functions the REST API uses (conversations/operators.py, inbox.py and stats.py), in
+sessions scoped to the operator's account, so the dashboard sees exactly what the API would.
 
 Each page has its module (login.py, inbox.py, conversation.py, stats.py, settings.py,
 simulator.py); web.py holds the plumbing (sessions, CSRF, responses), session.py the cookie,

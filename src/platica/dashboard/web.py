@@ -287,23 +287,20 @@ async def login_required(request: Request, _exc: Exception) -> Response:
 
 async def csrf_rejected(request: Request, _exc: Exception) -> Response:
     visit = Visit(request, app_state(request), request.state.dashboard_cookie, None)
-    return render(
+    return error_page(
         visit,
-        "error.html",
-        "",
-        status_code=403,
-        title="Form expired",
-        message="This form is out of date or did not come from this dashboard. "
+        403,
+        "Form expired",
+        "This form is out of date or did not come from this dashboard. "
         "Go back, reload the page and try again.",
     )
 
 
+def error_page(visit: Visit, status_code: int, title: str, message: str) -> Response:
+    return render(visit, "error.html", "", status_code=status_code, title=title, message=message)
+
+
 def not_found(visit: Visit, what: str) -> Response:
-    return render(
-        visit,
-        "error.html",
-        "",
-        status_code=404,
-        title="Not found",
-        message=f"There is no {what} here, or it belongs to another account.",
+    return error_page(
+        visit, 404, "Not found", f"There is no {what} here, or it belongs to another account."
     )
