@@ -5,15 +5,16 @@ The shape, per channel asked for:
 
     SELECT conversations.* FROM conversations
     WHERE account_id = :account AND channel = :channel AND <filters>
-      AND last_message_at <= :at AND (last_message_at, id) < (:at, :id)     -- after a cursor
+      AND (last_message_at, id) < (:at, :id)                        -- after a cursor
     ORDER BY last_message_at DESC, id DESC LIMIT :page + 1
 
 which walks ix_conversations_account_channel_last (account_id, channel, last_message_at)
-backwards, sorting only the rows that share a timestamp by id, and stops as soon as a page has
-matched. With both channels, each channel's page is taken that way and the two are merged
-(UNION ALL) and cut to the page. The filters are conditions on that walk: a rare state, or a
-search, reads the conversations until a page has matched (no text index); an admin looking at
-every account has no account to walk the index by and sorts the matching rows.
+backwards from the cursor, sorting by id only the rows that share a timestamp, and stops as soon
+as a page has matched. With both channels, each channel's page is taken that way and the two are
+merged (UNION ALL) and cut to the page. Filters are conditions on that walk: a rare state reads
+the conversations until a page has matched; a search also reads every message once (a hashed
+subplan on PostgreSQL; there is no text index); an admin looking at every account has no
+account to walk the index by, and the matching rows are sorted.
 """
 
 from __future__ import annotations
@@ -161,8 +162,7 @@ def _conditions(
         conditions.append(search_condition(filters.search))
     if cursor:
         moment, ident = decode_cursor(cursor)
-        # The first bound is what the index can seek to; the pair breaks ties on the timestamp.
-        conditions.append(Conversation.last_message_at <= moment)
+        # Both databases seek the index to the timestamp with this; the id breaks ties.
         conditions.append(tuple_(Conversation.last_message_at, Conversation.id) < (moment, ident))
     return conditions
 
