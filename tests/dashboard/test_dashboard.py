@@ -453,6 +453,13 @@ class TestInbox:
         page.get_by_role("button", name="Filter").click()
         expect(page.get_by_text("No conversations match these filters.")).to_be_visible()
 
+        page.get_by_label("Status").select_option("")
+        page.get_by_label("Search").fill("HAY ALGUIEN")
+        page.get_by_role("button", name="Filter").click()
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_contain_text("SMS")
+        expect(page.get_by_label("Search")).to_have_value("HAY ALGUIEN")
+
     def test_awaiting_reply_until_answered_and_opted_out(self, dashboard):
         dashboard.openai.latency = 3.0
         dashboard.send(body="STOP", sender="+34622333444")
