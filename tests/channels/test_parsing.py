@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from platica.channels.parsing import (
-    FormData,
-    InboundMessage,
-    Media,
-    parse_form,
-    parse_inbound,
-    parse_status,
-)
+from platica.channels.parsing import InboundMessage, Media, parse_inbound, parse_status
 from platica.errors import BadRequest, UnsupportedMediaType
+from platica.http import FormData, parse_form
 from platica.models import Channel, MessageStatus
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, new_sid, status_form
 

@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from platica import db
 from platica.accounts import create_account, create_api_key, hash_api_key
 from platica.config import Settings
-from platica.dashboard import routes as dashboard_routes
 from platica.dashboard import session as dashboard_session
+from platica.dashboard import simulator as dashboard_simulator
+from platica.dashboard import web as dashboard_web
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
 from tests.factories import CONTACT, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
@@ -75,8 +76,8 @@ def in_session(database_url: str, work: Callable[[AsyncSession], Any]) -> Any:
 @pytest.fixture(autouse=True)
 def _fast_polling(monkeypatch):
     """Pages poll every 3 s; tests need not wait that long for what they look for."""
-    monkeypatch.setattr(dashboard_routes, "POLL_SECONDS", 0.4)
-    monkeypatch.setattr(dashboard_routes, "SIMULATOR_POLL_SECONDS", 0.4)
+    monkeypatch.setattr(dashboard_web, "POLL_SECONDS", 0.4)
+    monkeypatch.setattr(dashboard_simulator, "SIMULATOR_POLL_SECONDS", 0.4)
 
 
 @pytest.fixture(scope="module")
@@ -451,6 +452,13 @@ class TestInbox:
         page.get_by_label("Status").select_option("closed")
         page.get_by_role("button", name="Filter").click()
         expect(page.get_by_text("No conversations match these filters.")).to_be_visible()
+
+        page.get_by_label("Status").select_option("")
+        page.get_by_label("Search").fill("HAY ALGUIEN")
+        page.get_by_role("button", name="Filter").click()
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_contain_text("SMS")
+        expect(page.get_by_label("Search")).to_have_value("HAY ALGUIEN")
 
     def test_awaiting_reply_until_answered_and_opted_out(self, dashboard):
         dashboard.openai.latency = 3.0

@@ -11,7 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.api.auth import CallerDep
-from platica.conversations import operators, stats
+from platica.conversations import inbox, operators, stats
 from platica.deps import StateDep
 from platica.errors import BadRequest
 from platica.jobs.runner import TaskRunner, commit_and_wake
@@ -69,8 +69,12 @@ async def list_conversations(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Conversations, most recent activity first, a page at a time."""
-    views, next_cursor = await operators.list_conversations(
-        caller.session, channel, caller.account_id, status=status, limit=limit, cursor=cursor
+    views, next_cursor = await inbox.list_conversations(
+        caller.session,
+        caller.account_id,
+        inbox.InboxFilter(channels=(channel,), status=status),
+        limit=limit,
+        cursor=cursor,
     )
     return {"items": [v.as_dict() for v in views], "next_cursor": next_cursor}
 

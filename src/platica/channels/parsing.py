@@ -1,16 +1,15 @@
-"""Twilio's form posts turned into typed values; Twilio's field names stop here."""
+"""Twilio's form posts turned into typed values; Twilio's field names stop here.
+
+Forms are decoded by platica.http (`parse_form`, `first`), re-exported here for the webhook."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
 
-from platica.errors import BadRequest, UnsupportedMediaType
+from platica.errors import BadRequest
+from platica.http import FormData, first
 from platica.models import Channel, MessageStatus
-
-# Twilio's form data: every field name with its values, in the order received.
-FormData = dict[str, list[str]]
 
 SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
 MAX_MEDIA = 10
@@ -44,33 +43,6 @@ class StatusUpdate:
     error_code: int | None = None
     error_message: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
-
-
-def parse_form(body: bytes, content_type: str | None) -> FormData:
-    """Decode an application/x-www-form-urlencoded body, refusing anything else clearly."""
-    media_type = (content_type or "").split(";")[0].strip().lower()
-    if media_type != "application/x-www-form-urlencoded":
-        raise UnsupportedMediaType(
-            f"expected Content-Type application/x-www-form-urlencoded, got {media_type or 'none'}"
-        )
-    try:
-        text = body.decode("utf-8")
-        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=1000)
-    except UnicodeDecodeError:
-        raise BadRequest("the form is not valid UTF-8") from None
-    except ValueError as error:
-        raise BadRequest(f"the form could not be parsed: {error}") from None
-    form: FormData = {}
-    for name, value in pairs:
-        if "\x00" in name or "\x00" in value:
-            raise BadRequest(f"field {name!r} contains a NUL character")
-        form.setdefault(name, []).append(value)
-    return form
-
-
-def first(form: FormData, name: str) -> str | None:
-    values = form.get(name)
-    return values[0] if values else None
 
 
 def _required(form: FormData, name: str) -> str:

@@ -14,17 +14,11 @@ from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from platica.channels.inbound import Recorded, WebhookEntry, record_message, record_status
-from platica.channels.parsing import (
-    FormData,
-    InboundMessage,
-    first,
-    parse_form,
-    parse_inbound,
-    parse_status,
-)
+from platica.channels.parsing import InboundMessage, parse_inbound, parse_status
 from platica.config import Settings
 from platica.deps import AppState, app_state
-from platica.errors import InvalidSignature, NotFound, PayloadTooLarge, PlaticaError
+from platica.errors import InvalidSignature, NotFound, PlaticaError
+from platica.http import FormData, first, parse_form, read_body
 from platica.logging import get_logger, mask_phone
 from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS, WEBHOOKS_UNLOGGED
 from platica.models import Channel
@@ -32,7 +26,6 @@ from platica.models import Channel
 router = APIRouter(prefix="/webhook", tags=["webhooks"])
 log = get_logger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 
 TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -49,21 +42,6 @@ TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 def twiml_ack() -> Response:
     return Response(content=EMPTY_TWIML, media_type="text/xml")
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, refusing more than MAX_BODY_BYTES without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def signed_url(request: Request, settings: Settings) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
 
 from platica.conversations.operators import ConversationView
 from platica.logging import mask_phone
@@ -124,3 +127,36 @@ def waited(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{int(seconds // 60)} min"
     return f"{int(seconds // 3600)} h"
+
+
+def field_errors(invalid: ValidationError) -> dict[str, str]:
+    """Pydantic's errors by field name, phrased to follow the field's label."""
+    errors: dict[str, str] = {}
+    for problem in invalid.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else "form"
+        errors.setdefault(
+            name, _in_words(problem["type"], problem.get("ctx") or {}, problem["msg"])
+        )
+    return errors
+
+
+def _in_words(kind: str, context: dict[str, Any], message: str) -> str:
+    phrases = {
+        "int_parsing": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number",
+        "greater_than_equal": "must be at least {ge}",
+        "less_than_equal": "must be at most {le}",
+        "string_too_short": "must not be empty",
+        "string_too_long": "must be at most {max_length} characters",
+        "string_pattern_mismatch": "may contain only letters, digits and . : / @ + - _",
+    }
+    if kind in phrases:
+        return phrases[kind].format(**{k: number(v) for k, v in context.items()})
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
+
+
+def number(value: Any) -> Any:
+    """2.0 -> "2", 0.25 -> "0.25": floats as people write them."""
+    return f"{value:g}" if isinstance(value, float) else value

@@ -20,8 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from platica.api.auth import scope_session
-from platica.channels.parsing import FormData, first, parse_form
-from platica.channels.webhook import read_body
 from platica.dashboard import display
 from platica.dashboard.alerts import Alert, alerts
 from platica.dashboard.session import (
@@ -34,6 +32,7 @@ from platica.dashboard.session import (
 from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
 from platica.deps import AppState, app_state
+from platica.http import FormData, first, parse_form, read_body
 from platica.models import Account, ApiKey
 
 HERE = Path(__file__).parent
@@ -44,6 +43,9 @@ templates = Jinja2Templates(directory=HERE / "templates")
 ASSET_VERSION = hashlib.sha256(
     b"".join((STATIC / name).read_bytes() for name in ("app.css", "app.js"))
 ).hexdigest()[:10]
+# How often open pages ask for changes (the server answers 204 when there are none). Read at
+# each request (`web.POLL_SECONDS`), so that tests can make it shorter.
+POLL_SECONDS = 3.0
 SECURITY_HEADERS = {
     # Everything is served from here (no CDN); Twilio's media previews are the only outside images.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -142,6 +144,15 @@ async def _operator(state: AppState, cookie: CookieSession) -> Operator | None:
                 return None
             return Operator("api_key", row.account_id, row.name)
     return None
+
+
+def int_param(value: str | None, default: int, low: int, high: int) -> int:
+    """A number from the query string, kept within [low, high]; `default` when it is none."""
+    try:
+        number = int(value) if value is not None else default
+    except ValueError:
+        return default
+    return max(low, min(high, number))
 
 
 def uuid_or_none(value: str | None) -> uuid.UUID | None:
@@ -275,23 +286,20 @@ async def login_required(request: Request, _exc: Exception) -> Response:
 
 async def csrf_rejected(request: Request, _exc: Exception) -> Response:
     visit = Visit(request, app_state(request), request.state.dashboard_cookie, None)
-    return render(
+    return error_page(
         visit,
-        "error.html",
-        "",
-        status_code=403,
-        title="Form expired",
-        message="This form is out of date or did not come from this dashboard. "
+        403,
+        "Form expired",
+        "This form is out of date or did not come from this dashboard. "
         "Go back, reload the page and try again.",
     )
 
 
+def error_page(visit: Visit, status_code: int, title: str, message: str) -> Response:
+    return render(visit, "error.html", "", status_code=status_code, title=title, message=message)
+
+
 def not_found(visit: Visit, what: str) -> Response:
-    return render(
-        visit,
-        "error.html",
-        "",
-        status_code=404,
-        title="Not found",
-        message=f"There is no {what} here, or it belongs to another account.",
+    return error_page(
+        visit, 404, "Not found", f"There is no {what} here, or it belongs to another account."
     )

@@ -1,0 +1,257 @@
+"""A conversation's page: its messages as a chat with their delivery states, and the operator's
+controls (close, hand off, resume, retry, reply by hand)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from platica.conversations import operators
+from platica.dashboard import display, web
+from platica.dashboard.inbox import conversation_row
+from platica.dashboard.web import (
+    OperatorVisit,
+    PostedForm,
+    Visit,
+    embed,
+    live,
+    not_found,
+    redirect,
+    render,
+)
+from platica.errors import NotFound, PlaticaError
+from platica.http import first
+from platica.jobs.runner import commit_and_wake
+from platica.logging import get_logger
+from platica.models import Author, Channel, ConversationStatus, Direction, Message, ReplyState
+from platica.schemas import ManualReply
+
+log = get_logger(__name__)
+router = APIRouter(include_in_schema=False)
+
+THREAD_LIMIT = 500
+NOTICES = {
+    "closed": "Conversation closed.",
+    "handed_off": "You have the conversation: the AI stays quiet until you resume it.",
+    "resumed": "The AI answers this conversation again.",
+    "replied": "Reply queued for sending.",
+    "retried": "Retried: the conversation's replies run again.",
+}
+AUTHORS = {
+    Author.contact: "Contact",
+    Author.ai: "AI",
+    Author.operator: "Operator",
+    Author.system: "Plática",
+}
+
+
+def _conversation_key(channel: str, conversation_id: str) -> tuple[Channel, int] | None:
+    if channel not in display.CHANNEL_NAMES or not conversation_id.isdigit():
+        return None
+    number = int(conversation_id)
+    return (Channel(channel), number) if 0 < number < 2**63 else None
+
+
+def _message(message: Message) -> dict[str, Any]:
+    inbound = message.direction == Direction.inbound
+    media = [
+        {
+            "url": item.get("url", ""),
+            "content_type": item.get("content_type", ""),
+            "image": str(item.get("content_type", "")).startswith("image/"),
+        }
+        for item in message.media or []
+        if str(item.get("url", "")).startswith(("https://", "http://"))
+    ]
+    waiting = inbound and message.reply_state == ReplyState.pending
+    return {
+        "id": message.id,
+        "inbound": inbound,
+        "author": AUTHORS.get(message.author, str(message.author)),
+        "author_kind": str(message.author),
+        "body": message.body,
+        "media": media,
+        "status": str(message.status),
+        "status_text": display.delivery_state(message.status, simulated=message.simulated),
+        "error_code": message.error_code,
+        "error_text": display.error_text(message.error_code),
+        "error_message": message.error_message,
+        "failed": message.status in ("failed", "undelivered"),
+        "waiting": waiting,
+        "skipped": inbound and message.reply_state == ReplyState.skipped,
+        "note": message.note,
+        "model": message.model,
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "latency": display.milliseconds(message.latency_ms)
+        if message.latency_ms is not None
+        else None,
+        "segments": message.segments,
+        "encoding": message.encoding,
+        "created_at": message.created_at,
+    }
+
+
+async def load_thread(visit: Visit, channel: str, conversation_id: str) -> dict[str, Any] | None:
+    """The conversation and its messages, ready for the page (None: no such conversation
+    for this operator)."""
+    key = _conversation_key(channel, conversation_id)
+    if key is None:
+        return None
+    async with visit.db() as session:
+        try:
+            conversation = await operators.get_conversation(
+                session, key[0], visit.me.account_id, key[1]
+            )
+        except NotFound:
+            return None
+        view = await operators.view(session, conversation)
+        messages = await operators.history(session, conversation, THREAD_LIMIT)
+    state = display.conversation_state(view)
+    return {
+        "conversation": conversation,
+        "row": conversation_row(visit, view),
+        "state": state,
+        "handed_off": display.handed_off(view),
+        "opted_out": view.opted_out,
+        "flagged_at": view.flagged_at,
+        "flag_reason": view.flag_reason,
+        "closed": conversation.status == ConversationStatus.closed,
+        "messages": [_message(m) for m in messages],
+        "base_url": f"{visit.root}/conversations/{key[0].value}/{key[1]}",
+        "awaiting": view.awaiting_reply,
+    }
+
+
+@router.get("/conversations/{channel}/{conversation_id}")
+async def conversation_page(visit: OperatorVisit, channel: str, conversation_id: str) -> Response:
+    """The messages as a chat, with their delivery states, and the operator's controls."""
+    thread = await load_thread(visit, channel, conversation_id)
+    if thread is None:
+        return not_found(visit, "such conversation")
+    return await _conversation_response(visit, thread)
+
+
+async def _conversation_response(
+    visit: Visit,
+    thread: dict[str, Any],
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+    draft: str = "",
+) -> Response:
+    options = {
+        "live_id": "thread",
+        "every": web.POLL_SECONDS,
+        "poll_url": thread["base_url"] + "?fragment=thread",
+    }
+    if visit.request.query_params.get("fragment") == "thread":
+        return live(visit, "_thread.html", **options, **thread)
+    notice = NOTICES.get(visit.request.query_params.get("notice", ""))
+    return render(
+        visit,
+        "conversation.html",
+        "inbox",
+        status_code=status_code,
+        notice=notice,
+        error=error,
+        draft=draft,
+        live=embed(visit, "_thread.html", **options, **thread),
+        **thread,
+    )
+
+
+async def _act(
+    visit: Visit, channel: str, conversation_id: str, action: str, body: str | None = None
+) -> Response:
+    key = _conversation_key(channel, conversation_id)
+    if key is None:
+        return not_found(visit, "such conversation")
+    error: PlaticaError | None = None
+    async with visit.db() as session:
+        try:
+            conversation = await operators.get_conversation(
+                session, key[0], visit.me.account_id, key[1]
+            )
+        except NotFound:
+            return not_found(visit, "such conversation")
+        try:
+            if action == "closed":
+                await operators.close(session, conversation)
+            elif action == "handed_off":
+                await operators.hand_off(session, conversation)
+            elif action == "resumed":
+                await operators.resume(session, conversation)
+            elif action == "replied":
+                await operators.manual_reply(session, conversation, body or "")
+            elif action == "retried":
+                await operators.retry(session, conversation)
+            # A reply to send, or the AI to answer what waited for it: queued once committed.
+            wakes = action in ("replied", "resumed", "retried")
+            await commit_and_wake(session, visit.state.runner, key[1] if wakes else None)
+        except PlaticaError as problem:
+            await session.rollback()
+            error = problem
+    if error is not None:
+        thread = await load_thread(visit, channel, conversation_id)
+        if thread is None:
+            return not_found(visit, "such conversation")
+        return await _conversation_response(
+            visit, thread, status_code=error.status_code, error=error.message, draft=body or ""
+        )
+    log.info("dashboard.action", action=action, conversation_id=key[1])
+    return redirect(visit, f"/conversations/{key[0].value}/{key[1]}?notice={action}")
+
+
+@router.post("/conversations/{channel}/{conversation_id}/close")
+async def close_conversation(
+    visit: OperatorVisit, _form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Close the conversation; the contact's next message opens a new one."""
+    return await _act(visit, channel, conversation_id, "closed")
+
+
+@router.post("/conversations/{channel}/{conversation_id}/handoff")
+async def hand_off(
+    visit: OperatorVisit, _form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Pause the AI: the operator has the conversation."""
+    return await _act(visit, channel, conversation_id, "handed_off")
+
+
+@router.post("/conversations/{channel}/{conversation_id}/resume")
+async def resume(
+    visit: OperatorVisit, _form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Give the conversation back to the AI."""
+    return await _act(visit, channel, conversation_id, "resumed")
+
+
+@router.post("/conversations/{channel}/{conversation_id}/retry")
+async def retry(
+    visit: OperatorVisit, _form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Unpark a conversation its reply task kept crashing on, and run its work again."""
+    return await _act(visit, channel, conversation_id, "retried")
+
+
+@router.post("/conversations/{channel}/{conversation_id}/reply")
+async def reply(
+    visit: OperatorVisit, form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Reply by hand (this also pauses the AI, as a handoff)."""
+    text = (first(form, "body") or "").replace("\r\n", "\n")
+    try:
+        body = ManualReply.model_validate({"body": text}).body
+    except ValidationError as invalid:
+        thread = await load_thread(visit, channel, conversation_id)
+        if thread is None:
+            return not_found(visit, "such conversation")
+        message = display.field_errors(invalid).get("body", "is not valid")
+        return await _conversation_response(
+            visit, thread, status_code=422, error=f"The reply {message}.", draft=text
+        )
+    return await _act(visit, channel, conversation_id, "replied", body)
