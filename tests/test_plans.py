@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy.sql import ClauseElement
 
 from platica.channels import inbound
 from platica.jobs import queue
@@ -60,12 +59,12 @@ SAMPLE: dict[str, Any] = {
     "new_attempts": 1,
 }
 
-STATEMENTS: dict[str, str | ClauseElement] = {
+STATEMENTS: dict[str, Any] = {
     "webhook": inbound.RECORD_STATEMENT,
     "status callback": inbound.STATUS_STATEMENT,
-    "claim": queue.CLAIM_DUE,
-    "take lease": queue.TAKE,
-    "renew and touch": queue.RENEW_AND_TOUCH,
+    "claim": queue.CLAIM_DUE.statement,
+    "take lease": queue.TAKE.statement,
+    "renew and touch": queue.RENEW_AND_TOUCH.statement,
     "release when idle": queue.RELEASE_WHEN_IDLE,
     "load": store._LOAD,
     "work": store._WORK,

@@ -26,8 +26,9 @@ from platica.errors import install_error_handlers
 from platica.jobs.locks import LeaseLocks
 from platica.jobs.runner import InProcessRunner, PostgresRunner, Sweeper, TaskRunner
 from platica.logging import configure_logging, get_logger
+from platica.replies.context import ReplyContext
 from platica.replies.generator import OfflineReplyGenerator, create_generator
-from platica.replies.pipeline import ReplyContext, reply_to_conversation, reply_to_next_due
+from platica.replies.pipeline import reply_to_conversation, reply_to_next_due
 
 log = get_logger(__name__)
 

@@ -27,6 +27,7 @@ library).
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,6 +42,19 @@ FLOOD_NOTE = "flood: over RATE_LIMIT_FLOOD, not answered"
 FLOOD_FLAG = "sent more than RATE_LIMIT_FLOOD allows"
 # What "off" means for a limit counted in SQL: more than anyone can send.
 UNLIMITED = 2**31 - 1
+
+
+def backoff(attempt: int, base: float, ceiling: float) -> float:
+    """Seconds to wait before the `attempt`th retry: exponential from `base` up to `ceiling`,
+    with jitter so that what failed together does not come back together."""
+    delay: float = min(base * 2 ** max(attempt - 1, 0), ceiling)
+    return delay * random.uniform(0.75, 1.0)
+
+
+def retry_after(limiter: MovingWindowRateLimiter, item: RateLimitItem, *identifiers: str) -> int:
+    """Whole seconds (at least 1) until `item`'s window for `identifiers` has room again."""
+    reset_at = limiter.get_window_stats(item, *identifiers)[0]
+    return max(math.ceil(reset_at - time.time()), 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +139,7 @@ class RateLimits:
             return None
         if self._limiter.hit(self._per_credential, "api", credential):
             return None
-        reset_at = self._limiter.get_window_stats(self._per_credential, "api", credential)[0]
-        return max(math.ceil(reset_at - time.time()), 1)
+        return retry_after(self._limiter, self._per_credential, "api", credential)
 
     @property
     def api_limit(self) -> str:

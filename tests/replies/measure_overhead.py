@@ -38,8 +38,9 @@ from platica.models import (
     Channel,
     MessageStatus,
 )
+from platica.replies.context import ReplyContext
 from platica.replies.generator import GeneratedReply, OpenAIReplyGenerator, ReplyRequest
-from platica.replies.pipeline import ReplyContext, reply_to_conversation
+from platica.replies.pipeline import reply_to_conversation
 from tests.conftest import DEFAULT_TEST_DATABASE_URL
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN
 from tests.records import add_account, add_conversation, message_row

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from platica.replies.pipeline import OPT_IN_CONFIRMATION, OPT_OUT_CONFIRMATION
+from platica.replies.deciding import OPT_IN_CONFIRMATION, OPT_OUT_CONFIRMATION
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, post_signed
 from tests.polling import wait_for
 from tests.stack import ADMIN_TOKEN, Stack, live_stack
@@ -32,7 +32,7 @@ def short_llm_timeout(monkeypatch):
 def retry_policy(monkeypatch, **defaults):
     """Every RetryPolicy made from now on (the servers' included) takes these defaults (its
     dataclass __init__ has its own copy of the class's, so setting those would not do)."""
-    from platica.replies.pipeline import RetryPolicy
+    from platica.replies.context import RetryPolicy
 
     real_init = RetryPolicy.__init__
 

@@ -38,14 +38,10 @@ from platica.models import (
     utcnow,
 )
 from platica.replies import pipeline, store
+from platica.replies.context import ReplyContext, RetryPolicy
+from platica.replies.deciding import OPT_OUT_CONFIRMATION
 from platica.replies.generator import GeneratedReply, RateLimited, ReplyRequest
-from platica.replies.pipeline import (
-    LOCK_BUSY_RETRY_SECONDS,
-    OPT_OUT_CONFIRMATION,
-    ReplyContext,
-    RetryPolicy,
-    reply_to_conversation,
-)
+from platica.replies.pipeline import LOCK_BUSY_RETRY_SECONDS, reply_to_conversation
 from tests.conftest import make_settings
 from tests.records import add_account, add_conversation, message_row
 

@@ -32,8 +32,9 @@ from sqlalchemy import Update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from platica.db import Database, DriverPool, Tx, transaction
+from platica.db import Database, DriverPool, Tx, Typed, fetch_one, transaction
 from platica.jobs import queue
+from platica.jobs.queue import Leased
 from platica.logging import get_logger, mask_phone
 from platica.models import utcnow
 
@@ -120,7 +121,7 @@ class Lease:
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"conversation_id": self.conversation_id, "owner": self.owner, **extra}
 
-    async def take(self, connection: Tx) -> Any:
+    async def take(self, connection: Tx) -> Leased | None:
         """Take the lease (or, when held, extend it); the conversation's row, or None when
         another worker holds the lease (claiming: when nothing is due). Raises LeaseLost if a
         held lease was lost."""
@@ -130,15 +131,15 @@ class Lease:
         expires_at = now + self._locks.lease_length
         if self.claims_due:
             claim = {"now": now, "owner": self.owner, "expires_at": expires_at}
-            row = (await connection.execute(queue.CLAIM_DUE, claim)).first()
-            if row is not None:
-                self.conversation_id = row.id
+            claimed = await fetch_one(connection, queue.CLAIM_DUE, claim)
+            if claimed is not None:
+                self.conversation_id = claimed.id
             if self._on_claim is not None:
-                if row is None:
+                if claimed is None:
                     self._on_claim(None, False)
                 else:
-                    self._on_claim(row.id, bool(row.more_due))
-            if row is not None and row.parked_at is not None:
+                    self._on_claim(claimed.id, bool(claimed.more_due))
+            if claimed is not None and claimed.parked_at is not None:
                 # A new message made a parked conversation due (the webhook does not look):
                 # the claim took it off the queue; give the lease back and leave it parked.
                 # (Not skipped by the claim itself: a filter on parked_at there has
@@ -146,10 +147,10 @@ class Lease:
                 await connection.execute(queue.RELEASE, self._params())
                 self.parked = True
                 return None
+            row = None if claimed is None else Leased._make(claimed[: len(Leased._fields)])
         else:
-            row = (
-                await connection.execute(queue.TAKE, self._params(now=now, expires_at=expires_at))
-            ).first()
+            params = self._params(now=now, expires_at=expires_at)
+            row = await fetch_one(connection, queue.TAKE, params)
         if row is not None:
             self.taken = True
             self.crashes = row.crash_count or 0
@@ -164,13 +165,13 @@ class Lease:
         if self._renewal is None:
             self._renewal = asyncio.create_task(self._renew_while_held(), name="lease-renewal")
 
-    async def renew(self, connection: Tx, statement: Update = queue.RENEW, **params: Any) -> Any:
+    async def renew(
+        self, connection: Tx, statement: Typed[Leased] = queue.RENEW, **params: Any
+    ) -> Leased:
         """Extend the held lease with `statement` (see `queue.renew_statement`); the conversation's
         row. Raises LeaseLost when the lease is no longer this worker's."""
         expires_at = utcnow() + self._locks.lease_length
-        row = (
-            await connection.execute(statement, self._params(expires_at=expires_at, **params))
-        ).first()
+        row = await fetch_one(connection, statement, self._params(expires_at=expires_at, **params))
         if row is None:
             raise LeaseLost(f"conversation {self.conversation_id}")
         return row
@@ -240,11 +241,9 @@ class Lease:
         report = crash_report(error)
         try:
             async with self._locks.transaction() as connection:
-                row = (
-                    await connection.execute(
-                        queue.CRASHED, self._params(now=utcnow(), error=report)
-                    )
-                ).first()
+                row = await fetch_one(
+                    connection, queue.CRASHED, self._params(now=utcnow(), error=report)
+                )
         except _NOT_THE_CONVERSATIONS:
             log.warning("lease.crash_not_counted", conversation_id=self.conversation_id)
             return None

@@ -18,8 +18,9 @@ purpose until an operator retries them; messages an operator's handoff holds wai
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -37,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 
-from platica.db import Tx, any_of, one_of
+from platica.db import Tx, Typed, any_of, one_of
 from platica.models import (
     Conversation,
     ConversationStatus,
@@ -77,22 +78,62 @@ IDLE: list[ColumnElement[bool]] = [
 
 # --- Leases -----------------------------------------------------------------------------------
 
+
+class Leased(NamedTuple):
+    """The conversation, as taking, claiming or renewing its lease returns it."""
+
+    id: int
+    account_id: uuid.UUID
+    channel: str
+    contact_id: int
+    status: str
+    ai_enabled: bool
+    handoff_until: datetime | None
+    busy_sent_at: datetime | None
+    crash_count: int
+    parked_at: datetime | None
+
+
+class Claimed(NamedTuple):
+    """The conversation a claim took (see CLAIM_DUE), and whether another one is due too."""
+
+    id: int
+    account_id: uuid.UUID
+    channel: str
+    contact_id: int
+    status: str
+    ai_enabled: bool
+    handoff_until: datetime | None
+    busy_sent_at: datetime | None
+    crash_count: int
+    parked_at: datetime | None
+    more_due: bool
+
+
+class Crashed(NamedTuple):
+    crash_count: int
+    parked_at: datetime | None
+
+
+_LEASED = [_c[name] for name in Leased._fields]
+
 _now = bindparam("now", type_=_c.reply_due_at.type)
 _LEASE_FREE = or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < _now)
 
 
-def renew_statement(**values: Any) -> Update:
+def renew_statement(**values: Any) -> Typed[Leased]:
     """An UPDATE that extends a held lease (and sets `values`), returning the conversation.
 
     Build it once, at import: executed by `Lease.renew` with the parameters conversation_id,
     owner and expires_at (plus any bindparam of `values`).
     """
-    return (
+    statement = (
         update(_table)
         .where(_c.id == bindparam("conversation_id"), _c.lease_owner == bindparam("owner"))
         .values(lease_expires_at=bindparam("expires_at"), **values)
-        .returning(*_c)
+        .returning(*_LEASED)
     )
+    return Typed(statement, Leased)
 
 
 def release_statement(*conditions: ColumnElement[bool]) -> Update:
@@ -111,11 +152,12 @@ def release_statement(*conditions: ColumnElement[bool]) -> Update:
 
 
 # Takes the lease of a conversation nobody holds (and that is not parked).
-TAKE = (
+TAKE = Typed(
     update(_table)
     .where(_c.id == bindparam("conversation_id"), _LEASE_FREE, _c.parked_at.is_(None))
     .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("expires_at"))
-    .returning(*_c)
+    .returning(*_LEASED),
+    Leased,
 )
 PARKED = select(_c.parked_at.is_not(None)).where(_c.id == bindparam("conversation_id"))
 RENEW = renew_statement()
@@ -131,7 +173,7 @@ RENEW_AND_TOUCH = renew_statement(
 # conversation and takes it off PostgreSQL's queue.
 _crashes = _c.crash_count + 1
 _parks = _crashes >= PARK_AFTER_CRASHES
-CRASHED = (
+CRASHED = Typed(
     release_statement()
     .values(
         crash_count=_crashes,
@@ -141,7 +183,8 @@ CRASHED = (
         ),
         reply_due_at=case((_parks, null()), else_=_c.reply_due_at),
     )
-    .returning(_c.crash_count, _c.parked_at)
+    .returning(_c.crash_count, _c.parked_at),
+    Crashed,
 )
 # A run that did not crash: the count starts again.
 RECOVERED = (
@@ -168,7 +211,7 @@ _CLAIMABLE = (
     .scalar_subquery()
 )
 _other = _table.alias("other")
-CLAIM_DUE = (
+CLAIM_DUE = Typed(
     update(_table)
     .where(_c.id == _CLAIMABLE)
     .values(
@@ -177,7 +220,7 @@ CLAIM_DUE = (
         reply_due_at=null(),
     )
     .returning(
-        *_c,
+        *_LEASED,
         # Whether another conversation is due too: the runner then starts a second task at
         # once, and otherwise waits. Ordered and limited like the claim, so that it is a probe
         # of the due index however it is planned.
@@ -192,7 +235,8 @@ CLAIM_DUE = (
         .scalar_subquery()
         .is_not(None)
         .label("more_due"),
-    )
+    ),
+    Claimed,
 )
 # The next moment a conversation nobody holds becomes due.
 NEXT_DUE = (

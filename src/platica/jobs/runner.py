@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Protocol
@@ -30,6 +29,7 @@ from platica.jobs.locks import TaskCrashed
 from platica.jobs.queue import NOTIFY_SQL, WAKE_CHANNEL
 from platica.logging import get_logger
 from platica.models import utcnow
+from platica.ratelimit import backoff
 
 log = get_logger(__name__)
 
@@ -85,8 +85,7 @@ async def commit_and_wake(
 def crash_backoff(crashes: int) -> float:
     """Seconds before running a task again after its `crashes`th crash in a row: exponential,
     with jitter so that what crashed together does not come back together."""
-    delay: float = min(CRASH_RETRY_SECONDS * 2 ** max(crashes - 1, 0), CRASH_RETRY_MAX_SECONDS)
-    return delay * random.uniform(0.75, 1.0)
+    return backoff(crashes, CRASH_RETRY_SECONDS, CRASH_RETRY_MAX_SECONDS)
 
 
 def after_crash(error: Exception, conversation_id: int | None) -> float | None:
@@ -202,7 +201,7 @@ def psycopg_conninfo(database_url: str) -> str:
 # --- PostgreSQL: the conversation row is the job (jobs/queue.py) ---------------------------
 
 
-class Claimed(Protocol):
+class ClaimedRun(Protocol):
     @property
     def conversation_id(self) -> int: ...
 
@@ -219,7 +218,7 @@ class ClaimingTask(Protocol):
 
     def __call__(
         self, on_claim: Callable[[int | None, bool], None]
-    ) -> Awaitable[Claimed | None]: ...
+    ) -> Awaitable[ClaimedRun | None]: ...
 
 
 class PostgresRunner:

@@ -38,11 +38,21 @@ _TRAILING_PUNCTUATION = ".!?,;:…"
 _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
 
 
+def keyword_word(body: str) -> str:
+    """The word a keyword message is, as it is matched (and shown in its note): upper case,
+    without the spaces, invisible characters and trailing punctuation around it."""
+    return _bare(body).upper()
+
+
+def _bare(body: str) -> str:
+    return body.strip().strip(_INVISIBLE).strip().rstrip(_TRAILING_PUNCTUATION).rstrip()
+
+
 def detect_keyword(body: str, opt_out_type: str | None = None) -> Keyword | None:
     """The keyword `body` is, if any; Twilio's `OptOutType`, when given and known, wins."""
     if opt_out_type and (kind := OPT_OUT_TYPES.get(opt_out_type.strip().upper())) is not None:
         return kind
-    word = body.strip().strip(_INVISIBLE).strip().rstrip(_TRAILING_PUNCTUATION).rstrip()
+    word = _bare(body)
     # ASCII only, so that look-alikes such as "\u017ftop" (long s; upper case "STOP") do not match.
     if not word.isascii() or not word.isalpha():
         return None

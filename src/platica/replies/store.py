@@ -22,7 +22,6 @@ from sqlalchemy import (
     Date,
     Insert,
     Integer,
-    Row,
     Table,
     Update,
     and_,
@@ -40,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from platica.channels.parsing import parse_status
 from platica.db import Tx, any_of, constant, none_of
 from platica.jobs import queue
+from platica.jobs.queue import Leased
 from platica.models import (
     Account,
     Author,
@@ -131,7 +131,7 @@ class Outbound:
     sending_since: datetime | None = None
 
 
-def conversation_state(row: Row[Any]) -> ConversationState:
+def conversation_state(row: Leased) -> ConversationState:
     return ConversationState(
         row.id,
         row.account_id,
