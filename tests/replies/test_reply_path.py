@@ -37,7 +37,7 @@ from platica.models import (
     WebhookLog,
     utcnow,
 )
-from platica.replies import pipeline, store
+from platica.replies import sending, store
 from platica.replies.context import ReplyContext, RetryPolicy
 from platica.replies.deciding import OPT_OUT_CONFIRMATION
 from platica.replies.generator import GeneratedReply, RateLimited, ReplyRequest
@@ -640,7 +640,7 @@ class TestLlmRateLimits:
 class TestLogging:
     async def test_a_dry_run_is_not_logged_as_sent_with_no_sid(self, path, monkeypatch):
         capture = structlog.testing.LogCapture()
-        monkeypatch.setattr(pipeline, "log", structlog.wrap_logger(None, processors=[capture]))
+        monkeypatch.setattr(sending, "log", structlog.wrap_logger(None, processors=[capture]))
         path.ctx.sender = DryRunSender()
         conversation = await path.conversation()
 
