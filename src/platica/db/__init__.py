@@ -1,8 +1,9 @@
 """The database floor: every other module reaches the database through here.
 
 - `engine`: engines and pools for SQLite and PostgreSQL (and the psycopg pool of the hot path).
-- `tx`: the one transaction primitive (`transaction`, durable or not; `session` for the ORM) and
-  typed rows (`Typed`, `fetch_one`, `fetch_all`).
+- `tx`: the one transaction primitive (`transaction`, durable or not; `session` for the ORM;
+  `execute_alone` for a statement that is a transaction by itself, in autocommit on PostgreSQL)
+  and typed rows (`Typed`, `fetch_one`, `fetch_all`).
 - `sql`: the declarative base and statement helpers (`any_of`, `insert_ignore`, `constant`).
 - `migrate`: Alembic.
 """
@@ -36,6 +37,7 @@ from platica.db.tx import (
     Rows,
     Tx,
     Typed,
+    execute_alone,
     fetch_all,
     fetch_one,
     session,
@@ -57,6 +59,7 @@ __all__ = [
     "create_sessionmaker",
     "current_revision",
     "dialect_insert",
+    "execute_alone",
     "fetch_all",
     "fetch_one",
     "head_revision",
