@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.sql import ClauseElement
 
-from platica.channels import inbound
+from platica.channels import postgresql
 from platica.jobs import queue
 from platica.models import utcnow
 from platica.replies import store
@@ -41,13 +41,11 @@ SAMPLE: dict[str, Any] = {
     "token": None,
     "signature_valid": True,
     "params": json.dumps({"Body": ["Hola"]}),
-    # The status callback's.
-    "status": "delivered",
+    # The status callback's (new_status below).
     "earlier": ["queued", "sending", "sent"],
-    "error_code": None,
-    "error_message": None,
+    "code": None,
+    "error": None,
     "clear": True,
-    "final": ["canceled", "dry_run", "failed"],
     # The reply path's and the queue's.
     "conversation_id": 1,
     "contact_id": 1,
@@ -61,8 +59,8 @@ SAMPLE: dict[str, Any] = {
 }
 
 STATEMENTS: dict[str, str | ClauseElement] = {
-    "webhook": inbound.RECORD_STATEMENT,
-    "status callback": inbound.STATUS_STATEMENT,
+    "webhook": postgresql.RECORD_STATEMENT,
+    "status callback": postgresql.STATUS,
     "claim": queue.CLAIM_DUE,
     "take lease": queue.TAKE,
     "renew and touch": queue.RENEW_AND_TOUCH,
