@@ -41,6 +41,7 @@ from platica.db.tx import (
     fetch_all,
     fetch_one,
     session,
+    take_turns,
     transaction,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "open_driver_pool",
     "session",
     "sync_url",
+    "take_turns",
     "transaction",
     "upgrade",
     "upgrade_async",

@@ -30,6 +30,7 @@ import functools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
@@ -135,6 +136,21 @@ async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterat
         await opened.commit()
 
 
+class Turns(Protocol):
+    """What background work waits on before each transaction (jobs/turns.py)."""
+
+    async def wait(self) -> None: ...
+
+
+_turns: ContextVar[Turns | None] = ContextVar("platica_turns", default=None)
+
+
+def take_turns(turns: Turns) -> None:
+    """From now on, in the running task and the tasks it starts, each transaction waits for
+    its turn first (`turns.wait()`): the in-process worker's tasks (jobs/runner.py)."""
+    _turns.set(turns)
+
+
 @asynccontextmanager
 async def transaction(
     engine: AsyncEngine, *, durable: bool, driver_pool: DriverPool | None = None
@@ -148,7 +164,12 @@ async def transaction(
     On SQLite they go to the sqlite3 connection directly, on the event loop's thread
     (engine.lend_sqlite): a statement through SQLAlchemy and aiosqlite cost 150 µs of CPU, and
     through sqlite3 a few (the statement itself).
+
+    In a task that takes turns (`take_turns`), it first waits for its turn.
     """
+    turns = _turns.get()
+    if turns is not None:
+        await turns.wait()
     if driver_pool is not None:
         async with driver_pool.connection() as driver, driver.transaction():
             if not durable:
