@@ -17,18 +17,9 @@ from platica.conversations.statuses import (
     parse_status,
     replay_early_statuses,
 )
-from platica.models import (
-    Account,
-    Author,
-    Channel,
-    Contact,
-    Conversation,
-    Direction,
-    Message,
-    MessageStatus,
-    WebhookLog,
-)
+from platica.models import Author, Direction, Message, MessageStatus, WebhookLog
 from tests.factories import new_sid, status_form
+from tests.jobs.test_runner import Seeder
 
 
 @pytest.fixture
@@ -48,34 +39,13 @@ async def database(database_url: str) -> AsyncIterator[db.Database]:
 async def outbound(database: db.Database, sid: str | None = None) -> str:
     """An outbound message queued at Twilio with `sid` (a new one by default)."""
     sid = sid or new_sid()
-    async with database.session() as session:
-        account = Account(name="Panadería")
-        session.add(account)
-        await session.flush()
-        contact = Contact(account_id=account.id, channel=Channel.sms, address="+34600111222")
-        session.add(contact)
-        await session.flush()
-        conversation = Conversation(
-            account_id=account.id,
-            channel=Channel.sms,
-            contact_id=contact.id,
-            contact_address=contact.address,
-        )
-        session.add(conversation)
-        await session.flush()
-        session.add(
-            Message(
-                account_id=account.id,
-                conversation_id=conversation.id,
-                channel=Channel.sms,
-                direction=Direction.outbound,
-                author=Author.ai,
-                body="Hola",
-                media=[],
-                twilio_sid=sid,
-                status=MessageStatus.queued,
-            )
-        )
+    await Seeder(database.sessionmaker).conversation(
+        direction=Direction.outbound,
+        author=Author.ai,
+        media=[],
+        twilio_sid=sid,
+        status=MessageStatus.queued,
+    )
     return sid
 
 

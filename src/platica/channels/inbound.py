@@ -19,24 +19,13 @@ from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, case, exists, func, insert, literal, select, update
 
+from platica import models
 from platica.channels import postgresql
 from platica.channels.parsing import InboundMessage
 from platica.conversations.statuses import StatusOutcome, StatusUpdate, apply_status
 from platica.db import Tx, Typed, constant, dialect_insert, execute_alone, fetch_one, transaction
 from platica.deps import AppState
-from platica.models import (
-    Author,
-    ChannelConfig,
-    Contact,
-    Conversation,
-    ConversationStatus,
-    Direction,
-    Message,
-    MessageStatus,
-    ReplyState,
-    WebhookLog,
-    utcnow,
-)
+from platica.models import utcnow
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE
 
 FLOOD_REASON = postgresql.FLOOD_REASON
@@ -151,18 +140,20 @@ async def save_entry(state: AppState, entry: WebhookEntry) -> None:
 
 # --- SQLite: Core statements, one transaction --------------------------------------------------
 
-_logs = cast(Table, WebhookLog.__table__)
+_logs = cast(Table, models.WebhookLog.__table__)
 INSERT_LOG = insert(_logs).values({c.key: bindparam(c.key) for c in _logs.c if c.key != "id"})
 
-_configs = cast(Table, ChannelConfig.__table__).c
-_contacts_table = cast(Table, Contact.__table__)
+_configs = cast(Table, models.ChannelConfig.__table__).c
+_contacts_table = cast(Table, models.Contact.__table__)
 _contacts = _contacts_table.c
-_conversations_table = cast(Table, Conversation.__table__)
+_conversations_table = cast(Table, models.Conversation.__table__)
 _conversations = _conversations_table.c
-_messages_table = cast(Table, Message.__table__)
+_messages_table = cast(Table, models.Message.__table__)
 _m = _messages_table.c
 
 _now = bindparam("now", type_=_m.created_at.type)
+# Whose the contact, conversation and message are.
+_OWNER: dict[str, Any] = {"account_id": bindparam("account_id"), "channel": bindparam("channel")}
 _sid = bindparam("sid", type_=_m.twilio_sid.type)
 
 
@@ -195,8 +186,7 @@ def _upsert_contact() -> Any:
     its flood window (RATE_LIMIT_FLOOD: a fixed window, ratelimit.Window); over the limit it is
     flagged, and `limited` says so."""
     statement = dialect_insert("sqlite", _contacts_table).values(
-        account_id=bindparam("account_id"),
-        channel=bindparam("channel"),
+        **_OWNER,
         address=bindparam("sender"),
         profile_name=bindparam("profile_name"),
         wa_id=bindparam("wa_id"),
@@ -225,7 +215,7 @@ def _upsert_contact() -> Any:
 
 
 _UPSERT_CONTACT = Typed(_upsert_contact(), _Contact)
-_ACTIVE = constant(ConversationStatus.active)
+_ACTIVE = constant(models.ConversationStatus.active)
 # The contact's active conversation, touched; none if it has none (closed ones stay closed).
 _TOUCH = (
     update(_conversations_table)
@@ -240,11 +230,10 @@ _TOUCH = (
 _OPEN = (
     dialect_insert("sqlite", _conversations_table)
     .values(
-        account_id=bindparam("account_id"),
-        channel=bindparam("channel"),
+        **_OWNER,
         contact_id=bindparam("contact_id"),
         contact_address=bindparam("sender"),
-        status=ConversationStatus.active,
+        status=models.ConversationStatus.active,
         ai_enabled=True,
         created_at=_now,
         last_message_at=_now,
@@ -257,15 +246,14 @@ _OPEN = (
 _INSERT_MESSAGE = (
     dialect_insert("sqlite", _messages_table)
     .values(
-        account_id=bindparam("account_id"),
+        **_OWNER,
         conversation_id=bindparam("conversation_id"),
-        channel=bindparam("channel"),
-        direction=Direction.inbound,
-        author=Author.contact,
+        direction=models.Direction.inbound,
+        author=models.Author.contact,
         body=bindparam("body"),
         media=bindparam("media", type_=_m.media.type),
         twilio_sid=_sid,
-        status=MessageStatus.received,
+        status=models.MessageStatus.received,
         reply_state=bindparam("reply_state"),
         note=bindparam("note"),
         attempts=0,
@@ -337,7 +325,9 @@ async def _store(
                 "conversation_id": conversation_id,
                 "body": inbound.body,
                 "media": [{"url": m.url, "content_type": m.content_type} for m in inbound.media],
-                "reply_state": ReplyState.skipped if contact.limited else ReplyState.pending,
+                "reply_state": models.ReplyState.skipped
+                if contact.limited
+                else models.ReplyState.pending,
                 "note": FLOOD_NOTE if contact.limited else None,
                 "simulated": inbound.simulated,
             },

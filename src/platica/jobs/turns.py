@@ -103,11 +103,12 @@ class RequestsFirst:
         self.turns = turns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.turns.request_started()
+        # Not the lifespan (it lasts as long as the server) nor a websocket.
+        counted = scope["type"] == "http"
+        if counted:
+            self.turns.request_started()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.turns.request_done()
+            if counted:
+                self.turns.request_done()
