@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import time
 import weakref
@@ -112,6 +114,20 @@ class LentSqlite:
         except sqlite3.OperationalError as error:
             if not _is_busy(error):
                 raise
+        waiting = asyncio.ensure_future(self._wait_in_thread(sql))
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            # The thread goes on with the statement: the connection is not given back (and
+            # used on this thread) before it is done.
+            while not waiting.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([waiting])
+            if not waiting.cancelled():
+                waiting.exception()  # retrieved: the cancellation is what propagates
+            raise
+
+    async def _wait_in_thread(self, sql: str) -> None:
         driver = self._proxied.driver_connection
         assert driver is not None
         await driver.execute_fetchall(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
