@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from platica.channels import inbound
+from platica.channels import postgresql
 from platica.jobs import queue
 from platica.models import utcnow
 from platica.replies import store
@@ -40,13 +40,11 @@ SAMPLE: dict[str, Any] = {
     "token": None,
     "signature_valid": True,
     "params": json.dumps({"Body": ["Hola"]}),
-    # The status callback's.
-    "status": "delivered",
+    # The status callback's (new_status below).
     "earlier": ["queued", "sending", "sent"],
-    "error_code": None,
-    "error_message": None,
+    "code": None,
+    "error": None,
     "clear": True,
-    "final": ["canceled", "dry_run", "failed"],
     # The reply path's and the queue's.
     "conversation_id": 1,
     "contact_id": 1,
@@ -60,8 +58,8 @@ SAMPLE: dict[str, Any] = {
 }
 
 STATEMENTS: dict[str, Any] = {
-    "webhook": inbound.RECORD_STATEMENT,
-    "status callback": inbound.STATUS_STATEMENT,
+    "webhook": postgresql.RECORD_STATEMENT,
+    "status callback": postgresql.STATUS,
     "claim": queue.CLAIM_DUE.statement,
     "take lease": queue.TAKE.statement,
     "renew and touch": queue.RENEW_AND_TOUCH.statement,

@@ -25,6 +25,7 @@ from platica.deps import AppState
 from platica.errors import install_error_handlers
 from platica.jobs.locks import LeaseLocks
 from platica.jobs.runner import InProcessRunner, PostgresRunner, Sweeper, TaskRunner
+from platica.jobs.turns import RequestsFirst, Turns
 from platica.logging import configure_logging, get_logger
 from platica.replies.context import ReplyContext
 from platica.replies.generator import OfflineReplyGenerator, create_generator
@@ -98,9 +99,9 @@ def _warn_about_defaults(settings: Settings) -> None:
         )
 
 
-async def start_services(settings: Settings, *, work: bool) -> AppState:
+async def start_services(settings: Settings, *, work: bool, turns: Turns | None = None) -> AppState:
     """Engine, clients, task runner and (when `work`) the workers, sweeper and daily cleanup of
-    one process."""
+    one process. On SQLite, given the server's `turns`, its workers yield to its requests."""
     await asyncio.to_thread(check_schema, settings)
     engine = db.create_engine(settings.DATABASE_URL)
     sessionmaker = db.create_sessionmaker(engine)
@@ -125,7 +126,7 @@ async def start_services(settings: Settings, *, work: bool) -> AppState:
     handler = functools.partial(reply_to_conversation, context)
     concurrency = settings.WORKER_CONCURRENCY
     runner: TaskRunner = (
-        InProcessRunner(handler, concurrency)
+        InProcessRunner(handler, concurrency, turns)
         if settings.is_sqlite
         else PostgresRunner(
             settings.DATABASE_URL,
@@ -190,6 +191,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     """
     settings = settings or get_settings()
     configure_logging(settings)
+    # SQLite's worker shares this process's event loop: it takes turns with the requests.
+    turns = Turns() if settings.is_sqlite and worker else None
     if settings.SENTRY_DSN:
         import sentry_sdk
 
@@ -197,7 +200,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await start_services(settings, work=worker)
+        state = await start_services(settings, work=worker, turns=turns)
         app.state.platica = state
         settle_garbage_collector()
         try:
@@ -213,6 +216,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     )
     install_error_handlers(app)
     app.add_middleware(BodyTimeout, seconds=BODY_TIMEOUT_SECONDS)
+    if turns is not None:
+        app.add_middleware(RequestsFirst, turns=turns)
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,

@@ -144,10 +144,10 @@ class StatusMove:
 
 
 def status_move(status: MessageStatus) -> StatusMove:
-    """The one rule for applying a status report: the webhook on PostgreSQL
-    (channels/inbound.py) and on SQLite (conversations/repository.py), and the reports that came
-    before the SID was stored (replies/store.py) all follow it. Statuses only move forward,
-    never out of a final status, and a message that reached the handset carries no error."""
+    """The one rule for applying a status report, written as SQL once in
+    conversations/statuses.py (ADVANCE): the status webhook on both databases and the reports
+    that came before the SID was stored run it. Statuses only move forward, never out of a final
+    status, and a message that reached the handset carries no error."""
     return _STATUS_MOVES[status]
 
 

@@ -68,16 +68,17 @@ class Statements:
 
     def __enter__(self) -> Statements:
         event.listen(self.engine, "before_cursor_execute", self._record)
-        real = psycopg.AsyncConnection.execute
+        # Every statement goes through a cursor (AsyncConnection.execute makes one too).
+        real = psycopg.AsyncCursor.execute
         seen = self.seen
 
-        def execute(connection: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        def execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
             # Not what a connection of the pool runs for itself (set-up, an idle one's ping).
             if not str(query).startswith(CONNECTION_SETUP):
                 seen.append(str(query))
-            return real(connection, query, *args, **kwargs)
+            return real(cursor, query, *args, **kwargs)
 
-        self.monkeypatch.setattr(psycopg.AsyncConnection, "execute", execute)
+        self.monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute)
         return self
 
     def __exit__(self, *_exc: object) -> None:

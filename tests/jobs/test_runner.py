@@ -19,6 +19,7 @@ from platica.db import transaction
 from platica.jobs.locks import LeaseLocks, TaskCrashed
 from platica.jobs.queue import PARK_AFTER_CRASHES
 from platica.jobs.runner import InProcessRunner, Sweeper, run_handler
+from platica.jobs.turns import Turns
 from platica.models import (
     Author,
     Channel,
@@ -193,6 +194,60 @@ class TestInProcessRunner:
             await eventually(lambda: handler.calls == [1, 2], "both to run once started")
         finally:
             await runner.stop()
+
+
+class TestTakingTurns:
+    """With the server's turns (SQLite's `platica serve`), tasks yield to its requests."""
+
+    async def test_a_task_waits_while_a_request_is_served(self):
+        turns = Turns(starve_seconds=3600)
+        handler = Recorder()
+        runner = InProcessRunner(handler, concurrency=1, turns=turns)
+        await runner.start(work=True)
+        try:
+            turns.request_started()
+            await runner.defer(1)
+            await eventually(lambda: runner._ready.qsize() == 0, "a worker to pick it up")
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert handler.calls == []
+
+            turns.request_done()
+            await eventually(lambda: handler.calls == [1], "the task to run once served")
+        finally:
+            await runner.stop()
+
+    async def test_each_transaction_of_a_task_waits_for_its_turn(self, tmp_path):
+        url = f"sqlite+aiosqlite:///{tmp_path}/turns.db"
+        db.upgrade(url)
+        engine = db.create_engine(url)
+        turns = Turns(starve_seconds=3600)
+        steps: list[str] = []
+
+        async def handler(_conversation_id: int) -> None:
+            steps.append("started")
+            turns.request_started()  # a request arrives while the task runs
+            transacting = asyncio.create_task(one_transaction())
+            for _ in range(20):
+                await asyncio.sleep(0)
+            steps.append("waiting" if not transacting.done() else "not waiting")
+            turns.request_done()
+            await transacting
+
+        async def one_transaction() -> None:
+            async with transaction(engine, durable=False) as tx:
+                await tx.execute(text("SELECT 1"))
+            steps.append("transaction")
+
+        runner = InProcessRunner(handler, concurrency=1, turns=turns)
+        await runner.start(work=True)
+        try:
+            await runner.defer(1)
+            await eventually(lambda: "transaction" in steps, "the transaction")
+        finally:
+            await runner.stop()
+            await engine.dispose()
+        assert steps == ["started", "waiting", "transaction"]
 
 
 class TestRunHandler:

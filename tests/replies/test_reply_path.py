@@ -16,7 +16,6 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 import structlog
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
@@ -224,10 +223,28 @@ def record_psycopg(statements: Statements, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(psycopg.AsyncConnection, "transaction", transaction)
 
 
+async def record_sqlite(engine: AsyncEngine, statements: Statements) -> None:
+    """Every statement SQLite runs on the engine's one connection (through SQLAlchemy or
+    straight on sqlite3: db.engine.lend_sqlite), grouped by transaction."""
+
+    def trace(sql: str) -> None:
+        if sql.startswith("PRAGMA busy_timeout"):
+            return  # lend_sqlite's own, around every transaction
+        if sql in ("COMMIT", "ROLLBACK"):
+            statements.end()
+        else:
+            statements.statement(sql)
+
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        assert raw.driver_connection is not None
+        raw.driver_connection._conn.set_trace_callback(trace)
+
+
 @pytest.fixture
 async def path(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Path]:
     """The reply path as a process runs it: on PostgreSQL through the psycopg pool
-    (db.open_driver_pool), on SQLite through SQLAlchemy."""
+    (db.open_driver_pool), on SQLite on the engine's one sqlite3 connection."""
     settings: Settings = make_settings(database_url)
     engine = db.create_engine(database_url)
     sessionmaker = db.create_sessionmaker(engine)
@@ -237,18 +254,7 @@ async def path(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         driver_pool = await db.open_driver_pool(database_url)
         record_psycopg(statements, monkeypatch)
     else:
-
-        @event.listens_for(engine.sync_engine, "before_cursor_execute")
-        def _statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-            statements.statement(sql)
-
-        @event.listens_for(engine.sync_engine, "commit")
-        def _commit(_conn: Any) -> None:
-            statements.end()
-
-        @event.listens_for(engine.sync_engine, "rollback")
-        def _rollback(_conn: Any) -> None:
-            statements.end()
+        await record_sqlite(engine, statements)
 
     generator, sender = StubGenerator(), StubSender()
     ctx = ReplyContext(

@@ -1,17 +1,27 @@
-"""Twilio's form posts turned into typed values; Twilio's field names stop here.
-
-Forms are decoded by platica.http (`parse_form`, `first`), re-exported here for the webhook."""
+"""Twilio's form posts turned into typed values; Twilio's field names stop here (and in
+conversations/statuses.py, which reads the status callback's form: the reply path replays it
+from the webhook log)."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from platica.conversations.statuses import StatusUpdate, parse_status, required, required_sid
 from platica.errors import BadRequest
-from platica.http import FormData, first
-from platica.models import Channel, MessageStatus
+from platica.http import FormData, first, parse_form
+from platica.models import Channel
 
-SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
+__all__ = [
+    "FormData",
+    "InboundMessage",
+    "Media",
+    "StatusUpdate",
+    "first",
+    "parse_form",
+    "parse_inbound",
+    "parse_status",
+]
+
 MAX_MEDIA = 10
 MAX_FIELD_LENGTH = 16_000
 
@@ -36,31 +46,6 @@ class InboundMessage:
     simulated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class StatusUpdate:
-    sid: str
-    status: MessageStatus
-    error_code: int | None = None
-    error_message: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-def _required(form: FormData, name: str) -> str:
-    value = (first(form, name) or "").strip()
-    if not value:
-        raise BadRequest(f"missing required field {name}")
-    if len(value) > 64 and name != "Body":
-        raise BadRequest(f"field {name} is too long")
-    return value
-
-
-def _sid(form: FormData, name: str = "MessageSid") -> str:
-    sid = _required(form, name)
-    if not SID.match(sid):
-        raise BadRequest(f"{name} must be two letters and 32 hexadecimal characters")
-    return sid
-
-
 def _address(value: str, name: str, channel: Channel) -> str:
     is_whatsapp = value.startswith("whatsapp:")
     if channel is Channel.whatsapp and not is_whatsapp:
@@ -77,9 +62,9 @@ def _address(value: str, name: str, channel: Channel) -> str:
 
 def parse_inbound(form: FormData, channel: Channel) -> InboundMessage:
     """Validate and extract an inbound message from Twilio's webhook form."""
-    sid = _sid(form)
-    sender = _address(_required(form, "From"), "From", channel)
-    recipient = _address(_required(form, "To"), "To", channel)
+    sid = required_sid(form)
+    sender = _address(required(form, "From"), "From", channel)
+    recipient = _address(required(form, "To"), "To", channel)
     body = first(form, "Body") or ""
     if len(body) > MAX_FIELD_LENGTH:
         raise BadRequest(f"Body is longer than {MAX_FIELD_LENGTH} characters")
@@ -105,28 +90,4 @@ def parse_inbound(form: FormData, channel: Channel) -> InboundMessage:
         media=tuple(media),
         profile_name=(first(form, "ProfileName") or None),
         wa_id=(first(form, "WaId") or None),
-    )
-
-
-def parse_status(form: FormData) -> StatusUpdate:
-    """Validate and extract a delivery status callback."""
-    sid = _sid(form)
-    raw_status = (first(form, "MessageStatus") or first(form, "SmsStatus") or "").strip().lower()
-    if not raw_status:
-        raise BadRequest("missing required field MessageStatus")
-    try:
-        status = MessageStatus(raw_status)
-    except ValueError:
-        raise BadRequest(f"unknown MessageStatus {raw_status[:30]!r}") from None
-    raw_code = (first(form, "ErrorCode") or "").strip()
-    # isascii(): str.isdigit() also accepts "²" and other digits int() refuses.
-    is_number = raw_code.isascii() and raw_code.isdigit() and len(raw_code) < 9
-    error_code = int(raw_code) if is_number else None
-    extra = {}
-    if raw_code and error_code is None:
-        # Some errors come as words (e.g. the sandbox's InvalidSandboxRequest).
-        extra["ErrorCode"] = raw_code[:100]
-    error_message = first(form, "ErrorMessage") or extra.get("ErrorCode")
-    return StatusUpdate(
-        sid=sid, status=status, error_code=error_code, error_message=error_message, extra=extra
     )

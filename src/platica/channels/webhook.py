@@ -13,7 +13,13 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from platica.channels.inbound import Recorded, WebhookEntry, record_message, record_status
+from platica.channels.inbound import (
+    Recorded,
+    WebhookEntry,
+    record_message,
+    record_status,
+    save_entry,
+)
 from platica.channels.parsing import InboundMessage, parse_inbound, parse_status
 from platica.config import Settings
 from platica.deps import AppState, app_state
@@ -83,12 +89,6 @@ class _MultiValues(dict[str, list[str]]):
 
     def getall(self, name: str) -> list[str]:
         return self[name]
-
-
-async def _save_log(state: AppState, entry: WebhookEntry) -> None:
-    async with state.sessionmaker() as session:
-        session.add(entry.row())
-        await session.commit()
 
 
 # What a rejected request's log entry keeps (see rejected_params): anyone can send one.
@@ -164,7 +164,7 @@ async def _handle(request: Request, state: AppState, endpoint: str) -> Response:
                 reason += f" (checked over {signed}: PUBLIC_BASE_URL + path)"
         entry.reason = mask_phone(reason)[:REASON_CHARS]
         entry.params = rejected_params(form, size if size is not None else _declared_size(request))
-        await _save_log(state, entry)
+        await save_entry(state, entry)
         log.warning(
             "webhook.rejected",
             endpoint=endpoint,

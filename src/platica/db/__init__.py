@@ -1,8 +1,9 @@
 """The database floor: every other module reaches the database through here.
 
 - `engine`: engines and pools for SQLite and PostgreSQL (and the psycopg pool of the hot path).
-- `tx`: the one transaction primitive (`transaction`, durable or not; `session` for the ORM) and
-  typed rows (`Typed`, `fetch_one`, `fetch_all`).
+- `tx`: the one transaction primitive (`transaction`, durable or not; `session` for the ORM;
+  `execute_alone` for a statement that is a transaction by itself, in autocommit on PostgreSQL)
+  and typed rows (`Typed`, `fetch_one`, `fetch_all`).
 - `sql`: the declarative base and statement helpers (`any_of`, `insert_ignore`, `constant`).
 - `migrate`: Alembic.
 """
@@ -36,9 +37,11 @@ from platica.db.tx import (
     Rows,
     Tx,
     Typed,
+    execute_alone,
     fetch_all,
     fetch_one,
     session,
+    take_turns,
     transaction,
 )
 
@@ -57,6 +60,7 @@ __all__ = [
     "create_sessionmaker",
     "current_revision",
     "dialect_insert",
+    "execute_alone",
     "fetch_all",
     "fetch_one",
     "head_revision",
@@ -66,6 +70,7 @@ __all__ = [
     "open_driver_pool",
     "session",
     "sync_url",
+    "take_turns",
     "transaction",
     "upgrade",
     "upgrade_async",

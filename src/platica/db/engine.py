@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 import time
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -17,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 DriverPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
@@ -40,6 +47,11 @@ def sync_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# How long a statement waits for another process's write lock (`platica accounts create`, say)
+# before it fails with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 def _configure_sqlite(sync_engine: Any) -> None:
     """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE.
 
@@ -53,13 +65,100 @@ def _configure_sqlite(sync_engine: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(sync_engine.pool, "reset")
+    def _on_reset(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+        # A connection given back in a transaction is rolled back (SQLAlchemy's own reset, which
+        # this replaces, would send the ROLLBACK through aiosqlite's thread even when there is
+        # no transaction, as after every transaction of `lend_sqlite`).
+        connection = _sqlite3(dbapi_connection)
+        if connection.in_transaction:
+            connection.rollback()
+
+
+def _sqlite3(dbapi_connection: Any) -> sqlite3.Connection:
+    """The sqlite3 connection under SQLAlchemy's adapter of aiosqlite's (which keeps it as
+    `_conn`, as SQLAlchemy's own adapter reads it)."""
+    connection: sqlite3.Connection = dbapi_connection.driver_connection._conn
+    return connection
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds the lock (SQLITE_BUSY)."""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
+class LentSqlite:
+    """The process's one SQLite connection, lent by the engine's pool, used directly on the
+    event loop's thread (see `lend_sqlite`). While lent it has no busy timeout: a statement
+    that finds another process holding the write lock fails at once, rather than block the
+    event loop (`execute_waiting` then waits elsewhere)."""
+
+    def __init__(self, proxied: PoolProxiedConnection) -> None:
+        self._proxied = proxied
+        self.connection = _sqlite3(proxied.dbapi_connection)
+
+    async def execute_waiting(self, sql: str) -> None:
+        """Run `sql` (BEGIN IMMEDIATE, COMMIT) at once, or, when another process holds the
+        write lock, in aiosqlite's thread, waiting for it up to the busy timeout."""
+        try:
+            self.connection.execute(sql)
+            return
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error):
+                raise
+        waiting = asyncio.ensure_future(self._wait_in_thread(sql))
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            # The thread goes on with the statement: the connection is not given back (and
+            # used on this thread) before it is done.
+            while not waiting.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([waiting])
+            if not waiting.cancelled():
+                waiting.exception()  # retrieved: the cancellation is what propagates
+            raise
+
+    async def _wait_in_thread(self, sql: str) -> None:
+        driver = self._proxied.driver_connection
+        assert driver is not None
+        await driver.execute_fetchall(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        try:
+            await driver.execute_fetchall(sql)
+        finally:
+            await driver.execute_fetchall("PRAGMA busy_timeout=0")
+
+
+@asynccontextmanager
+async def lend_sqlite(engine: AsyncEngine) -> AsyncIterator[LentSqlite]:
+    """The engine's one SQLite connection, for the statements every message runs: taken from
+    its pool (waiting while an ORM session has it, which waits while this has it), used on the
+    event loop's thread, given back.
+
+    aiosqlite runs each call in a thread of its own: two thread switches per statement, which
+    cost far more than the statement (tens of microseconds against a few), and under load
+    each waits for the GIL, up to the interpreter's switch interval (5 ms) while the event loop
+    is busy. SQLAlchemy's own execution adds a greenlet and its machinery per statement
+    (db/tx.py's `_SqliteTx` skips those too).
+    """
+    proxied: PoolProxiedConnection = await greenlet_spawn(engine.sync_engine.pool.connect)
+    lent = LentSqlite(proxied)
+    lent.connection.execute("PRAGMA busy_timeout=0")
+    try:
+        yield lent
+    finally:
+        # The ORM's statements, in aiosqlite's thread, wait for other processes as before.
+        lent.connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # Given back without a round trip: the pool's reset is _configure_sqlite's _on_reset.
+        proxied.close()
 
 
 # Connections per process on PostgreSQL: all kept open once made (no overflow), because opening
@@ -83,7 +182,12 @@ def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
         # One writer at a time is all SQLite allows; queueing in the pool is fairer than
         # several connections spinning on the file lock.
         engine = create_async_engine(
-            full, pool_size=1, max_overflow=0, pool_timeout=60, hide_parameters=True
+            full,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+            pool_reset_on_return=None,  # see _configure_sqlite's _on_reset
+            hide_parameters=True,
         )
         _configure_sqlite(engine.sync_engine)
         return engine

@@ -23,10 +23,11 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from platica.db import Database, DriverPool, transaction
+from platica.db import Database, DriverPool, take_turns, transaction
 from platica.jobs import queue
 from platica.jobs.locks import TaskCrashed
 from platica.jobs.queue import NOTIFY_SQL, WAKE_CHANNEL
+from platica.jobs.turns import Turns
 from platica.logging import get_logger
 from platica.models import utcnow
 from platica.ratelimit import backoff
@@ -119,11 +120,16 @@ async def run_handler(
 
 
 class InProcessRunner:
-    """Tasks on asyncio in this process: a timer per conversation and a bounded pool of workers."""
+    """Tasks on asyncio in this process: a timer per conversation and a bounded pool of workers.
 
-    def __init__(self, handler: Handler, concurrency: int = 50) -> None:
+    Given the server's `turns`, the tasks yield to the requests it serves (jobs/turns.py): a
+    task starts, and opens each of its transactions, in its turn.
+    """
+
+    def __init__(self, handler: Handler, concurrency: int = 50, turns: Turns | None = None) -> None:
         self._handler = handler
         self._concurrency = concurrency
+        self._turns = turns
         self._due: dict[int, float] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._ready: asyncio.Queue[int] = asyncio.Queue()
@@ -174,8 +180,12 @@ class InProcessRunner:
             ]
 
     async def _work(self) -> None:
+        if self._turns is not None:
+            take_turns(self._turns)
         while True:
             conversation_id = await self._ready.get()
+            if self._turns is not None:
+                await self._turns.wait()
             self._waiting.discard(conversation_id)
             self._running.add(conversation_id)
             try:

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from platica.channels.parsing import parse_status
+from platica.conversations.statuses import EARLY, replay_early_statuses
 from platica.db import Tx, any_of, constant, none_of
 from platica.jobs import queue
 from platica.jobs.queue import Leased
@@ -52,7 +52,6 @@ from platica.models import (
     MessageStatus,
     ReplyState,
     WebhookLog,
-    status_move,
     utcnow,
 )
 from platica.ratelimit import Pace
@@ -523,7 +522,7 @@ _STORE_SENT = (
         updated_at=bindparam("now"),
     )
     # Whether a status callback for this SID came before it was stored (and waits for it).
-    .returning(exists().where(_logs.message_sid == _sid, _logs.outcome == "status_unknown"))
+    .returning(exists().where(_logs.message_sid == _sid, _logs.outcome == EARLY))
 )
 
 
@@ -542,65 +541,7 @@ async def store_sent(
             raise SidTaken(sid) from error
         raise
     if sid is not None and early.scalar():
-        await _replay_early_statuses(connection, sid)
-
-
-_EARLY_STATUSES = (
-    select(_logs.id, _logs.params)
-    .where(_logs.message_sid == _sid, _logs.outcome == "status_unknown")
-    .order_by(_logs.id)
-)
-
-
-def _advance_status(clears_error: bool) -> Update:
-    errors: dict[str, Any] = (
-        {"error_code": None, "error_message": None}
-        if clears_error
-        else {
-            "error_code": func.coalesce(bindparam("code", type_=_m.error_code.type), _m.error_code),
-            "error_message": func.coalesce(
-                bindparam("error", type_=_m.error_message.type), _m.error_message
-            ),
-        }
-    )
-    return (
-        update(_messages)
-        .where(_m.twilio_sid == _sid, any_of(_m.status, "earlier"))
-        .values(status=bindparam("new_status"), updated_at=bindparam("now"), **errors)
-    )
-
-
-# models.status_move's rule, by whether the report clears the stored error.
-_ADVANCE_STATUS = {clears: _advance_status(clears) for clears in (False, True)}
-_REPLAYED = (
-    update(cast(Table, WebhookLog.__table__))
-    .where(any_of(_logs.id, "log_ids"))
-    .values(outcome="status_replayed")
-)
-
-
-async def _replay_early_statuses(connection: Tx, sid: str) -> None:
-    """Status callbacks that reached us before the message's SID was stored, applied now in
-    their order (by models.status_move, as the webhook applies them)."""
-    entries = list(await connection.execute(_EARLY_STATUSES, {"sid": sid}))
-    for entry in entries:
-        if not entry.params:
-            continue
-        update = parse_status(entry.params)
-        move = status_move(update.status)
-        await connection.execute(
-            _ADVANCE_STATUS[move.clears_error],
-            {
-                "sid": sid,
-                "earlier": list(move.replaces),
-                "new_status": update.status,
-                "code": update.error_code,
-                "error": update.error_message,
-                "now": utcnow(),
-            },
-        )
-    if entries:
-        await connection.execute(_REPLAYED, {"log_ids": [entry.id for entry in entries]})
+        await replay_early_statuses(connection, sid)
 
 
 def _record_error(*, touch: bool) -> Update:
