@@ -29,7 +29,7 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
-from platica.replies.shaping import sms_encoding
+from platica.sms import sms_encoding
 
 OPERATOR_NOTE = "answered by an operator"
 
