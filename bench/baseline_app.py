@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # The same uvicorn settings as `platica serve` (src/platica/cli.py).
+    # The same uvicorn settings as `platica serve` (src/platica/cli/serve.py).
     uvicorn.run(
         app,
         host=args.host,

@@ -253,14 +253,14 @@ class TestChildSide:
     def test_exits_when_its_parent_is_not_the_given_one(self):
         # The server died before the child could ask to die with it.
         result = subprocess.run(
-            [sys.executable, "-m", "platica.supervise", "1"], capture_output=True, timeout=60
+            [sys.executable, "-m", "platica.cli.child", "1"], capture_output=True, timeout=60
         )
 
         assert result.returncode == 1
 
     def test_usage(self):
         result = subprocess.run(
-            [sys.executable, "-m", "platica.supervise"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "platica.cli.child"], capture_output=True, text=True, timeout=60
         )
 
         assert result.returncode == 2

@@ -6,8 +6,9 @@ CPU work would otherwise run on the event loop that acknowledges webhooks, and o
 only ever uses one core. At a higher niceness the kernel always prefers the process that must
 answer Twilio quickly, and the replies use the other core.
 
-The child runs `python -m platica.supervise SERVE_PID` (`main` below): it asks to die with the
-server, then runs the `platica worker` command in that same process.
+The child runs `python -m MODULE SERVE_PID` (`child_command`), a module that calls `run_child`
+below: it asks to die with the server, then runs the worker it was given in that same process.
+`platica serve` names the module (platica/cli/child.py), so nothing here imports the command line.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ PARENT_POLL_SECONDS = 1.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def worker_command() -> list[str]:
-    """The child's command line: this interpreter and environment, told who its parent is."""
-    return [sys.executable, "-m", "platica.supervise", str(os.getpid())]
+def child_command(module: str) -> list[str]:
+    """The child's command line: `module` run by this interpreter in this environment, told who
+    its parent is (the module passes its arguments to `run_child`)."""
+    return [sys.executable, "-m", module, str(os.getpid())]
 
 
 class Backoff:
@@ -65,14 +67,14 @@ class WorkerSupervisor:
 
     def __init__(
         self,
-        command: Sequence[str] | None = None,
+        command: Sequence[str],
         *,
         first_backoff: float = FIRST_BACKOFF_SECONDS,
         max_backoff: float = MAX_BACKOFF_SECONDS,
         stable_seconds: float = STABLE_SECONDS,
         stop_seconds: float = STOP_SECONDS,
     ) -> None:
-        self._command = list(command) if command is not None else worker_command()
+        self._command = list(command)
         self._backoff = Backoff(first_backoff, max_backoff, stable_seconds)
         self._stop_seconds = stop_seconds
         # Held while starting a child and while deciding to stop, so `stop()` either sees the
@@ -202,10 +204,11 @@ def _stop_orphan() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(argv: Sequence[str]) -> int:
-    """The child: `python -m platica.supervise SERVE_PID`."""
+def run_child(argv: Sequence[str], run_worker: Callable[[], object], *, prog: str) -> int:
+    """The child's side: `argv` is SERVE_PID (`child_command`); `run_worker` is what it runs
+    once it will die with the server. Its exit status (2: usage, 1: the server is gone)."""
     if len(argv) != 1 or not argv[0].isdigit():
-        sys.stderr.write("usage: python -m platica.supervise SERVE_PID (`platica serve` runs it)\n")
+        sys.stderr.write(f"usage: {prog} SERVE_PID (`platica serve` runs it)\n")
         return 2
     parent = int(argv[0])
     if not _die_with_parent():
@@ -214,11 +217,5 @@ def main(argv: Sequence[str]) -> int:
     # then nothing would ever stop this process.
     if os.getppid() != parent:
         return 1
-    from platica.cli import app
-
-    app(["worker"], prog_name="platica")
+    run_worker()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

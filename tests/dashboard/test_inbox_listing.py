@@ -11,8 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica import db
-from platica.conversations.inbox import STATES, InboxFilter, list_conversations
-from platica.conversations.operators import encode_cursor
+from platica.conversations.inbox import STATES, InboxFilter, encode_cursor, list_conversations
 from platica.dashboard import display
 from platica.errors import BadRequest
 from platica.models import Channel, ConversationStatus, utcnow

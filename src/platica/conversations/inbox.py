@@ -19,6 +19,8 @@ account to walk the index by, and the matching rows are sorted.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,7 +46,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from platica.conversations import operators
-from platica.conversations.operators import ConversationView, decode_cursor, encode_cursor
+from platica.conversations.operators import ConversationView
+from platica.errors import BadRequest
 from platica.models import Channel, Contact, Conversation, ConversationStatus, Message, utcnow
 
 # How operators tell conversations apart, as the inbox filters them: closed wins, then opted
@@ -148,6 +151,25 @@ def search_condition(term: str) -> ColumnElement[bool]:
     )
 
 
+def encode_cursor(conversation: Conversation) -> str:
+    """The cursor of the page that follows `conversation`, the last of its page."""
+    raw = f"{conversation.last_message_at.isoformat()}|{conversation.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """The position an `encode_cursor` cursor stands for; BadRequest for any other text."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, _, ident = raw.partition("|")
+        parsed, number = datetime.fromisoformat(moment), int(ident)
+        if parsed.tzinfo is None or not 0 < number < 2**63:
+            raise ValueError("out of range")
+        return parsed, number
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest("cursor is not one this API returned") from None
+
+
 def _conditions(
     account_id: uuid.UUID | None, filters: InboxFilter, cursor: str | None
 ) -> list[ColumnElement[bool]]:
@@ -203,5 +225,5 @@ async def list_conversations(
         )
     rows = list(await session.scalars(statement))
     page, more = rows[:limit], len(rows) > limit
-    views = await operators._views(session, page)  # built as for every listing
+    views = await operators.views(session, page)  # built as for every listing
     return views, encode_cursor(page[-1]) if more else None

@@ -1,18 +1,17 @@
-"""What operators do to conversations: list, read, close, take over, reply by hand.
+"""What operators do to conversations: read, close, take over, reply by hand.
 
-Services flush, never commit; the API route commits.
+Listings are inbox.py's, built from `views` here. Services flush, never commit; the API route
+commits.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.errors import BadRequest, NotFound, PlaticaError
@@ -29,7 +28,7 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
-from platica.replies.shaping import sms_encoding
+from platica.sms import sms_encoding
 
 OPERATOR_NOTE = "answered by an operator"
 
@@ -72,32 +71,15 @@ class ConversationView:
         }
 
 
-def encode_cursor(conversation: Conversation) -> str:
-    raw = f"{conversation.last_message_at.isoformat()}|{conversation.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, _, ident = raw.partition("|")
-        parsed, number = datetime.fromisoformat(moment), int(ident)
-        if parsed.tzinfo is None or not 0 < number < 2**63:
-            raise ValueError("out of range")
-        return parsed, number
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("cursor is not one this API returned") from None
-
-
 def _scope(statement: Select[Any], account_id: uuid.UUID | None) -> Select[Any]:
     return (
         statement if account_id is None else statement.where(Conversation.account_id == account_id)
     )
 
 
-async def _views(
-    session: AsyncSession, conversations: list[Conversation]
-) -> list[ConversationView]:
+async def views(session: AsyncSession, conversations: list[Conversation]) -> list[ConversationView]:
+    """Each conversation with what a listing shows of it: its last message, whether it awaits
+    a reply, and its contact's opt-out and flag (three queries, however many conversations)."""
     if not conversations:
         return []
     ids = [c.id for c in conversations]
@@ -119,11 +101,11 @@ async def _views(
             )
         )
     }
-    views = []
+    built = []
     for conversation in conversations:
         last = latest.get(conversation.id)
         contact = contacts.get(conversation.contact_id)
-        views.append(
+        built.append(
             ConversationView(
                 conversation=conversation,
                 opted_out=bool(contact and contact.opted_out),
@@ -137,36 +119,7 @@ async def _views(
                 ),
             )
         )
-    return views
-
-
-async def list_conversations(
-    session: AsyncSession,
-    channel: Channel,
-    account_id: uuid.UUID | None,
-    *,
-    status: ConversationStatus | None,
-    limit: int,
-    cursor: str | None,
-) -> tuple[list[ConversationView], str | None]:
-    """A page of conversations, most recent activity first, and the cursor of the next page."""
-    statement = _scope(select(Conversation).where(Conversation.channel == channel), account_id)
-    if status is not None:
-        statement = statement.where(Conversation.status == status)
-    if cursor:
-        moment, ident = decode_cursor(cursor)
-        statement = statement.where(
-            or_(
-                Conversation.last_message_at < moment,
-                and_(Conversation.last_message_at == moment, Conversation.id < ident),
-            )
-        )
-    statement = statement.order_by(
-        Conversation.last_message_at.desc(), Conversation.id.desc()
-    ).limit(limit + 1)
-    rows = list(await session.scalars(statement))
-    page, more = rows[:limit], len(rows) > limit
-    return await _views(session, page), encode_cursor(page[-1]) if more else None
+    return built
 
 
 async def get_conversation(
@@ -187,7 +140,7 @@ async def get_conversation(
 
 
 async def view(session: AsyncSession, conversation: Conversation) -> ConversationView:
-    return (await _views(session, [conversation]))[0]
+    return (await views(session, [conversation]))[0]
 
 
 async def history(session: AsyncSession, conversation: Conversation, limit: int) -> list[Message]:

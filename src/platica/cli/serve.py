@@ -1,0 +1,148 @@
+"""`platica serve` and `platica worker`: the long-running processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+import typer
+
+from platica.cli.common import check_schema_or_exit, load_settings, migrated_settings
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# `serve`'s worker child runs this module (not imported here: `-m` would run it twice).
+CHILD_MODULE = "platica.cli.child"
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            help="Also answer messages: on PostgreSQL in a child process, on SQLite in this one "
+            "(--no-worker: API only)."
+        ),
+    ] = True,
+) -> None:
+    """Serve the webhooks and the API (and, by default, answer messages).
+
+    On PostgreSQL the worker runs as a supervised child process (`platica worker` at a lower CPU
+    priority, restarted if it dies, stopped with the server): replies then use another core and
+    yield the CPU to webhook acknowledgements. On SQLite it runs in this process.
+    """
+    import uvicorn
+
+    from platica.app import create_app
+
+    settings = migrated_settings()
+    if not worker and settings.is_sqlite:
+        typer.echo("Warning: with SQLite and --no-worker, nothing will answer messages.", err=True)
+    child_worker = worker and not settings.is_sqlite
+    application = create_app(settings, worker=worker and not child_worker)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if host in ("0.0.0.0", "::") and "*" not in settings.ALLOWED_HOSTS:
+        typer.echo(
+            f"Requests must name one of these hosts: {', '.join(settings.trusted_hosts)} "
+            "(others get 400; add yours to ALLOWED_HOSTS).",
+            err=True,
+        )
+    typer.echo(f"Plática on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
+    typer.echo(f'Try it: platica simulate --url http://{shown}:{port} --from +15550100001 "Hola"')
+    typer.echo(
+        f"Dashboard: http://{shown}:{port}/ - log in with an API key "
+        "(`platica accounts list`, then `platica accounts keys create ACCOUNT_ID`) "
+        "or with PLATICA_ADMIN_TOKEN."
+    )
+
+    def run() -> None:
+        uvicorn.run(
+            application,
+            host=host,
+            port=port,
+            log_config=None,
+            proxy_headers=True,
+            server_header=False,
+        )
+
+    if not child_worker:
+        typer.echo("Worker: in this process." if worker else "Worker: none here (--no-worker).")
+        run()
+        return
+    with _child_worker() as pid:
+        shown_pid = pid if pid is not None else "not started yet (see the log)"
+        typer.echo(f"Worker: child process pid {shown_pid} (lower CPU priority).")
+        run()
+
+
+@contextlib.contextmanager
+def _child_worker() -> Iterator[int | None]:
+    """`platica worker` as a supervised child process while the block runs; its pid.
+
+    uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again. Left to its default
+    action, that would end this process before it could stop the worker (the kernel would then
+    kill the worker outright), so here the signal ends the block (exit status 0), and the
+    worker is stopped in order: SIGTERM, then SIGKILL after 10 s.
+    """
+    from platica.supervise import WorkerSupervisor, child_command
+
+    def exit_quietly(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = {signum: signal.signal(signum, exit_quietly) for signum in STOP_SIGNALS}
+    supervisor = WorkerSupervisor(child_command(CHILD_MODULE))
+    try:
+        yield supervisor.start()
+    finally:
+        # A second signal while the worker stops acts as usual (and the kernel kills the worker).
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        supervisor.stop()
+
+
+def worker() -> None:
+    """Answer messages without serving HTTP (PostgreSQL: run as many as you like)."""
+    from platica.app import settle_garbage_collector, start_services, stop_services
+    from platica.logging import configure_logging
+
+    settings = load_settings()
+    if settings.is_sqlite:
+        typer.echo(
+            "Error: with SQLite the worker runs inside `platica serve`; "
+            "separate workers need PostgreSQL (DATABASE_URL=postgresql://...).",
+            err=True,
+        )
+        raise typer.Exit(2)
+    check_schema_or_exit(settings)
+    configure_logging(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop.set)
+        state = await start_services(settings, work=True)
+        # As `serve` does once started: full collections skip what start-up loaded (they took
+        # 150-190 ms each, every few seconds under load).
+        settle_garbage_collector()
+        try:
+            await stop.wait()
+        finally:
+            await stop_services(state)
+
+    with asyncio.Runner(loop_factory=_fast_event_loop()) as runner:
+        runner.run(run())
+
+
+def _fast_event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (with uvicorn[standard], as `serve` uses it):
+    each database round trip and HTTP call costs the worker less CPU than on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
