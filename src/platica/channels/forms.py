@@ -1,5 +1,5 @@
 """Twilio's webhook posts, built and signed as Twilio makes them, for messages that do not come
-from Twilio: `platica simulate` (cli.py), the dashboard's phone simulator and the tests
+from Twilio: `platica simulate` (cli/simulate.py), the dashboard's phone simulator and the tests
 (tests/factories.py, tests/fakes.py) all build theirs here."""
 
 from __future__ import annotations
