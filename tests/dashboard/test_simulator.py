@@ -106,11 +106,13 @@ class TestSimulator:
         assert urlsplit(response.headers["location"]).path == "/simulator"
         conversation = parse_qs(urlsplit(response.headers["location"]).query)["conversation"]
         assert conversation[0].startswith(f"{channel}/")
+        # Stored `sending` first, then settled by the dry-run sender: wait for it to settle.
         reply = wait_for(
             lambda: database.rows(
                 "SELECT status, simulated, body FROM messages WHERE direction = 'outbound'"
+                " AND status NOT IN ('pending', 'sending')"
             ),
-            "the reply",
+            "the reply, sent",
         )
         assert [(r.status, bool(r.simulated)) for r in reply] == [("dry_run", True)]
         inbound = database.rows(
