@@ -12,7 +12,7 @@ import pytest
 from platica.channels import postgresql
 from platica.jobs import queue
 from platica.models import utcnow
-from platica.replies import store
+from platica.replies import outbox, store
 from tests.conftest import truncate_all
 from tests.plans import generic_plan, unbounded_scans
 
@@ -67,8 +67,8 @@ STATEMENTS: dict[str, Any] = {
     "load": store._LOAD,
     "work": store._WORK,
     "history": store._HISTORY,
-    "mark sending": store._MARK_SENDING,
-    "store sent": store._STORE_SENT,
+    "mark sending": outbox._MARK_SENDING,
+    "store sent": outbox._STORE_SENT,
 }
 
 

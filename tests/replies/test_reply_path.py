@@ -36,7 +36,7 @@ from platica.models import (
     WebhookLog,
     utcnow,
 )
-from platica.replies import sending, store
+from platica.replies import outbox, sending
 from platica.replies.context import ReplyContext, RetryPolicy
 from platica.replies.deciding import OPT_OUT_CONFIRMATION
 from platica.replies.generator import GeneratedReply, RateLimited, ReplyRequest
@@ -441,7 +441,7 @@ class TestExactlyOnce:
             sid=taken,
         )
         path.sender.found = [SentMessage(taken, MessageStatus.sent)]
-        real = store.stored_sids
+        real = outbox.stored_sids
         calls = 0
 
         async def stale_once(connection, sids):
@@ -449,7 +449,7 @@ class TestExactlyOnce:
             calls += 1
             return set() if calls == 1 else await real(connection, sids)
 
-        monkeypatch.setattr(store, "stored_sids", stale_once)
+        monkeypatch.setattr(outbox, "stored_sids", stale_once)
 
         assert await reply_to_conversation(path.ctx, conversation) is None
 

@@ -20,7 +20,7 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
-from platica.replies import store
+from platica.replies import outbox, store
 from platica.replies.context import AGAIN, Again, ReplyContext
 from platica.replies.deciding import Prepared
 from platica.replies.generator import (
@@ -92,7 +92,7 @@ async def answer_batch(
                         completion_tokens=reply.completion_tokens,
                         latency_ms=reply.latency_ms,
                     )
-                message_id = await store.insert_reply_part(connection, values)
+                message_id = await outbox.insert_reply_part(connection, values)
                 if message_id is None:
                     raise _Conflict
                 outbound.append(

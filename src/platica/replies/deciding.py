@@ -22,7 +22,7 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
-from platica.replies import prompts, store
+from platica.replies import outbox, prompts, store
 from platica.replies.context import ReplyContext
 from platica.replies.generator import (
     ReplyRequest,
@@ -250,7 +250,7 @@ async def _store_system_reply(
 ) -> None:
     """Store a fixed text of Plática's (a confirmation, the busy message) as the one-part reply
     to `reply_to_id`, to be sent in the conversation's order."""
-    await store.insert_reply_part(
+    await outbox.insert_reply_part(
         connection,
         {
             "account_id": conversation.account_id,

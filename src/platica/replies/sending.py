@@ -24,7 +24,7 @@ from platica.models import (
     MessageStatus,
     utcnow,
 )
-from platica.replies import store
+from platica.replies import outbox, store
 from platica.replies.context import AGAIN, Again, ReplyContext
 from platica.replies.store import Loaded, Outbound
 
@@ -57,13 +57,13 @@ async def send_parts(
                 if after is not None:
                     await lease.renew(connection)
                 if result is not None:
-                    await store.store_sent(connection, message.id, result.sid, result.status)
+                    await outbox.store_sent(connection, message.id, result.sid, result.status)
                 if after is not None:
                     after.attempts += 1
-                    await store.mark_sending(connection, after)
+                    await outbox.mark_sending(connection, after)
                 else:
                     released = await lease.release(connection, RELEASE_WHEN_IDLE)
-        except store.SidTaken:
+        except outbox.SidTaken:
             return _sid_taken(message, result)
         if after is not None:
             after.status = MessageStatus.sending
@@ -83,8 +83,8 @@ async def deliver_unsent(
         if result is not None:
             try:
                 async with ctx.transaction(durable=False) as connection:
-                    await store.store_sent(connection, message.id, result.sid, result.status)
-            except store.SidTaken:
+                    await outbox.store_sent(connection, message.id, result.sid, result.status)
+            except outbox.SidTaken:
                 return _sid_taken(message, result)
             _log_sent(message, result)
     return AGAIN
@@ -148,7 +148,7 @@ async def _deliver(
             # Durable, and only while the lease is still ours: Twilio is called next.
             async with ctx.transaction(durable=True) as connection:
                 await lease.renew(connection)
-                await store.mark_sending(connection, message)
+                await outbox.mark_sending(connection, message)
             message.status = MessageStatus.sending
         marked = False
         try:
@@ -165,7 +165,7 @@ async def _deliver(
             async with ctx.transaction(durable=True) as connection:
                 if error.code == UNSUBSCRIBED:
                     await store.set_opted_out(connection, loaded.contact.id, True)
-                await store.record_error(
+                await outbox.record_error(
                     connection,
                     message.id,
                     MessageStatus.failed,
@@ -190,7 +190,7 @@ async def _find_landed(
     if not candidates:
         return None
     async with ctx.transaction(durable=False) as connection:
-        stored = await store.stored_sids(connection, [c.sid for c in candidates if c.sid])
+        stored = await outbox.stored_sids(connection, [c.sid for c in candidates if c.sid])
     return next((c for c in candidates if c.sid not in stored), None)
 
 
@@ -203,13 +203,13 @@ async def _send_failed_transiently(
     )
     if utcnow() - message.created_at > ctx.policy.send_give_up_after:
         async with ctx.transaction(durable=True) as connection:
-            await store.record_error(
+            await outbox.record_error(
                 connection, message.id, MessageStatus.failed, f"gave up: {error.message}"
             )
         REPLIES.labels(message.channel, "send_failed").inc()
         return None
     async with ctx.transaction(durable=True) as connection:
-        await store.record_error(
+        await outbox.record_error(
             connection, message.id, message.status, error.message, attempts=message.attempts
         )
     return ctx.policy.backoff(message.attempts)
