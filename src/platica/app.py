@@ -24,7 +24,8 @@ from platica.dashboard import routes as dashboard
 from platica.deps import AppState
 from platica.errors import install_error_handlers
 from platica.jobs.locks import LeaseLocks
-from platica.jobs.runner import InProcessRunner, PostgresRunner, Sweeper, TaskRunner
+from platica.jobs.postgres import PostgresRunner
+from platica.jobs.runner import InProcessRunner, Sweeper, TaskRunner
 from platica.jobs.turns import RequestsFirst, Turns
 from platica.logging import configure_logging, get_logger
 from platica.replies.context import ReplyContext

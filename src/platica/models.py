@@ -287,7 +287,7 @@ class Conversation(Base):
             postgresql_where=text("status = 'active'"),
         ),
         Index("ix_conversations_account_channel_last", "account_id", "channel", "last_message_at"),
-        # The reply queue on PostgreSQL: conversations whose reply task is due (jobs/runner.py).
+        # The reply queue on PostgreSQL: conversations whose reply task is due (jobs/queue.py).
         Index(
             "ix_conversations_reply_due",
             "reply_due_at",
@@ -322,7 +322,7 @@ class Conversation(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # On PostgreSQL, when the conversation's reply task should next run (None: nothing to do
-    # that no worker has claimed yet; see jobs/runner.py).
+    # that no worker has claimed yet; see jobs/queue.py).
     reply_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When the channel's daily token budget was spent, the busy message this conversation got.
     busy_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

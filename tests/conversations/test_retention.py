@@ -21,7 +21,7 @@ from platica.conversations.retention import (
     last_scheduled_run,
     run_cleanup,
 )
-from platica.jobs.runner import psycopg_conninfo
+from platica.jobs.postgres import psycopg_conninfo
 from platica.models import (
     Account,
     Contact,

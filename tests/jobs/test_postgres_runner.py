@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
 from platica.jobs.locks import LeaseLocks
+from platica.jobs.postgres import PostgresRunner
 from platica.jobs.queue import PARK_AFTER_CRASHES, WAKE_CHANNEL
-from platica.jobs.runner import PostgresRunner
 from platica.models import ReplyState, utcnow
 from tests.conftest import LiveServer, make_settings, truncate_all
 from tests.factories import inbound_form, post_signed
@@ -161,7 +161,7 @@ class TestClaiming:
 
     async def test_a_leased_conversation_waits_for_its_lease(self, queue, monkeypatch):
         # A lease running out wakes no one: the worker finds it when it next looks.
-        monkeypatch.setattr("platica.jobs.runner.POLL_SECONDS", 0.2)
+        monkeypatch.setattr("platica.jobs.postgres.POLL_SECONDS", 0.2)
         handler = Handler(queue.engine)
         conversation = await queue.conversation()
         await queue.execute(
@@ -282,7 +282,7 @@ class TestWaking:
     async def test_a_deferred_conversation_runs_without_waiting_for_the_poll(
         self, queue, monkeypatch
     ):
-        monkeypatch.setattr("platica.jobs.runner.POLL_SECONDS", 60.0)
+        monkeypatch.setattr("platica.jobs.postgres.POLL_SECONDS", 60.0)
         handler = Handler(queue.engine)
         conversation = await queue.conversation(due_in=None)
         await queue.runner(handler)
@@ -294,7 +294,7 @@ class TestWaking:
         await eventually(lambda: handler.ran(conversation) == 1, "the run")
 
     async def test_a_webhook_wakes_the_workers(self, queue, live_server, monkeypatch):
-        monkeypatch.setattr("platica.jobs.runner.POLL_SECONDS", 60.0)
+        monkeypatch.setattr("platica.jobs.postgres.POLL_SECONDS", 60.0)
         settings = make_settings(queue.url)
         server: LiveServer = live_server(settings, worker=False)
         await queue.execute("UPDATE channel_configs SET debounce_seconds = 0")
@@ -312,8 +312,8 @@ class TestWaking:
     async def test_the_listener_comes_back_after_its_connection_is_dropped(
         self, queue, monkeypatch
     ):
-        monkeypatch.setattr("platica.jobs.runner.POLL_SECONDS", 60.0)
-        monkeypatch.setattr("platica.jobs.runner.LISTEN_RETRY_SECONDS", 0.05)
+        monkeypatch.setattr("platica.jobs.postgres.POLL_SECONDS", 60.0)
+        monkeypatch.setattr("platica.jobs.postgres.LISTEN_RETRY_SECONDS", 0.05)
         handler = Handler(queue.engine)
         await queue.runner(handler)
         await eventually_listening(queue, 1)

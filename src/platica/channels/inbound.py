@@ -73,7 +73,7 @@ class Recorded:
     # Over the sender's flood limit (ratelimit.py): stored, never answered, contact flagged.
     flooded: bool
     # Whether its reply is queued already, in the same transaction (on PostgreSQL: the
-    # conversation's reply_due_at, see jobs/runner.py).
+    # conversation's reply_due_at, see jobs/queue.py).
     queued: bool
 
 

@@ -3,7 +3,7 @@ a message's status (models.status_move) as one Core statement, `ADVANCE`; and th
 came before their message's SID was stored, applied once it is.
 
 The form is read here, below the webhook, because it is read twice: by the status webhook
-(channels/), and by the reply path (replies/store.py) when it stores the SID that reports logged
+(channels/), and by the reply path (replies/outbox.py) when it stores the SID that reports logged
 earlier (`status_unknown`) were waiting for. The log keeps the form as Twilio sent it.
 
 Users of ADVANCE: the status webhook on SQLite (channels/inbound.py) and the replay here run it

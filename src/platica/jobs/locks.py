@@ -77,7 +77,7 @@ class ConversationLocks(Protocol):
 
     def claim_due(self, on_claim: Callable[[int | None, bool], None] | None = None) -> Lease:
         """A lease whose first take() claims the due conversation that has waited longest
-        (PostgreSQL's reply queue, see jobs/runner.py), telling `on_claim` what it found and
+        (PostgreSQL's reply queue, see jobs/postgres.py), telling `on_claim` what it found and
         whether another conversation is due too."""
         ...
 

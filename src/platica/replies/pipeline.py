@@ -66,7 +66,7 @@ async def reply_to_next_due(
     ctx: ReplyContext, on_claim: Callable[[int | None, bool], None] | None = None
 ) -> Claimed | None:
     """Claim the due conversation that has waited longest and bring it up to date (PostgreSQL's
-    reply queue, see jobs/runner.py); None when none is due. `on_claim` learns what the claim
+    reply queue, see jobs/postgres.py); None when none is due. `on_claim` learns what the claim
     found as soon as it is known, long before the reply is done.
 
     The claim, which takes the conversation's lease, is the first statement of the task's first
