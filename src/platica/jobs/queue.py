@@ -110,6 +110,10 @@ class Claimed(NamedTuple):
     more_due: bool
 
 
+# A claim's row is the lease's, and one more column (jobs/locks.py reads it as both).
+assert Claimed._fields[:-1] == Leased._fields
+
+
 class Crashed(NamedTuple):
     crash_count: int
     parked_at: datetime | None
