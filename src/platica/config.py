@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     OPENAI_API_KEY: SecretStr | None = None
     OPENAI_BASE_URL: str | None = None
     OPENAI_MODEL: str = "gpt-4o-mini"
+    # SPEC §7: voice notes go to OPENAI_BASE_URL's /audio/transcriptions with this model.
+    TRANSCRIPTION_MODEL: str = "gpt-4o-mini-transcribe"
+    # SPEC §7: the largest media item fetched from Twilio (bytes); a larger one is not fetched.
+    MEDIA_MAX_BYTES: int = Field(16 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     TWILIO_ACCOUNT_SID: str | None = None
     TWILIO_AUTH_TOKEN: SecretStr | None = None
     TWILIO_WHATSAPP_NUMBER: str | None = None
