@@ -38,6 +38,23 @@ TWILIO_SECONDS = Histogram(
     "Time of each call to Twilio's Messages API to send a message, failed ones included.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
+MEDIA_KINDS = ("audio", "image", "document", "location", "other")
+MEDIA_OUTCOMES = ("understood", "failed")
+MEDIA_ITEMS = Counter(
+    "platica_media_items_total",
+    "Inbound media items by kind (audio, image, document, location, other) and outcome "
+    "(understood: transcribed, read or shown to the model; failed: given up, with why).",
+    ["kind", "outcome"],
+)
+TRANSCRIPTION_SECONDS = Histogram(
+    "platica_transcription_seconds",
+    "Time of each call to transcribe a voice note (each try), failed ones included.",
+    buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
+AUDIO_SECONDS = Counter(
+    "platica_audio_seconds_total",
+    "Seconds of voice notes transcribed (those whose length could be read).",
+)
 PENDING_REPLIES = Gauge(
     "platica_pending_replies",
     "Inbound messages waiting for their reply (reply_state pending), counted at each scrape.",
@@ -72,6 +89,9 @@ for _kind in ("prompt", "completion"):
     LLM_TOKENS.labels(_kind)
 for _limit in ("sender", "account"):
     PACED.labels(_limit)
+for _kind in MEDIA_KINDS:
+    for _outcome in MEDIA_OUTCOMES:
+        MEDIA_ITEMS.labels(_kind, _outcome)
 WEBHOOKS_UNLOGGED = Counter(
     "platica_webhooks_unlogged_total",
     "Rejected webhook requests neither written to webhook_logs nor logged: past the per-process "
