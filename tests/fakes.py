@@ -50,7 +50,9 @@ import asyncio
 import base64
 import binascii
 import copy
+import email.parser
 import email.utils
+import hashlib
 import hmac
 import json
 import logging
@@ -312,12 +314,117 @@ def go_duration(seconds: float) -> str:
     return text
 
 
+def _images_of(content: Any) -> list[dict[str, Any]]:
+    """The image parts (``{"type": "image_url", ...}``) of a Chat Completions message content."""
+    if not isinstance(content, list):
+        return []
+    return [part for part in content if isinstance(part, dict) and part.get("type") == "image_url"]
+
+
 def echo_reply(messages: list[dict[str, Any]]) -> str:
-    """Default FakeOpenAI reply: "Echo: " + the last user message's text."""
+    """Default FakeOpenAI reply: "Echo: " + the last user message's text, and how many images it
+    showed, if any ("Echo: ¿Qué es esto? [1 image]")."""
     for message in reversed(messages):
         if message.get("role") == "user":
-            return "Echo: " + _text_of(message.get("content"))
+            content = message.get("content")
+            images = len(_images_of(content))
+            shown = f" [{images} image{'s' if images > 1 else ''}]" if images else ""
+            return "Echo: " + _text_of(content) + shown
     return "Echo: "
+
+
+# What OpenAI's vision models take, by a data URL's type, and how each format's bytes begin.
+VISION_FORMATS = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+MAX_VISION_BYTES = 20 * 1024 * 1024
+_DATA_URL = re.compile(r"data:([^;,]*);base64,(.*)", re.DOTALL)
+
+
+def image_part_error(part: dict[str, Any]) -> str | None:
+    """Why OpenAI would refuse this image part (None: it would take it). http(s) URLs are taken
+    unfetched; a data URL must be base64 of a PNG, JPEG, GIF or WEBP of at most 20 MB."""
+    image_url = part.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if not isinstance(url, str):
+        return "Missing required parameter: 'image_url.url'."
+    if isinstance(image_url, dict) and image_url.get("detail", "auto") not in (
+        "auto",
+        "low",
+        "high",
+    ):
+        return "Invalid value for 'image_url.detail': expected one of 'auto', 'low' or 'high'."
+    if url.startswith(("http://", "https://")):
+        return None
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        return "Invalid 'image_url.url': expected a URL or a base64 data URL."
+    mime, payload = match.groups()
+    if not mime.startswith("image/"):
+        return "Invalid MIME type. Only image types are supported."
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return "Invalid base64 image_url."
+    signatures = VISION_FORMATS.get(mime)
+    if signatures is None or not data.startswith(signatures):
+        return (
+            "You uploaded an unsupported image. Please make sure your image has of one the "
+            "following formats: ['png', 'jpeg', 'gif', 'webp']."
+        )
+    if len(data) > MAX_VISION_BYTES:
+        return "Image too large: images must be at most 20 MB."
+    return None
+
+
+# The extensions OpenAI's /v1/audio/transcriptions decodes (it goes by the file's name).
+TRANSCRIPTION_FORMATS = frozenset(
+    {"flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "oga", "wav", "webm"}
+)
+MAX_TRANSCRIPTION_BYTES = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FormPart:
+    """One part of a multipart/form-data body."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, FormPart] | None:
+    """The parts of a multipart/form-data body by field name (the last of a repeated name);
+    None when it is not one. The parts' bytes are split out exactly as sent."""
+    header = email.parser.Parser().parsestr(f"Content-Type: {content_type}\r\n\r\n")
+    boundary = header.get_param("boundary")
+    if header.get_content_type() != "multipart/form-data" or not isinstance(boundary, str):
+        return None
+    delimiter = b"\r\n--" + boundary.encode("latin-1")
+    chunks = (b"\r\n" + body).split(delimiter)
+    if len(chunks) < 2 or not chunks[-1].startswith(b"--"):
+        return None
+    parts: dict[str, FormPart] = {}
+    for chunk in chunks[1:-1]:
+        head, separator, data = chunk.partition(b"\r\n\r\n")
+        if not separator:
+            return None
+        headers = email.parser.BytesHeaderParser().parsebytes(head.lstrip(b" \t").lstrip(b"\r\n"))
+        name = headers.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            return None
+        filename = headers.get_param("filename", header="content-disposition")
+        parts[name] = FormPart(
+            name,
+            filename if isinstance(filename, str) else None,
+            headers.get("content-type"),
+            data,
+        )
+    return parts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,9 +432,17 @@ def echo_reply(messages: list[dict[str, Any]]) -> str:
 
 
 class FakeOpenAI(_FakeServer):
-    """``POST /v1/chat/completions`` answering like OpenAI, with scripted failures.
+    """``POST /v1/chat/completions`` and ``POST /v1/audio/transcriptions`` answering like OpenAI,
+    with scripted failures.
 
-    Behaviours for ``fail_next``/``fail_always``:
+    Chat completions take image parts (``{"type": "image_url", ...}``) and refuse, with OpenAI's
+    400, a data URL that is not base64 of a PNG, JPEG, GIF or WEBP; ``requests`` keeps them as
+    they came. Transcriptions (multipart, the file named with an extension OpenAI decodes, else
+    400 "Unsupported file format opus") answer ``{"text": ...}``: the transcript registered with
+    ``transcribe_as(data, text)``, else "(voice note of N bytes)"; ``transcriptions`` records them.
+
+    Behaviours for ``fail_next``/``fail_always``, each consumed by the kind of request it names
+    (a chat behaviour by the next completion, a transcription one by the next transcription):
       "429"      429 rate_limit_exceeded (header ``retry-after: <self.retry_after>``)
       "quota"    429 insufficient_quota
       "500"      500 server_error
@@ -339,10 +454,18 @@ class FakeOpenAI(_FakeServer):
                  for ``hang_seconds`` (JSON allows leading whitespace), then the completion (a
                  slow proxy or an overloaded server: no read ever waits long)
       "html"     200 with a proxy's HTML page (``text/html``) instead of a completion
+      "transcription_429"      429 rate_limit_exceeded (``retry-after: <self.retry_after>``)
+      "transcription_quota"    429 insufficient_quota
+      "transcription_500"      500 server_error
+      "transcription_timeout"  sleep ``hang_seconds``, then transcribe normally
     """
 
+    TRANSCRIPTION_BEHAVIOURS = frozenset(
+        {"transcription_429", "transcription_quota", "transcription_500", "transcription_timeout"}
+    )
     BEHAVIOURS = frozenset(
         {"429", "quota", "500", "400", "timeout", "refusal", "empty", "trickle", "html"}
+        | TRANSCRIPTION_BEHAVIOURS
     )
     HTML = (
         "<html><head><title>502 Bad Gateway</title></head>"
@@ -383,6 +506,8 @@ class FakeOpenAI(_FakeServer):
         self.max_in_flight = 0
         self._request_times: list[float] = []
         self._rate_limited = 0
+        self._transcripts: dict[str, str] = {}
+        self._transcriptions: list[dict[str, Any]] = []
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
 
     @property
@@ -408,6 +533,34 @@ class FakeOpenAI(_FakeServer):
         with self._lock:
             return self._rate_limited
 
+    def transcribe_as(self, data: bytes, text: str) -> None:
+        """Transcribe these exact bytes as `text` (kept across ``reset()``, like ``reply``)."""
+        with self._lock:
+            self._transcripts[hashlib.sha256(data).hexdigest()] = text
+
+    @property
+    def transcriptions(self) -> list[dict[str, Any]]:
+        """Every transcription request (failed ones included), in order: model, filename,
+        content_type (the file part's), language, prompt, response_format (None when not
+        sent), bytes (the file's length), sha256, received_at (time.monotonic())."""
+        with self._lock:
+            return copy.deepcopy(self._transcriptions)
+
+    def _next_behaviour(self) -> str | None:
+        """The next chat behaviour (transcription ones are left for transcriptions)."""
+        return self._take_behaviour(transcription=False)
+
+    def _take_behaviour(self, *, transcription: bool) -> str | None:
+        with self._lock:
+            for behaviour in self._failures:
+                if (behaviour in self.TRANSCRIPTION_BEHAVIOURS) == transcription:
+                    self._failures.remove(behaviour)
+                    return behaviour
+            always = self._always
+        if always is not None and (always in self.TRANSCRIPTION_BEHAVIOURS) == transcription:
+            return always
+        return None
+
     def _take_from_budget(self) -> tuple[dict[str, str], float | None]:
         """The x-ratelimit headers of this request and, when it is over the budget, the seconds
         until the window resets."""
@@ -431,13 +584,21 @@ class FakeOpenAI(_FakeServer):
         return headers, reset if over else None
 
     def _routes(self) -> list[Route]:
-        return [Route("/v1/chat/completions", self._chat_completions, methods=["POST"])]
+        return [
+            Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+            Route("/v1/audio/transcriptions", self._audio_transcriptions, methods=["POST"]),
+        ]
 
     def _state(self) -> dict[str, Any]:
-        return {"requests": self.requests, "max_in_flight": self.max_in_flight}
+        return {
+            "requests": self.requests,
+            "max_in_flight": self.max_in_flight,
+            "transcriptions": self.transcriptions,
+        }
 
     def _clear_records(self) -> None:
         self._requests.clear()
+        self._transcriptions.clear()
         self.max_in_flight = 0
         self._request_times.clear()
         self._rate_limited = 0
@@ -556,12 +717,9 @@ class FakeOpenAI(_FakeServer):
         with self._lock:
             self._requests.append(body)
             self._request_times.append(time.monotonic())
-        if self.api_key is not None and not hmac.compare_digest(
-            request.headers.get("authorization", ""), f"Bearer {self.api_key}"
-        ):
-            return self._error(
-                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            )
+        denied = self._check_key(request)
+        if denied is not None:
+            return denied
         behaviour = self._next_behaviour()
         await self._sleep(self.latency)
         if behaviour == "timeout":
@@ -594,6 +752,18 @@ class FakeOpenAI(_FakeServer):
                 None,
                 param="stream",
             )
+        for index, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            for part in _images_of(content):
+                refused = image_part_error(part)
+                if refused is not None:
+                    return self._error(
+                        400,
+                        refused,
+                        "invalid_request_error",
+                        "invalid_image_format",
+                        param=f"messages.[{index}].content",
+                    )
         if behaviour == "html":
             return HTMLResponse(self.HTML, headers=self._headers(budget))
         completion = self._completion(model, messages, body, behaviour)
@@ -604,6 +774,104 @@ class FakeOpenAI(_FakeServer):
                 headers=self._headers(budget),
             )
         return JSONResponse(completion, headers=self._headers(budget))
+
+    def _check_key(self, request: Request) -> JSONResponse | None:
+        """OpenAI's 401 when a key is required and the request does not carry it."""
+        if self.api_key is not None and not hmac.compare_digest(
+            request.headers.get("authorization", ""), f"Bearer {self.api_key}"
+        ):
+            return self._error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        return None
+
+    async def _audio_transcriptions(self, request: Request) -> Response:
+        parts = parse_multipart(request.headers.get("content-type", ""), await request.body())
+        if parts is None:
+            return self._error(
+                400,
+                "Invalid Content-Type header (expected multipart/form-data).",
+                "invalid_request_error",
+                None,
+            )
+
+        def field(name: str) -> str | None:
+            part = parts.get(name)
+            return None if part is None else part.data.decode("utf-8", "replace")
+
+        upload = parts.get("file")
+        data = upload.data if upload is not None else b""
+        model = field("model")
+        response_format = field("response_format")
+        with self._lock:
+            self._transcriptions.append(
+                {
+                    "model": model,
+                    "filename": upload.filename if upload is not None else None,
+                    "content_type": upload.content_type if upload is not None else None,
+                    "language": field("language"),
+                    "prompt": field("prompt"),
+                    "response_format": response_format,
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "received_at": time.monotonic(),
+                }
+            )
+            transcript = self._transcripts.get(hashlib.sha256(data).hexdigest())
+        denied = self._check_key(request)
+        if denied is not None:
+            return denied
+        behaviour = self._take_behaviour(transcription=True)
+        await self._sleep(self.latency)
+        if behaviour == "transcription_timeout":
+            await self._sleep(self.hang_seconds)
+        if not model:
+            return self._error(
+                400, "you must provide a model parameter", "invalid_request_error", None
+            )
+        error = self._scripted_error(
+            behaviour.removeprefix("transcription_") if behaviour else None, model
+        )
+        if error is not None:
+            return error
+        if upload is None or upload.filename is None:
+            return self._error(
+                400,
+                "Missing required parameter: 'file'.",
+                "invalid_request_error",
+                "missing_required_parameter",
+                param="file",
+            )
+        extension = upload.filename.rpartition(".")[2].lower() if "." in upload.filename else ""
+        if extension not in TRANSCRIPTION_FORMATS:
+            return self._error(
+                400,
+                f"Unsupported file format {extension or upload.filename}",
+                "invalid_request_error",
+                None,
+                param="file",
+            )
+        if len(data) > MAX_TRANSCRIPTION_BYTES:
+            return self._error(
+                413,
+                f"Maximum content size limit ({MAX_TRANSCRIPTION_BYTES}) exceeded "
+                f"({len(data)} bytes read)",
+                "server_error",
+                None,
+            )
+        text = transcript if transcript is not None else f"(voice note of {len(data)} bytes)"
+        if response_format in (None, "json"):
+            return JSONResponse({"text": text}, headers=self._headers())
+        if response_format == "text":
+            return Response(text + "\n", media_type="text/plain", headers=self._headers())
+        return self._error(
+            400,
+            f"response_format '{response_format}' is not compatible with model '{model}'. "
+            "Use 'json' or 'text' instead.",
+            "invalid_request_error",
+            "unsupported_value",
+            param="response_format",
+        )
 
     async def _trickle(self, body: bytes) -> AsyncIterator[bytes]:
         deadline = time.monotonic() + self.hang_seconds
