@@ -1,0 +1,1 @@
+"""Inbound media: voice notes, images, documents and locations, fetched and understood."""
