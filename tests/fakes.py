@@ -958,6 +958,12 @@ TWILIO_ERRORS: dict[str, tuple[int, int, str]] = {
     "21211": (400, 21211, "Invalid 'To' Phone Number"),
 }
 ASYNC_FAILURE = re.compile(r"^(failed|undelivered):(\d+)$")
+#: Scripted media request errors: behaviour -> (HTTP status, Twilio code, message)
+MEDIA_ERRORS: dict[str, tuple[int, int, str]] = {
+    "media:404": (404, 20404, "The requested resource {path} was not found"),
+    "media:429": (429, 20429, "Too Many Requests"),
+    "media:500": (500, 20500, "An internal server error has occurred"),
+}
 
 
 def utf16_length(text: str) -> int:
@@ -1079,12 +1085,23 @@ def _date_matches(moment: datetime, operator: str, bound: datetime | date) -> bo
 
 
 class FakeTwilio(_FakeServer):
-    """The Messages resource of Twilio's API v2010, as twilio-python calls it.
+    """The Messages resource of Twilio's API v2010, as twilio-python calls it, and inbound media.
 
     ``POST/GET /2010-04-01/Accounts/{AccountSid}/Messages.json`` and
     ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json``, HTTP Basic auth.
 
-    Behaviours for ``fail_next``/``fail_always`` (consumed by message *creations* only):
+    Media (``add_media()`` registers an item and returns its URL, as a webhook's ``MediaUrl0``):
+    ``GET .../Messages/{MM}/Media/{ME}`` checks Basic auth like the Messages endpoints, then
+    answers 307 to ``media_storage`` (a second server, ``FakeMediaStorage``, started and stopped
+    with this one) at ``/media/{ME}?x-amz-security-token=<new random token>``, like Twilio's
+    redirect to its pre-signed storage host. ``GET .../Media/{ME}.json`` is the item's metadata;
+    ``DELETE .../Media/{ME}.json`` answers 204 and the item is gone (then 404 everywhere).
+    ``media_requests`` records every request to a Media path, ``media_deleted`` the deletions,
+    and ``request_log`` every request to this fake (``/_fake/*`` aside).
+
+    Behaviours for ``fail_next``/``fail_always``; each request takes the first queued behaviour
+    of its own kind, so scripted creations and scripted media requests do not steal each other's.
+    Consumed by message *creations* only:
       "429"      429, code 20429          "500"    500, code 20500
       "21610"    400, unsubscribed        "63016"  400, outside the WhatsApp window
       "21211"    400, invalid To
@@ -1093,12 +1110,17 @@ class FakeTwilio(_FakeServer):
       "failed:CODE" / "undelivered:CODE"  accept (201 queued), then the message ends in that
                  status with ErrorCode CODE (e.g. "failed:63016", "undelivered:30003")
 
+    Consumed by media requests only (once authenticated; the storage host has its own, see
+    ``FakeMediaStorage``):
+      "media:404"  404, code 20404 (the item exists, Twilio says it does not)
+      "media:429"  429, code 20429    "media:500"  500, code 20500
+
     List requests (``GET .../Messages.json``, how a client looks for a message it may have sent)
     fail with ``fail_lists("500")`` (or "429"), each with Twilio's error body, until
     ``fail_lists(None)``; ``list_times`` records when each list request arrived.
     """
 
-    BEHAVIOURS = frozenset({*TWILIO_ERRORS, "timeout", "drop"})
+    BEHAVIOURS = frozenset({*TWILIO_ERRORS, "timeout", "drop", *MEDIA_ERRORS})
 
     def __init__(
         self,
@@ -1124,10 +1146,47 @@ class FakeTwilio(_FakeServer):
         self._list_failure: str | None = None
         self._list_times: list[float] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._media: dict[str, _Media] = {}
+        self._media_requests: list[dict[str, Any]] = []
+        self._media_deleted: list[str] = []
+        self._request_log: list[tuple[str, str]] = []
+        #: Where media GETs redirect: Twilio's pre-signed storage host.
+        self.media_storage = FakeMediaStorage()
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
+        self.app.add_middleware(_RequestLog, record=self._log_request)
 
     def _is_behaviour(self, behaviour: str) -> bool:
         return behaviour in self.BEHAVIOURS or ASYNC_FAILURE.match(behaviour) is not None
+
+    def _next_behaviour_of(self, kind: Callable[[str], bool]) -> str | None:
+        """The first queued behaviour of this kind of request (then fail_always's, if it is one)."""
+        with self._lock:
+            for index, behaviour in enumerate(self._failures):
+                if kind(behaviour):
+                    del self._failures[index]
+                    return behaviour
+            return self._always if self._always is not None and kind(self._always) else None
+
+    def _log_request(self, method: str, path: str) -> None:
+        if not path.startswith("/_fake/"):
+            with self._lock:
+                self._request_log.append((method, path))
+
+    def start(self) -> Self:
+        self.media_storage.start()
+        try:
+            return super().start()
+        except BaseException:
+            self.media_storage.stop()
+            raise
+
+    def stop(self) -> None:
+        # Both wind down together: each waits out uvicorn's shutdown tick.
+        self.media_storage.begin_stop()
+        try:
+            super().stop()
+        finally:
+            self.media_storage.stop()
 
     @property
     def url(self) -> str:
@@ -1168,6 +1227,41 @@ class FakeTwilio(_FakeServer):
                 dict(entry) for message in self._messages.values() for entry in message.callbacks
             ]
 
+    def add_media(self, content: bytes, content_type: str, message_sid: str | None = None) -> str:
+        """Register a media item of an inbound message (a new MM… SID unless given) and return
+        its URL, as Twilio puts it in the webhook's ``MediaUrl0``."""
+        base = self.url  # fails until started, like the storage host's URL
+        media = _Media(
+            sid="ME" + uuid.uuid4().hex,
+            message_sid=message_sid or "MM" + uuid.uuid4().hex,
+            account_sid=self.account_sid,
+            content_type=content_type,
+            date_created=datetime.now(UTC).replace(microsecond=0),
+        )
+        with self._lock:
+            self._media[media.sid] = media
+        self.media_storage.put(media.sid, content, content_type)
+        return base + media.path
+
+    @property
+    def media_requests(self) -> list[dict[str, Any]]:
+        """Every request to a Media path, in order: method, path, authorised (the right Basic
+        credentials), status (the answer's)."""
+        with self._lock:
+            return copy.deepcopy(self._media_requests)
+
+    @property
+    def media_deleted(self) -> list[str]:
+        """The media SIDs deleted, in order."""
+        with self._lock:
+            return list(self._media_deleted)
+
+    @property
+    def request_log(self) -> list[tuple[str, str]]:
+        """(method, path) of every request this fake got, ``/_fake/*`` aside, in order."""
+        with self._lock:
+            return list(self._request_log)
+
     def message(self, sid: str) -> dict[str, Any]:
         """The current API representation of one accepted message."""
         with self._lock:
@@ -1175,19 +1269,34 @@ class FakeTwilio(_FakeServer):
 
     def _routes(self) -> list[Route]:
         base = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages"
+        media = base + "/{message_sid}/Media/{media_sid}"
         return [
             Route(base + ".json", self._messages_endpoint, methods=["GET", "POST"]),
             Route(base + "/{message_sid}.json", self._fetch_endpoint, methods=["GET"]),
+            # The .json resource first: the file's route would take "ME….json" as a SID.
+            Route(media + ".json", self._media_resource_endpoint, methods=["GET", "DELETE"]),
+            Route(media, self._media_file_endpoint, methods=["GET"]),
         ]
 
     def _state(self) -> dict[str, Any]:
-        return {"sent": self.sent, "attempts": len(self.attempts), "callbacks": self.callback_log}
+        return {
+            "sent": self.sent,
+            "attempts": len(self.attempts),
+            "callbacks": self.callback_log,
+            "media_requests": self.media_requests,
+            "media_deleted": self.media_deleted,
+        }
 
     def _clear_records(self) -> None:
         self._messages.clear()
         self._attempts.clear()
         self._list_times.clear()
         self._list_failure = None
+        self._media.clear()
+        self._media_requests.clear()
+        self._media_deleted.clear()
+        self._request_log.clear()
+        self.media_storage.reset()
 
     def _control(self, command: dict[str, Any]) -> None:
         if "callbacks" in command:
@@ -1261,7 +1370,7 @@ class FakeTwilio(_FakeServer):
             form.setdefault(name, []).append(value)
         with self._lock:
             self._attempts.append(copy.deepcopy(form))
-        behaviour = self._next_behaviour()
+        behaviour = self._next_behaviour_of(lambda name: name not in MEDIA_ERRORS)
         await self._sleep(self.latency)
         if behaviour in TWILIO_ERRORS:
             status, code, text = TWILIO_ERRORS[behaviour]
@@ -1383,6 +1492,60 @@ class FakeTwilio(_FakeServer):
             }
         )
 
+    # -- media ---------------------------------------------------------------------------------
+
+    async def _media_file_endpoint(self, request: Request) -> Response:
+        return await self._media_endpoint(request, resource=False)
+
+    async def _media_resource_endpoint(self, request: Request) -> Response:
+        return await self._media_endpoint(request, resource=True)
+
+    async def _media_endpoint(self, request: Request, *, resource: bool) -> Response:
+        entry: dict[str, Any] = {
+            "method": request.method,
+            "path": request.url.path,
+            "authorised": self._authorised(request),
+            "status": None,
+        }
+        with self._lock:
+            self._media_requests.append(entry)
+        response = await self._answer_media(request, resource=resource)
+        with self._lock:
+            entry["status"] = response.status_code
+        return response
+
+    async def _answer_media(self, request: Request, *, resource: bool) -> Response:
+        denied = self._check_access(request)
+        if denied is not None:
+            return denied
+        behaviour = self._next_behaviour_of(lambda name: name in MEDIA_ERRORS)
+        await self._sleep(self.latency)
+        if behaviour is not None:
+            status, code, text = MEDIA_ERRORS[behaviour]
+            return _twilio_error(status, code, text.format(path=request.url.path))
+        sid = request.path_params["media_sid"]
+        with self._lock:
+            media = self._media.get(sid)
+            found = media is not None and media.message_sid == request.path_params["message_sid"]
+            if found and request.method == "DELETE":
+                del self._media[sid]
+                self._media_deleted.append(sid)
+        if media is None or not found:
+            return _twilio_error(
+                404, 20404, f"The requested resource {request.url.path} was not found"
+            )
+        if request.method == "DELETE":
+            self.media_storage.remove(sid)
+            return Response(status_code=204, headers={"Twilio-Request-Id": "RQ" + uuid.uuid4().hex})
+        if resource:
+            return JSONResponse(media.resource())
+        # Twilio's answer to a media URL: a 307 to a pre-signed URL on its storage host.
+        location = self.media_storage.sign(sid)
+        return Response(
+            status_code=307,
+            headers={"Location": location, "Twilio-Request-Id": "RQ" + uuid.uuid4().hex},
+        )
+
     # -- message lifecycle and status callbacks --------------------------------------------------
 
     def _start_lifecycle(self, sid: str, failure: re.Match[str] | None) -> None:
@@ -1449,6 +1612,203 @@ class FakeTwilio(_FakeServer):
             entry["error"] = repr(error)
         with self._lock:
             message.callbacks.append(entry)
+
+
+@dataclass
+class _Media:
+    sid: str
+    message_sid: str
+    account_sid: str
+    content_type: str
+    date_created: datetime
+
+    @property
+    def path(self) -> str:
+        return (
+            f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{self.message_sid}"
+            f"/Media/{self.sid}"
+        )
+
+    def resource(self) -> dict[str, Any]:
+        return {
+            "account_sid": self.account_sid,
+            "content_type": self.content_type,
+            "date_created": rfc2822(self.date_created),
+            "date_updated": rfc2822(self.date_created),
+            "parent_sid": self.message_sid,
+            "sid": self.sid,
+            "uri": self.path + ".json",
+        }
+
+
+class _RequestLog:
+    """ASGI middleware: tells ``record`` the method and path of every HTTP request."""
+
+    def __init__(self, app: Callable[..., Any], record: Callable[[str, str], None]) -> None:
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.record(scope["method"], scope["path"])
+        await self.app(scope, receive, send)
+
+
+def _s3_error(status: int, code: str, message: str) -> Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        f"<RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId></Error>"
+    )
+    return Response(body, status_code=status, media_type="application/xml")
+
+
+class FakeMediaStorage(_FakeServer):
+    """The pre-signed storage host Twilio's media URLs redirect to (``media.twiliocdn.com``, S3
+    behind it): ``GET /media/{MediaSid}?x-amz-security-token=...``, with a token only
+    ``sign()`` (FakeTwilio's redirect) hands out. Like S3, it refuses (400 InvalidArgument) a
+    request that also carries an ``Authorization`` header: two auth mechanisms.
+
+    ``requests`` records every request (its headers included, so a test can check that Twilio's
+    credentials never got here) and how its answer went: ``bytes_sent``, ``completed`` (the
+    whole body went out) and ``finished`` (the answer is over, whole or cut short). A body goes
+    out ``chunk_size`` bytes at a time, each after ``chunk_seconds``, so that a client that stops
+    reading early is seen to have stopped (and one that reads nothing waits).
+
+    Behaviours for ``fail_next``/``fail_always`` (consumed by each request):
+      "500"      500 InternalError (S3's XML error body)
+      "403"      403 AccessDenied (as for an expired signature)
+      "timeout"  sleep ``hang_seconds`` before answering normally
+      "chunked"  the body without a Content-Length (Transfer-Encoding: chunked)
+    """
+
+    BEHAVIOURS = frozenset({"500", "403", "timeout", "chunked"})
+    TWO_AUTHS = (
+        "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature "
+        "query string parameter or the Authorization header should be specified"
+    )
+
+    def __init__(
+        self, *, latency: float = 0.0, hang_seconds: float = 30.0, port: int | None = None
+    ) -> None:
+        self.chunk_size = 64 * 1024
+        self.chunk_seconds = 0.0
+        self._objects: dict[str, tuple[bytes, str]] = {}
+        self._tokens: dict[str, str] = {}
+        self._requests: list[dict[str, Any]] = []
+        super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
+
+    def put(self, media_sid: str, content: bytes, content_type: str) -> None:
+        with self._lock:
+            self._objects[media_sid] = (content, content_type)
+
+    def sign(self, media_sid: str) -> str:
+        """A new pre-signed URL of the object."""
+        token = uuid.uuid4().hex + uuid.uuid4().hex
+        with self._lock:
+            self._tokens[token] = media_sid
+        query = urlencode({"x-amz-security-token": token})
+        return f"{self.base_url}/media/{media_sid}?{query}"
+
+    def remove(self, media_sid: str) -> None:
+        """The object is gone, and so is every URL signed for it."""
+        with self._lock:
+            self._objects.pop(media_sid, None)
+            for token in [token for token, sid in self._tokens.items() if sid == media_sid]:
+                del self._tokens[token]
+
+    def begin_stop(self) -> None:
+        """Ask the server to stop without waiting (``stop()`` waits)."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request, in order: method, path, query, headers (lower-case names), status,
+        bytes_sent, completed, finished."""
+        with self._lock:
+            return copy.deepcopy(self._requests)
+
+    def _routes(self) -> list[Route]:
+        return [Route("/media/{media_sid}", self._object_endpoint, methods=["GET"])]
+
+    def _state(self) -> dict[str, Any]:
+        return {"requests": self.requests}
+
+    def _clear_records(self) -> None:
+        self._requests.clear()
+        self._objects.clear()
+        self._tokens.clear()
+
+    def _record(self, request: Request) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "headers": dict(request.headers),
+            "status": None,
+            "bytes_sent": 0,
+            "completed": False,
+            "finished": False,
+        }
+        with self._lock:
+            self._requests.append(entry)
+        return entry
+
+    def _answer(self, entry: dict[str, Any], response: Response) -> Response:
+        with self._lock:
+            entry["status"] = response.status_code
+            entry["finished"] = True
+        return response
+
+    async def _not_found(self, request: Request) -> Response:
+        entry = self._record(request)
+        return self._answer(entry, _s3_error(404, "NoSuchKey", "The specified key does not exist."))
+
+    async def _object_endpoint(self, request: Request) -> Response:
+        entry = self._record(request)
+        behaviour = self._next_behaviour()
+        await self._sleep(self.latency)
+        if behaviour == "timeout":
+            await self._sleep(self.hang_seconds)
+        if "authorization" in request.headers:
+            return self._answer(entry, _s3_error(400, "InvalidArgument", self.TWO_AUTHS))
+        if behaviour == "500":
+            return self._answer(
+                entry, _s3_error(500, "InternalError", "We encountered an internal error.")
+            )
+        media_sid = request.path_params["media_sid"]
+        with self._lock:
+            signed_for = self._tokens.get(request.query_params.get("x-amz-security-token", ""))
+            stored = self._objects.get(media_sid)
+        if behaviour == "403" or signed_for != media_sid:
+            return self._answer(entry, _s3_error(403, "AccessDenied", "Access Denied"))
+        if stored is None:
+            return self._answer(
+                entry, _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+            )
+        content, content_type = stored
+        headers = {"Content-Type": content_type, "x-amz-request-id": uuid.uuid4().hex[:16]}
+        if behaviour != "chunked":
+            headers["Content-Length"] = str(len(content))
+        with self._lock:
+            entry["status"] = 200
+        return StreamingResponse(self._stream(entry, content), headers=headers)
+
+    async def _stream(self, entry: dict[str, Any], content: bytes) -> AsyncIterator[bytes]:
+        try:
+            for start in range(0, len(content), self.chunk_size):
+                await self._sleep(self.chunk_seconds)
+                chunk = content[start : start + self.chunk_size]
+                yield chunk
+                with self._lock:
+                    entry["bytes_sent"] += len(chunk)
+            with self._lock:
+                entry["completed"] = True
+        finally:
+            with self._lock:
+                entry["finished"] = True
 
 
 # --------------------------------------------------------------------------------------------------
