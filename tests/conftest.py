@@ -28,6 +28,7 @@ SETTINGS_VARIABLES = list(Settings.model_fields)
 TABLES = (
     "dashboard_sessions",
     "webhook_logs",
+    "media",
     "messages",
     "conversations",
     "contacts",

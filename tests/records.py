@@ -191,8 +191,8 @@ def add_queued_reply(database: Database, sid: str) -> None:
     (stored by a webhook)."""
     database.execute(
         "INSERT INTO messages (account_id, conversation_id, channel, direction, author, body,"
-        " media, twilio_sid, status, part, attempts, created_at, updated_at)"
-        " SELECT account_id, conversation_id, channel, 'outbound', 'ai', 'Hola!', media,"
+        " twilio_sid, status, part, attempts, created_at, updated_at)"
+        " SELECT account_id, conversation_id, channel, 'outbound', 'ai', 'Hola!',"
         " :sid, 'queued', 0, 0, created_at, updated_at FROM messages",
         sid=sid,
     )

@@ -29,7 +29,6 @@ SAMPLE: dict[str, Any] = {
     "wa_id": None,
     "body": "Hola",
     "simulated": False,
-    "media": "[]",
     "now": NOW,
     "window_over": NOW,
     "flood_limit": 100,

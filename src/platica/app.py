@@ -28,6 +28,8 @@ from platica.jobs.postgres import PostgresRunner
 from platica.jobs.runner import InProcessRunner, Sweeper, TaskRunner
 from platica.jobs.turns import RequestsFirst, Turns
 from platica.logging import configure_logging, get_logger
+from platica.media.fetch import TwilioMedia
+from platica.media.understand import create_transcriber
 from platica.replies.context import ReplyContext
 from platica.replies.generator import OfflineReplyGenerator, create_generator
 from platica.replies.pipeline import reply_to_conversation, reply_to_next_due
@@ -111,6 +113,9 @@ async def start_services(settings: Settings, *, work: bool, turns: Turns | None 
     generator = create_generator(settings)
     sender = create_sender(settings)
     state = AppState(settings=settings, engine=engine, sessionmaker=sessionmaker)
+    if settings.twilio_configured:
+        state.media = TwilioMedia(settings)
+    state.transcriber = create_transcriber(settings)
     if not settings.is_sqlite:
         # The statements every message runs (the webhook's, the reply path's) skip SQLAlchemy.
         state.driver_pool = await db.open_driver_pool(settings.DATABASE_URL)
@@ -123,6 +128,8 @@ async def start_services(settings: Settings, *, work: bool, turns: Turns | None 
         locks=locks,
         status_callback=state.status_callback_url,
         driver_pool=state.driver_pool,
+        media=state.media,
+        transcriber=state.transcriber,
     )
     handler = functools.partial(reply_to_conversation, context)
     concurrency = settings.WORKER_CONCURRENCY
@@ -179,6 +186,10 @@ async def stop_services(state: AppState) -> None:
         await state.sender.aclose()
     if state.generator is not None:
         await state.generator.aclose()
+    if state.media is not None:
+        await state.media.aclose()
+    if state.transcriber is not None:
+        await state.transcriber.aclose()
     if state.driver_pool is not None:
         await state.driver_pool.close()
     await state.engine.dispose()

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from platica.conversations.retention import DailyCleanup
     from platica.db import DriverPool
     from platica.jobs.runner import Sweeper, TaskRunner
+    from platica.media.fetch import TwilioMedia
+    from platica.media.understand import Transcriber
     from platica.replies.generator import ReplyGenerator
 
 
@@ -31,6 +33,10 @@ class AppState:
     sweeper: Sweeper | None = None
     generator: ReplyGenerator | None = None
     sender: MessageSender | None = None
+    # Twilio's media (None in dry run: nothing is fetched), and the voice notes' transcriber
+    # (None without an LLM: the offline responder says it cannot listen).
+    media: TwilioMedia | None = None
+    transcriber: Transcriber | None = None
     cleanup: DailyCleanup | None = None
     # PostgreSQL: plain psycopg connections for the webhook's statements (db.open_driver_pool).
     driver_pool: DriverPool | None = None

@@ -1,4 +1,4 @@
-"""ORM tables of SPEC §4: accounts, api_keys, channel_configs, contacts, conversations, messages, webhook_logs; and dashboard_sessions."""
+"""ORM tables of SPEC §4: accounts, api_keys, channel_configs, contacts, conversations, messages, webhook_logs; and media, dashboard_sessions."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -28,7 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from platica.db import Base
 
@@ -174,6 +175,26 @@ class ReplyState(StrEnum):
     failed = "failed"
 
 
+class MediaKind(StrEnum):
+    """What a media item is, as far as understanding it goes (media/kinds.py)."""
+
+    audio = "audio"
+    image = "image"
+    document = "document"
+    location = "location"
+    other = "other"
+
+
+class MediaState(StrEnum):
+    """Where a media item stands: fetched from Twilio, then understood (its text), or failed
+    (its error); the reply goes out either way."""
+
+    pending = "pending"
+    fetched = "fetched"
+    understood = "understood"
+    failed = "failed"
+
+
 class Account(Base):
     __tablename__ = "accounts"
 
@@ -237,6 +258,15 @@ class ChannelConfig(Base):
     )
     handoff_timeout_minutes: Mapped[int] = mapped_column(Integer, default=60)
     ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The customers' language ("es" or "en"): a hint for transcribing their voice notes.
+    language: Mapped[str] = mapped_column(String(8), default="es", server_default="es")
+    # Images go to the model as images (the model must accept them); otherwise it reads that an
+    # image arrived, with its caption.
+    vision: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Delete a media item from Twilio once it has been understood (Plática keeps its copy).
+    delete_media_after_use: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     # LLM tokens (prompt + completion) the channel's replies may spend per UTC day; None: no
     # budget. Once spent, each conversation gets `busy_message` once that day, and no LLM call.
     daily_token_budget: Mapped[int | None] = mapped_column(Integer)
@@ -363,8 +393,6 @@ class Message(Base):
     direction: Mapped[Direction] = mapped_column(String(16))
     author: Mapped[Author] = mapped_column(String(16))
     body: Mapped[str] = mapped_column(Text, default="")
-    # [{"url": ..., "content_type": ...}, ...]
-    media: Mapped[list[dict[str, str]]] = mapped_column(JsonDoc, default=list)
     twilio_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
     status: Mapped[MessageStatus] = mapped_column(String(16))
     error_code: Mapped[int | None] = mapped_column(Integer)
@@ -389,6 +417,48 @@ class Message(Base):
     # Written in the dashboard's phone simulator (inbound), or answering such a message
     # (outbound): never sent to a real phone.
     simulated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Its media items, in order: loaded only when asked for (selectinload), never by accident.
+    media: Mapped[list[MessageMedia]] = relationship(
+        order_by="MessageMedia.position", lazy="raise", passive_deletes=True
+    )
+
+
+class MessageMedia(Base):
+    """An item attached to an inbound message (a voice note, an image, a document, a location):
+    stored by the webhook as `pending`, fetched and understood by the reply task (media/)."""
+
+    __tablename__ = "media"
+    __table_args__ = (UniqueConstraint("message_id", "position"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    # Its place among the message's items (Twilio's MediaUrl{N}).
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[MediaKind] = mapped_column(String(16))
+    content_type: Mapped[str] = mapped_column(String(128), default="")
+    # Twilio's URL (None for a location).
+    url: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[MediaState] = mapped_column(String(16))
+    # Fetches tried so far (counted before each, so a crash mid-fetch counts).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    # The bytes as fetched, kept for the model (images) and for operators; removed with the
+    # message.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    # What was understood: a transcript, a document's text, a location's description.
+    text: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    # When Twilio's copy was deleted (channel_configs.delete_media_after_use).
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -67,8 +67,18 @@ class ConversationRead(BaseModel):
 
 
 class MediaRead(BaseModel):
-    url: str
+    """A media item of an inbound message (SPEC §7), and what was understood of it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str = Field(description="audio, image, document, location or other")
     content_type: str
+    state: str = Field(description="pending, fetched, understood or failed")
+    text: str | None = Field(
+        description="A voice note's transcript, a document's text, a location's description."
+    )
+    error: str | None = Field(description="Why it could not be fetched or understood.")
 
 
 class MessageRead(BaseModel):
@@ -171,6 +181,9 @@ class ChannelConfigRead(BaseModel):
     ai_enabled: bool
     daily_token_budget: int | None
     busy_message: str
+    language: str
+    vision: bool
+    delete_media_after_use: bool
     # What the budget has counted (while one is set): tokens spent on that UTC day.
     tokens_day: date | None
     tokens_used: int
@@ -207,6 +220,12 @@ class ChannelConfigUpdate(BaseModel):
     # LLM tokens a day; null: no budget.
     daily_token_budget: Annotated[int, Field(ge=1, le=10**12)] | None = None
     busy_message: Annotated[str, StringConstraints(min_length=1, max_length=1600)] | None = None
+    # The customers' language: a hint for transcribing their voice notes.
+    language: Literal["es", "en"] | None = None
+    # Images go to the model as images: only for a model that accepts them.
+    vision: bool | None = None
+    # Delete Twilio's copy of a media item once it has been understood.
+    delete_media_after_use: bool | None = None
 
     @field_validator("*", mode="before")
     @classmethod

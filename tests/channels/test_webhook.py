@@ -88,16 +88,53 @@ class TestReceiveMessage:
         response = post(client, server, "/webhook/whatsapp", form)
 
         assert response.status_code == 200
-        message = database.rows("SELECT channel, body, media FROM messages")[0]
+        message = database.rows("SELECT id, channel, body FROM messages")[0]
         assert message.channel == "whatsapp"
         assert message.body == ""
-        media = message.media if isinstance(message.media, list) else json.loads(message.media)
-        assert media == [
-            {"url": form["MediaUrl0"], "content_type": "image/jpeg"},
-            {"url": form["MediaUrl1"], "content_type": "audio/ogg"},
+        media = database.rows(
+            "SELECT message_id, position, kind, content_type, url, state FROM media"
+            " ORDER BY position"
+        )
+        # Stored as they came, to be fetched by the reply task: nothing fetched in the request.
+        assert [tuple(row) for row in media] == [
+            (message.id, 0, "image", "image/jpeg", form["MediaUrl0"], "pending"),
+            (message.id, 1, "audio", "audio/ogg", form["MediaUrl1"], "pending"),
         ]
         contact = database.rows("SELECT channel, address, profile_name, wa_id FROM contacts")[0]
         assert tuple(contact) == ("whatsapp", CONTACT, "Ana", CONTACT.lstrip("+"))
+
+    def test_a_location_is_stored_understood_as_text(self, server, client, database):
+        form = inbound_form(
+            "whatsapp",
+            body="",
+            Latitude="19.432608",
+            Longitude="-99.133209",
+            Address="Plaza de la Constitución, Centro, CDMX",
+            Label="Zócalo",
+        )
+        response = post(client, server, "/webhook/whatsapp", form)
+
+        assert response.status_code == 200
+        [location] = database.rows("SELECT kind, state, text, latitude, longitude, url FROM media")
+        assert tuple(location) == (
+            "location",
+            "understood",
+            "location: 19.432608, -99.133209, Zócalo, Plaza de la Constitución, Centro, CDMX",
+            19.432608,
+            -99.133209,
+            None,
+        )
+
+    def test_a_location_out_of_range_is_refused_and_nothing_is_stored(
+        self, server, client, database
+    ):
+        form = inbound_form("whatsapp", body="", Latitude="91", Longitude="-99.1")
+        response = post(client, server, "/webhook/whatsapp", form)
+
+        assert response.status_code == 400
+        assert "Latitude must be between -90 and 90" in response.text
+        assert database.count("messages") == 0
+        assert database.count("media") == 0
 
     def test_messages_from_one_contact_share_a_conversation(self, server, client, database):
         for text in ("uno", "dos", "tres"):

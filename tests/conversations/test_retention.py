@@ -28,7 +28,10 @@ from platica.models import (
     Conversation,
     ConversationStatus,
     Direction,
+    MediaKind,
+    MediaState,
     Message,
+    MessageMedia,
     MessageStatus,
     ReplyState,
     WebhookLog,
@@ -182,6 +185,32 @@ class TestMessageRetention:
         assert report.deleted_messages == 2
         assert await ids(world.session, Message) == {*young, *other_account}
         assert not set(old) & await ids(world.session, Message)
+
+    async def test_media_and_their_bytes_go_with_their_message(self, world):
+        account = await world.account(retention_days=7)
+        conversation = await world.conversation(account, idle=timedelta(days=1))
+        old = await world.message(conversation, age=timedelta(days=8))
+        young = await world.message(conversation, age=timedelta(days=6))
+        for message in (old, young):
+            world.session.add(
+                MessageMedia(
+                    account_id=account.id,
+                    message_id=message.id,
+                    position=0,
+                    kind=MediaKind.audio,
+                    content_type="audio/ogg",
+                    url="https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
+                    state=MediaState.understood,
+                    content=b"OggS voice note",
+                    text="Hola, ¿abren el domingo?",
+                )
+            )
+        await world.session.flush()
+
+        await cleanup(world.session, idle_days=30, now=NOW)
+
+        kept = (await world.session.execute(select(MessageMedia.message_id))).scalars().all()
+        assert kept == [young.id]
 
     async def test_a_reply_outliving_its_question_loses_only_the_link(self, world):
         account = await world.account(retention_days=7)

@@ -98,7 +98,7 @@ class TestOpenAIReplyGenerator:
 
         assert reply.text == "Echo: ¿Abrís el domingo?"
         assert reply.model == MODEL
-        assert reply.prompt_tokens == 3 + sum(4 + fake_tokens(m.content) for m in HISTORY)
+        assert reply.prompt_tokens == 3 + sum(4 + fake_tokens(m.text) for m in HISTORY)
         assert reply.completion_tokens == fake_tokens("Echo: ¿Abrís el domingo?")
         assert 50 <= reply.latency_ms < 5000
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from platica.models import Author, Channel, ChannelConfig, Direction, Message
+from platica.media.store import Attachment, Picture
+from platica.models import Channel, ChannelConfig, Direction
 from platica.replies.generator import ChatMessage
-from platica.replies.prompts import build_messages, describe, estimate_tokens
+from platica.replies.prompts import Said, build_messages, describe, estimate_tokens
+from tests.media.samples import png
 
 PROMPT = "Eres el asistente de la Panadería Sol."
 
@@ -22,12 +24,16 @@ def config(channel: Channel = Channel.sms, **overrides: Any) -> ChannelConfig:
     return ChannelConfig(**values)
 
 
-def inbound(body: str = "", **overrides: Any) -> Message:
-    return Message(direction=Direction.inbound, author=Author.contact, body=body, **overrides)
+def inbound(body: str = "", **overrides: Any) -> Said:
+    return Said(Direction.inbound, body, **overrides)
 
 
-def outbound(body: str) -> Message:
-    return Message(direction=Direction.outbound, author=Author.ai, body=body)
+def outbound(body: str) -> Said:
+    return Said(Direction.outbound, body)
+
+
+def item(kind: str, content_type: str = "", state: str = "understood", text: str | None = None):
+    return Attachment(1, kind, content_type, state, text)
 
 
 class TestBuildMessages:
@@ -35,7 +41,7 @@ class TestBuildMessages:
         system, *_ = build_messages(config(Channel.sms, sms_max_chars=320), [inbound("Hola")])
 
         assert system.role == "system"
-        assert system.content.startswith(PROMPT + "\n\n")
+        assert system.text.startswith(PROMPT + "\n\n")
         assert "SMS" in system.content
         assert "320 characters" in system.content
         assert "no Markdown" in system.content
@@ -43,7 +49,7 @@ class TestBuildMessages:
     def test_whatsapp_system_prompt_names_whatsapps_limit(self):
         system, *_ = build_messages(config(Channel.whatsapp), [inbound("Hola")])
 
-        assert system.content.startswith(PROMPT + "\n\n")
+        assert system.text.startswith(PROMPT + "\n\n")
         assert "WhatsApp" in system.content
         assert "1600 characters" in system.content
         assert "320" not in system.content
@@ -91,18 +97,54 @@ class TestBuildMessages:
         assert kept.role == "user"
         assert len(kept.content) == 60
         # The end is kept: that is where the question usually is.
-        assert kept.content.endswith(question)
-        assert long.endswith(kept.content)
+        assert kept.text.endswith(question)
+        assert long.endswith(kept.text)
 
-    def test_media_is_described(self):
+    def test_media_is_described_before_the_caption(self):
         history = [
-            inbound("Mira esto", media=[{"url": "https://x/1", "content_type": "image/jpeg"}]),
-            inbound(media=[{"url": "https://x/2", "content_type": "audio/ogg"}]),
+            inbound("Mira esto", media=[item("image", "image/jpeg")]),
+            inbound(media=[item("audio", "audio/ogg", text="Hola, ¿tienen pan integral?")]),
         ]
 
         _system, *rest = build_messages(config(), history)
 
-        assert [m.content for m in rest] == ["Mira esto [image attached]", "[audio attached]"]
+        assert [m.content for m in rest] == [
+            "[image (you cannot see it)]\nMira esto",
+            "[voice note] Hola, ¿tienen pan integral?",
+        ]
+        assert [m.media for m in rest] == [("image",), ("audio",)]
+
+    def test_the_system_prompt_says_how_media_arrive(self):
+        system, *_ = build_messages(config(), [inbound("Hola")])
+
+        assert "[voice note]" in system.text
+        assert "could not be opened" in system.text
+
+    def test_images_with_their_bytes_go_as_image_parts(self):
+        picture = Picture(1, "image/png", png(8, 8))
+        history = [
+            inbound("Hola"),
+            inbound(
+                "¿Se ve bien la pieza?", media=[item("image", "image/png")], pictures=[picture]
+            ),
+        ]
+
+        _system, _first, last = build_messages(config(), history)
+
+        assert last.role == "user"
+        assert isinstance(last.content, list)
+        text, image = last.content
+        assert text == {"type": "text", "text": "[image, shown below]\n¿Se ve bien la pieza?"}
+        assert image["type"] == "image_url"
+        assert image["image_url"]["url"].startswith("data:image/png;base64,")
+
+    def test_an_image_that_cannot_be_opened_is_left_out(self):
+        picture = Picture(1, "image/png", b"not an image")
+        history = [inbound("Mira", media=[item("image", "image/png")], pictures=[picture])]
+
+        _system, last = build_messages(config(), history)
+
+        assert last.content == "[image (you cannot see it)]\nMira"
 
     def test_empty_history_is_just_the_system_prompt(self):
         messages = build_messages(config(), [])
@@ -112,9 +154,30 @@ class TestBuildMessages:
 
 class TestDescribe:
     def test_media_without_a_type_is_a_file(self):
-        message = inbound(media=[{"url": "https://x/1"}])
+        assert describe(inbound(media=[item("other", state="failed")])) == (
+            "[file attachment that cannot be opened]"
+        )
 
-        assert describe(message) == "[file attached]"
+    def test_each_kind_and_state_in_words(self):
+        cases = [
+            (item("audio", "audio/ogg", "failed"), "[voice note that could not be transcribed]"),
+            (item("image", "image/jpeg", "failed"), "[image that could not be opened]"),
+            (
+                item("document", "application/pdf", text="Factura 1234 — Total: 560 MXN"),
+                "[document (pdf)]\nFactura 1234 — Total: 560 MXN",
+            ),
+            (
+                item("document", "application/msword", "failed"),
+                "[document (msword) that could not be opened]",
+            ),
+            (
+                item("location", text="location: 19.432608, -99.133209, Zócalo"),
+                "[location: 19.432608, -99.133209, Zócalo]",
+            ),
+            (item("other", "video/mp4", "failed"), "[video/mp4 attachment that cannot be opened]"),
+        ]
+        for attachment, words in cases:
+            assert describe(inbound(media=[attachment])) == words
 
     def test_a_message_with_nothing_is_named_empty(self):
         assert describe(inbound("")) == "[empty message]"

@@ -57,7 +57,7 @@ class StubGenerator:
     def __init__(self) -> None:
         self.requests: list[ReplyRequest] = []
         self.text: Callable[[ReplyRequest], str] = lambda request: (
-            "Echo: " + next(m.content for m in reversed(request.messages) if m.role == "user")
+            "Echo: " + next(m.text for m in reversed(request.messages) if m.role == "user")
         )
         # Runs during the LLM call, as other processes would meanwhile.
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
@@ -282,8 +282,8 @@ async def leave_sending(path: Path, body: str = "Echo") -> None:
     now = utcnow()
     await path.execute(
         "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
-        " body, media, status, reply_to_id, part, attempts, simulated, created_at, updated_at)"
-        " SELECT account_id, conversation_id, channel, 'outbound', 'ai', :body, '[]',"
+        " body, status, reply_to_id, part, attempts, simulated, created_at, updated_at)"
+        " SELECT account_id, conversation_id, channel, 'outbound', 'ai', :body,"
         " 'sending', id, 0, 1, false, :now, :now FROM messages WHERE id = :id",
         id=reply_to,
         now=now,
@@ -387,9 +387,9 @@ class TestExactlyOnce:
         taken = path.sender.next_sid()
         await path.execute(
             "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
-            " body, media, twilio_sid, status, part, attempts, simulated, created_at,"
+            " body, twilio_sid, status, part, attempts, simulated, created_at,"
             " updated_at) SELECT account_id, conversation_id, channel, 'outbound', 'system',"
-            " body, '[]', :sid, 'delivered', 0, 1, false, created_at, updated_at FROM messages"
+            " body, :sid, 'delivered', 0, 1, false, created_at, updated_at FROM messages"
             " WHERE status = 'sending'",
             sid=taken,
         )
@@ -434,7 +434,7 @@ class TestExactlyOnce:
         taken = path.sender.next_sid()
         await path.execute(
             "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
-            " body, media, twilio_sid, status, part, attempts, simulated, created_at,"
+            " body, twilio_sid, status, part, attempts, simulated, created_at,"
             " updated_at) SELECT account_id, conversation_id, channel, 'outbound', 'ai',"
             " body, '[]', :sid, 'sent', 0, 1, false, created_at, updated_at FROM messages"
             " WHERE status = 'sending'",

@@ -21,7 +21,7 @@ from sqlalchemy import Table, bindparam, case, exists, func, insert, literal, se
 
 from platica import models
 from platica.channels import postgresql
-from platica.channels.parsing import InboundMessage
+from platica.channels.parsing import InboundMessage, media_rows
 from platica.conversations.statuses import StatusOutcome, StatusUpdate, apply_status
 from platica.db import Tx, Typed, constant, dialect_insert, execute_alone, fetch_one, transaction
 from platica.deps import AppState
@@ -251,7 +251,6 @@ _INSERT_MESSAGE = (
         direction=models.Direction.inbound,
         author=models.Author.contact,
         body=bindparam("body"),
-        media=bindparam("media", type_=_m.media.type),
         twilio_sid=_sid,
         status=models.MessageStatus.received,
         reply_state=bindparam("reply_state"),
@@ -264,6 +263,24 @@ _INSERT_MESSAGE = (
     )
     .on_conflict_do_nothing(index_elements=["twilio_sid"])
     .returning(_m.id)
+)
+
+# A media item of the message (channels/parsing.py: media_rows); PostgreSQL's statement inserts
+# the same rows.
+INSERT_MEDIA = insert(cast(Table, models.MessageMedia.__table__)).values(
+    account_id=bindparam("account_id"),
+    message_id=bindparam("message_id"),
+    position=bindparam("position"),
+    kind=bindparam("kind"),
+    content_type=bindparam("content_type"),
+    url=bindparam("url"),
+    state=bindparam("state"),
+    attempts=0,
+    text=bindparam("text"),
+    latitude=bindparam("latitude"),
+    longitude=bindparam("longitude"),
+    created_at=bindparam("now"),
+    updated_at=bindparam("now"),
 )
 
 
@@ -324,7 +341,6 @@ async def _store(
                 **params,
                 "conversation_id": conversation_id,
                 "body": inbound.body,
-                "media": [{"url": m.url, "content_type": m.content_type} for m in inbound.media],
                 "reply_state": models.ReplyState.skipped
                 if contact.limited
                 else models.ReplyState.pending,
@@ -338,4 +354,14 @@ async def _store(
         # MessageSid nor the active conversation it now conflicts with: only another process
         # writing the file without the lock could do this. Roll back; Twilio retries.
         raise RuntimeError(f"{inbound.sid}: stored by someone else meanwhile")
+    for row in media_rows(inbound):
+        await tx.execute(
+            INSERT_MEDIA,
+            {
+                **row,
+                "account_id": params["account_id"],
+                "message_id": message_id,
+                "now": params["now"],
+            },
+        )
     return message_id, conversation_id, contact.limited

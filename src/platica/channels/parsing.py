@@ -5,18 +5,22 @@ from the webhook log)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from platica.conversations.statuses import StatusUpdate, parse_status, required, required_sid
 from platica.errors import BadRequest
 from platica.http import FormData, first, parse_form
-from platica.models import Channel
+from platica.media.kinds import kind_of, location_text
+from platica.models import Channel, MediaKind, MediaState
 
 __all__ = [
     "FormData",
     "InboundMessage",
+    "Location",
     "Media",
     "StatusUpdate",
     "first",
+    "media_rows",
     "parse_form",
     "parse_inbound",
     "parse_status",
@@ -33,6 +37,16 @@ class Media:
 
 
 @dataclass(frozen=True, slots=True)
+class Location:
+    """A WhatsApp location: where, and the place's address and name when the contact sent one."""
+
+    latitude: float
+    longitude: float
+    address: str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundMessage:
     sid: str
     channel: Channel
@@ -40,6 +54,7 @@ class InboundMessage:
     recipient: str
     body: str
     media: tuple[Media, ...] = ()
+    location: Location | None = None
     profile_name: str | None = None
     wa_id: str | None = None
     # Written in the dashboard's phone simulator: its replies are never sent to a real phone.
@@ -88,6 +103,68 @@ def parse_inbound(form: FormData, channel: Channel) -> InboundMessage:
         recipient=recipient,
         body=body,
         media=tuple(media),
+        location=_location(form),
         profile_name=(first(form, "ProfileName") or None),
         wa_id=(first(form, "WaId") or None),
     )
+
+
+def _coordinate(form: FormData, name: str, limit: float) -> float:
+    text = required(form, name)
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, got {text[:20]!r}") from None
+    if not -limit <= value <= limit:  # also refuses nan and inf
+        raise BadRequest(f"{name} must be between {-limit:g} and {limit:g}")
+    return value
+
+
+def _location(form: FormData) -> Location | None:
+    """The location a WhatsApp message shares (Latitude and Longitude, with Address and Label
+    when the contact picked a place), or None."""
+    if first(form, "Latitude") is None and first(form, "Longitude") is None:
+        return None
+    return Location(
+        latitude=_coordinate(form, "Latitude", 90.0),
+        longitude=_coordinate(form, "Longitude", 180.0),
+        address=(first(form, "Address") or "")[:500] or None,
+        label=(first(form, "Label") or "")[:200] or None,
+    )
+
+
+def media_rows(inbound: InboundMessage) -> list[dict[str, Any]]:
+    """The media rows of an inbound message, in Twilio's order: each item `pending` (fetched
+    later by the reply task, never in the request), then its location, understood already."""
+    rows: list[dict[str, Any]] = [
+        {
+            "position": position,
+            "kind": kind_of(item.content_type).value,
+            "content_type": item.content_type[:128],
+            "url": item.url,
+            "state": MediaState.pending.value,
+            "text": None,
+            "latitude": None,
+            "longitude": None,
+        }
+        for position, item in enumerate(inbound.media)
+    ]
+    if inbound.location is not None:
+        rows.append(
+            {
+                "position": len(rows),
+                "kind": MediaKind.location.value,
+                "content_type": "",
+                "url": None,
+                "state": MediaState.understood.value,
+                "text": location_text(
+                    inbound.location.latitude,
+                    inbound.location.longitude,
+                    inbound.location.address,
+                    inbound.location.label,
+                ),
+                "latitude": inbound.location.latitude,
+                "longitude": inbound.location.longitude,
+            }
+        )
+    return rows

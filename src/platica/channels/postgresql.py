@@ -33,7 +33,7 @@ from sqlalchemy import (
     select,
 )
 
-from platica.channels.parsing import InboundMessage
+from platica.channels.parsing import InboundMessage, media_rows
 from platica.conversations import statuses
 from platica.db import DriverPool, Rows, execute_alone
 from platica.jobs.queue import due_sql
@@ -115,11 +115,11 @@ touched AS (
     RETURNING conversations.id
 ),
 message AS (
-    INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
-                          twilio_sid, status, reply_state, note, attempts, part, simulated,
+    INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, twilio_sid,
+                          status, reply_state, note, attempts, part, simulated,
                           created_at, updated_at)
     SELECT contact.account_id, conversation.id, %(channel)s, 'inbound', 'contact', %(body)s,
-           CAST(%(media)s AS jsonb), %(sid)s, 'received',
+           %(sid)s, 'received',
            CASE WHEN contact.limited THEN 'skipped' ELSE 'pending' END,
            CASE WHEN contact.limited THEN %(limited_note)s END,
            0, 0, %(simulated)s, %(now)s, %(now)s
@@ -127,7 +127,7 @@ message AS (
     ON CONFLICT (twilio_sid) DO NOTHING
     RETURNING id, conversation_id, reply_state
 ),
-verdict AS (
+{{MEDIA_CTE}}verdict AS (
     SELECT message.id AS message_id, message.conversation_id,
            message.reply_state <> 'pending' AS flooded
     FROM message
@@ -149,8 +149,22 @@ SELECT cfg.account_id, cfg.debounce_seconds, (SELECT count(*) FROM logged) AS lo
        verdict.message_id, verdict.conversation_id, coalesce(verdict.flooded, false) AS flooded
 FROM cfg LEFT JOIN verdict ON true
 """
+# The message's media items (parsing.media_rows), as a JSON array: only in the statement for
+# messages that have some, so that text messages pay nothing for them.
+MEDIA_CTE = """
+stored_media AS (
+    INSERT INTO media (account_id, message_id, position, kind, content_type, url, state, attempts,
+                       text, latitude, longitude, created_at, updated_at)
+    SELECT contact.account_id, message.id, item.position, item.kind, item.content_type, item.url,
+           item.state, 0, item.text, item.latitude, item.longitude, %(now)s, %(now)s
+    FROM message, contact, jsonb_to_recordset(CAST(%(media)s AS jsonb)) AS item(
+        position integer, kind text, content_type text, url text, state text, text text,
+        latitude double precision, longitude double precision)
+),
+"""
 # Whitespace collapsed: psycopg caches its parse of statements up to 4 KiB only.
-RECORD_STATEMENT = " ".join(RECORD_SQL.split())
+RECORD_STATEMENT = " ".join(RECORD_SQL.replace("{MEDIA_CTE}", "").split())
+RECORD_WITH_MEDIA_STATEMENT = " ".join(RECORD_SQL.replace("{MEDIA_CTE}", MEDIA_CTE).split())
 
 
 async def record(
@@ -159,7 +173,8 @@ async def record(
     log: dict[str, Any],
     flood: Window,
 ) -> dict[str, Any] | None:
-    """Run RECORD_STATEMENT for `inbound` (and its log entry, `log`: endpoint, token,
+    """Run RECORD_STATEMENT (with its media: RECORD_WITH_MEDIA_STATEMENT) for `inbound` (and its
+    log entry, `log`: endpoint, token,
     signature_valid, params); its row, or None when no account owns the number (nothing
     written)."""
     now = log["received_at"]
@@ -172,9 +187,6 @@ async def record(
         "wa_id": inbound.wa_id[:64] if inbound.wa_id else None,
         "body": inbound.body,
         "simulated": inbound.simulated,
-        "media": json.dumps(
-            [{"url": m.url, "content_type": m.content_type} for m in inbound.media]
-        ),
         "now": now,
         "window_over": flood.starts_after(now),
         "flood_limit": flood.limit,
@@ -186,12 +198,16 @@ async def record(
         "signature_valid": log["signature_valid"],
         "params": json.dumps(log["params"]),
     }
+    statement = RECORD_STATEMENT
+    if rows := media_rows(inbound):
+        statement = RECORD_WITH_MEDIA_STATEMENT
+        params["media"] = json.dumps(rows)
     lost_connection = False
     for attempt in range(1, ATTEMPTS + 1):
         # One statement is one transaction: in autocommit, no BEGIN and COMMIT round trips.
         async with pool.connection() as connection:
             try:
-                row = await (await connection.execute(RECORD_STATEMENT, params)).fetchone()
+                row = await (await connection.execute(statement, params)).fetchone()
             except psycopg.OperationalError:
                 # The connection was lost before or under the statement (a database restart,
                 # an administrator's pg_terminate_backend: AdminShutdown, whether or not psycopg

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
 
 from platica.errors import BadRequest, NotFound, PlaticaError
 from platica.models import (
@@ -150,6 +151,7 @@ async def history(session: AsyncSession, conversation: Conversation, limit: int)
         .where(Message.conversation_id == conversation.id)
         .order_by(Message.id.desc())
         .limit(limit)
+        .options(selectinload(Message.media))
     )
     return list(reversed(list(rows)))
 

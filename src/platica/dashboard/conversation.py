@@ -59,12 +59,14 @@ def _message(message: Message) -> dict[str, Any]:
     inbound = message.direction == Direction.inbound
     media = [
         {
-            "url": item.get("url", ""),
-            "content_type": item.get("content_type", ""),
-            "image": str(item.get("content_type", "")).startswith("image/"),
+            "id": item.id,
+            "kind": item.kind,
+            "content_type": item.content_type,
+            "state": item.state,
+            "text": item.text,
+            "error": item.error,
         }
-        for item in message.media or []
-        if str(item.get("url", "")).startswith(("https://", "http://"))
+        for item in message.media
     ]
     waiting = inbound and message.reply_state == ReplyState.pending
     return {

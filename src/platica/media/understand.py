@@ -13,6 +13,7 @@ import base64
 import io
 import re
 import struct
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from pypdf import PasswordType, PdfReader
 from pypdf.errors import PyPdfError
 
 from platica.config import Settings
+from platica.media.kinds import bare_type
 from platica.metrics import AUDIO_SECONDS, TRANSCRIPTION_SECONDS
 from platica.ratelimit import backoff
 
@@ -47,11 +49,6 @@ class UnderstandFailed(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
-
-
-def _bare_type(content_type: str) -> str:
-    """`audio/ogg; codecs=opus` → `audio/ogg`."""
-    return content_type.split(";")[0].strip().lower()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,7 +112,7 @@ class Transcript:
 def audio_seconds(data: bytes, content_type: str) -> float | None:
     """The length of a voice note in seconds, from its container's headers (mutagen); None
     when it cannot be told."""
-    readers = _READERS.get(_bare_type(content_type))
+    readers = _READERS.get(bare_type(content_type))
     if readers == ():
         return None
     try:
@@ -241,7 +238,7 @@ def _text_of(result: object) -> str:
 
 def _upload_of(content_type: str) -> tuple[str, str]:
     """The file name and type a voice note of this content type is uploaded as."""
-    bare = _bare_type(content_type)
+    bare = bare_type(content_type)
     upload = _UPLOADS.get(bare)
     if upload is None:
         raise UnderstandFailed(f"voice notes of type {bare or '(none)'} cannot be transcribed")
@@ -415,14 +412,18 @@ _KEPT = {
 _OPENABLE = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "ICO", "PPM", "TGA")
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
 def image_data_url(data: bytes, content_type: str) -> str:
     """A `data:` URL of the image that a vision model accepts: a PNG, JPEG, WEBP or still GIF
     as it is when small enough; anything else re-encoded as a JPEG that fits MAX_IMAGE_SIDE
     (upright, transparency on white; an animation's first frame). UnderstandFailed when it is
     not an image Plática can open."""
-    what = _bare_type(content_type) or "the file"
+    what = bare_type(content_type) or "the file"
     try:
-        with warnings.catch_warnings():
+        # The warning filter is the process's: one image at a time (threads may call this).
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             # Pillow warns of metadata it skips in a damaged file (the picture decodes or it
             # does not); and only warns between MAX_IMAGE_PIXELS and twice as many, which are
             # refused too.

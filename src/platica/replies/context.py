@@ -18,6 +18,8 @@ from platica.config import Settings
 from platica.db import Database, DriverPool, Tx
 from platica.jobs.locks import ConversationLocks
 from platica.logging import get_logger
+from platica.media.fetch import TwilioMedia
+from platica.media.understand import Transcriber
 from platica.ratelimit import RateLimits, backoff
 from platica.replies.generator import (
     ReplyGenerator,
@@ -68,6 +70,9 @@ class ReplyContext:
     status_callback: Callable[[], str | None] = lambda: None
     # PostgreSQL: the psycopg pool the reply path's statements go through (db.open_driver_pool).
     driver_pool: DriverPool | None = None
+    # Twilio's media, None in dry run (nothing is fetched); the transcriber, None without an LLM.
+    media: TwilioMedia | None = None
+    transcriber: Transcriber | None = None
     database: Database = field(init=False)
     # The pacing limits (RATE_LIMIT_PER_SENDER, RATE_LIMIT_PER_ACCOUNT), read from `settings`.
     limits: RateLimits = field(init=False)

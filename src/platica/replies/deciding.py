@@ -205,7 +205,11 @@ async def write_plan(
     else:
         first_attempt = 0
     history = await store.history(
-        connection, conversation.id, max(config.context_messages, 1), batch_ids[-1]
+        connection,
+        conversation.id,
+        max(config.context_messages, 1),
+        batch_ids[-1],
+        pictures_of=batch_ids if config.vision else (),
     )
     request = ReplyRequest(
         model=config.openai_model or ctx.settings.OPENAI_MODEL,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import httpx2
 import openai
@@ -34,7 +34,17 @@ OPENAI_TIMEOUT_SECONDS = 20.0
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Role
-    content: str
+    # Text, or content parts (text and images) for a model that sees images.
+    content: str | list[dict[str, Any]]
+    # The kinds of media the message carried (models.MediaKind values), whatever was understood
+    # of them: the offline responder says what it cannot open.
+    media: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return " ".join(str(part.get("text", "")) for part in self.content if "text" in part)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,14 +332,35 @@ def _read_completion(completion: object) -> _Answer:
 OFFLINE_NOTICE = "[Demo reply, not AI: set OPENAI_API_KEY for real answers.]"
 
 
+# What the offline responder calls what it cannot open, by media kind.
+OFFLINE_MEDIA = {
+    "audio": "voice note",
+    "image": "image",
+    "document": "document",
+    "other": "attachment",
+}
+
+
 class OfflineReplyGenerator:
     """Answers without any LLM, saying so plainly, so the loop can be tried without keys."""
 
     async def generate(self, request: ReplyRequest) -> GeneratedReply:
-        last = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
-        quoted = last if len(last) <= 60 else last[:57] + "..."
+        last = next((m for m in reversed(request.messages) if m.role == "user"), None)
+        opaque = [
+            OFFLINE_MEDIA[kind] for kind in (last.media if last else ()) if kind in OFFLINE_MEDIA
+        ]
+        if opaque:
+            # Nothing can listen to or look at it without a key: say so, not what it was.
+            text = (
+                f"{OFFLINE_NOTICE} I received your {opaque[0]}, but I cannot understand "
+                "voice notes, images or documents without an OpenAI key."
+            )
+        else:
+            said = last.text if last else ""
+            quoted = said if len(said) <= 60 else said[:57] + "..."
+            text = f'{OFFLINE_NOTICE} You said: "{quoted}"'
         return GeneratedReply(
-            text=f'{OFFLINE_NOTICE} You said: "{quoted}"',
+            text=text,
             model="offline",
             prompt_tokens=None,
             completion_tokens=None,

@@ -27,7 +27,6 @@ _PART_COLUMNS = (
     "direction",
     "author",
     "body",
-    "media",
     "status",
     "reply_to_id",
     "part",
@@ -59,7 +58,6 @@ def _insert_part(module: Any) -> Insert:
 _INSERT_PART = {"postgresql": _insert_part(postgresql), "sqlite": _insert_part(sqlite)}
 _PART_DEFAULTS: dict[str, Any] = {
     "direction": Direction.outbound,
-    "media": [],
     "attempts": 0,
     "encoding": None,
     "segments": None,

@@ -10,7 +10,8 @@ inbound message. Each round:
 2. delivers outbound messages stored but not yet sent (after a crash, or a Twilio outage:
    sending.py);
 3. waits out the debounce window, so a burst of messages gets one answer (deciding.py);
-4. handles STOP/START/HELP before anything reaches the LLM (deciding.py);
+4. handles STOP/START/HELP before anything reaches the LLM (deciding.py), and fetches and
+   understands the batch's voice notes, images and documents (reading.py);
 5. asks the LLM (retrying transient failures, else the fallback message), shapes the answer for
    the channel, and in one durable transaction stores it, its first part already marked
    `sending`, and marks the inbound messages answered (answering.py);
@@ -42,6 +43,7 @@ from platica.replies.deciding import (
     decide,
     write_plan,
 )
+from platica.replies.reading import read_media
 from platica.replies.sending import deliver_unsent
 
 log = get_logger(__name__)
@@ -101,6 +103,7 @@ async def _rounds(ctx: ReplyContext, lease: Lease) -> float | None:
 async def _round(ctx: ReplyContext, lease: Lease) -> float | Again | None:
     plan: Plan | None = None
     prepared: Prepared | float | None = None
+    unread: list[int] = []
     async with ctx.transaction(durable=False) as connection:
         row = await lease.take(connection)
         if row is None:
@@ -125,7 +128,9 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | Again | None:
                 await lease.release(connection)
                 return wait
             plan = decide(loaded, pending, utcnow())
-            if plan.opted_out is None:
+            # A batch with media still to read reads them first, outside this transaction.
+            unread = [m.id for m in plan.remaining if m.media_pending] if plan.answering else []
+            if not unread and plan.opted_out is None:
                 # Rows are locked contact, conversation, messages everywhere (so concurrent
                 # transactions on PostgreSQL wait instead of deadlocking); the lease has locked
                 # the conversation already, so only a plan that leaves the contact alone is
@@ -133,6 +138,11 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | Again | None:
                 prepared = await write_plan(ctx, connection, lease, loaded, plan)
     if plan is None:
         return await deliver_unsent(ctx, lease, loaded, unsent)
+    if unread:
+        # Fetched and understood (or given up) before the batch is answered; the next round
+        # decides again with what they said.
+        await read_media(ctx, loaded, unread)
+        return AGAIN
     if plan.opted_out is not None:
         async with ctx.transaction(durable=False) as connection:
             prepared = await write_plan(ctx, connection, lease, loaded, plan)

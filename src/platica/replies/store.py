@@ -23,15 +23,17 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     func,
     or_,
     select,
     update,
 )
 
-from platica.db import Tx, any_of, none_of
+from platica.db import Tx, any_of, fetch_all, none_of
 from platica.jobs import queue
 from platica.jobs.queue import Leased
+from platica.media import store as media
 from platica.models import (
     Account,
     Author,
@@ -41,12 +43,13 @@ from platica.models import (
     Conversation,
     Direction,
     Message,
+    MessageMedia,
     MessageStatus,
     ReplyState,
-    WebhookLog,
     utcnow,
 )
 from platica.ratelimit import Pace
+from platica.replies.prompts import Said
 
 _messages = cast(Table, Message.__table__)
 _conversations_table = cast(Table, Conversation.__table__)
@@ -56,7 +59,7 @@ _m = _messages.c
 _configs = _configs_table.c
 _contacts = _contacts_table.c
 _conversations = _conversations_table.c
-_logs = cast(Table, WebhookLog.__table__).c
+_media = cast(Table, MessageMedia.__table__).c
 
 
 # --- Rows ----------------------------------------------------------------------------------
@@ -102,6 +105,8 @@ class Inbound:
     created_at: datetime
     # Written in the dashboard's simulator: what answers it is never sent to a real phone.
     simulated: bool = False
+    # Some of its media items are still to fetch and understand (media/reading.py).
+    media_pending: bool = False
 
 
 @dataclass(slots=True)
@@ -206,6 +211,7 @@ _WORK = (
         _m.simulated,
         _m.created_at,
         _m.updated_at,
+        exists().where(_media.message_id == _m.id, media.UNREAD).label("media_pending"),
     )
     .where(
         _m.conversation_id == bindparam("conversation_id"),
@@ -221,7 +227,16 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
     pending: list[Inbound] = []
     for row in await connection.execute(_WORK, {"conversation_id": conversation_id}):
         if row.direction == Direction.inbound:
-            pending.append(Inbound(row.id, row.body, row.attempts, row.created_at, row.simulated))
+            pending.append(
+                Inbound(
+                    row.id,
+                    row.body,
+                    row.attempts,
+                    row.created_at,
+                    row.simulated,
+                    row.media_pending,
+                )
+            )
         else:
             unsent.append(
                 Outbound(
@@ -241,7 +256,7 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
 
 
 _HISTORY = (
-    select(_m.id, _m.reply_to_id, _m.direction, _m.body, _m.media)
+    select(_m.id, _m.reply_to_id, _m.direction, _m.body)
     .where(
         _m.conversation_id == bindparam("conversation_id"),
         none_of(_m.status, [MessageStatus.failed, MessageStatus.undelivered]),
@@ -263,14 +278,37 @@ def _in_conversation_order(row: Any) -> tuple[int, int, int]:
     return (row.id, 0, row.id)
 
 
-async def history(connection: Tx, conversation_id: int, limit: int, up_to: int) -> list[Message]:
+async def history(
+    connection: Tx,
+    conversation_id: int,
+    limit: int,
+    up_to: int,
+    pictures_of: Sequence[int] = (),
+) -> list[Said]:
     """The conversation's last `limit` messages worth showing the model, up to the message
-    `up_to` (the last of the batch being answered), in the conversation's order, oldest first
-    (transient Message objects, as prompts.build_messages takes)."""
+    `up_to` (the last of the batch being answered), in the conversation's order, oldest first,
+    with their media; the images of the messages `pictures_of` with their bytes."""
     params = {"conversation_id": conversation_id, "limit": limit, "up_to": up_to}
-    rows = await connection.execute(_HISTORY, params)
-    ordered = sorted(rows, key=_in_conversation_order)
-    return [Message(direction=r.direction, body=r.body, media=r.media) for r in ordered]
+    rows = sorted(await connection.execute(_HISTORY, params), key=_in_conversation_order)
+    inbound = [row.id for row in rows if row.direction == Direction.inbound]
+    attachments: dict[int, list[media.Attachment]] = {}
+    pictures: dict[int, list[media.Picture]] = {}
+    if inbound:
+        for item in await fetch_all(connection, media.ATTACHMENTS, {"ids": inbound}):
+            attachments.setdefault(item.message_id, []).append(item)
+        wanted = [message_id for message_id in pictures_of if message_id in attachments]
+        if wanted:
+            for picture in await fetch_all(connection, media.PICTURES, {"ids": wanted}):
+                pictures.setdefault(picture.message_id, []).append(picture)
+    return [
+        Said(
+            Direction(row.direction),
+            row.body,
+            attachments.get(row.id, ()),
+            pictures.get(row.id, ()),
+        )
+        for row in rows
+    ]
 
 
 # --- Writing -------------------------------------------------------------------------------
