@@ -38,7 +38,10 @@ from platica.models import (
     ConversationStatus,
     DashboardSession,
     Direction,
+    MediaKind,
+    MediaState,
     Message,
+    MessageMedia,
     MessageStatus,
     ReplyState,
     WebhookLog,
@@ -314,7 +317,8 @@ def seed(url: str) -> Seeded:
         a.reply(a.inbound(s3, days(10)), 800)
         w1 = a.conversation(Channel.whatsapp, "+34600000001", opened=hours(30))
         a.reply(a.inbound(w1, hours(30)), 1200)
-        a.reply(a.inbound(w1, hours(1)), 950.5)
+        voice_a = a.inbound(w1, hours(1))
+        a.reply(voice_a, 950.5)
         w2 = a.conversation(Channel.whatsapp, "+34600000009", opened=hours(5))
         a.inbound(w2, hours(5), ReplyState.failed)
 
@@ -325,7 +329,21 @@ def seed(url: str) -> Seeded:
         bw1 = b.conversation(Channel.whatsapp, "+34700000001", opened=days(40))
         b.reply(b.inbound(bw1, days(40)), 500)
         bw2 = b.conversation(Channel.whatsapp, "+34700000002", opened=hours(6))
-        b.reply(b.inbound(bw2, hours(6)), 700)
+        voice_b = b.inbound(bw2, hours(6))
+        b.reply(voice_b, 700)
+        session.flush()
+        for account, message in ((account_a, voice_a), (account_b, voice_b)):
+            session.add(
+                MessageMedia(
+                    account_id=account.id,
+                    message_id=message.id,
+                    position=0,
+                    kind=MediaKind.audio,
+                    content_type="audio/ogg",
+                    state=MediaState.understood,
+                    text="Hola, ¿tienen mesa para cuatro?",
+                )
+            )
 
         for account_id in (account_a.id, account_b.id, None):
             session.add(

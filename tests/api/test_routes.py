@@ -55,6 +55,9 @@ SPEC_PATHS = frozenset(
 )
 CONFIG_FIELDS = {
     "account_id",
+    "language",
+    "vision",
+    "delete_media_after_use",
     "channel",
     "phone_number",
     "system_prompt",

@@ -234,3 +234,37 @@ class TestDeleteAfterUse:
             "the media deleted at Twilio",
         )
         assert url.rsplit("/", 1)[1] in stack.twilio.media_deleted
+
+
+class TestWithoutKeysOrCredentials:
+    def test_offline_the_responder_says_it_cannot_listen(self, sqlite_url, live_server):
+        with live_stack(sqlite_url, live_server, OPENAI_BASE_URL=None, OPENAI_API_KEY=None) as stack:
+            send_media(stack, (ogg_opus(2.0), "audio/ogg"))
+            [reply] = answered(stack)
+
+            assert "I received your voice note" in reply.body
+            assert not stack.openai.transcriptions
+            [row] = media_rows(stack)
+            assert (row.state, row.error) == (
+                "failed",
+                "not transcribed: no OpenAI key (OPENAI_API_KEY)",
+            )
+            # Fetched all the same: operators can play it.
+            assert row.size_bytes is not None
+
+    def test_in_dry_run_nothing_is_fetched(self, sqlite_url, live_server):
+        with live_stack(
+            sqlite_url, live_server, TWILIO_ACCOUNT_SID=None, TWILIO_AUTH_TOKEN=None
+        ) as stack:
+            url = stack.twilio.add_media(ogg_opus(1.0), "audio/ogg")
+            stack.send("whatsapp", body="", **media_form((url, "audio/ogg")))
+            wait_for(stack.settled, "the reply stored (not sent: dry run)")
+
+            [row] = media_rows(stack)
+            assert (row.state, row.error) == (
+                "failed",
+                "not fetched: no Twilio credentials (dry run)",
+            )
+            assert not stack.twilio.media_requests
+            assert not stack.twilio.media_storage.requests
+

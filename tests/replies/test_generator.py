@@ -362,6 +362,26 @@ class TestOfflineReplyGenerator:
         assert reply.text.endswith('You said: ""')
 
 
+    async def test_says_plainly_it_cannot_open_a_voice_note_without_a_key(self):
+        generator = OfflineReplyGenerator()
+        note = ChatMessage("user", "[voice note that could not be transcribed]", ("audio",))
+
+        reply = await generator.generate(request([note]))
+
+        assert reply.text.startswith(OFFLINE_NOTICE)
+        assert "I received your voice note" in reply.text
+        assert "without an OpenAI key" in reply.text
+        assert "You said" not in reply.text
+
+    async def test_a_location_is_quoted_like_text(self):
+        generator = OfflineReplyGenerator()
+        place = ChatMessage("user", "[location: 19.432608, -99.133209]", ("location",))
+
+        reply = await generator.generate(request([place]))
+
+        assert reply.text.endswith('You said: "[location: 19.432608, -99.133209]"')
+
+
 class TestCreateGenerator:
     async def test_offline_without_key_or_base_url(self, database_url):
         generator = create_generator(make_settings(database_url))

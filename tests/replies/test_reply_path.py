@@ -436,7 +436,7 @@ class TestExactlyOnce:
             "INSERT INTO messages (account_id, conversation_id, channel, direction, author,"
             " body, twilio_sid, status, part, attempts, simulated, created_at,"
             " updated_at) SELECT account_id, conversation_id, channel, 'outbound', 'ai',"
-            " body, '[]', :sid, 'sent', 0, 1, false, created_at, updated_at FROM messages"
+            " body, :sid, 'sent', 0, 1, false, created_at, updated_at FROM messages"
             " WHERE status = 'sending'",
             sid=taken,
         )

@@ -256,7 +256,15 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
 
 
 _HISTORY = (
-    select(_m.id, _m.reply_to_id, _m.direction, _m.body)
+    select(
+        _m.id,
+        _m.reply_to_id,
+        _m.direction,
+        _m.body,
+        # Read with the message (an index probe), so that a conversation without media pays
+        # no statement for them.
+        exists().where(_media.message_id == _m.id).label("has_media"),
+    )
     .where(
         _m.conversation_id == bindparam("conversation_id"),
         none_of(_m.status, [MessageStatus.failed, MessageStatus.undelivered]),
@@ -290,11 +298,11 @@ async def history(
     with their media; the images of the messages `pictures_of` with their bytes."""
     params = {"conversation_id": conversation_id, "limit": limit, "up_to": up_to}
     rows = sorted(await connection.execute(_HISTORY, params), key=_in_conversation_order)
-    inbound = [row.id for row in rows if row.direction == Direction.inbound]
+    with_media = [row.id for row in rows if row.has_media]
     attachments: dict[int, list[media.Attachment]] = {}
     pictures: dict[int, list[media.Picture]] = {}
-    if inbound:
-        for item in await fetch_all(connection, media.ATTACHMENTS, {"ids": inbound}):
+    if with_media:
+        for item in await fetch_all(connection, media.ATTACHMENTS, {"ids": with_media}):
             attachments.setdefault(item.message_id, []).append(item)
         wanted = [message_id for message_id in pictures_of if message_id in attachments]
         if wanted:
