@@ -238,7 +238,12 @@ def send_voice_note(
     the server's webhook (and acknowledged)."""
     url = twilio.add_media(note, "audio/ogg")
     form = inbound_form(
-        "whatsapp", body="", NumMedia="1", MediaUrl0=url, MediaContentType0="audio/ogg"
+        "whatsapp",
+        body="",
+        NumMedia="1",
+        MediaUrl0=url,
+        MediaContentType0="audio/ogg",
+        MessageType="audio",
     )
     response = post_signed(client, server.url, "/webhook/whatsapp", form)
     assert response.status_code == 200, response.text
