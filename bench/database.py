@@ -305,26 +305,39 @@ def unsettled_sqlite(sqlite_path: Path) -> int:
 
 
 def account_settings(url: str | None, sqlite_path: Path | None = None) -> dict[str, Any]:
-    """How many accounts there are, and the SMS channel's settings that matter here."""
+    """How many accounts there are, and the settings that matter here of its SMS channels and
+    of its WhatsApp ones (the voice notes')."""
     accounts = _rows(url, sqlite_path, "SELECT count(*) FROM accounts")[0][0]
     rows = _rows(
         url,
         sqlite_path,
-        "SELECT phone_number, debounce_seconds, ai_enabled, daily_token_budget FROM "
-        "channel_configs WHERE channel = 'sms' ORDER BY id",
+        "SELECT channel, phone_number, debounce_seconds, ai_enabled, daily_token_budget FROM "
+        "channel_configs ORDER BY id",
     )
-    return {
-        "accounts": int(accounts),
-        "sms_channels": [
+
+    def channels(kind: str) -> list[dict[str, Any]]:
+        return [
             {
                 "phone_number": number,
                 "debounce_seconds": float(debounce),
                 "ai_enabled": bool(ai),
                 "daily_token_budget": budget,
             }
-            for number, debounce, ai, budget in rows
-        ],
+            for channel, number, debounce, ai, budget in rows
+            if channel == kind
+        ]
+
+    return {
+        "accounts": int(accounts),
+        "sms_channels": channels("sms"),
+        "whatsapp_channels": channels("whatsapp"),
     }
+
+
+def media_states(url: str | None, sqlite_path: Path | None = None) -> dict[str, int]:
+    """How many media items are in each state (pending, fetched, understood, failed)."""
+    rows = _rows(url, sqlite_path, "SELECT state, count(*) FROM media GROUP BY state")
+    return {str(state): int(count) for state, count in rows}
 
 
 def postgres_server_pid(url: str) -> int | None:

@@ -147,14 +147,28 @@ def build_requests(
     path: str = "/webhook/sms",
     to: str = SMS_NUMBER,
     token: str = AUTH_TOKEN,
+    channel: str = "sms",
+    media: Sequence[tuple[str, str]] | None = None,
 ) -> list[WebhookRequest]:
-    """One signed inbound-SMS webhook per (sender, body) of `plan`, as Twilio would post it to
-    base_url + path, to the account's number `to`."""
+    """One signed inbound webhook per (sender, body) of `plan` (SMS, or `channel`), as Twilio
+    would post it to base_url + path, to the account's number `to`; with `media`, message i
+    carries the item (url, content type) media[i], as WhatsApp sends one per message. Each
+    request's `sender` is the form's From ("whatsapp:+1…" on WhatsApp), as replies go to it."""
+    if media is not None and len(media) != len(plan):
+        raise ValueError("one media item per message of the plan")
     host = base_url.removeprefix("http://")
     url = base_url + path
     requests = []
-    for sender, text in plan:
-        form = inbound_form(sender=sender, to=to, body=text)
+    for index, (sender, text) in enumerate(plan):
+        extra: dict[str, str] = {}
+        if media is not None:
+            item_url, content_type = media[index]
+            extra = {"NumMedia": "1", "MediaUrl0": item_url, "MediaContentType0": content_type}
+            if channel == "whatsapp":
+                # WhatsApp names the item's kind ("audio" for a voice note).
+                kind = content_type.partition("/")[0]
+                extra["MessageType"] = kind if kind in ("image", "audio", "video") else "document"
+        form = inbound_form(channel, sender=sender, to=to, body=text, **extra)
         body = urlencode(form).encode()
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
@@ -165,7 +179,7 @@ def build_requests(
         head = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
         head += [f"{name}: {value}" for name, value in headers.items()]
         raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
-        requests.append(WebhookRequest(form["MessageSid"], sender, path, body, headers, raw))
+        requests.append(WebhookRequest(form["MessageSid"], form["From"], path, body, headers, raw))
     return requests
 
 

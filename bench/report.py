@@ -446,6 +446,11 @@ def _bars(results: dict[str, Any], backend: str) -> list[tuple[str, str, bool | 
         )
     )
 
+    # -- a voice note's own overhead (issue 14)
+    voice_bar = _voice_bar(config, reps)
+    if voice_bar is not None:
+        bars.append(voice_bar)
+
     # -- one account at 300/s for 15 s, default settings
     if loads and not sqlite:
         load_checks = [b.get("checks") for b in loads]
@@ -526,6 +531,48 @@ def _bars(results: dict[str, Any], backend: str) -> list[tuple[str, str, bool | 
     return bars
 
 
+def _voice_waits(config: dict[str, Any], debounce: str) -> str:
+    """What the voice-note overhead subtracts, in words; `debounce` says how long the WhatsApp
+    number's debounce is ("2 s")."""
+    return (
+        f"reply − ack − {config['twilio_latency']:g} s Twilio's media URL − "
+        f"{config['media_latency']:g} s its storage host − {config['llm_latency']:g} s "
+        f"transcription − {config['llm_latency']:g} s LLM − {config['twilio_latency']:g} s "
+        f"Twilio − the WhatsApp number's {debounce} debounce"
+    )
+
+
+def _voice_bar(
+    config: dict[str, Any], reps: Sequence[dict[str, Any]]
+) -> tuple[str, str, bool | None] | None:
+    """Issue 14's bar: Plática's own overhead for a voice note, median per repetition, under
+    `bar_voice_overhead_ms` in every one; every note answered, and transcribed. With the acks of
+    the voice notes beside the text messages' (e2e steady, same rate)."""
+    voices = [r["voice"] for r in reps if r.get("voice")]
+    if not voices:
+        return None
+    bar_ms = config["bar_voice_overhead_ms"]
+    p50 = _values(voices, "overhead_ms", "p50")
+    worst = spread(p50)[2]
+    messages = sum(int(v.get("messages") or 0) for v in voices)
+    answered = sum(int(v.get("replies") or 0) for v in voices)
+    understood = sum(int(_get(v, "media_states", "understood") or 0) for v in voices)
+    debounce = sorted({v["debounce_seconds"] for v in voices if v.get("debounce_seconds")})
+    measured = (
+        f"{fmt_spread(p50)} ms (median per repetition; p90 "
+        f"{fmt_spread(_values(voices, 'overhead_ms', 'p90'))} ms) = "
+        + _voice_waits(config, ("/".join(f"{d:g}" for d in debounce) or "?") + " s")
+        + f"; {answered}/{messages} voice notes answered, {understood} transcribed. Webhook ack "
+        f"for a voice note: p99 {fmt_spread(_values(voices, 'ack', 'p99_ms'))} ms (p50 "
+        f"{fmt_spread(_values(voices, 'ack', 'p50_ms'))} ms), for a text message at the same "
+        f"{config['e2e_rate']:g}/s (e2e steady): p99 "
+        f"{fmt_spread(_values(reps, 'steady', 'ack', 'p99_ms'))} ms (p50 "
+        f"{fmt_spread(_values(reps, 'steady', 'ack', 'p50_ms'))} ms)"
+    )
+    ok = None if math.isnan(worst) else worst < bar_ms and answered == understood == messages
+    return (f"Voice-note overhead < {bar_ms:g} ms median (issue 14)", measured, ok)
+
+
 def _usage_row(label: str, phases: Sequence[dict[str, Any] | None]) -> str:
     phases = [p for p in phases if p]
     cpu = [_get(p, "usage", "cpu_percent", "platica") for p in phases]
@@ -571,7 +618,8 @@ def _concurrency(config: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 # What `platica serve` may be given in the main scenarios: where its database and the fakes are,
-# its own URL, the fakes' credentials, the log level. Anything else changes a default.
+# its own URL, the account's numbers, the fakes' credentials, the log level. Anything else
+# changes a default.
 RUN_SETTINGS = frozenset(
     {
         "DATABASE_URL",
@@ -579,6 +627,7 @@ RUN_SETTINGS = frozenset(
         "TWILIO_ACCOUNT_SID",
         "TWILIO_AUTH_TOKEN",
         "TWILIO_PHONE_NUMBER",
+        "TWILIO_WHATSAPP_NUMBER",
         "TWILIO_API_BASE_URL",
         "OPENAI_BASE_URL",
         "OPENAI_API_KEY",
@@ -600,15 +649,16 @@ def _settings_lines(results: dict[str, Any]) -> list[str]:
     lines = [
         "- **One account, default settings.** `platica serve` got only "
         + ", ".join(f"`{name}`" for name in env if name in RUN_SETTINGS)
-        + " (where its database and the fakes are, its own URL, the fakes' credentials, "
-        "the log level); every other setting is Plática's default"
+        + " (where its database and the fakes are, its own URL, the account's SMS and WhatsApp "
+        "numbers, the fakes' credentials, the log level); every other setting is Plática's "
+        "default"
         + (
             " (" + ", ".join(f"`{k}={v}`" for k, v in (meta.get("defaults") or {}).items()) + ")"
             if meta.get("defaults")
             else ""
         )
-        + ". The account is the default one `platica serve` creates for TWILIO_PHONE_NUMBER, "
-        "left as created: nothing in the database is changed."
+        + ". The account is the default one `platica serve` creates for TWILIO_PHONE_NUMBER and "
+        "TWILIO_WHATSAPP_NUMBER, left as created: nothing in the database is changed."
     ]
     changed = non_default_settings(results)
     if changed:
@@ -627,7 +677,13 @@ def _settings_lines(results: dict[str, Any]) -> list[str]:
             f"number {channel['phone_number']}, debounce {channel['debounce_seconds']:g} s"
             + (f" (the model's default: {default:g} s)" if default is not None else "")
             + f", AI {'on' if channel.get('ai_enabled') else 'off'}, daily token budget "
-            f"{channel.get('daily_token_budget') or 'none'}."
+            f"{channel.get('daily_token_budget') or 'none'}"
+            + "".join(
+                f"; WhatsApp number {w['phone_number']} (the voice notes'), debounce "
+                f"{w['debounce_seconds']:g} s"
+                for w in account.get("whatsapp_channels") or []
+            )
+            + "."
         )
     return lines
 
@@ -711,8 +767,10 @@ def write(results: dict[str, Any], output: Path) -> None:
     )
     add(
         f"- Fakes as separate processes: `python -m tests.fakes openai --latency "
-        f"{config['llm_latency']:g}` and `python -m tests.fakes twilio --latency "
-        f"{config['twilio_latency']:g}` (no status callbacks)."
+        f"{config['llm_latency']:g}` (completions and transcriptions) and `python -m tests.fakes "
+        f"twilio --latency {config['twilio_latency']:g} --media-latency "
+        f"{config['media_latency']:g}` (sends and media URLs; the media storage host a media "
+        "URL's 307 leads to, in the same process; no status callbacks)."
     )
     add(
         "- Plática: one `python -m platica serve` (web + worker), console logs to a file, "
@@ -764,6 +822,17 @@ def write(results: dict[str, Any], output: Path) -> None:
         f"{config['twilio_latency']:g} s − the account's debounce as stored in its channel "
         "settings (both clocks are the machine's CLOCK_MONOTONIC)."
     )
+    if config.get("voice_seconds"):
+        add(
+            f"- **Voice notes** (issue 14), after the e2e steady phase of every repetition: "
+            f"{config['voice_rate']:g} WhatsApp voice notes/s for {config['voice_seconds']:g} s, "
+            f"one per sender, each a {config['voice_note_seconds']:g} s Ogg Opus note (silent "
+            "frames: a few hundred bytes) registered with the fake Twilio first; each is fetched "
+            "(Twilio's media URL with the account's credentials, its 307, the storage host), "
+            "kept, transcribed, then answered; each waited for. Voice-note overhead = "
+            + _voice_waits(config, "(as stored in its channel settings)")
+            + ". Its acks are compared with the e2e steady phase's, text at the same rate."
+        )
     add(
         f"- Warm-up: each repetition starts with {config.get('warm_up_rate', 0):g} messages/s for "
         f"{config.get('warm_up_seconds', 0):g} s, then {config['bar_rate']:g}/s for "
@@ -1029,6 +1098,43 @@ def write(results: dict[str, Any], output: Path) -> None:
         )
     add("")
 
+    # -- a voice note end to end
+    if any(r.get("voice") for reps in scenarios.values() for r in reps or []):
+        add("## End to end: a WhatsApp voice note (issue 14)")
+        add("")
+        add(
+            "Overhead = "
+            + _voice_waits(config, "(as stored in its channel settings)")
+            + ". The acks beside the text "
+            f"messages' of the e2e steady phase (same rate, {config['e2e_rate']:g}/s)."
+        )
+        add("")
+        add(
+            "| backend | overhead p50 ms | overhead p90 ms | overhead max ms "
+            "| reply latency p50 ms (debounce included) | answered | transcribed "
+            "| voice ack p50 ms | voice ack p99 ms | text ack p50 ms | text ack p99 ms |"
+        )
+        add("|---|---|---|---|---|---|---|---|---|---|---|")
+        for backend, reps in scenarios.items():
+            voices = [r["voice"] for r in reps or [] if r.get("voice")]
+            if not voices:
+                continue
+            messages = sum(int(v.get("messages") or 0) for v in voices)
+            answered = sum(int(v.get("replies") or 0) for v in voices)
+            understood = sum(int(_get(v, "media_states", "understood") or 0) for v in voices)
+            add(
+                f"| {backend} | {fmt_spread(_values(voices, 'overhead_ms', 'p50'))} "
+                f"| {fmt_spread(_values(voices, 'overhead_ms', 'p90'))} "
+                f"| {fmt_spread(_values(voices, 'overhead_ms', 'max'))} "
+                f"| {fmt_spread(_values(voices, 'reply_latency_ms_p50'))} "
+                f"| {answered}/{messages} | {understood}/{messages} "
+                f"| {fmt_spread(_values(voices, 'ack', 'p50_ms'))} "
+                f"| {fmt_spread(_values(voices, 'ack', 'p99_ms'))} "
+                f"| {fmt_spread(_values(reps, 'steady', 'ack', 'p50_ms'))} "
+                f"| {fmt_spread(_values(reps, 'steady', 'ack', 'p99_ms'))} |"
+            )
+        add("")
+
     # -- resources
     add("## CPU and memory")
     add("")
@@ -1037,7 +1143,9 @@ def write(results: dict[str, Any], output: Path) -> None:
         "message = the CPU time in the phase / webhooks acknowledged in it (in the drain rows, "
         "/ replies sent in it). Plática's CPU includes the replies being worked on (the worker "
         "runs in serve or its child process): in the e2e steady row, every message's reply; in "
-        "the sweep rows, the backlog's; for postgres-split only the serve process is counted. "
+        "the voice-note row, measured from the first note to the last reply, each note's "
+        "fetch, transcription and reply; in the sweep rows, the backlog's; for postgres-split "
+        "only the serve process is counted. "
         "PostgreSQL: the whole server (see *Machine and setup*); sessions: connections opened on "
         "the scenario's database in the phase (connection churn: a pool that keeps its "
         "connections opens none once warm)."
@@ -1059,6 +1167,14 @@ def write(results: dict[str, Any], output: Path) -> None:
                 [r.get("steady", {}) | {"ok": r.get("steady", {}).get("messages")} for r in reps],
             )
         )
+        voices = [r["voice"] for r in reps if r.get("voice")]
+        if voices:
+            add(
+                _usage_row(
+                    f"{backend}: voice notes ({config['voice_rate']:g}/s), to the last reply",
+                    [v | {"ok": v.get("messages")} for v in voices],
+                )
+            )
         for rate in rates:
             phases = [_get(r, "sweep", rate) for r in reps]
             if any(p and "usage" in p for p in phases):

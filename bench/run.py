@@ -7,14 +7,19 @@ report lists every variable `platica serve` got and flags any that changes a def
 
 What one run does, every step bounded in requests and in time (the whole run in a time budget):
 
-1. Starts the fake OpenAI (1 s per completion) and the fake Twilio (100 ms per message) as separate
-   processes (`python -m tests.fakes ...`).
+1. Starts the fake OpenAI (1 s per completion or transcription) and the fake Twilio (100 ms per
+   message or media URL; its media storage host 100 ms) as separate processes
+   (`python -m tests.fakes ...`).
 2. Physical limits: a bare Starlette app served by uvicorn like Plática (closed loop, and open loop
    at two rates), and durable single-row INSERT+COMMIT per second on the same PostgreSQL.
 3. For PostgreSQL (the bars) `repetitions` times: a throwaway database, `platica serve` as a child
    process, then
    - warm-up, then e2e steady: a few messages per second, each answered; reply overhead per
      message = reply time - ack - LLM latency - Twilio latency - the account's debounce;
+   - voice notes (issue 14): a few WhatsApp voice notes per second (a 5 s Ogg Opus sample), each
+     fetched (Twilio's 307, then its storage host), transcribed and answered; overhead per note
+     = reply time - ack - the fakes' latencies (media fetch, transcription, LLM, send) - the
+     WhatsApp number's debounce; and their acks, to compare with the text messages';
    - the one-account load: 300 webhooks/s for 15 s, 10 % of the senders writing 3-5 messages
      0.3 s apart; ack latency (the ack bar), then, with the fakes still at 1 s / 0.1 s, until
      every message is settled (answered, or marked not to be answered) or at most
@@ -30,6 +35,8 @@ What one run does, every step bounded in requests and in time (the whole run in 
 4. Scale (PostgreSQL): the e2e steady and closed-loop phases with 100x more stored messages, and
    the same drain and checks.
 5. SQLite (for information): the same without the one-account load, once.
+   (`--only voice`: only the warm-up, e2e steady and voice-note phases, with their checks, of
+   each backend: nothing else.)
 6. Optionally (--split-worker) PostgreSQL with `serve --no-worker` + a `platica worker`.
 7. Optionally (--profile, needs py-spy on PATH or in the virtualenv) py-spy samples
    `platica serve` under the 300/s load; the hot spots go into the report.
@@ -60,15 +67,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER
+from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, WHATSAPP_NUMBER
+from tests.media.samples import ogg_opus
 
 from bench import checks, database, loadgen, procs, report
-from bench.loadgen import PhaseResult, SenderNumbers, WebhookRequest
+from bench.loadgen import PhaseResult, Sample, SenderNumbers, WebhookRequest
 from bench.procs import REPO, Child, Sampler, Usage, clean_env, free_port, python_child
 from bench.stats import percentile
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SPLIT = "postgres-split"  # serve --no-worker + platica worker
+# What WhatsApp sends a voice note as.
+VOICE_NOTE_TYPE = "audio/ogg"
 
 
 @dataclass
@@ -87,6 +97,12 @@ class Config:
     closed_seconds: float = 2.0
     e2e_rate: float = 5.0
     e2e_seconds: float = 6.0
+    # Issue 14: WhatsApp voice notes (`voice_note_seconds` of Ogg Opus) at `voice_rate` for
+    # `voice_seconds` (0: none), after the e2e steady phase, each answered. Their overhead bar.
+    voice_rate: float = 5.0
+    voice_seconds: float = 4.0
+    voice_note_seconds: float = 5.0
+    bar_voice_overhead_ms: float = 50.0
     reply_wait_seconds: float = 45.0
     # The one-account load (SPEC §6): `bar_rate` webhooks/s for `bar_seconds` to one account;
     # `burst_share` of its senders write `burst_sizes` messages `burst_gap` seconds apart.
@@ -110,8 +126,12 @@ class Config:
     baseline_rates: list[float] = field(default_factory=lambda: [300.0, 600.0])
     probe_seconds: float = 3.0
     probe_connections: list[int] = field(default_factory=lambda: [1, 16])
+    # The fake OpenAI's, for completions and transcriptions alike.
     llm_latency: float = 1.0
+    # The fake Twilio's, for sends and for its media URLs (answered with a 307).
     twilio_latency: float = 0.1
+    # The fake Twilio's media storage host's (where the 307 leads).
+    media_latency: float = 0.1
     backends: list[str] = field(default_factory=lambda: ["postgres", "sqlite"])
     base_messages: int = 3000
     # 100x only (10x as well before the one-account load): the larger history is the test.
@@ -133,6 +153,9 @@ class Config:
     split_worker_repetitions: int = 1
     profile: bool = False
     profile_seconds: float = 10.0
+    # "voice": only the warm-up, e2e steady and voice-note phases of each backend (and their
+    # checks): a quick try of the voice notes without the whole run.
+    only: str | None = None
     budget_seconds: float = 540.0
     database_url: str = DEFAULT_DATABASE_URL
     output: str = "docs/benchmark.md"
@@ -167,6 +190,7 @@ class Bench:
         self.rep_seconds: dict[str, list[float]] = {}
         self.drain_waits: dict[str, list[float]] = {}
         self.http = httpx.AsyncClient(timeout=30)
+        self.voice_note = ogg_opus(config.voice_note_seconds)
         self.results: dict[str, Any] = {
             "config": asdict(config),
             "meta": {},
@@ -219,7 +243,13 @@ class Bench:
         """The fakes at latency 0, or back at the configured latencies."""
         config = self.config
         await self.fake(self.openai_url, {"latency": 0 if instant else config.llm_latency})
-        await self.fake(self.twilio_url, {"latency": 0 if instant else config.twilio_latency})
+        await self.fake(
+            self.twilio_url,
+            {
+                "latency": 0 if instant else config.twilio_latency,
+                "media_latency": 0 if instant else config.media_latency,
+            },
+        )
 
     async def replies(self) -> dict[str, list[float]]:
         """Reply receive times (fake Twilio's time.monotonic()) per recipient."""
@@ -278,6 +308,8 @@ class Bench:
                 ACCOUNT_SID,
                 "--auth-token",
                 AUTH_TOKEN,
+                "--media-latency",
+                str(self.config.media_latency),
             ],
             env,
         )
@@ -288,7 +320,8 @@ class Bench:
         await twilio.wait_http(self.twilio_url + "/_fake/state")
         log(
             f"fakes up: OpenAI {self.openai_url} ({self.config.llm_latency} s), "
-            f"Twilio {self.twilio_url} ({self.config.twilio_latency} s)"
+            f"Twilio {self.twilio_url} ({self.config.twilio_latency} s, its media storage "
+            f"{self.config.media_latency} s)"
         )
 
     def serve_env(self, database_url: str, port: int) -> dict[str, str]:
@@ -302,6 +335,8 @@ class Bench:
             "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "TWILIO_PHONE_NUMBER": SMS_NUMBER,
+            # The same account's WhatsApp number: where the voice notes go.
+            "TWILIO_WHATSAPP_NUMBER": WHATSAPP_NUMBER,
             "TWILIO_API_BASE_URL": self.twilio_url,
             "OPENAI_BASE_URL": self.openai_url + "/v1",
             "OPENAI_API_KEY": "sk-local-0123456789",
@@ -485,8 +520,8 @@ class Bench:
         return serve, base_url, extra
 
     async def read_account(self, database_url: str, sqlite_path: Path | None) -> dict[str, Any]:
-        """The account as `platica serve` made it at start-up (nothing is changed): its number
-        and debounce, which the reply overhead subtracts."""
+        """The account as `platica serve` made it at start-up (nothing is changed): its numbers
+        and their debounce, which the reply overhead subtracts."""
         account = await asyncio.to_thread(
             database.account_settings, None if sqlite_path else database_url, sqlite_path
         )
@@ -495,6 +530,9 @@ class Bench:
             raise RuntimeError(f"expected the one default account with one SMS number: {account}")
         if channels[0]["phone_number"] != self.number:
             raise RuntimeError(f"the account's number is not {self.number}: {account}")
+        whatsapp = account["whatsapp_channels"]
+        if [c["phone_number"] for c in whatsapp] != [WHATSAPP_NUMBER]:
+            raise RuntimeError(f"expected the WhatsApp number {WHATSAPP_NUMBER}: {account}")
         self.results["meta"]["account"] = account
         return account
 
@@ -529,29 +567,74 @@ class Bench:
             [s.request.sender for s in acked], config.reply_wait_seconds
         )
         waits = config.llm_latency + config.twilio_latency + debounce
-        overheads, end_to_end = [], []
-        for sample in acked:
-            received = replies.get(sample.request.sender)
-            if received:
-                end_to_end.append((min(received) - sample.done) * 1000)
-                overheads.append((min(received) - sample.done - waits) * 1000)
-        missing = sum(1 for s in acked if not replies.get(s.request.sender))
-        duplicates = sum(1 for s in acked if len(replies.get(s.request.sender, [])) > 1)
         return {
             "ack": result.summary(),
             "usage": asdict(usage),
-            "messages": len(acked),
-            "replies": len(overheads),
-            "missing": missing,
-            "duplicates": duplicates,
+            **_answered(acked, replies, waits),
             "debounce_seconds": debounce,
-            "overhead_ms": {
-                "p50": percentile(overheads, 50),
-                "p90": percentile(overheads, 90),
-                "max": max(overheads, default=float("nan")),
-                "min": min(overheads, default=float("nan")),
-            },
-            "reply_latency_ms_p50": percentile(end_to_end, 50),
+            "acked": [s.request for s in acked],  # popped by the caller: not for the JSON
+        }
+
+    def voice_waits(self, debounce: float) -> float:
+        """What a voice note's reply waits for besides Plática: the WhatsApp number's debounce,
+        the media fetch (Twilio's media URL answering its 307, then the storage host), the
+        transcription, the LLM and the send."""
+        config = self.config
+        fetch = config.twilio_latency + config.media_latency
+        return debounce + fetch + config.llm_latency + config.llm_latency + config.twilio_latency
+
+    async def voice_notes(
+        self,
+        base_url: str,
+        database_url: str,
+        sqlite_path: Path | None,
+        pids: dict[str, int],
+        debounce: float,
+    ) -> dict[str, Any]:
+        """Issue 14: WhatsApp voice notes at `voice_rate` for `voice_seconds`, one per sender,
+        each registered with the fake Twilio first; every one fetched, transcribed and answered.
+        Overhead per note: reply time - ack - `voice_waits` (the fakes' latencies and the
+        debounce); the acks, to compare with the text messages' (e2e steady, same rate)."""
+        config = self.config
+        count = max(1, round(config.voice_rate * config.voice_seconds))
+        registered = await self.http.post(
+            self.twilio_url + "/_fake/media",
+            params={"count": str(count)},
+            content=self.voice_note,
+            headers={"Content-Type": VOICE_NOTE_TYPE},
+        )
+        registered.raise_for_status()
+        urls: list[str] = registered.json()["urls"]
+        requests = loadgen.build_requests(
+            base_url,
+            [(sender, "") for sender in self.senders.take(count)],
+            path="/webhook/whatsapp",
+            to=WHATSAPP_NUMBER,
+            channel="whatsapp",
+            media=[(url, VOICE_NOTE_TYPE) for url in urls],
+        )
+        # The CPU from the first note to the last reply: each note's whole cost, reply included.
+        async with Sampler(pids, self.postgres) as usage:
+            result, _ = await self.open_phase(
+                base_url, config.voice_rate, config.voice_seconds, pids, requests
+            )
+            acked = result.ok
+            replies = await self.wait_for_replies(
+                [s.request.sender for s in acked], config.reply_wait_seconds
+            )
+        # Each repetition has its own database: its media rows are these notes'.
+        states = await asyncio.to_thread(
+            database.media_states, None if sqlite_path else database_url, sqlite_path
+        )
+        return {
+            "ack": result.summary(),
+            "usage": asdict(usage),
+            **_answered(acked, replies, self.voice_waits(debounce)),
+            "debounce_seconds": debounce,
+            "waits_seconds": self.voice_waits(debounce),
+            "note_seconds": config.voice_note_seconds,
+            "note_bytes": len(self.voice_note),
+            "media_states": states,
             "acked": [s.request for s in acked],  # popped by the caller: not for the JSON
         }
 
@@ -683,6 +766,7 @@ class Bench:
             pids = self.pids(serve, *extra)
             await self.watch_postgres(database_url, sqlite_path)
             entry: dict[str, Any] = {"sweep": {}, "debounce_seconds": debounce}
+            everything = config.only is None
             acked: list[WebhookRequest] = await self.warm_up(base_url, pids)
 
             entry["steady"] = await self.e2e_steady(base_url, pids, debounce)
@@ -692,11 +776,18 @@ class Bench:
                 f"{backend} rep {rep}: e2e steady {steady['replies']}/{steady['messages']} answered, "
                 f"overhead p50 {steady['overhead_ms']['p50']:.1f} ms"
             )
-            if bar and sqlite_path is None and config.bar_seconds > 0:
+            if config.voice_seconds > 0:
+                voice_debounce = account["whatsapp_channels"][0]["debounce_seconds"]
+                entry["voice"] = await self.voice_notes(
+                    base_url, database_url, sqlite_path, pids, voice_debounce
+                )
+                acked += entry["voice"].pop("acked")
+                log(f"{backend} rep {rep}: {_voice_line(entry['voice'], steady)}")
+            if everything and bar and sqlite_path is None and config.bar_seconds > 0:
                 entry["bar"] = await self.one_account_load(base_url, database_url, pids)
                 acked += entry["bar"].pop("acked")
                 log(f"{backend} rep {rep}: {_bar_line(entry['bar'])}")
-            rates = config.rates if sweep else []
+            rates = config.rates if sweep and everything else []
             for index, rate in enumerate(rates):
                 entry["sweep"][str(int(rate))] = {"settled_seconds": await self.settle(base_url)}
                 result, usage = await self.open_phase(base_url, rate, config.step_seconds, pids)
@@ -717,7 +808,7 @@ class Bench:
                             f"{backend} rep {rep}: sweep stops here; not run: {', '.join(skipped)}/s"
                         )
                     break
-            if closed:
+            if closed and everything:
                 await self.settle(base_url)
                 result, usage = await self.closed_phase(
                     base_url, config.closed_concurrency, config.closed_seconds, pids
@@ -806,19 +897,16 @@ class Bench:
         config = self.config
         reps: list[dict[str, Any]] = []
         self.results["scenarios"][backend] = reps
-        # Start-up, warm-up and steady (each waits out the debounce), the one-account load and
-        # its wait (a guess: as long again as the load, at least 20 s), the sweep, the closed
-        # loop; the drain comes on top (rep_estimate).
-        phases = (
-            12
-            + config.warm_up_seconds
-            + config.e2e_seconds
-            + 10
-            + len(config.rates) * (config.step_seconds + 0.5)
-            + config.closed_seconds
-            + 10
-        )
-        if backend != "sqlite":
+        # Start-up, warm-up, steady and the voice notes (each waits out the debounce), the
+        # one-account load and its wait (a guess: as long again as the load, at least 20 s), the
+        # sweep, the closed loop; the drain comes on top (rep_estimate).
+        phases = 12 + config.warm_up_seconds + config.e2e_seconds + 10
+        if config.voice_seconds > 0:
+            # The notes, then the last one's reply (debounce, fetch, transcription, LLM, send).
+            phases += config.voice_seconds + 10
+        if config.only is None:
+            phases += len(config.rates) * (config.step_seconds + 0.5) + config.closed_seconds + 10
+        if backend != "sqlite" and config.only is None:
             phases += config.bar_seconds + max(20.0, config.bar_seconds)
         count = config.sqlite_repetitions if backend == "sqlite" else config.repetitions
         for rep in range(1, count + 1):
@@ -1037,6 +1125,11 @@ class Bench:
                     "machine's /proc (another host or container?)"
                 )
         await self.start_fakes()
+        if config.only is not None:
+            self.results["notes"].append(
+                f"--only {config.only}: only the warm-up, e2e steady and voice-note phases were "
+                "run (with their checks); the bars that need the rest are not measured"
+            )
         steps: list[tuple[str, Callable[[], Any]]] = []
         if config.baselines:
             steps.append(("bare ASGI baseline", self.run_baselines))
@@ -1099,6 +1192,43 @@ def _drain_rates(
         "replies_per_second": checks.steady_rate(times),
         "start_to_last_rate": (len(times) / seconds) if times and seconds > 0 else None,
     }
+
+
+def _answered(
+    acked: Sequence[Sample], replies: dict[str, list[float]], waits: float
+) -> dict[str, Any]:
+    """Each acknowledged message's first reply: its time after the ack (end to end), and that
+    less `waits` (the fakes' latencies and the debounce): Plática's own overhead; with the
+    messages not answered, and those answered more than once."""
+    overheads, end_to_end = [], []
+    for sample in acked:
+        received = replies.get(sample.request.sender)
+        if received:
+            end_to_end.append((min(received) - sample.done) * 1000)
+            overheads.append((min(received) - sample.done - waits) * 1000)
+    return {
+        "messages": len(acked),
+        "replies": len(overheads),
+        "missing": sum(1 for s in acked if not replies.get(s.request.sender)),
+        "duplicates": sum(1 for s in acked if len(replies.get(s.request.sender, [])) > 1),
+        "overhead_ms": {
+            "p50": percentile(overheads, 50),
+            "p90": percentile(overheads, 90),
+            "max": max(overheads, default=float("nan")),
+            "min": min(overheads, default=float("nan")),
+        },
+        "reply_latency_ms_p50": percentile(end_to_end, 50),
+    }
+
+
+def _voice_line(voice: dict[str, Any], steady: dict[str, Any]) -> str:
+    """The voice-note phase's outcome, for the log."""
+    states = ", ".join(f"{n} {state}" for state, n in sorted(voice["media_states"].items()))
+    return (
+        f"voice notes {voice['replies']}/{voice['messages']} answered ({states}), overhead p50 "
+        f"{voice['overhead_ms']['p50']:.1f} ms (p90 {voice['overhead_ms']['p90']:.1f} ms); ack "
+        f"p99 {voice['ack']['p99_ms']:.1f} ms (text: {steady['ack']['p99_ms']:.1f} ms)"
+    )
 
 
 def _rate(value: float | None) -> str:
@@ -1230,6 +1360,25 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument("--llm-latency", type=float, default=defaults.llm_latency)
     parser.add_argument("--twilio-latency", type=float, default=defaults.twilio_latency)
     parser.add_argument(
+        "--media-latency",
+        type=float,
+        default=defaults.media_latency,
+        help="seconds the fake Twilio's media storage host takes to answer",
+    )
+    parser.add_argument(
+        "--voice-seconds",
+        type=float,
+        default=defaults.voice_seconds,
+        help=f"length of the voice-note phase ({defaults.voice_rate:g} notes/s); 0 for none",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["voice"],
+        default=None,
+        help="voice: only the warm-up, e2e steady and voice-note phases of each backend, with "
+        "their checks (no baselines, one-account load, sweep, closed loop or scale)",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get(
             "BENCH_DATABASE_URL", os.environ.get("TEST_DATABASE_URL", DEFAULT_DATABASE_URL)
@@ -1262,6 +1411,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         budget_seconds=args.budget,
         llm_latency=args.llm_latency,
         twilio_latency=args.twilio_latency,
+        media_latency=args.media_latency,
+        voice_seconds=args.voice_seconds,
+        only=args.only,
         database_url=args.database_url,
         output=args.output,
     )
@@ -1271,6 +1423,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         config.e2e_seconds, config.scale_factors = 3.0, []
         config.bar_seconds, config.sustain_seconds = 5.0, 30.0
         config.probe_seconds = 1.0
+    if config.only == "voice":
+        config.baselines, config.scale_factors = False, []
+        config.split_worker, config.profile = False, False
     return config
 
 

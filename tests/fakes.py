@@ -14,11 +14,14 @@ In a test::
 As separate processes (e.g. for a benchmark)::
 
     python -m tests.fakes openai --port 9101 --latency 1.0
-    python -m tests.fakes twilio --port 9102 --latency 0.1 --callbacks
+    python -m tests.fakes twilio --port 9102 --latency 0.1 --callbacks --media-latency 0.1
 
 An out-of-process fake is scripted over HTTP: ``POST /_fake/control`` with a JSON body such as
 ``{"fail_next": ["429"], "fail_always": null, "latency": 0.5, "reset": true}``, and inspected with
-``GET /_fake/state``.
+``GET /_fake/state``. The Twilio one serves its media storage host too (on ``--media-port``, else
+a free port), and registers media with ``POST /_fake/media?count=N``: the item's bytes as the
+body, its type as the Content-Type; it answers ``{"urls": [...]}``, N media URLs (each of a new
+message) as a webhook's ``MediaUrl0`` carries them, like ``add_media()``.
 
 Client timeouts against the Twilio fake (the ``"timeout"`` behaviour), as found with twilio 9.13 and
 aiohttp 3.14:
@@ -958,6 +961,8 @@ TWILIO_ERRORS: dict[str, tuple[int, int, str]] = {
     "21211": (400, 21211, "Invalid 'To' Phone Number"),
 }
 ASYNC_FAILURE = re.compile(r"^(failed|undelivered):(\d+)$")
+#: The most media items one ``POST /_fake/media`` registers.
+MAX_MEDIA_AT_ONCE = 10_000
 #: Scripted media request errors: behaviour -> (HTTP status, Twilio code, message)
 MEDIA_ERRORS: dict[str, tuple[int, int, str]] = {
     "media:404": (404, 20404, "The requested resource {path} was not found"),
@@ -1132,6 +1137,7 @@ class FakeTwilio(_FakeServer):
         callbacks: bool = False,
         callback_delay: float = 0.05,
         port: int | None = None,
+        media_port: int | None = None,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -1151,7 +1157,7 @@ class FakeTwilio(_FakeServer):
         self._media_deleted: list[str] = []
         self._request_log: list[tuple[str, str]] = []
         #: Where media GETs redirect: Twilio's pre-signed storage host.
-        self.media_storage = FakeMediaStorage()
+        self.media_storage = FakeMediaStorage(port=media_port)
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
         self.app.add_middleware(_RequestLog, record=self._log_request)
 
@@ -1276,6 +1282,7 @@ class FakeTwilio(_FakeServer):
             # The .json resource first: the file's route would take "ME….json" as a SID.
             Route(media + ".json", self._media_resource_endpoint, methods=["GET", "DELETE"]),
             Route(media, self._media_file_endpoint, methods=["GET"]),
+            Route("/_fake/media", self._add_media_endpoint, methods=["POST"]),
         ]
 
     def _state(self) -> dict[str, Any]:
@@ -1303,6 +1310,23 @@ class FakeTwilio(_FakeServer):
             self.callbacks = bool(command["callbacks"])
         if "callback_delay" in command:
             self.callback_delay = float(command["callback_delay"])
+        if "media_latency" in command:
+            self.media_storage.latency = float(command["media_latency"])
+
+    async def _add_media_endpoint(self, request: Request) -> Response:
+        """``add_media()`` for a fake in another process: ``POST /_fake/media?count=N`` with the
+        item's bytes as the body and its type as the Content-Type registers N items, each of a
+        new message; ``{"urls": [...]}``."""
+        content_type = request.headers.get("content-type", "")
+        count = request.query_params.get("count", "1")
+        if not content_type or not count.isdigit() or not 1 <= int(count) <= MAX_MEDIA_AT_ONCE:
+            return JSONResponse(
+                {"error": f"a Content-Type, and count from 1 to {MAX_MEDIA_AT_ONCE}"},
+                status_code=400,
+            )
+        content = await request.body()
+        urls = [self.add_media(content, content_type) for _ in range(int(count))]
+        return JSONResponse({"urls": urls})
 
     # -- auth and errors -------------------------------------------------------------------------
 
@@ -1830,10 +1854,20 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--auth-token", default=AUTH_TOKEN, help="twilio")
     parser.add_argument("--callbacks", action="store_true", help="twilio: post status callbacks")
     parser.add_argument("--callback-delay", type=float, default=0.05, help="twilio")
+    parser.add_argument(
+        "--media-port", type=int, default=None, help="twilio: the media storage host's port"
+    )
+    parser.add_argument(
+        "--media-latency",
+        type=float,
+        default=0.0,
+        help="twilio: seconds before the media storage host answers",
+    )
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(None if argv is None else list(argv))
 
     fake: _FakeServer
+    storage: FakeMediaStorage | None = None
     if args.service == "openai":
         fake = FakeOpenAI(
             latency=args.latency,
@@ -1850,16 +1884,26 @@ def main(argv: Iterable[str] | None = None) -> None:
             callbacks=args.callbacks,
             callback_delay=args.callback_delay,
             port=args.port,
+            media_port=args.media_port,
         )
+        # Where its media URLs redirect: served from a thread of this process.
+        storage = fake.media_storage
+        storage.latency = args.media_latency
     fake.fail_always(args.fail_always)
-    uvicorn.run(
-        fake.app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
+    if storage is not None:
+        storage.start()
+    try:
+        uvicorn.run(
+            fake.app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+    finally:
+        if storage is not None:
+            storage.stop()
 
 
 if __name__ == "__main__":

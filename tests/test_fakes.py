@@ -30,8 +30,11 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from platica.media.fetch import TwilioMedia
+from tests.conftest import make_settings
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN, CONTACT, SMS_NUMBER, WHATSAPP_NUMBER
 from tests.fakes import FakeOpenAI, FakeTwilio, count_segments
+from tests.media.samples import ogg_opus
 from tests.polling import eventually
 
 # aiohttp 3.14 deprecates the BasicAuth object that twilio 9.13's AsyncTwilioHttpClient passes.
@@ -630,3 +633,33 @@ async def test_fakes_run_as_processes_and_are_scriptable_over_http() -> None:
                 message = await twilio.messages.create_async(to=CONTACT, from_=SMS_NUMBER, body="x")
             [sent] = (await http.get(twilio_url + "/_fake/state")).json()["sent"]
             assert sent["sid"] == message.sid
+
+
+async def test_the_twilio_process_serves_media_registered_over_http() -> None:
+    note = ogg_opus(1.0)
+    with fake_process("twilio", "--media-latency", "0.01") as twilio_url:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                twilio_url + "/_fake/media",
+                params={"count": "2"},
+                content=note,
+                headers={"Content-Type": "audio/ogg"},
+            )
+            assert response.status_code == 200, response.text
+            urls = response.json()["urls"]
+            assert len(set(urls)) == 2
+            refused = await http.post(twilio_url + "/_fake/media", params={"count": "0"})
+            assert refused.status_code == 400
+
+            # Fetched as Plática fetches it: Basic auth at Twilio, then its storage host.
+            settings = make_settings(
+                "sqlite+aiosqlite:///unused.db", TWILIO_API_BASE_URL=twilio_url
+            )
+            media = TwilioMedia(settings)
+            try:
+                fetched = await media.fetch(urls[1])
+            finally:
+                await media.aclose()
+            assert (fetched.content, fetched.content_type) == (note, "audio/ogg")
+            state = (await http.get(twilio_url + "/_fake/state")).json()
+            assert [(r["method"], r["status"]) for r in state["media_requests"]] == [("GET", 307)]

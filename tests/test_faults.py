@@ -1,22 +1,39 @@
-"""Nothing lost, nothing sent twice: `platica serve` processes killed mid-load, and two of them
-sharing one PostgreSQL, against the fake LLM and the fake Twilio over real HTTP."""
+"""Nothing lost, nothing sent twice: `platica serve` processes killed mid-load (and mid-fetch or
+mid-transcription of a voice note), and two of them sharing one PostgreSQL, against the fake LLM
+and the fake Twilio over real HTTP."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from platica.media.store import MAX_ATTEMPTS
+from platica.models import Conversation
+from platica.replies.reading import GAVE_UP
 from tests.conftest import Database, free_port
-from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, inbound_form, post_signed
+from tests.factories import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    CONTACT,
+    SMS_NUMBER,
+    WHATSAPP_NUMBER,
+    inbound_form,
+    post_signed,
+)
 from tests.fakes import FakeOpenAI, FakeTwilio
+from tests.media.samples import ogg_opus
 from tests.polling import wait_for
 
 
@@ -54,10 +71,14 @@ class ServerProcess:
         return self
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as when a machine dies."""
+        """SIGKILL: no shutdown code runs, as when a machine dies. On PostgreSQL the worker is
+        a child process that the kernel kills with it: waited for too, so that nothing of this
+        server runs once this returns."""
         assert self.process is not None
+        worker_children = children_of(self.process.pid)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
+        wait_for(lambda: not any(map(alive, worker_children)), "the worker to die with its server")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -67,6 +88,26 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def children_of(pid: int) -> list[int]:
+    """The process's children (Linux: /proc/PID/task/*/children)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether the process still runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 @pytest.fixture
@@ -185,6 +226,209 @@ class TestCrashRecovery:
         sid = database.scalar("SELECT twilio_sid FROM messages WHERE direction = 'outbound'")
         assert sid == twilio.sent[0]["sid"]
         assert "reply.recovered" in (tmp_path / "second.log").read_text()
+
+
+VOICE_NOTE = "Buenas, ¿me confirman el pedido de las seis?"
+
+
+def send_voice_note(
+    client: httpx.Client, server: ServerProcess, twilio: FakeTwilio, note: bytes
+) -> None:
+    """A WhatsApp voice note from CONTACT, its media registered with the fake Twilio, posted to
+    the server's webhook (and acknowledged)."""
+    url = twilio.add_media(note, "audio/ogg")
+    form = inbound_form(
+        "whatsapp",
+        body="",
+        NumMedia="1",
+        MediaUrl0=url,
+        MediaContentType0="audio/ogg",
+        MessageType="audio",
+    )
+    response = post_signed(client, server.url, "/webhook/whatsapp", form)
+    assert response.status_code == 200, response.text
+
+
+def media_row(database: Database) -> Any:
+    """The one media row: state, attempts, text, error, kept (its bytes are stored)."""
+    [row] = database.rows(
+        "SELECT state, attempts, text, error, content IS NOT NULL AS kept FROM media"
+    )
+    return row
+
+
+def leases_lapsed(database: Database) -> bool:
+    """Whether no conversation's lease is live any more (a killed worker's lapses 15 s after
+    its last renewal): a server started now takes them at once, in its start-up sweep."""
+    with database.engine.connect() as connection:
+        expiries = connection.execute(sa.select(Conversation.lease_expires_at)).scalars().all()
+    now = datetime.now(UTC)
+    return all(expires is None or expires < now for expires in expiries)
+
+
+def answered_once(database: Database, twilio: FakeTwilio) -> None:
+    """One reply, to the contact on WhatsApp, stored once with the SID Twilio gave it; the
+    voice note's message answered."""
+    assert [m["to"] for m in twilio.sent] == [f"whatsapp:{CONTACT}"]
+    replies = database.rows("SELECT twilio_sid FROM messages WHERE direction = 'outbound'")
+    assert [r.twilio_sid for r in replies] == [twilio.sent[0]["sid"]]
+    assert database.scalar("SELECT reply_state FROM messages WHERE direction = 'inbound'") == (
+        "answered"
+    )
+
+
+class TestMediaCrashRecovery:
+    """A voice note's reply task killed (SIGKILL) while it reads the note: every try is counted
+    before it starts, the next run carries on from what was stored (fetching the note again only
+    if its bytes were not kept), and the message is answered once.
+
+    The server is restarted once the dead worker's lease (15 s) has lapsed, so that its start-up
+    sweep takes the conversation at once (the periodic sweep would, 30 s after the message):
+    each crash test takes some 20 s, so the mid-fetch one runs on SQLite and the
+    mid-transcription one on PostgreSQL."""
+
+    @pytest.fixture
+    def media_env(self, server_env, fakes) -> dict[str, str]:
+        openai, _twilio = fakes
+        openai.latency = 0
+        return {**server_env, "TWILIO_WHATSAPP_NUMBER": WHATSAPP_NUMBER}
+
+    def start(self, env: dict[str, str], log_path: Path, servers, *options: str) -> ServerProcess:
+        server = ServerProcess(env, log_path).start(*options)
+        servers.append(server)
+        return server
+
+    @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+    def test_killed_mid_fetch_the_note_is_fetched_again_and_answered_once(
+        self, database, media_env, servers, fakes, tmp_path
+    ):
+        """SQLite. The storage host trickles the note (64 bytes every 0.5 s): the kill lands
+        with part of the body read and nothing stored."""
+        openai, twilio = fakes
+        storage = twilio.media_storage
+        storage.chunk_size, storage.chunk_seconds = 64, 0.5
+        note = ogg_opus(5.0)
+        openai.transcribe_as(note, VOICE_NOTE)
+        first = self.start(media_env, tmp_path / "first.log", servers)
+        database.execute("UPDATE channel_configs SET debounce_seconds = 0")
+
+        with httpx.Client(timeout=30) as client:
+            send_voice_note(client, first, twilio, note)
+
+        def body_half_read() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in storage.requests
+                if r["status"] == 200 and 0 < r["bytes_sent"] < len(note) and not r["completed"]
+            ]
+
+        [cut] = wait_for(body_half_read, "the note's body to be arriving")
+        first.kill()
+        # Killed mid-body (the next 64 bytes were half a second away), with the try counted
+        # and nothing kept, transcribed or sent.
+        assert 0 < cut["bytes_sent"] < len(note)
+        row = media_row(database)
+        assert (row.state, row.attempts, row.kept) == ("pending", 1, False)
+        assert not openai.transcriptions
+        assert not twilio.sent
+
+        storage.chunk_seconds = 0
+        wait_for(lambda: leases_lapsed(database), "the dead worker's lease to lapse", seconds=30)
+        self.start(media_env, tmp_path / "second.log", servers)
+        wait_for(lambda: settled(database, 1) and twilio.sent, "the reply", seconds=30)
+
+        answered_once(database, twilio)
+        assert VOICE_NOTE in twilio.sent[0]["body"]  # the fake LLM echoes what it was told
+        row = media_row(database)
+        assert (row.state, row.text, row.error, row.attempts) == (
+            "understood",
+            VOICE_NOTE,
+            None,
+            2,
+        )
+        # Fetched again, whole this time; transcribed once.
+        _cut_short, second_get = storage.requests
+        assert second_get["completed"]
+        assert second_get["bytes_sent"] == len(note)
+        assert [r["status"] for r in twilio.media_requests] == [307, 307]
+        assert len(openai.transcriptions) == 1
+
+    @pytest.mark.parametrize(
+        "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+    )
+    def test_killed_mid_transcription_the_kept_note_is_not_fetched_again(
+        self, database, media_env, servers, fakes, tmp_path
+    ):
+        """PostgreSQL. The first transcription hangs (the fake answers after 120 s): the kill
+        lands with the note fetched and kept, and its transcription asked for."""
+        openai, twilio = fakes
+        openai.hang_seconds = 120
+        openai.fail_next("transcription_timeout")
+        note = ogg_opus(5.0)
+        openai.transcribe_as(note, VOICE_NOTE)
+        first = self.start(media_env, tmp_path / "first.log", servers)
+        database.execute("UPDATE channel_configs SET debounce_seconds = 0")
+
+        with httpx.Client(timeout=30) as client:
+            send_voice_note(client, first, twilio, note)
+        wait_for(lambda: openai.transcriptions, "the transcription to be asked for")
+        first.kill()
+        row = media_row(database)
+        assert (row.state, row.attempts, row.kept) == ("fetched", 1, True)
+        assert openai.pending_failures == []  # the hanging answer was the one asked for
+        assert not openai.requests  # no chat completion yet
+        assert not twilio.sent
+
+        wait_for(lambda: leases_lapsed(database), "the dead worker's lease to lapse", seconds=30)
+        self.start(media_env, tmp_path / "second.log", servers)
+        wait_for(lambda: settled(database, 1) and twilio.sent, "the reply", seconds=30)
+
+        answered_once(database, twilio)
+        assert VOICE_NOTE in twilio.sent[0]["body"]
+        row = media_row(database)
+        assert (row.state, row.text, row.error, row.attempts) == (
+            "understood",
+            VOICE_NOTE,
+            None,
+            2,
+        )
+        # The kept bytes were transcribed: the storage host saw one GET, Twilio one.
+        [get] = twilio.media_storage.requests
+        assert get["completed"]
+        assert [r["method"] for r in twilio.media_requests] == ["GET"]
+        first_try, second_try = openai.transcriptions
+        assert first_try["sha256"] == second_try["sha256"] == hashlib.sha256(note).hexdigest()
+
+    @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+    def test_a_note_that_keeps_crashing_its_task_is_given_up_and_answered(
+        self, database, media_env, servers, fakes, tmp_path
+    ):
+        """SQLite, lighter: no crash loop (each crash costs a lease's 15 s). The note is stored
+        by a server without a worker, its row then left as MAX_ATTEMPTS runs that each died
+        reading it leave it (each try counted before it starts, as the tests above show); the
+        next run gives it up without fetching it, and the reply still goes out, once."""
+        openai, twilio = fakes
+        api = self.start(media_env, tmp_path / "api.log", servers, "--no-worker")
+        database.execute("UPDATE channel_configs SET debounce_seconds = 0")
+        with httpx.Client(timeout=30) as client:
+            send_voice_note(client, api, twilio, ogg_opus(2.0))
+        api.stop()
+        row = media_row(database)
+        assert (row.state, row.attempts) == ("pending", 0)
+        database.execute("UPDATE media SET attempts = :tries", tries=MAX_ATTEMPTS)
+
+        self.start(media_env, tmp_path / "worker.log", servers)
+        wait_for(lambda: settled(database, 1) and twilio.sent, "the reply", seconds=30)
+
+        answered_once(database, twilio)
+        row = media_row(database)
+        assert (row.state, row.error, row.attempts) == ("failed", GAVE_UP, MAX_ATTEMPTS + 1)
+        assert not twilio.media_requests
+        assert not twilio.media_storage.requests
+        assert not openai.transcriptions
+        [request] = openai.requests
+        users = [m["content"] for m in request["messages"] if m["role"] == "user"]
+        assert users[-1] == "[voice note that could not be transcribed]"
 
 
 @pytest.mark.postgres

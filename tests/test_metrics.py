@@ -1,5 +1,5 @@
-"""GET /metrics over real HTTP: reply outcomes, LLM and Twilio latency, tokens, and the number of
-messages waiting for a reply."""
+"""GET /metrics over real HTTP: reply outcomes, LLM and Twilio latency, tokens, media items,
+transcription time and audio seconds, and the number of messages waiting for a reply."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from platica.metrics import MEDIA_KINDS, MEDIA_OUTCOMES
+from tests.media.samples import ogg_opus, png
 from tests.polling import wait_for
 from tests.stack import Stack, live_stack
 
@@ -94,6 +96,55 @@ class TestReplyMetrics:
         # The 21610 opted the contact out, so the last message is skipped.
         assert replies(after, "skipped") - replies(before, "skipped") == 1
         assert replies(after, "ai") == replies(before, "ai")
+
+
+class TestMediaMetrics:
+    def test_items_by_kind_and_outcome_transcription_time_and_audio_seconds(self, stack):
+        note = ogg_opus(5.0)
+        stack.openai.transcribe_as(note, "Hola, ¿abren mañana?")
+        items = [
+            (note, "audio/ogg"),
+            (png(32, 32), "image/png"),
+            (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\nthis is no PDF", "application/pdf"),
+        ]
+        before = Scrape(stack)
+
+        # As WhatsApp sends them: one item per message.
+        for content, content_type in items:
+            url = stack.twilio.add_media(content, content_type)
+            stack.send(
+                "whatsapp", body="", NumMedia="1", MediaUrl0=url, MediaContentType0=content_type
+            )
+        wait_for(
+            lambda: (
+                stack.settled()
+                and stack.database.scalar(
+                    "SELECT count(*) FROM media WHERE state IN ('pending', 'fetched')"
+                )
+                == 0
+                and stack.twilio.sent
+            ),
+            "the items read and the reply sent",
+        )
+        after = Scrape(stack)
+
+        moved = {
+            (kind, outcome): after("platica_media_items_total", kind=kind, outcome=outcome)
+            - before("platica_media_items_total", kind=kind, outcome=outcome)
+            for kind in MEDIA_KINDS
+            for outcome in MEDIA_OUTCOMES
+        }
+        assert {key: n for key, n in moved.items() if n} == {
+            ("audio", "understood"): 1,
+            ("image", "understood"): 1,
+            ("document", "failed"): 1,
+        }
+        histogram = "platica_transcription_seconds"
+        assert after(f"{histogram}_count") - before(f"{histogram}_count") == 1
+        assert after(f"{histogram}_sum") > before(f"{histogram}_sum")
+        assert after(f"{histogram}_bucket", le="+Inf") == after(f"{histogram}_count")
+        audio = after("platica_audio_seconds_total") - before("platica_audio_seconds_total")
+        assert audio == pytest.approx(5.0, abs=0.05)
 
 
 class TestPendingReplies:
