@@ -238,7 +238,9 @@ class TestDeleteAfterUse:
 
 class TestWithoutKeysOrCredentials:
     def test_offline_the_responder_says_it_cannot_listen(self, sqlite_url, live_server):
-        with live_stack(sqlite_url, live_server, OPENAI_BASE_URL=None, OPENAI_API_KEY=None) as stack:
+        with live_stack(
+            sqlite_url, live_server, OPENAI_BASE_URL=None, OPENAI_API_KEY=None
+        ) as stack:
             send_media(stack, (ogg_opus(2.0), "audio/ogg"))
             [reply] = answered(stack)
 
@@ -268,3 +270,31 @@ class TestWithoutKeysOrCredentials:
             assert not stack.twilio.media_requests
             assert not stack.twilio.media_storage.requests
 
+
+class TestUnanswered:
+    def test_with_the_ai_off_the_note_is_still_read_for_the_operator(self, sqlite_stack):
+        stack = sqlite_stack
+        stack.configure(ai_enabled=False)
+        note = ogg_opus(2.0)
+        stack.openai.transcribe_as(note, VOICE_NOTE)
+
+        send_media(stack, (note, "audio/ogg"))
+        wait_for(lambda: stack.inbound_states() == ["skipped"], "the message settled unanswered")
+
+        [row] = media_rows(stack)
+        assert (row.state, row.text) == ("understood", VOICE_NOTE)
+        assert not stack.openai.requests
+        assert not stack.twilio.sent
+
+    def test_a_flooding_senders_media_are_never_read(self, database_url, live_server):
+        with live_stack(database_url, live_server, RATE_LIMIT_FLOOD="1/minute") as stack:
+            send_media(stack, (ogg_opus(1.0), "audio/ogg"))
+            send_media(stack, (ogg_opus(2.0), "audio/ogg"))
+            wait_for(stack.settled, "both messages settled")
+
+            rows = media_rows(stack)
+            assert [(row.state, row.error) for row in rows] == [
+                ("understood", None),
+                ("failed", "not read: the message is over the sender's flood limit"),
+            ]
+            assert len(stack.openai.transcriptions) == 1

@@ -361,7 +361,6 @@ class TestOfflineReplyGenerator:
 
         assert reply.text.endswith('You said: ""')
 
-
     async def test_says_plainly_it_cannot_open_a_voice_note_without_a_key(self):
         generator = OfflineReplyGenerator()
         note = ChatMessage("user", "[voice note that could not be transcribed]", ("audio",))

@@ -29,6 +29,7 @@ from platica.models import utcnow
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE
 
 FLOOD_REASON = postgresql.FLOOD_REASON
+FLOOD_MEDIA_ERROR = postgresql.FLOOD_MEDIA_ERROR
 DUPLICATE_REASON = "MessageSid already recorded"
 
 
@@ -277,6 +278,7 @@ INSERT_MEDIA = insert(cast(Table, models.MessageMedia.__table__)).values(
     state=bindparam("state"),
     attempts=0,
     text=bindparam("text"),
+    error=bindparam("error"),
     latitude=bindparam("latitude"),
     longitude=bindparam("longitude"),
     created_at=bindparam("now"),
@@ -355,13 +357,9 @@ async def _store(
         # writing the file without the lock could do this. Roll back; Twilio retries.
         raise RuntimeError(f"{inbound.sid}: stored by someone else meanwhile")
     for row in media_rows(inbound):
-        await tx.execute(
-            INSERT_MEDIA,
-            {
-                **row,
-                "account_id": params["account_id"],
-                "message_id": message_id,
-                "now": params["now"],
-            },
-        )
+        if contact.limited and row["state"] == models.MediaState.pending:
+            # Never answered, so never read.
+            row.update(state=models.MediaState.failed, error=FLOOD_MEDIA_ERROR)
+        row.update(account_id=params["account_id"], message_id=message_id, now=params["now"])
+        await tx.execute(INSERT_MEDIA, row)
     return message_id, conversation_id, contact.limited

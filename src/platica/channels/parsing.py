@@ -144,6 +144,7 @@ def media_rows(inbound: InboundMessage) -> list[dict[str, Any]]:
             "url": item.url,
             "state": MediaState.pending.value,
             "text": None,
+            "error": None,
             "latitude": None,
             "longitude": None,
         }
@@ -157,6 +158,7 @@ def media_rows(inbound: InboundMessage) -> list[dict[str, Any]]:
                 "content_type": "",
                 "url": None,
                 "state": MediaState.understood.value,
+                "error": None,
                 "text": location_text(
                     inbound.location.latitude,
                     inbound.location.longitude,

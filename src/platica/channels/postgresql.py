@@ -41,6 +41,7 @@ from platica.models import Message, WebhookLog
 from platica.ratelimit import FLOOD_FLAG, FLOOD_NOTE, Window
 
 FLOOD_REASON = "over the sender's flood limit (RATE_LIMIT_FLOOD)"
+FLOOD_MEDIA_ERROR = "not read: the message is over the sender's flood limit"
 
 # A first message from a new contact, arriving twice at once, can find the conversation the
 # other transaction is opening; the statement then stores nothing and is run again.
@@ -154,9 +155,12 @@ FROM cfg LEFT JOIN verdict ON true
 MEDIA_CTE = """
 stored_media AS (
     INSERT INTO media (account_id, message_id, position, kind, content_type, url, state, attempts,
-                       text, latitude, longitude, created_at, updated_at)
+                       text, error, latitude, longitude, created_at, updated_at)
     SELECT contact.account_id, message.id, item.position, item.kind, item.content_type, item.url,
-           item.state, 0, item.text, item.latitude, item.longitude, %(now)s, %(now)s
+           CASE WHEN contact.limited AND item.state = 'pending' THEN 'failed' ELSE item.state END,
+           0, item.text,
+           CASE WHEN contact.limited AND item.state = 'pending' THEN %(flood_media_error)s END,
+           item.latitude, item.longitude, %(now)s, %(now)s
     FROM message, contact, jsonb_to_recordset(CAST(%(media)s AS jsonb)) AS item(
         position integer, kind text, content_type text, url text, state text, text text,
         latitude double precision, longitude double precision)
@@ -202,6 +206,7 @@ async def record(
     if rows := media_rows(inbound):
         statement = RECORD_WITH_MEDIA_STATEMENT
         params["media"] = json.dumps(rows)
+        params["flood_media_error"] = FLOOD_MEDIA_ERROR
     lost_connection = False
     for attempt in range(1, ATTEMPTS + 1):
         # One statement is one transaction: in autocommit, no BEGIN and COMMIT round trips.

@@ -48,6 +48,7 @@ KEYWORD_UNCONFIRMED = {
     Keyword.help: "contact opted out, no help message sent",
 }
 BUSY_NOTE = "daily token budget spent: busy message sent"
+AI_DISABLED = "AI disabled for this channel"
 BUSY_ALREADY_NOTE = "daily token budget spent: busy message sent earlier today"
 
 
@@ -141,6 +142,21 @@ def _keyword(
     return (message, keyword, confirmation), changed
 
 
+def media_to_read(loaded: Loaded, plan: Plan, batch: Sequence[Inbound]) -> list[int]:
+    """The messages whose media are read before the plan is written: those the AI answers, and
+    those an operator will (a handoff, the AI off: they read the transcripts); none for a
+    contact who opted out, or sent STOP right after."""
+    if loaded.contact.opted_out or plan.keyword is not None:
+        return []
+    if plan.hold:
+        waiting: Sequence[Inbound] = batch
+    elif plan.remaining and plan.skip_reason in (None, AI_DISABLED):
+        waiting = plan.remaining
+    else:
+        return []
+    return [message.id for message in waiting if message.media_pending]
+
+
 def _why_not_answer(loaded: Loaded, now: datetime) -> tuple[str | None, bool, bool]:
     """Why the AI must not answer, if so; whether an operator's hold has just run out; and
     whether an operator holds the conversation (its messages then wait for them)."""
@@ -148,7 +164,7 @@ def _why_not_answer(loaded: Loaded, now: datetime) -> tuple[str | None, bool, bo
     if conversation.status != ConversationStatus.active:
         return "conversation closed", False, False
     if not loaded.config.ai_enabled:
-        return "AI disabled for this channel", False, False
+        return AI_DISABLED, False, False
     if not conversation.ai_enabled:
         if conversation.handoff_until is not None and conversation.handoff_until <= now:
             return None, True, False

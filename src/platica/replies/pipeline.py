@@ -41,6 +41,7 @@ from platica.replies.deciding import (
     count_unanswered,
     debounce_wait,
     decide,
+    media_to_read,
     write_plan,
 )
 from platica.replies.reading import read_media
@@ -128,8 +129,8 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | Again | None:
                 await lease.release(connection)
                 return wait
             plan = decide(loaded, pending, utcnow())
-            # A batch with media still to read reads them first, outside this transaction.
-            unread = [m.id for m in plan.remaining if m.media_pending] if plan.answering else []
+            # Media still to read are read first, outside this transaction.
+            unread = media_to_read(loaded, plan, pending)
             if not unread and plan.opted_out is None:
                 # Rows are locked contact, conversation, messages everywhere (so concurrent
                 # transactions on PostgreSQL wait instead of deadlocking); the lease has locked
