@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from platica.jobs.locks import Lease, LeaseLost
 from platica.logging import get_logger
+from platica.media import store as media
 from platica.models import (
     utcnow,
 )
@@ -104,7 +105,8 @@ async def _rounds(ctx: ReplyContext, lease: Lease) -> float | None:
 async def _round(ctx: ReplyContext, lease: Lease) -> float | Again | None:
     plan: Plan | None = None
     prepared: Prepared | float | None = None
-    unread: list[int] = []
+    unread_ids: list[int] = []
+    unread: list[media.Pending] = []
     async with ctx.transaction(durable=False) as connection:
         row = await lease.take(connection)
         if row is None:
@@ -129,9 +131,11 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | Again | None:
                 await lease.release(connection)
                 return wait
             plan = decide(loaded, pending, utcnow())
-            # Media still to read are read first, outside this transaction.
-            unread = media_to_read(loaded, plan, pending)
-            if not unread and plan.opted_out is None:
+            # Media still to read are read first, outside this transaction (their tries
+            # counted in it).
+            if unread_ids := media_to_read(loaded, plan, pending):
+                unread = await media.fetch_pending(connection, unread_ids)
+            if not unread_ids and plan.opted_out is None:
                 # Rows are locked contact, conversation, messages everywhere (so concurrent
                 # transactions on PostgreSQL wait instead of deadlocking); the lease has locked
                 # the conversation already, so only a plan that leaves the contact alone is
@@ -139,7 +143,7 @@ async def _round(ctx: ReplyContext, lease: Lease) -> float | Again | None:
                 prepared = await write_plan(ctx, connection, lease, loaded, plan)
     if plan is None:
         return await deliver_unsent(ctx, lease, loaded, unsent)
-    if unread:
+    if unread_ids:
         # Fetched and understood (or given up) before the batch is answered; the next round
         # decides again with what they said.
         await read_media(ctx, loaded, unread)

@@ -44,10 +44,9 @@ class _Outcome:
     seconds: float | None = None
 
 
-async def read_media(ctx: ReplyContext, loaded: Loaded, message_ids: Sequence[int]) -> None:
-    """Fetch and understand the unread media of these messages, settling every one."""
-    async with ctx.transaction(durable=False) as connection:
-        items = await media.fetch_pending(connection, message_ids)
+async def read_media(ctx: ReplyContext, loaded: Loaded, items: Sequence[media.Pending]) -> None:
+    """Fetch and understand these unread items (media.fetch_pending: their tries counted),
+    settling every one."""
     for item in items:
         outcome = await _read(ctx, loaded, item)
         async with ctx.transaction(durable=False) as connection:
