@@ -115,6 +115,7 @@ class TestMediaMetrics:
             stack.send(
                 "whatsapp", body="", NumMedia="1", MediaUrl0=url, MediaContentType0=content_type
             )
+        stack.send("whatsapp", body="", Latitude="40.416775", Longitude="-3.703790")
         wait_for(
             lambda: (
                 stack.settled()
@@ -138,6 +139,7 @@ class TestMediaMetrics:
             ("audio", "understood"): 1,
             ("image", "understood"): 1,
             ("document", "failed"): 1,
+            ("location", "understood"): 1,
         }
         histogram = "platica_transcription_seconds"
         assert after(f"{histogram}_count") - before(f"{histogram}_count") == 1

@@ -26,7 +26,7 @@ from platica.deps import AppState, app_state
 from platica.errors import InvalidSignature, NotFound, PlaticaError
 from platica.http import FormData, first, parse_form, read_body
 from platica.logging import get_logger, mask_phone
-from platica.metrics import REPLIES, WEBHOOK_SECONDS, WEBHOOKS, WEBHOOKS_UNLOGGED
+from platica.metrics import MEDIA_ITEMS, REPLIES, WEBHOOK_SECONDS, WEBHOOKS, WEBHOOKS_UNLOGGED
 from platica.models import Channel
 
 router = APIRouter(prefix="/webhook", tags=["webhooks"])
@@ -215,6 +215,9 @@ async def receive_inbound(
             message_id=recorded.message_id,
         )
         return recorded
+    if recorded.message_id is not None and inbound.location is not None:
+        # Understood as it arrives: the reply task has nothing to read in it.
+        MEDIA_ITEMS.labels("location", "understood").inc()
     if recorded.conversation_id is not None and state.runner is not None:
         if recorded.queued:
             state.runner.wake()
