@@ -631,11 +631,18 @@ class TestSettings:
         sms.get_by_label("Model").fill("my-local-model")
         sms.get_by_label("Max tokens").fill("42")
         sms.get_by_label("System prompt").fill("Eres el asistente de la Panadería Lola.\nSé breve.")
+        expect(sms.get_by_label("Customers' language")).to_have_value("es")
+        sms.get_by_label("Customers' language").select_option(label="English (en)")
+        sms.get_by_label("Delete Twilio's copy once understood").check()
         sms.get_by_role("button", name="Save SMS settings").click()
         expect(page.get_by_role("status")).to_have_text(
             "SMS settings saved. The next reply uses them."
         )
-        expect(page.locator("section#sms").get_by_label("Model")).to_have_value("my-local-model")
+        sms = page.locator("section#sms")
+        expect(sms.get_by_label("Model")).to_have_value("my-local-model")
+        expect(sms.get_by_label("Customers' language")).to_have_value("en")
+        expect(sms.get_by_label("Delete Twilio's copy once understood")).to_be_checked()
+        expect(sms.get_by_label("Show images to the AI (vision)")).not_to_be_checked()
         dashboard.shot(page, "settings")
 
         dashboard.nav(page, "Simulator")
