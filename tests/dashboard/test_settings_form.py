@@ -99,3 +99,12 @@ class TestMediaOptions:
         # What was ticked stays ticked, and nothing was saved.
         assert re.search(r'<input id="cfg-sms-vision" [^>]*checked', sms)
         assert media_options(database, "sms") == ("es", False, False)
+
+    def test_a_form_without_the_language_keeps_it(self, operator, database):
+        """A page opened before the field existed: the rest is saved, the language kept."""
+        database.execute("UPDATE channel_configs SET language = 'en'")
+        form = {name: value for name, value in FORM.items() if name != "language"}
+        response = operator.post_form("/settings/sms", "/settings", {**form, "max_tokens": "42"})
+        assert response.status_code == 303, response.text
+        assert media_options(database, "sms") == ("en", False, False)
+        assert database.scalar("SELECT max_tokens FROM channel_configs WHERE channel = 'sms'") == 42

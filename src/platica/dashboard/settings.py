@@ -127,6 +127,9 @@ async def save_settings(visit: OperatorVisit, form: PostedForm, channel: str) ->
         "openai_model": values["openai_model"] or None,
         "daily_token_budget": values["daily_token_budget"].strip() or None,
     }
+    if first(form, "language") is None:
+        # A page opened before the field existed (they stay open for hours): kept as it is.
+        del update_values["language"]
     errors: dict[str, str] = {}
     try:
         update = ChannelConfigUpdate.model_validate(update_values)
