@@ -1,5 +1,5 @@
-"""Test data in the database: accounts (with their channel configs), contacts, conversations and
-messages as Plática stores them, and sessions to store them with.
+"""Test data in the database: accounts (with their channel configs), contacts, conversations,
+messages and their media items as Plática stores them, and sessions to store them with.
 
 Here rather than in factories.py: factories.py is Twilio's side (the forms it posts and their
 signatures, no database; the benchmark and the fakes import it), this is the database's.
@@ -30,7 +30,10 @@ from platica.models import (
     Contact,
     Conversation,
     Direction,
+    MediaKind,
+    MediaState,
     Message,
+    MessageMedia,
     MessageStatus,
     ReplyState,
 )
@@ -135,6 +138,22 @@ def message_row(
     return Message(**values)
 
 
+def media_row(message: Message, kind: MediaKind, position: int = 0, **columns: Any) -> MessageMedia:
+    """A media item of `message` (stored), understood by default. Bytes kept (`content`) go
+    with their `size_bytes`, as the reply task stores them."""
+    values: dict[str, Any] = {
+        "account_id": message.account_id,
+        "message_id": message.id,
+        "position": position,
+        "kind": kind,
+        "state": MediaState.understood,
+    }
+    values.update(columns)
+    if values.get("content") is not None:
+        values.setdefault("size_bytes", len(values["content"]))
+    return MessageMedia(**values)
+
+
 # -- stored ---------------------------------------------------------------------------------------
 
 
@@ -184,6 +203,16 @@ async def add_message(
     session.add(message)
     await session.flush()
     return message
+
+
+async def add_media(
+    session: AsyncSession, message: Message, kind: MediaKind, position: int = 0, **columns: Any
+) -> MessageMedia:
+    """A media item of `message` (see media_row)."""
+    item = media_row(message, kind, position, **columns)
+    session.add(item)
+    await session.flush()
+    return item
 
 
 def add_queued_reply(database: Database, sid: str) -> None:

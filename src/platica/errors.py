@@ -4,8 +4,12 @@
     ├── BadRequest                   400    malformed input
     ├── InvalidSignature             403    X-Twilio-Signature missing or wrong
     ├── NotFound                     404    no such object, or not this account's
+    │   └── MediaUnavailable         404    a media item with no bytes to serve: none kept,
+    │                                       and Twilio's copy cannot be fetched
     ├── PayloadTooLarge              413    request body over the limit
-    └── UnsupportedMediaType         415    not a form post
+    ├── UnsupportedMediaType         415    not a form post
+    └── BadGateway                   502    an outside service failed us for now (Twilio's
+                                            media, fetched for an operator): try again later
 
 Validation errors of FastAPI request models are rendered in the same shape, with status 422;
 a request body that does not arrive in time (app.BodyTimeout) with 408 `request_timeout`.
@@ -68,6 +72,10 @@ class NotFound(PlaticaError):
     code = "not_found"
 
 
+class MediaUnavailable(NotFound):
+    code = "media_unavailable"
+
+
 class PayloadTooLarge(PlaticaError):
     status_code = 413
     code = "payload_too_large"
@@ -76,6 +84,11 @@ class PayloadTooLarge(PlaticaError):
 class UnsupportedMediaType(PlaticaError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class BadGateway(PlaticaError):
+    status_code = 502
+    code = "bad_gateway"
 
 
 class RetryableError(Exception):

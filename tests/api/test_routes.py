@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.models import utcnow
 from tests.api.conftest import ADMIN_TOKEN, Api, Said, seed_conversation, supabase_token
+from tests.dashboard.media_data import INVOICE, VOICE, MediaThread, seed_media_thread
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER
 from tests.polling import wait_for
-from tests.records import in_session
+from tests.records import add_account, in_session
 
 OTHER_CONTACT = "+34600999888"
 ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -29,6 +31,7 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/{channel}/conversations/{id}/handoff", None),
     ("POST", "/api/{channel}/conversations/{id}/resume", None),
     ("POST", "/api/{channel}/conversations/{id}/retry", None),
+    ("GET", "/api/{channel}/media/{id}", None),
     ("GET", "/api/{channel}/config", None),
     ("PUT", "/api/{channel}/config", {"temperature": 0.5}),
 ]
@@ -973,6 +976,97 @@ class TestRetry:
         body = api.ok(api.post(f"/api/sms/conversations/{conversation}/retry"))
 
         assert body == before["conversation"]
+
+
+class TestMedia:
+    @staticmethod
+    def _seed(api: Api) -> tuple[MediaThread, MediaThread]:
+        """Account A's media thread (its invoice only at the fake Twilio) and another account's."""
+        invoice_url = api.twilio.add_media(INVOICE, "application/pdf")
+
+        async def seed(session: AsyncSession) -> tuple[MediaThread, MediaThread]:
+            ours = await seed_media_thread(session, api.a.id, invoice_url=invoice_url)
+            other = await add_account(session, "Panadería C")
+            theirs = await seed_media_thread(session, other.id, address=OTHER_CONTACT)
+            return ours, theirs
+
+        return in_session(api.database_url, seed)
+
+    def test_kept_bytes_and_twilio_copy_are_served(self, api):
+        ours, _theirs = self._seed(api)
+        voice = api.get(f"/api/whatsapp/media/{ours.voice}")
+        assert voice.status_code == 200
+        assert voice.content == VOICE
+        assert voice.headers["content-type"] == "audio/ogg"
+        assert voice.headers["content-disposition"] == f'inline; filename="audio-{ours.voice}.ogg"'
+        assert voice.headers["x-content-type-options"] == "nosniff"
+        assert voice.headers["cache-control"].startswith("private, max-age=")
+
+        invoice = api.get(f"/api/whatsapp/media/{ours.invoice}")
+        assert invoice.status_code == 200
+        assert invoice.content == INVOICE
+        assert invoice.headers["content-type"] == "application/pdf"
+        assert invoice.headers["content-disposition"].startswith("attachment;")
+        assert [r["authorised"] for r in api.twilio.media_requests] == [True]
+        # Fetched for the caller, not stored: the reply task reads it in its own time.
+        assert api.database.scalar("SELECT state FROM media WHERE id = :id", id=ours.invoice) == (
+            "pending"
+        )
+
+    def test_another_accounts_media_is_404(self, api):
+        ours, theirs = self._seed(api)
+        error = assert_error(api.get(f"/api/whatsapp/media/{theirs.voice}"), 404, "not_found")
+        assert str(theirs.voice) in error["message"]
+        assert_error(api.get(f"/api/sms/media/{ours.voice}"), 404, "not_found")
+        assert_error(
+            api.get(f"/api/whatsapp/media/{ours.voice}", token=api.b.key), 404, "not_found"
+        )
+
+    def test_admin_sees_every_account_unless_it_names_one(self, api):
+        ours, theirs = self._seed(api)
+        for item in (ours.voice, theirs.voice):
+            response = api.get(f"/api/whatsapp/media/{item}", token=ADMIN_TOKEN)
+            assert (response.status_code, response.content) == (200, VOICE)
+        assert_error(
+            api.get(
+                f"/api/whatsapp/media/{theirs.voice}", token=ADMIN_TOKEN, account_id=str(api.a.id)
+            ),
+            404,
+            "not_found",
+        )
+
+    def test_what_has_no_bytes_says_why(self, api):
+        ours, _theirs = self._seed(api)
+        error = assert_error(
+            api.get(f"/api/whatsapp/media/{ours.location}"), 404, "media_unavailable"
+        )
+        assert "is a location" in error["message"]
+        api.twilio.fail_always("media:500")
+        try:
+            error = assert_error(api.get(f"/api/whatsapp/media/{ours.invoice}"), 502, "bad_gateway")
+        finally:
+            api.twilio.fail_always(None)
+        assert "Twilio answered 500" in error["message"]
+        assert "try again later" in error["message"]
+        api.database.execute(
+            "UPDATE media SET deleted_at = created_at WHERE id = :id", id=ours.invoice
+        )
+        error = assert_error(
+            api.get(f"/api/whatsapp/media/{ours.invoice}"), 404, "media_unavailable"
+        )
+        assert "Twilio's copy was deleted" in error["message"]
+
+    @pytest.mark.parametrize("ident", ["0", str(2**63), "abc"])
+    def test_id_out_of_range_is_422(self, api, ident):
+        error = assert_error(api.get(f"/api/sms/media/{ident}"), 422, "validation_error")
+        assert "media_id" in error["message"]
+
+    def test_documented_in_the_openapi(self, api):
+        schema = api.ok(api.get("/openapi.json", token=None))
+        operation = schema["paths"]["/api/{channel}/media/{media_id}"]["get"]
+        assert operation["description"].startswith("A media item's bytes")
+        assert "application/octet-stream" in operation["responses"]["200"]["content"]
+        assert set(operation["responses"]) >= {"200", "401", "404", "502"}
 
 
 class TestConfig:

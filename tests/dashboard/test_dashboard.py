@@ -30,6 +30,15 @@ from platica.dashboard import session as dashboard_session
 from platica.dashboard import simulator as dashboard_simulator
 from platica.dashboard import web as dashboard_web
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
+from tests.dashboard.media_data import (
+    INVOICE,
+    LATITUDE,
+    LONGITUDE,
+    TRANSCRIPT,
+    VOICE,
+    MediaThread,
+    seed_media_thread,
+)
 from tests.factories import CONTACT, inbound_form, post_signed
 from tests.fakes import FakeOpenAI, FakeTwilio
 from tests.polling import wait_for
@@ -513,23 +522,66 @@ class TestConversation:
         )
         dashboard.shot(page, "conversation-failed")
 
-    def test_media_is_previewed(self, dashboard):
-        dashboard.send(
-            "whatsapp",
-            body="Mira",
-            NumMedia="2",
-            MediaUrl0=f"{dashboard.url}/static/favicon.svg",
-            MediaContentType0="image/svg+xml",
-            MediaUrl1=f"{dashboard.url}/static/vendor/README.md",
-            MediaContentType1="application/pdf",
+    def test_voice_note_photo_location_and_invoice(self, dashboard):
+        """Played through in the browser: every item comes from Plática (the page's policy
+        allows no other source), the invoice fetched from Twilio when it is opened."""
+        invoice_url = dashboard.twilio.add_media(INVOICE, "application/pdf")
+        thread_data: MediaThread = in_session(
+            dashboard.database_url,
+            lambda session: seed_media_thread(
+                session, dashboard.account_id, invoice_url=invoice_url
+            ),
         )
         page = dashboard.page()
         dashboard.log_in(page)
-        page.goto(f"/conversations/whatsapp/{dashboard.conversation_id(channel='whatsapp')}")
-        image = page.get_by_role("img", name="Image (image/svg+xml) sent with this message")
-        expect(image).to_be_visible()
-        assert image.evaluate("element => element.naturalWidth") > 0
-        expect(page.get_by_role("link", name="Attachment (application/pdf)")).to_be_visible()
+        page.locator(".conversation-row").first.get_by_role("link").click()
+        thread = page.get_by_role("log", name="Messages")
+        expect(thread).to_contain_text(TRANSCRIPT)
+        assert dashboard.twilio.url not in page.content()
+
+        player = thread.get_by_label("Voice note from the contact, 0:04")
+        expect(player).to_be_visible()
+        source = player.get_attribute("src")
+        assert source == thread_data.media_path(thread_data.voice)
+        answer = page.request.get(source)
+        assert answer.status == 200
+        assert answer.headers["content-type"] == "audio/ogg"
+        assert answer.body() == VOICE
+        # Chromium reads the voice note's length from the bytes Plática serves.
+        player.evaluate("audio => { audio.preload = 'metadata'; audio.load(); }")
+        page.wait_for_function("audio => audio.readyState >= 1", arg=player.element_handle())
+        assert round(player.evaluate("audio => audio.duration")) == 4
+
+        image = thread.get_by_role("img", name=re.compile(r"^Image from the contact"))
+        image.scroll_into_view_if_needed()  # loading="lazy"
+        page.wait_for_function(
+            "image => image.complete && image.naturalWidth > 0", arg=image.element_handle()
+        )
+        assert image.evaluate("image => [image.naturalWidth, image.naturalHeight]") == [320, 240]
+        full_size = thread.get_by_role("link", name="Open the image full size (new tab)")
+        expect(full_size).to_have_attribute("target", "_blank")
+
+        map_link = thread.get_by_role("link", name="Open the map (OpenStreetMap, new tab)")
+        expect(map_link).to_have_attribute(
+            "href",
+            f"https://www.openstreetmap.org/?mlat={LATITUDE:.6f}&mlon={LONGITUDE:.6f}"
+            f"#map=17/{LATITUDE:.6f}/{LONGITUDE:.6f}",
+        )
+        expect(map_link).to_have_attribute("rel", re.compile(r"\bnoopener\b"))
+        expect(thread).to_contain_text("Panadería La Espiga")
+
+        document = thread.get_by_role("link", name="Document (PDF)")
+        expect(thread.locator(".media-document.media-pending")).to_contain_text("Reading…")
+        with page.expect_download() as download:
+            document.click()
+        assert download.value.suggested_filename == f"document-{thread_data.invoice}.pdf"
+        assert Path(download.value.path()).read_bytes() == INVOICE
+        assert [r["authorised"] for r in dashboard.twilio.media_requests] == [True]
+        thread.evaluate("log => { log.scrollTop = 0; }")  # the voice note first
+        dashboard.shot(page, "conversation-media")
+        page.set_viewport_size(PHONE)
+        thread.evaluate("log => { log.scrollTop = 0; }")
+        dashboard.shot(page, "conversation-media-phone")
 
     def test_hand_off_reply_by_hand_resume_and_close(self, dashboard):
         dashboard.send(body="Hola")
@@ -631,11 +683,18 @@ class TestSettings:
         sms.get_by_label("Model").fill("my-local-model")
         sms.get_by_label("Max tokens").fill("42")
         sms.get_by_label("System prompt").fill("Eres el asistente de la Panadería Lola.\nSé breve.")
+        expect(sms.get_by_label("Customers' language")).to_have_value("es")
+        sms.get_by_label("Customers' language").select_option(label="English (en)")
+        sms.get_by_label("Delete Twilio's copy once understood").check()
         sms.get_by_role("button", name="Save SMS settings").click()
         expect(page.get_by_role("status")).to_have_text(
             "SMS settings saved. The next reply uses them."
         )
-        expect(page.locator("section#sms").get_by_label("Model")).to_have_value("my-local-model")
+        sms = page.locator("section#sms")
+        expect(sms.get_by_label("Model")).to_have_value("my-local-model")
+        expect(sms.get_by_label("Customers' language")).to_have_value("en")
+        expect(sms.get_by_label("Delete Twilio's copy once understood")).to_be_checked()
+        expect(sms.get_by_label("Show images to the AI (vision)")).not_to_be_checked()
         dashboard.shot(page, "settings")
 
         dashboard.nav(page, "Simulator")

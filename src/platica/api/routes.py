@@ -1,4 +1,5 @@
-"""REST API under /api/{channel}: stats, engagement, conversations, history, steering, config."""
+"""REST API under /api/{channel}: stats, engagement, conversations, history, steering, media,
+config."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
 
 from platica.api.auth import CallerDep
 from platica.conversations import inbox, operators, stats
 from platica.deps import StateDep
 from platica.errors import BadRequest
 from platica.jobs.runner import TaskRunner, commit_and_wake
+from platica.media import serving
 from platica.models import Channel, Conversation, ConversationStatus
 from platica.schemas import (
     ChannelConfigRead,
@@ -37,6 +40,7 @@ router = APIRouter(prefix="/api/{channel}", tags=["api"], responses=ERRORS)
 
 ChannelPath = Annotated[Channel, Path(description="whatsapp or sms")]
 ConversationId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The conversation's id")]
+MediaId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The media item's id (history)")]
 
 
 @router.get("/stats", response_model=StatsRead)
@@ -169,6 +173,29 @@ async def retry(
     """Retry a parked conversation (its reply task kept crashing): unpark it and run its work
     again now. Idempotent."""
     return await _change(caller, channel, conversation_id, operators.retry, state.runner)
+
+
+@router.get(
+    "/media/{media_id}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The item's bytes with its content type: pictures and sound inline, "
+            "anything else as an attachment",
+            "content": {"application/octet-stream": {}},
+        },
+        404: {"description": "No such media item for this account, or no bytes to serve"},
+        502: {"description": "Twilio's copy could not be fetched just now; try again later"},
+    },
+)
+async def get_media(
+    channel: ChannelPath, media_id: MediaId, caller: CallerDep, state: StateDep, request: Request
+) -> Response:
+    """A media item's bytes (voice note, image, document): Plática's copy, or Twilio's fetched."""
+    item = await serving.find_media(caller.session, caller.account_id, channel, media_id)
+    # The read is over: no database connection waits while Twilio answers.
+    await caller.session.rollback()
+    return await serving.media_response(item, state.media, request.headers)
 
 
 def _own_account(caller: CallerDep) -> uuid.UUID:

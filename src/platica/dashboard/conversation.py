@@ -1,5 +1,5 @@
-"""A conversation's page: its messages as a chat with their delivery states, and the operator's
-controls (close, hand off, resume, retry, reply by hand)."""
+"""A conversation's page: its messages as a chat with their delivery states and media (shown by
+media.py), and the operator's controls (close, hand off, resume, retry, reply by hand)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from starlette.responses import Response
 
 from platica.conversations import operators
 from platica.dashboard import display, web
+from platica.dashboard import media as dashboard_media
 from platica.dashboard.inbox import conversation_row
 from platica.dashboard.web import (
     OperatorVisit,
     PostedForm,
     Visit,
+    conversation_key,
     embed,
     live,
     not_found,
@@ -26,7 +28,7 @@ from platica.errors import NotFound, PlaticaError
 from platica.http import first
 from platica.jobs.runner import commit_and_wake
 from platica.logging import get_logger
-from platica.models import Author, Channel, ConversationStatus, Direction, Message, ReplyState
+from platica.models import Author, ConversationStatus, Direction, Message, ReplyState
 from platica.schemas import ManualReply
 
 log = get_logger(__name__)
@@ -48,26 +50,8 @@ AUTHORS = {
 }
 
 
-def _conversation_key(channel: str, conversation_id: str) -> tuple[Channel, int] | None:
-    if channel not in display.CHANNEL_NAMES or not conversation_id.isdigit():
-        return None
-    number = int(conversation_id)
-    return (Channel(channel), number) if 0 < number < 2**63 else None
-
-
-def _message(message: Message) -> dict[str, Any]:
+def _message(message: Message, media: list[dict[str, Any]]) -> dict[str, Any]:
     inbound = message.direction == Direction.inbound
-    media = [
-        {
-            "id": item.id,
-            "kind": item.kind,
-            "content_type": item.content_type,
-            "state": item.state,
-            "text": item.text,
-            "error": item.error,
-        }
-        for item in message.media
-    ]
     waiting = inbound and message.reply_state == ReplyState.pending
     return {
         "id": message.id,
@@ -100,7 +84,7 @@ def _message(message: Message) -> dict[str, Any]:
 async def load_thread(visit: Visit, channel: str, conversation_id: str) -> dict[str, Any] | None:
     """The conversation and its messages, ready for the page (None: no such conversation
     for this operator)."""
-    key = _conversation_key(channel, conversation_id)
+    key = conversation_key(channel, conversation_id)
     if key is None:
         return None
     async with visit.db() as session:
@@ -113,6 +97,8 @@ async def load_thread(visit: Visit, channel: str, conversation_id: str) -> dict[
         view = await operators.view(session, conversation)
         messages = await operators.history(session, conversation, THREAD_LIMIT)
     state = display.conversation_state(view)
+    base_url = f"{visit.root}/conversations/{key[0].value}/{key[1]}"
+    fetchable = dashboard_media.fetchable(visit.state)
     return {
         "conversation": conversation,
         "row": conversation_row(visit, view),
@@ -122,8 +108,10 @@ async def load_thread(visit: Visit, channel: str, conversation_id: str) -> dict[
         "flagged_at": view.flagged_at,
         "flag_reason": view.flag_reason,
         "closed": conversation.status == ConversationStatus.closed,
-        "messages": [_message(m) for m in messages],
-        "base_url": f"{visit.root}/conversations/{key[0].value}/{key[1]}",
+        "messages": [
+            _message(m, dashboard_media.media_items(m, base_url, fetchable)) for m in messages
+        ],
+        "base_url": base_url,
         "awaiting": view.awaiting_reply,
     }
 
@@ -169,7 +157,7 @@ async def _conversation_response(
 async def _act(
     visit: Visit, channel: str, conversation_id: str, action: str, body: str | None = None
 ) -> Response:
-    key = _conversation_key(channel, conversation_id)
+    key = conversation_key(channel, conversation_id)
     if key is None:
         return not_found(visit, "such conversation")
     error: PlaticaError | None = None

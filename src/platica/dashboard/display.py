@@ -150,6 +150,7 @@ def _in_words(kind: str, context: dict[str, Any], message: str) -> str:
         "string_too_short": "must not be empty",
         "string_too_long": "must be at most {max_length} characters",
         "string_pattern_mismatch": "may contain only letters, digits and . : / @ + - _",
+        "literal_error": "must be {expected}",
     }
     if kind in phrases:
         return phrases[kind].format(**{k: number(v) for k, v in context.items()})

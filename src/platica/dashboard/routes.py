@@ -6,8 +6,8 @@ the service functions the REST API uses (conversations/operators.py, inbox.py an
 sessions scoped to the operator's account, so the dashboard sees exactly what the API would.
 
 Each page has its module (login.py, inbox.py, conversation.py, stats.py, settings.py,
-simulator.py); web.py holds the plumbing (sessions, CSRF, responses), session.py the cookie,
-display.py the words, alerts.py the banners.
+simulator.py; media.py serves a conversation's media items); web.py holds the plumbing (sessions,
+CSRF, responses), session.py the cookie, display.py the words, alerts.py the banners.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from platica.dashboard import conversation, inbox, login, settings, simulator, stats
+from platica.dashboard import conversation, inbox, login, media, settings, simulator, stats
 from platica.dashboard.web import (
     STATIC,
     CsrfRejected,
@@ -24,7 +24,7 @@ from platica.dashboard.web import (
     login_required,
 )
 
-PAGES = (login, inbox, conversation, stats, settings, simulator)
+PAGES = (login, inbox, conversation, media, stats, settings, simulator)
 
 
 def install(app: FastAPI) -> None:

@@ -33,7 +33,7 @@ from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
 from platica.deps import AppState, app_state
 from platica.http import FormData, first, parse_form, read_body
-from platica.models import Account, ApiKey
+from platica.models import Account, ApiKey, Channel
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -47,9 +47,10 @@ ASSET_VERSION = hashlib.sha256(
 # each request (`web.POLL_SECONDS`), so that tests can make it shorter.
 POLL_SECONDS = 3.0
 SECURITY_HEADERS = {
-    # Everything is served from here (no CDN); Twilio's media previews are the only outside images.
+    # Everything is served from here (no CDN), media included: Plática serves them itself
+    # (dashboard/media.py), so no page loads anything from Twilio or anywhere else.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data: https:; media-src 'self' https:; connect-src 'self'; "
+    "img-src 'self' data:; media-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -155,6 +156,22 @@ def int_param(value: str | None, default: int, low: int, high: int) -> int:
     return max(low, min(high, number))
 
 
+def row_id(value: str) -> int | None:
+    """A row id from the path (digits, within a bigint), or None."""
+    if not value.isdigit():
+        return None
+    number = int(value)
+    return number if 0 < number < 2**63 else None
+
+
+def conversation_key(channel: str, conversation_id: str) -> tuple[Channel, int] | None:
+    """(channel, id) of a conversation's path, or None for one no conversation can have."""
+    number = row_id(conversation_id)
+    if channel not in display.CHANNEL_NAMES or number is None:
+        return None
+    return Channel(channel), number
+
+
 def uuid_or_none(value: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(value) if value else None
@@ -257,6 +274,15 @@ def live(
         return _finish(visit, visit.request, Response(status_code=204))
     html = templates.get_template("_live.html").render({**context, "live": part})
     return _finish(visit, visit.request, HTMLResponse(html))
+
+
+def send_file(visit: Visit, response: Response) -> Response:
+    """A file (a media item): the security headers it does not set itself, as it brings its
+    own policy and caching."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    save_session(response, visit.request, visit.state.settings, visit.cookie)
+    return response
 
 
 def redirect(visit: Visit, path: str) -> Response:
