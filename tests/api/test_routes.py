@@ -17,6 +17,7 @@ from platica.models import utcnow
 from tests.api.conftest import ADMIN_TOKEN, Api, Said, seed_conversation, supabase_token
 from tests.dashboard.media_data import INVOICE, VOICE, MediaThread, seed_media_thread
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER
+from tests.media.samples import jpeg
 from tests.polling import wait_for
 from tests.records import add_account, in_session
 
@@ -655,11 +656,12 @@ class TestConversations:
 
 class TestHistory:
     def test_messages_oldest_first_with_delivery_media_and_ai_metadata(self, api):
+        photo = api.twilio.add_media(jpeg(40, 30), "image/jpeg")
         api.send(
             "sms",
             body="Mira esta foto",
             NumMedia="1",
-            MediaUrl0="https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
+            MediaUrl0=photo,
             MediaContentType0="image/jpeg",
         )
         wait_for(lambda: api.settled() and api.twilio.sent, "the first answer")
@@ -689,19 +691,23 @@ class TestHistory:
         # The LLM is told about the photo; the fake echoes what it was told.
         assert [(m["direction"], m["author"], m["body"]) for m in messages] == [
             ("inbound", "contact", "Mira esta foto"),
-            ("outbound", "ai", "Echo: Mira esta foto [image attached]"),
+            ("outbound", "ai", "Echo: [image (you cannot see it)]\nMira esta foto"),
             ("inbound", "contact", "¿Y ahora?"),
             ("outbound", "ai", "Echo: ¿Y ahora?"),
         ]
         ids = [m["id"] for m in messages]
         assert ids == sorted(ids)
         first_in, first_out, _second_in, second_out = messages
-        assert first_in["media"] == [
-            {
-                "url": "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
-                "content_type": "image/jpeg",
-            }
-        ]
+        [photo_item] = first_in["media"]
+        assert photo_item == {
+            "id": photo_item["id"],
+            "kind": "image",
+            "content_type": "image/jpeg",
+            "state": "understood",
+            "text": None,
+            "error": None,
+        }
+        assert first_out["media"] == []
         assert first_in["status"] == "received"
         assert first_in["reply_state"] == "answered"
         assert first_in["model"] is None
