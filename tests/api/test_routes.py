@@ -1100,6 +1100,9 @@ class TestConfig:
             "busy_message": body["busy_message"],
             "tokens_day": None,
             "tokens_used": 0,
+            "language": "es",
+            "vision": False,
+            "delete_media_after_use": False,
         }
         assert body["busy_message"]
         assert body["system_prompt"]
