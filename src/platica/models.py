@@ -430,7 +430,16 @@ class MessageMedia(Base):
     stored by the webhook as `pending`, fetched and understood by the reply task (media/)."""
 
     __tablename__ = "media"
-    __table_args__ = (UniqueConstraint("message_id", "position"),)
+    __table_args__ = (
+        UniqueConstraint("message_id", "position"),
+        # What the reply task still has to read: looked up for every batch it answers.
+        Index(
+            "ix_media_unread",
+            "message_id",
+            sqlite_where=text("state IN ('pending', 'fetched')"),
+            postgresql_where=text("state IN ('pending', 'fetched')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     account_id: Mapped[uuid.UUID] = mapped_column(

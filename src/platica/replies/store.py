@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import (
     Date,
@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 
-from platica.db import Tx, any_of, fetch_all, none_of
+from platica.db import Tx, Typed, any_of, fetch_all, none_of
 from platica.jobs import queue
 from platica.jobs.queue import Leased
 from platica.media import store as media
@@ -199,7 +199,21 @@ async def load(
     return Loaded(conversation, ChannelConfig(**values), contact, paced_from)
 
 
-_WORK = (
+class _WorkRow(NamedTuple):
+    id: int
+    direction: str
+    channel: str
+    body: str
+    status: str
+    attempts: int
+    part: int
+    simulated: bool
+    created_at: datetime
+    updated_at: datetime
+    media_pending: bool
+
+
+_WORK = Typed(
     select(
         _m.id,
         _m.direction,
@@ -217,7 +231,8 @@ _WORK = (
         _m.conversation_id == bindparam("conversation_id"),
         queue.IS_WORK,
     )
-    .order_by(_m.id)
+    .order_by(_m.id),
+    _WorkRow,
 )
 
 
@@ -225,7 +240,7 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
     """The conversation's unsent outbound messages and unanswered inbound ones, oldest first."""
     unsent: list[Outbound] = []
     pending: list[Inbound] = []
-    for row in await connection.execute(_WORK, {"conversation_id": conversation_id}):
+    for row in await fetch_all(connection, _WORK, {"conversation_id": conversation_id}):
         if row.direction == Direction.inbound:
             pending.append(
                 Inbound(
@@ -255,7 +270,15 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
     return unsent, pending
 
 
-_HISTORY = (
+class _HistoryRow(NamedTuple):
+    id: int
+    reply_to_id: int | None
+    direction: str
+    body: str
+    has_media: bool
+
+
+_HISTORY = Typed(
     select(
         _m.id,
         _m.reply_to_id,
@@ -274,11 +297,12 @@ _HISTORY = (
         or_(_m.id <= bindparam("up_to"), _m.reply_to_id < bindparam("up_to")),
     )
     .order_by(_m.id.desc())
-    .limit(bindparam("limit"))
+    .limit(bindparam("limit")),
+    _HistoryRow,
 )
 
 
-def _in_conversation_order(row: Any) -> tuple[int, int, int]:
+def _in_conversation_order(row: _HistoryRow) -> tuple[int, int, int]:
     """Where a message belongs in the conversation: a reply right after the message it answers
     (a keyword's confirmation, stored after what the contact wrote next, comes before it)."""
     if row.direction == Direction.outbound and row.reply_to_id is not None:
@@ -297,7 +321,7 @@ async def history(
     `up_to` (the last of the batch being answered), in the conversation's order, oldest first,
     with their media; the images of the messages `pictures_of` with their bytes."""
     params = {"conversation_id": conversation_id, "limit": limit, "up_to": up_to}
-    rows = sorted(await connection.execute(_HISTORY, params), key=_in_conversation_order)
+    rows = sorted(await fetch_all(connection, _HISTORY, params), key=_in_conversation_order)
     with_media = [row.id for row in rows if row.has_media]
     attachments: dict[int, list[media.Attachment]] = {}
     pictures: dict[int, list[media.Picture]] = {}

@@ -32,6 +32,7 @@ VISIBLE = (
     " AND account_id = (SELECT platica_current_account()))"
     " OR ((SELECT platica_current_account()) IS NULL AND (SELECT platica_is_service()))"
 )
+UNREAD = sa.text("state IN ('pending', 'fetched')")
 BEFORE = "received before Plática understood media: not fetched"
 
 
@@ -82,6 +83,13 @@ def upgrade() -> None:
         sa.UniqueConstraint("message_id", "position", name=op.f("uq_media_message_id_position")),
     )
     op.create_index(op.f("ix_media_account_id"), "media", ["account_id"])
+    op.create_index(
+        "ix_media_unread",
+        "media",
+        ["message_id"],
+        sqlite_where=UNREAD,
+        postgresql_where=UNREAD,
+    )
     with op.batch_alter_table("channel_configs", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("language", sa.String(8), nullable=False, server_default="es")
@@ -165,5 +173,6 @@ def downgrade() -> None:
         batch_op.drop_column("delete_media_after_use")
         batch_op.drop_column("vision")
         batch_op.drop_column("language")
+    op.drop_index("ix_media_unread", table_name="media")
     op.drop_index("ix_media_account_id", table_name="media")
     op.drop_table("media")
