@@ -22,9 +22,7 @@ def kind_of(content_type: str) -> MediaKind:
         return MediaKind.audio
     if major == "image":
         return MediaKind.image
-    if bare in READABLE_DOCUMENTS or (
-        major == "application" and bare != "application/octet-stream"
-    ):
+    if major == "application" and bare != "application/octet-stream":
         return MediaKind.document
     return MediaKind.other
 
