@@ -26,6 +26,10 @@ SETTINGS_VARIABLES = list(Settings.model_fields)
 # Every table of Plática's, dependents first: truncate_all empties them, test_migrations and
 # test_rls check each.
 TABLES = (
+    "idempotency_keys",
+    "broadcast_recipients",
+    "broadcasts",
+    "templates",
     "dashboard_sessions",
     "webhook_logs",
     "media",

@@ -32,18 +32,24 @@ from platica.models import (
     Account,
     ApiKey,
     Author,
+    Broadcast,
+    BroadcastRecipient,
     Channel,
     Contact,
     Conversation,
     ConversationStatus,
     DashboardSession,
     Direction,
+    IdempotencyKey,
     MediaKind,
     MediaState,
     Message,
     MessageMedia,
     MessageStatus,
+    RecipientState,
     ReplyState,
+    Template,
+    TemplateApproval,
     WebhookLog,
     utcnow,
 )
@@ -342,6 +348,38 @@ def seed(url: str) -> Seeded:
                     content_type="audio/ogg",
                     state=MediaState.understood,
                     text="Hola, ¿tienen mesa para cuatro?",
+                )
+            )
+            template = Template(
+                account_id=account.id,
+                sid="HX" + uuid.uuid4().hex,
+                name="recordatorio_cita",
+                language="es",
+                body="Hola {{1}}, le recordamos su cita de mañana.",
+                variables={"1": "Ana"},
+                approval=TemplateApproval.approved,
+            )
+            session.add(template)
+            session.flush()
+            broadcast = Broadcast(
+                account_id=account.id, channel=Channel.whatsapp, template_id=template.id, total=1
+            )
+            session.add(broadcast)
+            session.flush()
+            session.add(
+                BroadcastRecipient(
+                    broadcast_id=broadcast.id,
+                    account_id=account.id,
+                    address="+34600000001",
+                    state=RecipientState.queued,
+                )
+            )
+            session.add(
+                IdempotencyKey(
+                    account_id=account.id,
+                    key="pedido-1",
+                    request_hash="0" * 64,
+                    message_id=message.id,
                 )
             )
 

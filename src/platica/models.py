@@ -1,4 +1,6 @@
-"""ORM tables of SPEC §4: accounts, api_keys, channel_configs, contacts, conversations, messages, webhook_logs; and media, dashboard_sessions."""
+"""ORM tables of SPEC §4: accounts, api_keys, channel_configs, contacts, conversations, messages,
+webhook_logs; and media, templates, broadcasts, broadcast_recipients, idempotency_keys,
+dashboard_sessions."""
 
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ class Author(StrEnum):
     ai = "ai"
     operator = "operator"
     system = "system"
+    # Sent to the contact as part of a broadcast (outreach/broadcasts.py).
+    broadcast = "broadcast"
 
 
 class ConversationStatus(StrEnum):
@@ -195,6 +199,43 @@ class MediaState(StrEnum):
     failed = "failed"
 
 
+class TemplateApproval(StrEnum):
+    """A template's WhatsApp approval, as Twilio's Content API reports it (lower-cased); only
+    `approved` ones may be sent on WhatsApp. `unknown`: a state Twilio did not document."""
+
+    approved = "approved"
+    pending = "pending"
+    received = "received"
+    rejected = "rejected"
+    paused = "paused"
+    disabled = "disabled"
+    unsubmitted = "unsubmitted"
+    unknown = "unknown"
+
+
+class BroadcastStatus(StrEnum):
+    sending = "sending"
+    done = "done"
+    canceled = "canceled"
+
+
+class RecipientState(StrEnum):
+    """Where a broadcast's recipient stands: waiting for its turn, handed over as a message
+    (whose own status then says how far it got), skipped (opted out, invalid, a duplicate), or
+    never sent because the broadcast was canceled first."""
+
+    queued = "queued"
+    handed = "handed"
+    skipped = "skipped"
+    canceled = "canceled"
+
+
+def _default_broadcast_mps(context: Any) -> float:
+    """WhatsApp senders take 80 messages/s and more; an SMS long code 1 segment/s."""
+    channel = context.get_current_parameters().get("channel")
+    return 20.0 if channel == Channel.whatsapp else 1.0
+
+
 class Account(Base):
     __tablename__ = "accounts"
 
@@ -271,6 +312,8 @@ class ChannelConfig(Base):
     # budget. Once spent, each conversation gets `busy_message` once that day, and no LLM call.
     daily_token_budget: Mapped[int | None] = mapped_column(Integer)
     busy_message: Mapped[str] = mapped_column(Text, default=DEFAULT_BUSY_MESSAGE)
+    # Messages per second a broadcast may send on this channel (outreach/broadcaster.py).
+    broadcast_mps: Mapped[float] = mapped_column(Float, default=_default_broadcast_mps)
     # What the budget has counted: tokens spent on `tokens_day` (UTC), while a budget is set.
     tokens_day: Mapped[date | None] = mapped_column(Date)
     tokens_used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -417,6 +460,10 @@ class Message(Base):
     # Written in the dashboard's phone simulator (inbound), or answering such a message
     # (outbound): never sent to a real phone.
     simulated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Outbound, sent as an approved template: its Twilio ContentSid (HX…) and the values of its
+    # variables; `body` then holds the template's text with them filled in.
+    content_sid: Mapped[str | None] = mapped_column(String(64))
+    content_variables: Mapped[dict[str, str] | None] = mapped_column(JsonDoc)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # Its media items, in order: loaded only when asked for (selectinload), never by accident.
@@ -470,6 +517,119 @@ class MessageMedia(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Template(Base):
+    """A message template the account may send (Twilio's Content API): synced from Twilio, or
+    added by hand."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("account_id", "sid"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    # Twilio's ContentSid, HX followed by 32 hex digits.
+    sid: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    language: Mapped[str] = mapped_column(String(16), default="")
+    # The text, with its variables as {{1}}, {{2}}… (or {{name}}).
+    body: Mapped[str] = mapped_column(Text, default="")
+    # Its variables and their sample values, as Twilio keeps them: {"1": "Ana", ...}.
+    variables: Mapped[dict[str, str]] = mapped_column(JsonDoc, default=dict)
+    approval: Mapped[TemplateApproval] = mapped_column(String(32))
+    rejection_reason: Mapped[str | None] = mapped_column(Text)
+    # "twilio" (synced) or "manual" (added by hand; a sync leaves it alone).
+    source: Mapped[str] = mapped_column(String(16), default="twilio")
+    synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Broadcast(Base):
+    """One message (free text or a template) to a list of recipients, sent in the background at
+    the channel's `broadcast_mps` (outreach/broadcaster.py)."""
+
+    __tablename__ = "broadcasts"
+    __table_args__ = (
+        # The broadcasts still sending: what the broadcaster looks at on every tick.
+        Index(
+            "ix_broadcasts_sending",
+            "account_id",
+            "channel",
+            "id",
+            sqlite_where=text("status = 'sending'"),
+            postgresql_where=text("status = 'sending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    channel: Mapped[Channel] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    template_id: Mapped[int | None] = mapped_column(ForeignKey("templates.id", ondelete="SET NULL"))
+    # The template's ContentSid, copied (the template may be synced away meanwhile); None for
+    # free text.
+    content_sid: Mapped[str | None] = mapped_column(String(64))
+    # The free text, or the template's text with its {{variables}}.
+    body: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[BroadcastStatus] = mapped_column(String(16), default=BroadcastStatus.sending)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    # The pace clock: when the last recipient handed over would have gone at exactly
+    # broadcast_mps (ratelimit.Pace).
+    paced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BroadcastRecipient(Base):
+    __tablename__ = "broadcast_recipients"
+    __table_args__ = (
+        Index("ix_broadcast_recipients_broadcast_state", "broadcast_id", "state"),
+        # The next ones to hand over, in the order given.
+        Index(
+            "ix_broadcast_recipients_queued",
+            "broadcast_id",
+            "id",
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    broadcast_id: Mapped[int] = mapped_column(ForeignKey("broadcasts.id", ondelete="CASCADE"))
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    # E.164, as given (normalised); kept even when invalid, to say why it was skipped.
+    address: Mapped[str] = mapped_column(String(64))
+    # The template's variables for this recipient.
+    variables: Mapped[dict[str, str] | None] = mapped_column(JsonDoc)
+    state: Mapped[RecipientState] = mapped_column(String(16), default=RecipientState.queued)
+    # Why it was skipped.
+    reason: Mapped[str | None] = mapped_column(Text)
+    # The message it was handed over as (its status says how far it got).
+    message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True
+    )
+    handed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotencyKey(Base):
+    """A proactive message's Idempotency-Key: the same key (per account) never sends twice."""
+
+    __tablename__ = "idempotency_keys"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # SHA-256 of the request it came with: the same key with another request is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class WebhookLog(Base):
