@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     TWILIO_WHATSAPP_NUMBER: str | None = None
     TWILIO_PHONE_NUMBER: str | None = None
     TWILIO_API_BASE_URL: str = "https://api.twilio.com"
+    # Where Content API calls (templates) go: Twilio serves it from its own host.
+    TWILIO_CONTENT_BASE_URL: str = "https://content.twilio.com"
     PUBLIC_BASE_URL: str | None = None
     PLATICA_ADMIN_TOKEN: SecretStr | None = None
     SUPABASE_JWT_SECRET: SecretStr | None = None
@@ -137,7 +139,7 @@ class Settings(BaseSettings):
     def _optional_url(cls, value: str | None) -> str | None:
         return _check_url(value)
 
-    @field_validator("TWILIO_API_BASE_URL")
+    @field_validator("TWILIO_API_BASE_URL", "TWILIO_CONTENT_BASE_URL")
     @classmethod
     def _url(cls, value: str) -> str:
         checked = _check_url(value)

@@ -56,6 +56,21 @@ class BadRequest(PlaticaError):
     code = "bad_request"
 
 
+class Conflict(PlaticaError):
+    """The request is valid, but what it asks cannot be done now (a closed conversation, an
+    opted-out contact, WhatsApp's 24-hour window)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class Unprocessable(PlaticaError):
+    """The request is well formed, but its content does not fit (a missing template variable)."""
+
+    status_code = 422
+    code = "unprocessable"
+
+
 class InvalidSignature(PlaticaError):
     status_code = 403
     code = "invalid_signature"

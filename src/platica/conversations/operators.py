@@ -15,7 +15,7 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from platica.errors import BadRequest, NotFound, PlaticaError
+from platica.errors import BadRequest, Conflict, NotFound
 from platica.models import (
     Author,
     Channel,
@@ -32,11 +32,6 @@ from platica.models import (
 from platica.sms import sms_encoding
 
 OPERATOR_NOTE = "answered by an operator"
-
-
-class Conflict(PlaticaError):
-    status_code = 409
-    code = "conflict"
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Messages Plática starts: proactive messages, templates, broadcasts, and WhatsApp's window."""
