@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from platica import db, ops
 from platica.accounts import ensure_default_account
+from platica.api import outreach as api_outreach
 from platica.api import routes as api_routes
 from platica.channels import webhook
 from platica.channels.sender import create_sender
@@ -30,6 +31,7 @@ from platica.jobs.turns import RequestsFirst, Turns
 from platica.logging import configure_logging, get_logger
 from platica.media.fetch import TwilioMedia
 from platica.media.understand import create_transcriber
+from platica.outreach.broadcaster import Broadcaster
 from platica.replies.context import ReplyContext
 from platica.replies.generator import OfflineReplyGenerator, create_generator
 from platica.replies.pipeline import reply_to_conversation, reply_to_next_due
@@ -150,6 +152,8 @@ async def start_services(settings: Settings, *, work: bool, turns: Turns | None 
         await sweeper.start()
         state.cleanup = DailyCleanup(sessionmaker)
         await state.cleanup.start()
+        state.broadcaster = Broadcaster(db.Database(sessionmaker, state.driver_pool), runner)
+        await state.broadcaster.start()
     state.runner, state.sweeper, state.generator, state.sender = runner, sweeper, generator, sender
     _warn_about_defaults(settings)
     if isinstance(generator, OfflineReplyGenerator):
@@ -176,6 +180,8 @@ def settle_garbage_collector() -> None:
 
 
 async def stop_services(state: AppState) -> None:
+    if state.broadcaster is not None:
+        await state.broadcaster.stop()
     if state.cleanup is not None:
         await state.cleanup.stop()
     if state.sweeper is not None:
@@ -243,6 +249,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     )
     app.include_router(webhook.router)
     app.include_router(api_routes.router)
+    app.include_router(api_outreach.router)
     app.include_router(ops.router)
     dashboard.install(app)
     return app

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from platica.jobs.runner import Sweeper, TaskRunner
     from platica.media.fetch import TwilioMedia
     from platica.media.understand import Transcriber
+    from platica.outreach.broadcaster import Broadcaster
     from platica.replies.generator import ReplyGenerator
 
 
@@ -38,6 +39,8 @@ class AppState:
     media: TwilioMedia | None = None
     transcriber: Transcriber | None = None
     cleanup: DailyCleanup | None = None
+    # In a working process: hands broadcasts' recipients over at their pace.
+    broadcaster: Broadcaster | None = None
     # PostgreSQL: plain psycopg connections for the webhook's statements (db.open_driver_pool).
     driver_pool: DriverPool | None = None
     # Partly in memory, so per process (see ratelimit.py).

@@ -13,14 +13,25 @@ WEBHOOK_SECONDS = Histogram(
     ["endpoint"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-REPLY_OUTCOMES = ("ai", "fallback", "busy", "keyword", "skipped", "flood", "send_failed")
+REPLY_OUTCOMES = (
+    "ai",
+    "fallback",
+    "busy",
+    "keyword",
+    "skipped",
+    "flood",
+    "send_failed",
+    "refused",
+)
 REPLIES = Counter(
     "platica_replies_total",
     "How inbound messages were dealt with. ai, fallback: replies stored (a burst answered "
     "together counts once); busy: the busy message, the channel's daily token budget being "
     "spent; keyword: STOP/START/HELP messages; skipped: messages not answered (opted out, "
     "closed or AI disabled); flood: messages over a sender's flood limit (stored, never "
-    "answered); send_failed: reply messages Twilio refused, or given up on.",
+    "answered); send_failed: reply messages Twilio refused, or given up on; refused: messages "
+    "never handed to Twilio (free text outside WhatsApp's 24-hour window, or something Plática "
+    "started for a contact who opted out since).",
     ["channel", "outcome"],
 )
 LLM_SECONDS = Histogram(
@@ -81,12 +92,35 @@ PARKED_CONVERSATIONS = Gauge(
     "an operator retries them. Counted at each scrape.",
 )
 
+OUTREACH = Counter(
+    "platica_outreach_messages_total",
+    "Messages Plática starts, by origin (proactive: POST /api/{channel}/messages; broadcast) "
+    "and outcome (queued: stored for sending; refused: an opted-out contact or free text "
+    "outside WhatsApp's window, nothing stored; skipped: a broadcast's recipient left out, "
+    "opted out, invalid or repeated; canceled: never sent, its broadcast canceled first). "
+    "Delivery then shows in their messages' statuses.",
+    ["channel", "origin", "outcome"],
+)
+BROADCAST_PACE = Gauge(
+    "platica_broadcast_pace_mps",
+    "Messages per second each channel's running broadcast is paced at (broadcast_mps; 0: none "
+    "running), by channel, summed over accounts.",
+    ["channel"],
+)
+OUTREACH_ORIGINS = ("proactive", "broadcast")
+OUTREACH_OUTCOMES = ("queued", "refused", "skipped", "canceled")
+
 # Every series from the start, at zero, so rates and alerts work before the first event.
 for _channel in ("whatsapp", "sms"):
     for _outcome in REPLY_OUTCOMES:
         REPLIES.labels(_channel, _outcome)
 for _kind in ("prompt", "completion"):
     LLM_TOKENS.labels(_kind)
+for _channel in ("whatsapp", "sms"):
+    BROADCAST_PACE.labels(_channel)
+    for _origin in OUTREACH_ORIGINS:
+        for _outcome in OUTREACH_OUTCOMES:
+            OUTREACH.labels(_channel, _origin, _outcome)
 for _limit in ("sender", "account"):
     PACED.labels(_limit)
 for _kind in MEDIA_KINDS:

@@ -13,6 +13,7 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 T = TypeVar("T")
@@ -64,6 +65,12 @@ class ConversationRead(BaseModel):
     parked_error: str | None = Field(
         default=None, description="Why it was parked: the crash, phone numbers masked."
     )
+    window_closes_at: datetime | None = Field(
+        default=None,
+        description="WhatsApp: when the 24-hour customer-service window closes (24 h after the "
+        "contact's last message; in the past: closed, only a template can be sent). Null on SMS "
+        "and for a contact who never wrote.",
+    )
 
 
 class MediaRead(BaseModel):
@@ -85,8 +92,9 @@ class MessageRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
+    conversation_id: int
     direction: str
-    author: str = Field(description="contact, ai, operator or system")
+    author: str = Field(description="contact, ai, operator, system or broadcast")
     body: str
     media: list[MediaRead]
     status: str = Field(
@@ -106,6 +114,9 @@ class MessageRead(BaseModel):
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_ms: int | None
+    content_sid: str | None = Field(
+        default=None, description="Sent as a template: its ContentSid (body is its text)."
+    )
     created_at: datetime
 
 
@@ -184,6 +195,7 @@ class ChannelConfigRead(BaseModel):
     language: str
     vision: bool
     delete_media_after_use: bool
+    broadcast_mps: float
     # What the budget has counted (while one is set): tokens spent on that UTC day.
     tokens_day: date | None
     tokens_used: int
@@ -226,6 +238,9 @@ class ChannelConfigUpdate(BaseModel):
     vision: bool | None = None
     # Delete Twilio's copy of a media item once it has been understood.
     delete_media_after_use: bool | None = None
+    # Messages per second a broadcast may send (WhatsApp: up to 80 per sender by default; a US
+    # long code: 1).
+    broadcast_mps: Annotated[float, Field(gt=0, le=400)] | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -240,3 +255,107 @@ class ChannelConfigUpdate(BaseModel):
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         return _check_text(value)
+
+
+# --- Outreach: proactive messages and broadcasts (SPEC §7) -----------------------------------
+
+Variables = dict[
+    Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")],
+    str | int | float,
+]
+
+
+class ProactiveMessage(BaseModel):
+    """A message to a contact, who may not have written yet: free text (`body`), or an
+    approved template (`template`, its name or ContentSid, with `variables`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, pattern=r"^(whatsapp:)?\+[1-9]\d{6,14}$", max_length=40
+        ),
+    ] = Field(description="The contact's number in E.164 (+34600111222).")
+    body: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
+        | None
+    ) = None
+    template: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    variables: Variables | None = Field(
+        default=None, max_length=100, description='The template\'s values: {"1": "Ana"}.'
+    )
+
+    @field_validator("body")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _check_text(value)
+
+    @model_validator(mode="after")
+    def _one_content(self) -> ProactiveMessage:
+        if (self.body is None) == (self.template is None):
+            raise ValueError("give either 'body' (free text) or 'template' (with 'variables')")
+        if self.variables and self.template is None:
+            raise ValueError("'variables' go with a 'template'")
+        return self
+
+
+class RecipientIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    variables: Variables | None = Field(default=None, max_length=100)
+
+
+class BroadcastCreate(BaseModel):
+    """One message to many: free text (`body`) or an approved template (`template`, with the
+    `variables` everyone shares and each recipient's own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+    body: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
+        | None
+    ) = None
+    template: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    variables: Variables | None = Field(default=None, max_length=100)
+    recipients: list[RecipientIn | Annotated[str, StringConstraints(max_length=64)]] = Field(
+        min_length=1,
+        max_length=10_000,
+        description='Up to 10,000: numbers ("+34600111222") or {"to", "variables"}.',
+    )
+
+    @field_validator("body")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _check_text(value)
+
+    @model_validator(mode="after")
+    def _one_content(self) -> BroadcastCreate:
+        if (self.body is None) == (self.template is None):
+            raise ValueError("give either 'body' (free text) or 'template' (with 'variables')")
+        return self
+
+
+class BroadcastRead(BaseModel):
+    id: int
+    name: str
+    channel: str
+    status: str = Field(description="sending, done or canceled")
+    template_sid: str | None = Field(description="The template's ContentSid; null: free text.")
+    body: str
+    mps: float = Field(description="The channel's broadcast_mps it is paced at.")
+    total: int
+    queued: int = Field(description="Not yet handed to Twilio.")
+    sent: int = Field(description="Accepted by Twilio, no delivery report yet.")
+    delivered: int
+    read: int
+    failed: int
+    skipped: int = Field(description="Opted out, invalid number, repeated, outside the window.")
+    canceled: int = Field(description="Never sent: the broadcast was canceled first.")
+    dry_run: int = Field(description="Stored, not sent: Twilio is not configured.")
+    skip_reasons: dict[str, int]
+    created_at: datetime
+    finished_at: datetime | None
+    canceled_at: datetime | None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -27,7 +28,6 @@ TWILIO_TIMEOUT_SECONDS = 10.0
 FIND_SKEW = timedelta(seconds=2)
 # Twilio errors about the recipient or the content: sending again cannot succeed.
 UNSUBSCRIBED = 21610
-OUTSIDE_WINDOW = 63016
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,10 @@ class OutgoingMessage:
     from_: str
     body: str
     status_callback: str | None = None
+    # An approved template: sent by its ContentSid with its variables (JSON), without Body
+    # (`body` is its text filled in, which Twilio reports back).
+    content_sid: str | None = None
+    content_variables: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,17 @@ def channel_address(channel: Channel, number: str) -> str:
     return f"whatsapp:{number}" if channel is Channel.whatsapp else number
 
 
+def _content(message: OutgoingMessage) -> dict[str, Any]:
+    """What the message says, as the Messages API takes it: a template by its ContentSid (its
+    variables only when it has some: an empty set is refused), else the Body."""
+    if message.content_sid is None:
+        return {"body": message.body}
+    content: dict[str, Any] = {"content_sid": message.content_sid}
+    if message.content_variables:
+        content["content_variables"] = json.dumps(message.content_variables, ensure_ascii=False)
+    return content
+
+
 def _status(value: object) -> MessageStatus:
     try:
         return MessageStatus(str(value))
@@ -103,8 +118,8 @@ class TwilioSender:
                 created = await self._client.messages.create_async(
                     to=channel_address(message.channel, message.to),
                     from_=channel_address(message.channel, message.from_),
-                    body=message.body,
                     status_callback=message.status_callback,
+                    **_content(message),
                 )
         except TwilioRestException as error:
             if error.status == 429 or error.status >= 500:

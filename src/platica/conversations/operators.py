@@ -29,6 +29,7 @@ from platica.models import (
     ReplyState,
     utcnow,
 )
+from platica.outreach.window import OUTSIDE_WINDOW, window_closes_at, window_open
 from platica.sms import sms_encoding
 
 OPERATOR_NOTE = "answered by an operator"
@@ -43,6 +44,8 @@ class ConversationView:
     # The contact went over the flood limit (RATE_LIMIT_FLOOD), when, and why.
     flagged_at: datetime | None = None
     flag_reason: str | None = None
+    # WhatsApp: when the contact's 24-hour window closes (outreach/window.py).
+    window_closes_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         c = self.conversation
@@ -64,6 +67,7 @@ class ConversationView:
             "flag_reason": self.flag_reason,
             "parked_at": c.parked_at,
             "parked_error": c.parked_error,
+            "window_closes_at": self.window_closes_at,
         }
 
 
@@ -92,9 +96,13 @@ async def views(session: AsyncSession, conversations: list[Conversation]) -> lis
     contacts = {
         row.id: row
         for row in await session.execute(
-            select(Contact.id, Contact.opted_out, Contact.flagged_at, Contact.flag_reason).where(
-                Contact.id.in_(contact_ids)
-            )
+            select(
+                Contact.id,
+                Contact.opted_out,
+                Contact.flagged_at,
+                Contact.flag_reason,
+                Contact.last_inbound_at,
+            ).where(Contact.id.in_(contact_ids))
         )
     }
     built = []
@@ -107,6 +115,9 @@ async def views(session: AsyncSession, conversations: list[Conversation]) -> lis
                 opted_out=bool(contact and contact.opted_out),
                 flagged_at=contact.flagged_at if contact else None,
                 flag_reason=contact.flag_reason if contact else None,
+                window_closes_at=window_closes_at(
+                    conversation.channel, contact.last_inbound_at if contact else None
+                ),
                 last_message=last.body if last else None,
                 awaiting_reply=bool(
                     last
@@ -208,6 +219,15 @@ async def manual_reply(session: AsyncSession, conversation: Conversation, body: 
     contact = await session.get(Contact, conversation.contact_id)
     if contact is not None and contact.opted_out:
         raise Conflict("the contact has opted out (STOP); nothing can be sent to them")
+    if not window_open(
+        conversation.channel, contact.last_inbound_at if contact else None, utcnow()
+    ):
+        raise Conflict(
+            f"more than 24 hours have passed since the contact last wrote (WhatsApp's "
+            f"customer-service window; Twilio error {OUTSIDE_WINDOW}): free text cannot reach "
+            f"them now. Send an approved template instead: POST /api/whatsapp/messages "
+            f'with {{"to", "template", "variables"}}'
+        )
     if conversation.channel == Channel.whatsapp and len(body) > 1600:
         raise BadRequest("body is longer than 1600 characters")
     now = utcnow()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from platica.channels.sender import (
     UNSUBSCRIBED,
@@ -24,11 +25,14 @@ from platica.models import (
     MessageStatus,
     utcnow,
 )
+from platica.outreach.window import OUTSIDE_WINDOW, OUTSIDE_WINDOW_ERROR, window_open
 from platica.replies import outbox, store
 from platica.replies.context import AGAIN, Again, ReplyContext
 from platica.replies.store import Loaded, Outbound
 
 log = get_logger(__name__)
+
+OPTED_OUT_ERROR = "not sent: the contact opted out (STOP); they must write START first"
 
 # --- Sending -------------------------------------------------------------------------------
 
@@ -129,6 +133,8 @@ async def _deliver(
         from_=loaded.config.phone_number,
         body=message.body,
         status_callback=ctx.status_callback(),
+        content_sid=message.content_sid,
+        content_variables=message.content_variables,
     )
     # A reply to the dashboard's simulator never reaches a real phone.
     sender = ctx.dry_run if message.simulated else ctx.sender
@@ -151,6 +157,16 @@ async def _deliver(
                 await outbox.mark_sending(connection, message)
             message.status = MessageStatus.sending
         marked = False
+        refused = refusal(message, loaded.contact, utcnow())
+        if refused is not None:
+            code, reason = refused
+            async with ctx.transaction(durable=True) as connection:
+                await outbox.record_error(
+                    connection, message.id, MessageStatus.failed, reason, code=code
+                )
+            log.warning("reply.refused", message_id=message.id, error_code=code)
+            REPLIES.labels(message.channel, "refused").inc()
+            return None
         try:
             sent = await sender.send(outgoing)
         except RetryableError as error:
@@ -177,6 +193,21 @@ async def _deliver(
             return None
         return _Sent(sent.sid, sent.status)
     return ctx.policy.backoff(message.attempts)
+
+
+def refusal(
+    message: Outbound, contact: store.ContactState, now: datetime
+) -> tuple[int, str] | None:
+    """Why the message must not go to Twilio at all (a Twilio error code and the reason), or
+    None: nothing Plática starts goes to an opted-out contact, and free text reaches a WhatsApp
+    contact only within 24 hours of their last message."""
+    if message.reply_to_id is None and contact.opted_out:
+        return UNSUBSCRIBED, OPTED_OUT_ERROR
+    if message.content_sid is None and not window_open(
+        message.channel, contact.last_inbound_at, now
+    ):
+        return OUTSIDE_WINDOW, OUTSIDE_WINDOW_ERROR
+    return None
 
 
 async def _find_landed(

@@ -83,6 +83,8 @@ class ContactState:
     id: int
     address: str
     opted_out: bool
+    # When they last wrote: WhatsApp's 24-hour window runs from it (outreach/window.py).
+    last_inbound_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -125,6 +127,12 @@ class Outbound:
     # While `sending`: when it was marked so for its current attempt (None: when it was
     # created). Twilio is asked whether that attempt landed among what it created since.
     sending_since: datetime | None = None
+    # The inbound message it answers; None for what Plática starts (an operator's message, a
+    # proactive message, a broadcast's).
+    reply_to_id: int | None = None
+    # Sent as a template: its ContentSid and variables (`body` is its text filled in).
+    content_sid: str | None = None
+    content_variables: dict[str, str] | None = None
 
 
 def conversation_state(row: Leased) -> ConversationState:
@@ -147,6 +155,7 @@ _CONTACT_COLUMNS = [
     _contacts.id.label("contact__id"),
     _contacts.address.label("contact__address"),
     _contacts.opted_out.label("contact__opted_out"),
+    _contacts.last_inbound_at.label("contact__last_inbound_at"),
 ]
 _LOAD = (
     select(*_CONFIG_COLUMNS, *_CONTACT_COLUMNS)
@@ -194,7 +203,10 @@ async def load(
     values = row._asdict()
     paced_from = values.pop("paced_from", None)
     contact = ContactState(
-        values.pop("contact__id"), values.pop("contact__address"), values.pop("contact__opted_out")
+        values.pop("contact__id"),
+        values.pop("contact__address"),
+        values.pop("contact__opted_out"),
+        values.pop("contact__last_inbound_at"),
     )
     return Loaded(conversation, ChannelConfig(**values), contact, paced_from)
 
@@ -211,6 +223,9 @@ class _WorkRow(NamedTuple):
     created_at: datetime
     updated_at: datetime
     media_pending: bool
+    reply_to_id: int | None
+    content_sid: str | None
+    content_variables: dict[str, str] | None
 
 
 _WORK = Typed(
@@ -226,6 +241,9 @@ _WORK = Typed(
         _m.created_at,
         _m.updated_at,
         exists().where(_media.message_id == _m.id, media.UNREAD).label("media_pending"),
+        _m.reply_to_id,
+        _m.content_sid,
+        _m.content_variables,
     )
     .where(
         _m.conversation_id == bindparam("conversation_id"),
@@ -265,6 +283,9 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
                     row.simulated,
                     # A `sending` message's updated_at is its mark (see record_error).
                     row.updated_at if row.status == MessageStatus.sending else None,
+                    row.reply_to_id,
+                    row.content_sid,
+                    row.content_variables,
                 )
             )
     return unsent, pending
