@@ -36,6 +36,7 @@ from platica.models import (
     MessageMedia,
     MessageStatus,
     ReplyState,
+    utcnow,
 )
 from tests.conftest import Database
 from tests.factories import CONTACT
@@ -104,6 +105,8 @@ def config_rows(
 def contact_row(
     account_id: uuid.UUID, address: str = CONTACT, channel: Channel = Channel.sms, **columns: Any
 ) -> Contact:
+    """A contact who wrote just now (WhatsApp's window open), unless `last_inbound_at` says."""
+    columns.setdefault("last_inbound_at", utcnow())
     return Contact(account_id=account_id, channel=channel, address=address, **columns)
 
 

@@ -35,6 +35,11 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/api/{channel}/media/{id}", None),
     ("GET", "/api/{channel}/config", None),
     ("PUT", "/api/{channel}/config", {"temperature": 0.5}),
+    ("POST", "/api/{channel}/messages", {"to": "+34600111222", "body": "Hola"}),
+    ("GET", "/api/{channel}/broadcasts", None),
+    ("POST", "/api/{channel}/broadcasts", {"body": "Hola", "recipients": ["+34600111222"]}),
+    ("GET", "/api/{channel}/broadcasts/{id}", None),
+    ("POST", "/api/{channel}/broadcasts/{id}/cancel", None),
 ]
 SPEC_PATHS = frozenset(
     {
@@ -49,6 +54,10 @@ SPEC_PATHS = frozenset(
         ("post", "/api/{channel}/conversations/{id}/retry"),
         ("get", "/api/{channel}/config"),
         ("put", "/api/{channel}/config"),
+        ("post", "/api/{channel}/messages"),
+        ("post", "/api/{channel}/broadcasts"),
+        ("get", "/api/{channel}/broadcasts/{id}"),
+        ("post", "/api/{channel}/broadcasts/{id}/cancel"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -62,6 +71,7 @@ CONFIG_FIELDS = {
     "language",
     "vision",
     "delete_media_after_use",
+    "broadcast_mps",
     "channel",
     "phone_number",
     "system_prompt",
@@ -99,6 +109,7 @@ CONVERSATION_FIELDS = {
     "flag_reason",
     "parked_at",
     "parked_error",
+    "window_closes_at",
 }
 
 
@@ -1103,6 +1114,7 @@ class TestConfig:
             "language": "es",
             "vision": False,
             "delete_media_after_use": False,
+            "broadcast_mps": 1.0,
         }
         assert body["busy_message"]
         assert body["system_prompt"]
