@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from platica import db, ops
 from platica.accounts import ensure_default_account
 from platica.api import routes as api_routes
+from platica.api import templates as api_templates
 from platica.channels import webhook
 from platica.channels.sender import create_sender
 from platica.config import ConfigError, Settings, get_settings
@@ -243,6 +244,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     )
     app.include_router(webhook.router)
     app.include_router(api_routes.router)
+    app.include_router(api_templates.router)
     app.include_router(ops.router)
     dashboard.install(app)
     return app
