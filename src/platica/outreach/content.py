@@ -185,15 +185,16 @@ async def fetch_templates(settings: Settings) -> list[RemoteTemplate]:
     try:
         async with asyncio.timeout(CONTENT_TIMEOUT_SECONDS):
             contents = await client.content.v1.content_and_approvals.list_async(page_size=PAGE_SIZE)
-    except TwilioRestException as error:
-        if error.status in (401, 403):
-            log.warning("templates.twilio_refused", status=error.status, code=error.code)
-            raise TwilioCredentialsRefused(error.status) from error
-        log.warning("templates.twilio_failed", status=error.status, code=error.code)
-        raise TwilioUnavailable(
-            f"Twilio's Content API answered {error.status}; try again later"
-        ) from error
     except (aiohttp.ClientError, TimeoutError, TwilioException) as error:
+        status = answered_status(error)
+        if status in (401, 403):
+            log.warning("templates.twilio_refused", status=status)
+            raise TwilioCredentialsRefused(status) from error
+        if status is not None:
+            log.warning("templates.twilio_failed", status=status)
+            raise TwilioUnavailable(
+                f"Twilio's Content API answered {status}; try again later"
+            ) from error
         log.warning("templates.twilio_unreachable", error=type(error).__name__)
         raise TwilioUnavailable(
             f"Twilio's Content API could not be reached ({type(error).__name__}); try again later"
@@ -202,6 +203,19 @@ async def fetch_templates(settings: Settings) -> list[RemoteTemplate]:
         await http.close()
     templates = [parse_content(item) for item in contents]
     return [template for template in templates if template.sid]
+
+
+def answered_status(error: BaseException) -> int | None:
+    """The HTTP status Twilio answered with, if it answered. A list's pages are not read through
+    TwilioRestException: the SDK's Page raises a bare TwilioException("Unable to fetch page",
+    response) for any status but 200."""
+    if isinstance(error, TwilioRestException):
+        return int(error.status)
+    if isinstance(error, TwilioException) and len(error.args) > 1:
+        status = getattr(error.args[1], "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
 
 
 def _differs(row: Template, remote: RemoteTemplate) -> bool:
