@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from platica.cli.common import fail, migrated_settings, with_session
+from platica.config import Settings
 from platica.errors import PlaticaError
 
 templates_app = typer.Typer(help="Message templates (Twilio's Content API).", no_args_is_help=True)
@@ -28,6 +29,7 @@ def templates_sync(
     from platica.outreach.content import SyncSummary, apply_templates, fetch_templates
 
     settings = migrated_settings()
+    _quiet_logging(settings)
     try:
         remote = asyncio.run(fetch_templates(settings))
     except PlaticaError as error:
@@ -57,3 +59,13 @@ def templates_sync(
             f"{row.name} ({row.id}): added {summary.added}, updated {summary.updated}, "
             f"removed {summary.removed}, total {summary.total}"
         )
+
+
+def _quiet_logging(settings: Settings) -> None:
+    """Log events on stderr only at LOG_LEVEL when it is set, else errors only: the command
+    prints its own summary, or its one-line error, which the events would only repeat."""
+    from platica.logging import configure_logging
+
+    configure_logging(
+        settings if settings.LOG_LEVEL else settings.model_copy(update={"LOG_LEVEL": "ERROR"})
+    )
