@@ -236,6 +236,17 @@ class TestCreate:
             ({"sid": MANUAL_SID, "name": "x", "body": ""}, "body"),
             ({"sid": MANUAL_SID, "name": "x", "body": "Hola", "approval": "ok"}, "approval"),
             ({"sid": MANUAL_SID, "name": "x", "body": "Hola", "source": "twilio"}, "source"),
+            ({"sid": MANUAL_SID, "name": "   ", "body": "Hola"}, "name"),
+            ({"sid": MANUAL_SID, "name": "x", "body": "Hola\x00"}, "body"),
+            ({"sid": MANUAL_SID, "name": "x", "body": "Hola", "language": "español"}, "language"),
+            (
+                {"sid": MANUAL_SID, "name": "x", "body": "Hola", "variables": {"a b": "x"}},
+                "variables.a b.[key]",
+            ),
+            (
+                {"sid": MANUAL_SID, "name": "x", "body": "Hola", "variables": {"1": "\x00"}},
+                "variables",
+            ),
         ],
     )
     def test_invalid_is_a_422(self, api: Api, body: dict[str, Any], field: str) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +21,13 @@ from platica.errors import Conflict, NotFound
 from platica.jobs.runner import commit_and_wake
 from platica.models import Channel, Template, TemplateApproval
 from platica.outreach import content
-from platica.outreach.templates import SID, sendable, variables_of
+from platica.outreach.templates import (
+    MAX_VALUE_CHARS,
+    MAX_VARIABLES,
+    SID,
+    sendable,
+    variables_of,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid credentials"},
@@ -29,6 +35,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(prefix="/api/{channel}", tags=["templates"], responses=ERRORS)
 
+# Twilio's language codes: "es", "en_US", "pt-BR".
+LANGUAGE = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$"
 ChannelPath = Annotated[Channel, Path(description="whatsapp or sms")]
 TemplateId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The template's id")]
 
@@ -65,23 +73,46 @@ class TemplateSyncRead(TemplateList):
     total: int
 
 
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
 class TemplateCreate(BaseModel):
     """A template added by hand (one Twilio has, that the credentials here cannot list)."""
 
     model_config = ConfigDict(extra="forbid")
 
     sid: str = Field(pattern=SID.pattern, description="Twilio's ContentSid: HX and 32 hex digits")
-    name: str = Field(min_length=1, max_length=200)
-    language: str = Field(default="es", min_length=1, max_length=16)
-    body: str = Field(
-        min_length=1,
-        max_length=1600,
-        description="The text, its variables as {{1}}, {{2}}… (or {{name}})",
-    )
-    variables: dict[str, str] = Field(
-        default_factory=dict, description='Sample values: {"1": "Ana", "2": "A-1043"}'
+    name: Annotated[Text, Field(max_length=200)]
+    language: Annotated[Text, Field(max_length=16, pattern=LANGUAGE)] = "es"
+    body: Annotated[
+        Text,
+        Field(
+            max_length=1600, description="The text, its variables as {{1}}, {{2}}… (or {{name}})"
+        ),
+    ]
+    variables: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")],
+        Annotated[str, Field(max_length=MAX_VALUE_CHARS)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_VARIABLES,
+        description='Sample values: {"1": "Ana", "2": "A-1043"}',
     )
     approval: TemplateApproval = TemplateApproval.approved
+
+    @field_validator("name", "body")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("variables")
+    @classmethod
+    def _no_nul_samples(cls, value: dict[str, str]) -> dict[str, str]:
+        if any("\x00" in sample for sample in value.values()):
+            raise ValueError("samples must not contain NUL characters")
+        return value
 
 
 def template_read(template: Template, channel: Channel) -> TemplateRead:
@@ -173,8 +204,8 @@ async def create_template(channel: ChannelPath, template: TemplateCreate, caller
     row = Template(
         account_id=account_id,
         sid=template.sid,
-        name=template.name.strip(),
-        language=template.language.strip(),
+        name=template.name,
+        language=template.language,
         body=template.body,
         variables=template.variables,
         approval=template.approval,
