@@ -21,7 +21,9 @@ An out-of-process fake is scripted over HTTP: ``POST /_fake/control`` with a JSO
 ``GET /_fake/state``. The Twilio one serves its media storage host too (on ``--media-port``, else
 a free port), and registers media with ``POST /_fake/media?count=N``: the item's bytes as the
 body, its type as the Content-Type; it answers ``{"urls": [...]}``, N media URLs (each of a new
-message) as a webhook's ``MediaUrl0`` carries them, like ``add_media()``.
+message) as a webhook's ``MediaUrl0`` carries them, like ``add_media()``. It registers a template
+(a Content API content) with ``POST /_fake/content``, a JSON body with ``add_content()``'s
+arguments, answering ``{"sid": "HX…"}``; ``DELETE /_fake/content/{sid}`` removes one.
 
 Client timeouts against the Twilio fake (the ``"timeout"`` behaviour), as found with twilio 9.13 and
 aiohttp 3.14:
@@ -963,6 +965,18 @@ TWILIO_ERRORS: dict[str, tuple[int, int, str]] = {
 ASYNC_FAILURE = re.compile(r"^(failed|undelivered):(\d+)$")
 #: The most media items one ``POST /_fake/media`` registers.
 MAX_MEDIA_AT_ONCE = 10_000
+#: Scripted Content API list errors: behaviour -> (HTTP status, Twilio code, message);
+#: "content:timeout" hangs ``hang_seconds`` before answering.
+CONTENT_ERRORS: dict[str, tuple[int, int, str]] = {
+    "content:429": (429, 20429, "Too Many Requests"),
+    "content:500": (500, 20500, "An internal server error has occurred"),
+    "content:503": (503, 20503, "Service unavailable"),
+}
+CONTENT_BEHAVIOURS = frozenset({*CONTENT_ERRORS, "content:timeout"})
+CONTENT_PAGE_SIZE = 50
+CONTENT_MAX_PAGE_SIZE = 1000
+CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 #: Scripted media request errors: behaviour -> (HTTP status, Twilio code, message)
 MEDIA_ERRORS: dict[str, tuple[int, int, str]] = {
     "media:404": (404, 20404, "The requested resource {path} was not found"),
@@ -1066,6 +1080,93 @@ class _Message:
             "status": self.status,
             "params": copy.deepcopy(self.params),
             "received_at": self.received_at,
+            "content_sid": next(iter(self.params.get("ContentSid", [])), None),
+            "content_variables": _content_variables(self.params),
+        }
+
+
+def _content_variables(params: dict[str, list[str]]) -> dict[str, Any] | None:
+    """A create request's ContentVariables, parsed (None when absent or not a JSON object)."""
+    raw = next(iter(params.get("ContentVariables", [])), None)
+    if raw is None:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def iso8601(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Content:
+    """A content (template) of Twilio's Content API, with its WhatsApp approval request."""
+
+    sid: str
+    account_sid: str
+    friendly_name: str
+    language: str
+    variables: dict[str, str]
+    types: dict[str, Any]
+    approval: str | None  # the status, verbatim; None: never submitted
+    rejection_reason: str
+    date_created: datetime
+
+    @property
+    def body(self) -> str:
+        for kind in [self.types.get("twilio/text"), *self.types.values()]:
+            if isinstance(kind, dict) and isinstance(kind.get("body"), str):
+                return str(kind["body"])
+        return ""
+
+    def used_variables(self) -> list[str]:
+        names: list[str] = []
+        for match in PLACEHOLDER.finditer(self.body):
+            if match.group(1) not in names:
+                names.append(match.group(1))
+        return names
+
+    def resource(self, base_url: str) -> dict[str, Any]:
+        """As ``GET /v1/Content`` lists it."""
+        url = f"{base_url}/v1/Content/{self.sid}"
+        return {
+            **self._common(),
+            "url": url,
+            "links": {
+                "approval_create": url + "/ApprovalRequests/whatsapp",
+                "approval_fetch": url + "/ApprovalRequests",
+            },
+        }
+
+    def with_approvals(self) -> dict[str, Any]:
+        """As ``GET /v1/ContentAndApprovals`` lists it: ``approval_requests`` is the WhatsApp
+        request, flat (what ContentAndApprovalsInstance reads as a dict); empty when the content
+        was never submitted."""
+        requests: dict[str, Any] = {}
+        if self.approval is not None:
+            requests = {
+                "name": self.friendly_name,
+                "category": "UTILITY",
+                "content_type": next(iter(self.types), "twilio/text"),
+                "status": self.approval,
+                "rejection_reason": self.rejection_reason,
+                "allow_category_change": True,
+            }
+        return {**self._common(), "approval_requests": requests}
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "account_sid": self.account_sid,
+            "date_created": iso8601(self.date_created),
+            "date_updated": iso8601(self.date_created),
+            "friendly_name": self.friendly_name,
+            "language": self.language,
+            "sid": self.sid,
+            "types": copy.deepcopy(self.types),
+            "variables": dict(self.variables),
         }
 
 
@@ -1120,12 +1221,22 @@ class FakeTwilio(_FakeServer):
       "media:404"  404, code 20404 (the item exists, Twilio says it does not)
       "media:429"  429, code 20429    "media:500"  500, code 20500
 
+    Templates (``add_content()`` registers one, ``remove_content()`` forgets it): the Content API
+    on the same host (point ``TWILIO_CONTENT_BASE_URL`` at ``url`` too), ``GET /v1/Content`` and
+    ``GET /v1/ContentAndApprovals``, Basic auth, ``{"contents": [...], "meta": {...}}`` paged with
+    ``PageSize`` (50 by default, 1000 at most) and ``PageToken`` in ``meta.next_page_url``.
+    Creating a message with ``ContentSid`` sends the content's text with ``ContentVariables``
+    filled in: an unknown ContentSid is 400 code 21655, ContentVariables without a ContentSid
+    21654, a variable the text uses but ContentVariables lacks (or unparsable JSON) 21656.
+    Consumed by Content API lists only: "content:429", "content:500", "content:503" (Twilio's
+    error body) and "content:timeout" (hang ``hang_seconds``, then answer).
+
     List requests (``GET .../Messages.json``, how a client looks for a message it may have sent)
     fail with ``fail_lists("500")`` (or "429"), each with Twilio's error body, until
     ``fail_lists(None)``; ``list_times`` records when each list request arrived.
     """
 
-    BEHAVIOURS = frozenset({*TWILIO_ERRORS, "timeout", "drop", *MEDIA_ERRORS})
+    BEHAVIOURS = frozenset({*TWILIO_ERRORS, "timeout", "drop", *MEDIA_ERRORS, *CONTENT_BEHAVIOURS})
 
     def __init__(
         self,
@@ -1156,6 +1267,7 @@ class FakeTwilio(_FakeServer):
         self._media_requests: list[dict[str, Any]] = []
         self._media_deleted: list[str] = []
         self._request_log: list[tuple[str, str]] = []
+        self._contents: dict[str, _Content] = {}
         #: Where media GETs redirect: Twilio's pre-signed storage host.
         self.media_storage = FakeMediaStorage(port=media_port)
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
@@ -1249,6 +1361,53 @@ class FakeTwilio(_FakeServer):
         self.media_storage.put(media.sid, content, content_type)
         return base + media.path
 
+    def add_content(
+        self,
+        name: str,
+        body: str,
+        *,
+        language: str = "es",
+        variables: dict[str, str] | None = None,
+        approval: str | None = "approved",
+        sid: str | None = None,
+        rejection_reason: str = "",
+        types: dict[str, Any] | None = None,
+    ) -> str:
+        """Register a template (a twilio/text content, unless `types` is given) and return its
+        ContentSid. `variables` are its samples (by default "muestra N" for each {{N}} of
+        `body`); `approval` the WhatsApp request's status as the API spells it (None: never
+        submitted)."""
+        content_sid = sid or "HX" + uuid.uuid4().hex
+        if not CONTENT_SID.match(content_sid):
+            raise ValueError(f"a ContentSid is HX and 32 hex digits, not {content_sid!r}")
+        if variables is None:
+            variables = {n: f"muestra {n}" for n in dict.fromkeys(PLACEHOLDER.findall(body))}
+        content = _Content(
+            sid=content_sid,
+            account_sid=self.account_sid,
+            friendly_name=name,
+            language=language,
+            variables=dict(variables),
+            types=copy.deepcopy(types) if types is not None else {"twilio/text": {"body": body}},
+            approval=approval,
+            rejection_reason=rejection_reason,
+            date_created=datetime.now(UTC).replace(microsecond=0),
+        )
+        with self._lock:
+            self._contents[content_sid] = content
+        return content_sid
+
+    def remove_content(self, sid: str) -> None:
+        """Forget a template, as if deleted in Twilio's console (KeyError if there is none)."""
+        with self._lock:
+            del self._contents[sid]
+
+    @property
+    def contents(self) -> list[dict[str, Any]]:
+        """The registered templates, as ``GET /v1/ContentAndApprovals`` lists them."""
+        with self._lock:
+            return [content.with_approvals() for content in self._contents.values()]
+
     @property
     def media_requests(self) -> list[dict[str, Any]]:
         """Every request to a Media path, in order: method, path, authorised (the right Basic
@@ -1283,6 +1442,10 @@ class FakeTwilio(_FakeServer):
             Route(media + ".json", self._media_resource_endpoint, methods=["GET", "DELETE"]),
             Route(media, self._media_file_endpoint, methods=["GET"]),
             Route("/_fake/media", self._add_media_endpoint, methods=["POST"]),
+            Route("/v1/Content", self._content_list_endpoint, methods=["GET"]),
+            Route("/v1/ContentAndApprovals", self._content_list_endpoint, methods=["GET"]),
+            Route("/_fake/content", self._add_content_endpoint, methods=["POST"]),
+            Route("/_fake/content/{sid}", self._remove_content_endpoint, methods=["DELETE"]),
         ]
 
     def _state(self) -> dict[str, Any]:
@@ -1292,6 +1455,7 @@ class FakeTwilio(_FakeServer):
             "callbacks": self.callback_log,
             "media_requests": self.media_requests,
             "media_deleted": self.media_deleted,
+            "contents": self.contents,
         }
 
     def _clear_records(self) -> None:
@@ -1303,6 +1467,7 @@ class FakeTwilio(_FakeServer):
         self._media_requests.clear()
         self._media_deleted.clear()
         self._request_log.clear()
+        self._contents.clear()
         self.media_storage.reset()
 
     def _control(self, command: dict[str, Any]) -> None:
@@ -1327,6 +1492,30 @@ class FakeTwilio(_FakeServer):
         content = await request.body()
         urls = [self.add_media(content, content_type) for _ in range(int(count))]
         return JSONResponse({"urls": urls})
+
+    async def _add_content_endpoint(self, request: Request) -> Response:
+        """``add_content()`` for a fake in another process: ``POST /_fake/content`` with a JSON
+        object of its arguments (name and body required); ``{"sid": "HX…"}``."""
+        try:
+            given = json.loads(await request.body() or b"{}")
+            if not isinstance(given, dict):
+                raise ValueError("expected a JSON object")
+            options = {
+                key: given[key]
+                for key in ("language", "variables", "approval", "sid", "rejection_reason", "types")
+                if key in given
+            }
+            sid = self.add_content(str(given["name"]), str(given["body"]), **options)
+        except (ValueError, TypeError, KeyError) as error:
+            return JSONResponse({"error": f"invalid content: {error!r}"}, status_code=400)
+        return JSONResponse({"sid": sid})
+
+    async def _remove_content_endpoint(self, request: Request) -> Response:
+        try:
+            self.remove_content(request.path_params["sid"])
+        except KeyError:
+            return JSONResponse({"error": "no such content"}, status_code=404)
+        return Response(status_code=204)
 
     # -- auth and errors -------------------------------------------------------------------------
 
@@ -1394,7 +1583,9 @@ class FakeTwilio(_FakeServer):
             form.setdefault(name, []).append(value)
         with self._lock:
             self._attempts.append(copy.deepcopy(form))
-        behaviour = self._next_behaviour_of(lambda name: name not in MEDIA_ERRORS)
+        behaviour = self._next_behaviour_of(
+            lambda name: name not in MEDIA_ERRORS and name not in CONTENT_BEHAVIOURS
+        )
         await self._sleep(self.latency)
         if behaviour in TWILIO_ERRORS:
             status, code, text = TWILIO_ERRORS[behaviour]
@@ -1434,7 +1625,14 @@ class FakeTwilio(_FakeServer):
                 21910,
                 "Invalid 'From' and 'To' pair. 'From' and 'To' should be of the same channel",
             )
-        if not body and not form.get("MediaUrl") and not self._first(form, "ContentSid"):
+        content_sid = self._first(form, "ContentSid")
+        if content_sid is not None:
+            return self._validate_content(content_sid, self._first(form, "ContentVariables"))
+        if self._first(form, "ContentVariables") is not None:
+            return _twilio_error(
+                400, 21654, "ContentVariables may only be given together with a ContentSid"
+            )
+        if not body and not form.get("MediaUrl"):
             return _twilio_error(400, 21602, "Message body is required.")
         if utf16_length(body) > MAX_BODY:
             return _twilio_error(
@@ -1444,14 +1642,43 @@ class FakeTwilio(_FakeServer):
             )
         return None
 
+    def _validate_content(self, sid: str, raw_variables: str | None) -> Response | None:
+        with self._lock:
+            content = self._contents.get(sid)
+        if content is None:
+            return _twilio_error(400, 21655, "The Content SID is invalid")
+        invalid = _twilio_error(400, 21656, "The ContentVariables Parameter is invalid")
+        try:
+            values = json.loads(raw_variables) if raw_variables is not None else {}
+        except ValueError:
+            return invalid
+        if not isinstance(values, dict) or len(values) > 100:
+            return invalid
+        if any(name not in values for name in content.used_variables()):
+            return invalid
+        return None
+
+    def _content_body(self, form: dict[str, list[str]]) -> str | None:
+        """The text a message created with a ContentSid carries: the content's, filled in."""
+        sid = self._first(form, "ContentSid")
+        if sid is None:
+            return None
+        with self._lock:
+            content = self._contents[sid]
+        values = _content_variables(form) or {}
+        return PLACEHOLDER.sub(
+            lambda match: str(values.get(match.group(1), match.group(0))), content.body
+        )
+
     def _accept(self, request: Request, form: dict[str, list[str]]) -> _Message:
         now = datetime.now(UTC).replace(microsecond=0)
+        content_body = self._content_body(form)
         message = _Message(
             sid="SM" + uuid.uuid4().hex,
             account_sid=request.path_params["account_sid"],
             to=self._first(form, "To") or "",
             from_=self._first(form, "From") or "",
-            body=self._first(form, "Body") or "",
+            body=content_body if content_body is not None else self._first(form, "Body") or "",
             media_urls=list(form.get("MediaUrl", [])),
             status_callback=self._first(form, "StatusCallback"),
             messaging_service_sid=self._first(form, "MessagingServiceSid"),
@@ -1513,6 +1740,70 @@ class FakeTwilio(_FakeServer):
                 "first_page_uri": page_uri(0),
                 "next_page_uri": page_uri(page + 1) if has_next else None,
                 "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+            }
+        )
+
+    # -- the Content API (templates) ------------------------------------------------------------
+
+    async def _content_list_endpoint(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return _twilio_error(
+                401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'}
+            )
+        behaviour = self._next_behaviour_of(lambda name: name in CONTENT_BEHAVIOURS)
+        await self._sleep(self.latency)
+        if behaviour == "content:timeout":
+            await self._sleep(self.hang_seconds)
+        elif behaviour is not None:
+            status, code, text = CONTENT_ERRORS[behaviour]
+            return _twilio_error(status, code, text)
+        query = request.query_params
+        try:
+            page_size = int(query.get("PageSize", str(CONTENT_PAGE_SIZE)))
+            page = int(query.get("Page", "0"))
+            if not 1 <= page_size <= CONTENT_MAX_PAGE_SIZE or page < 0:
+                raise ValueError("PageSize from 1 to 1000, Page from 0")
+        except ValueError as error:
+            return _twilio_error(400, 20001, f"Invalid paging parameter: {error}")
+        with_approvals = request.url.path.endswith("ContentAndApprovals")
+        base_url = str(request.base_url).rstrip("/")
+        with self._lock:
+            contents = list(self._contents.values())
+        sids = [content.sid for content in contents]
+        token = query.get("PageToken")
+        start = 0
+        if token is not None:
+            # Twilio's tokens name the last item of the page before ("PT" + its sid).
+            after = token.removeprefix("PT")
+            if not token.startswith("PT") or after not in sids:
+                return _twilio_error(400, 20001, "Invalid PageToken")
+            start = sids.index(after) + 1
+        records = contents[start : start + page_size]
+        has_next = start + page_size < len(contents)
+
+        def page_url(number: int, page_token: str | None) -> str:
+            params = [("PageSize", str(page_size)), ("Page", str(number))]
+            if page_token is not None:
+                params.append(("PageToken", page_token))
+            return f"{base_url}{request.url.path}?{urlencode(params)}"
+
+        return JSONResponse(
+            {
+                "contents": [
+                    content.with_approvals() if with_approvals else content.resource(base_url)
+                    for content in records
+                ],
+                "meta": {
+                    "page": page,
+                    "page_size": page_size,
+                    "first_page_url": page_url(0, None),
+                    "previous_page_url": page_url(page - 1, None) if page > 0 else None,
+                    "url": page_url(page, token),
+                    "next_page_url": page_url(page + 1, "PT" + records[-1].sid)
+                    if has_next
+                    else None,
+                    "key": "contents",
+                },
             }
         )
 

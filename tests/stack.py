@@ -74,6 +74,7 @@ def live_stack(
             "OPENAI_BASE_URL": openai.url,
             "OPENAI_API_KEY": "sk-local-0123456789",
             "TWILIO_API_BASE_URL": twilio.url,
+            "TWILIO_CONTENT_BASE_URL": twilio.url,
             "PLATICA_ADMIN_TOKEN": ADMIN_TOKEN,
         }
         server = live_server(make_settings(database_url, **{**values, **overrides}))

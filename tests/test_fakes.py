@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
@@ -663,3 +664,144 @@ async def test_the_twilio_process_serves_media_registered_over_http() -> None:
             assert (fetched.content, fetched.content_type) == (note, "audio/ogg")
             state = (await http.get(twilio_url + "/_fake/state")).json()
             assert [(r["method"], r["status"]) for r in state["media_requests"]] == [("GET", 307)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Twilio's Content API (templates) and messages created with a ContentSid
+
+PEDIDO = "Hola {{1}}, su pedido {{2}} está listo para recoger."
+
+
+def content_client(client: Client, fake: FakeTwilio) -> Any:
+    client.content.base_url = fake.url
+    return client.content.v1
+
+
+async def test_twilio_content_lists_page_by_page(fake_twilio: FakeTwilio) -> None:
+    sids = [fake_twilio.add_content(f"pedido_{n}", PEDIDO) for n in range(5)]
+    async with twilio_client(fake_twilio) as client:
+        v1 = content_client(client, fake_twilio)
+        contents = await v1.contents.list_async(page_size=2)
+        approvals = await v1.content_and_approvals.list_async(page_size=2)
+        first = await v1.content_and_approvals.page_async(page_size=2)
+
+    assert [content.sid for content in contents] == sids
+    assert [content.sid for content in approvals] == sids
+    assert contents[0].friendly_name == "pedido_0"
+    assert contents[0].types == {"twilio/text": {"body": PEDIDO}}
+    assert contents[0].variables == {"1": "muestra 1", "2": "muestra 2"}
+    assert contents[0].url == f"{fake_twilio.url}/v1/Content/{sids[0]}"
+    assert approvals[0].approval_requests["status"] == "approved"
+    assert approvals[0].approval_requests["name"] == "pedido_0"
+    assert first.next_page_url.startswith(fake_twilio.url + "/v1/ContentAndApprovals?")
+    assert f"PageToken=PT{sids[1]}" in first.next_page_url
+    # Three pages each: 2 + 2 + 1.
+    assert fake_twilio.request_log.count(("GET", "/v1/Content")) == 3
+
+
+async def test_twilio_content_approval_as_registered(fake_twilio: FakeTwilio) -> None:
+    fake_twilio.add_content("nunca", "Hola", approval=None)
+    fake_twilio.add_content("no", "Hola", approval="rejected", rejection_reason="Spam")
+    async with twilio_client(fake_twilio) as client:
+        approvals = await content_client(client, fake_twilio).content_and_approvals.list_async()
+
+    assert approvals[0].approval_requests == {}
+    assert approvals[1].approval_requests["status"] == "rejected"
+    assert approvals[1].approval_requests["rejection_reason"] == "Spam"
+
+
+async def test_twilio_content_needs_the_credentials(fake_twilio: FakeTwilio) -> None:
+    fake_twilio.add_content("pedido", PEDIDO)
+    async with twilio_client(fake_twilio, auth_token="f" * 32) as client:
+        # A list's pages raise a bare TwilioException with the response, not TwilioRestException.
+        with pytest.raises(TwilioException) as caught:
+            await content_client(client, fake_twilio).content_and_approvals.list_async()
+
+    response = caught.value.args[1]
+    assert response.status_code == 401
+    assert json.loads(response.text)["code"] == 20003
+
+
+async def test_twilio_content_scripted_failure(fake_twilio: FakeTwilio) -> None:
+    fake_twilio.fail_next("content:503", "500")
+    async with twilio_client(fake_twilio) as client:
+        with pytest.raises(TwilioException) as caught:
+            await content_client(client, fake_twilio).contents.list_async()
+        # The message creation's behaviour was left for it.
+        with pytest.raises(TwilioRestException) as create:
+            await client.messages.create_async(to=CONTACT, from_=SMS_NUMBER, body="x")
+
+    assert caught.value.args[1].status_code == 503
+    assert create.value.status == 500
+
+
+async def test_twilio_content_removed(fake_twilio: FakeTwilio) -> None:
+    kept = fake_twilio.add_content("pedido", PEDIDO)
+    gone = fake_twilio.add_content("cita", "Su cita es el {{1}}.")
+    fake_twilio.remove_content(gone)
+    async with twilio_client(fake_twilio) as client:
+        contents = await content_client(client, fake_twilio).contents.list_async()
+
+    assert [content.sid for content in contents] == [kept]
+
+
+async def test_twilio_sends_a_content_filled_in(fake_twilio: FakeTwilio) -> None:
+    sid = fake_twilio.add_content("pedido", PEDIDO)
+    variables = '{"1": "Ana", "2": "A-1043"}'
+    async with twilio_client(fake_twilio) as client:
+        message = await client.messages.create_async(
+            to="whatsapp:" + CONTACT,
+            from_="whatsapp:" + WHATSAPP_NUMBER,
+            content_sid=sid,
+            content_variables=variables,
+        )
+
+    assert message.body == "Hola Ana, su pedido A-1043 está listo para recoger."
+    [sent] = fake_twilio.sent
+    assert sent["body"] == message.body
+    assert sent["content_sid"] == sid
+    assert sent["content_variables"] == {"1": "Ana", "2": "A-1043"}
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        ({"content_sid": "HX" + "0" * 32}, 21655),
+        ({"body": "Hola", "content_variables": '{"1": "Ana"}'}, 21654),
+        ({"content_sid": "{sid}", "content_variables": '{"1": "Ana"}'}, 21656),
+        ({"content_sid": "{sid}"}, 21656),
+        ({"content_sid": "{sid}", "content_variables": "no es JSON"}, 21656),
+    ],
+)
+async def test_twilio_refuses_contents_like_twilio(
+    fake_twilio: FakeTwilio, options: dict[str, str], code: int
+) -> None:
+    sid = fake_twilio.add_content("pedido", PEDIDO)
+    given = {name: value.replace("{sid}", sid) for name, value in options.items()}
+    async with twilio_client(fake_twilio) as client:
+        with pytest.raises(TwilioRestException) as caught:
+            await client.messages.create_async(to=CONTACT, from_=SMS_NUMBER, **given)
+
+    assert caught.value.status == 400
+    assert caught.value.code == code
+    assert fake_twilio.sent == []
+
+
+async def test_the_twilio_process_registers_content_over_http() -> None:
+    with fake_process("twilio") as twilio_url:
+        async with httpx.AsyncClient() as http:
+            added = await http.post(
+                twilio_url + "/_fake/content",
+                json={"name": "pedido", "body": PEDIDO, "approval": "pending"},
+            )
+            assert added.status_code == 200, added.text
+            sid = added.json()["sid"]
+            refused = await http.post(twilio_url + "/_fake/content", json={"name": "sin texto"})
+            assert refused.status_code == 400
+            state = (await http.get(twilio_url + "/_fake/state")).json()
+            assert [c["sid"] for c in state["contents"]] == [sid]
+            assert state["contents"][0]["approval_requests"]["status"] == "pending"
+            removed = await http.delete(f"{twilio_url}/_fake/content/{sid}")
+            assert removed.status_code == 204
+            state = (await http.get(twilio_url + "/_fake/state")).json()
+            assert state["contents"] == []

@@ -17,6 +17,7 @@ from platica import db, ops
 from platica.accounts import ensure_default_account
 from platica.api import outreach as api_outreach
 from platica.api import routes as api_routes
+from platica.api import templates as api_templates
 from platica.channels import webhook
 from platica.channels.sender import create_sender
 from platica.config import ConfigError, Settings, get_settings
@@ -250,6 +251,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     app.include_router(webhook.router)
     app.include_router(api_routes.router)
     app.include_router(api_outreach.router)
+    app.include_router(api_templates.router)
     app.include_router(ops.router)
     dashboard.install(app)
     return app

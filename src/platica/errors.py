@@ -2,6 +2,10 @@
 
     PlaticaError(message, status_code)      rendered as {"error": {"code", "message"}}
     ├── BadRequest                   400    malformed input
+    ├── Conflict                     409    valid, but not possible now
+    │   └── TwilioNotConfigured             templates cannot be synced without Twilio
+    │                                       (outreach/content.py)
+    ├── Unprocessable                422    well formed, but the content does not fit
     ├── InvalidSignature             403    X-Twilio-Signature missing or wrong
     ├── NotFound                     404    no such object, or not this account's
     │   └── MediaUnavailable         404    a media item with no bytes to serve: none kept,
@@ -9,7 +13,9 @@
     ├── PayloadTooLarge              413    request body over the limit
     ├── UnsupportedMediaType         415    not a form post
     └── BadGateway                   502    an outside service failed us for now (Twilio's
-                                            media, fetched for an operator): try again later
+        │                                   media, fetched for an operator): try again later
+        ├── TwilioCredentialsRefused        Twilio answered 401/403 to a template sync
+        └── TwilioUnavailable               Twilio's Content API unreachable, slow or failing
 
 Validation errors of FastAPI request models are rendered in the same shape, with status 422;
 a request body that does not arrive in time (app.BodyTimeout) with 408 `request_timeout`.

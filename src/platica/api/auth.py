@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from platica.accounts import API_KEY_PREFIX, hash_api_key
 from platica.deps import AppState, StateDep
+from platica.errors import BadRequest
 from platica.models import Account, ApiKey, utcnow
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
@@ -189,3 +190,10 @@ async def get_caller(
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def own_account(caller: Caller) -> uuid.UUID:
+    """The account a change applies to: the caller's own; the admin must name it."""
+    if caller.account_id is None:
+        raise BadRequest("the admin token must name the account: add ?account_id=<uuid>")
+    return caller.account_id

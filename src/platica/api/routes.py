@@ -3,7 +3,6 @@ config."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -12,10 +11,9 @@ from fastapi.encoders import jsonable_encoder
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from platica.api.auth import CallerDep
+from platica.api.auth import CallerDep, own_account
 from platica.conversations import inbox, operators, stats
 from platica.deps import StateDep
-from platica.errors import BadRequest
 from platica.jobs.runner import TaskRunner, commit_and_wake
 from platica.media import serving
 from platica.models import Channel, Conversation, ConversationStatus
@@ -198,22 +196,16 @@ async def get_media(
     return await serving.media_response(item, state.media, request.headers)
 
 
-def _own_account(caller: CallerDep) -> uuid.UUID:
-    if caller.account_id is None:
-        raise BadRequest("the admin token must name the account: add ?account_id=<uuid>")
-    return caller.account_id
-
-
 @router.get("/config", response_model=ChannelConfigRead)
 async def get_config(channel: ChannelPath, caller: CallerDep) -> Any:
     """The account's settings for this channel."""
-    return await operators.get_config(caller.session, channel, _own_account(caller))
+    return await operators.get_config(caller.session, channel, own_account(caller))
 
 
 @router.put("/config", response_model=ChannelConfigRead)
 async def put_config(channel: ChannelPath, update: ChannelConfigUpdate, caller: CallerDep) -> Any:
     """Change the account's settings for this channel; fields left out keep their value."""
-    config = await operators.get_config(caller.session, channel, _own_account(caller))
+    config = await operators.get_config(caller.session, channel, own_account(caller))
     for name in update.model_fields_set:
         setattr(config, name, getattr(update, name))
     await caller.session.flush()

@@ -1,11 +1,11 @@
-"""The `platica` command: serve, worker, db upgrade, accounts (and their keys), simulate, stats,
-cleanup. Each command group has its module here; this one puts them together."""
+"""The `platica` command: serve, worker, db upgrade, accounts (and their keys), templates,
+simulate, stats, cleanup. Each command group has its module here; this one puts them together."""
 
 from __future__ import annotations
 
 import typer
 
-from platica.cli import accounts, database, serve, simulate, stats
+from platica.cli import accounts, database, serve, simulate, stats, templates
 
 app = typer.Typer(
     help="Plática: answers WhatsApp and SMS conversations with an LLM, through Twilio.",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.add_typer(database.db_app, name="db")
 app.add_typer(accounts.accounts_app, name="accounts")
+app.add_typer(templates.templates_app, name="templates")
 app.command()(serve.serve)
 app.command()(serve.worker)
 app.command()(stats.stats)

@@ -1,0 +1,1 @@
+"""Tests of platica.outreach: templates and their sync from Twilio."""
