@@ -237,3 +237,76 @@ def span_rate(times: Sequence[float]) -> float | None:
     if len(times) < 2 or times[-1] <= times[0]:
         return None
     return (len(times) - 1) / (times[-1] - times[0])
+
+
+# --- Broadcasts ---------------------------------------------------------------------------------
+
+# The bar on a broadcast's pace: over any BROADCAST_WINDOW_SECONDS, Twilio gets at most
+# BROADCAST_PACE_BAR times the channel's broadcast_mps.
+BROADCAST_WINDOW_SECONDS = 5.0
+BROADCAST_PACE_BAR = 1.10
+PROGRESS_FIGURES = ("status", "total", "queued", "sent", "delivered", "read", "failed", "skipped")
+
+
+def busiest_window(times: Sequence[float], seconds: float = BROADCAST_WINDOW_SECONDS) -> int:
+    """The most of `times` within any `seconds` (a window starting at one of them)."""
+    ordered = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(ordered):
+        while at - ordered[first] >= seconds:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def broadcast(
+    sent: Sequence[dict[str, Any]],
+    recipients: Sequence[str],
+    opted_out: Sequence[str],
+    progress: dict[str, Any],
+    mps: float,
+) -> dict[str, Any]:
+    """A broadcast checked at the fake Twilio (`sent`, its "to" as whatsapp:+E.164): every
+    recipient not opted out got exactly one message, nobody else any; the busiest
+    BROADCAST_WINDOW_SECONDS against the pace; and the API's progress figures against what
+    Twilio accepted. `ok` when all hold."""
+    per_recipient = Counter(m["to"].removeprefix("whatsapp:") for m in sent)
+    skipped = set(opted_out)
+    expected = [number for number in recipients if number not in skipped]
+    busiest = busiest_window([float(m["received_at"]) for m in sent])
+    peak_rate = busiest / BROADCAST_WINDOW_SECONDS
+    accepted = progress.get("sent", 0) + progress.get("delivered", 0) + progress.get("read", 0)
+    result: dict[str, Any] = {
+        "recipients": len(recipients),
+        "opted_out": len(skipped),
+        "messages": len(sent),
+        "received": sum(1 for n in expected if per_recipient[n] >= 1),
+        "duplicates": sum(count - 1 for count in per_recipient.values() if count > 1),
+        "missing": sum(1 for n in expected if per_recipient[n] == 0),
+        "to_opted_out": sum(per_recipient[n] for n in skipped),
+        "unexpected": sum(c for n, c in per_recipient.items() if n not in set(recipients)),
+        "busiest_window": busiest,
+        "window_seconds": BROADCAST_WINDOW_SECONDS,
+        "peak_rate": peak_rate,
+        "mps": mps,
+        "peak_ratio": peak_rate / mps if mps else None,
+        "progress": {key: progress.get(key) for key in PROGRESS_FIGURES},
+        "progress_matches": (
+            progress.get("status") == "done"
+            and accepted == len(sent)
+            and progress.get("skipped") == len(skipped)
+            and progress.get("total") == len(recipients)
+            and progress.get("queued") == 0
+            and progress.get("failed") == 0
+        ),
+    }
+    result["within_pace"] = peak_rate <= BROADCAST_PACE_BAR * mps
+    result["ok"] = bool(
+        result["duplicates"] == 0
+        and result["missing"] == 0
+        and result["to_opted_out"] == 0
+        and result["unexpected"] == 0
+        and result["within_pace"]
+        and result["progress_matches"]
+    )
+    return result

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Json
 from sqlalchemy.engine import make_url
 
 from bench import procs
@@ -391,3 +392,48 @@ class PostgresWatch:
 
     async def aclose(self) -> None:
         await self._connection.close()
+
+
+def prepare_broadcast(
+    url: str, mps: float, template: dict[str, Any], opted_out: Sequence[str]
+) -> str:
+    """The one account's WhatsApp pace set to `mps`, `template` (sid, name, body, variables:
+    their sample values) added as an
+    approved template, and `opted_out` stored as contacts who wrote STOP; the account's id."""
+    with psycopg.connect(conninfo(url)) as pg:
+        account_id = str(pg.execute("SELECT id FROM accounts").fetchone()[0])  # type: ignore[index]
+        pg.execute(
+            "UPDATE channel_configs SET broadcast_mps = %s WHERE channel = 'whatsapp'", (mps,)
+        )
+        pg.execute(
+            "INSERT INTO templates (account_id, sid, name, language, body, variables, approval,"
+            " source, created_at, updated_at)"
+            " VALUES (%s, %s, %s, 'es', %s, %s, 'approved', 'manual', now(), now())",
+            (
+                account_id,
+                template["sid"],
+                template["name"],
+                template["body"],
+                Json(template["variables"]),
+            ),
+        )
+        with pg.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO contacts (account_id, channel, address, opted_out, opted_out_at,"
+                " rate_window_count, created_at) VALUES (%s, 'whatsapp', %s, true, now(), 0, now())",
+                [(account_id, number) for number in opted_out],
+            )
+    return account_id
+
+
+def broadcast_unfinished(url: str, broadcast_id: int) -> int:
+    """Recipients of the broadcast not yet handed over, plus messages not yet sent (0: done)."""
+    rows = _rows(
+        url,
+        None,
+        "SELECT (SELECT count(*) FROM broadcast_recipients WHERE broadcast_id = %s"
+        " AND state = 'queued') + (SELECT count(*) FROM messages WHERE direction = 'outbound'"
+        " AND status IN ('pending', 'sending'))",
+        (broadcast_id,),
+    )
+    return int(rows[0][0])

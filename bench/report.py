@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from bench.checks import merge
+from bench.checks import BROADCAST_PACE_BAR, merge
 from bench.stats import fmt, fmt_spread, median, spread
 
 FINDINGS = Path(__file__).with_name("findings.md")
@@ -531,6 +531,48 @@ def _bars(results: dict[str, Any], backend: str) -> list[tuple[str, str, bool | 
     return bars
 
 
+def _broadcast_bars(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """Issue 15's bars, from the broadcast phase (none if it did not run)."""
+    b = results.get("broadcast")
+    if not b:
+        return []
+    ratio = b.get("peak_ratio")
+    progress = b.get("progress") or {}
+    return [
+        (
+            "Each recipient exactly one message, across a SIGKILL of the worker",
+            f"{b['recipients']:,} recipients, {b['opted_out']} of them opted out beforehand; "
+            f"{b['messages']:,} messages at Twilio: {b['duplicates']} duplicates, "
+            f"{b['missing']} missing, {b['to_opted_out']} to the opted-out, {b['unexpected']} "
+            f"to anyone else. The worker was killed (SIGKILL) with {b['killed_after_sent']:,} "
+            f"sent and started again ({fmt(b.get('restart_seconds'))} s to ready; "
+            f"{b.get('recoveries', 0)} interrupted sends found at Twilio instead of sent again)",
+            b["duplicates"] == 0
+            and b["missing"] == 0
+            and b["to_opted_out"] == 0
+            and b["unexpected"] == 0,
+        ),
+        (
+            f"Never over {100 * BROADCAST_PACE_BAR:.0f} % of the pace over "
+            f"any {b['window_seconds']:g} s",
+            f"busiest {b['window_seconds']:g} s: {b['busiest_window']} messages = "
+            f"{fmt(b['peak_rate'])}/s = {fmt(None if ratio is None else 100 * ratio, 0)} % of "
+            f"{b['mps']:g}/s (the kill and restart included). All sent in "
+            f"{fmt(b.get('total_seconds'))} s, {fmt(b.get('ideal_seconds'))} s at the pace",
+            bool(b.get("within_pace")),
+        ),
+        (
+            "The progress figures are Twilio's",
+            f"GET .../broadcasts/{{id}}: {progress.get('status')}, total {progress.get('total')}, "
+            f"sent {progress.get('sent')} + delivered {progress.get('delivered')} + read "
+            f"{progress.get('read')} (Twilio accepted {b['messages']}), skipped "
+            f"{progress.get('skipped')}, queued {progress.get('queued')}, failed "
+            f"{progress.get('failed')}",
+            bool(b.get("progress_matches")),
+        ),
+    ]
+
+
 def _voice_waits(config: dict[str, Any], debounce: str) -> str:
     """What the voice-note overhead subtracts, in words; `debounce` says how long the WhatsApp
     number's debounce is ("2 s")."""
@@ -744,6 +786,15 @@ def write(results: dict[str, Any], output: Path) -> None:
         for name, measured, ok in bars:
             add(f"| {name} | {measured} | {_mark(ok)} |")
         add("")
+    broadcast = _broadcast_bars(results)
+    if broadcast:
+        add("**A broadcast (issue 15), PostgreSQL, its worker killed half-way**")
+        add("")
+        add("| bar | measured | verdict |")
+        add("|---|---|---|")
+        for name, measured, ok in broadcast:
+            add(f"| {name} | {measured} | {_mark(ok)} |")
+        add("")
 
     # -- setup
     add("## Machine and setup")
@@ -832,6 +883,20 @@ def write(results: dict[str, Any], output: Path) -> None:
             "kept, transcribed, then answered; each waited for. Voice-note overhead = "
             + _voice_waits(config, "(as stored in its channel settings)")
             + ". Its acks are compared with the e2e steady phase's, text at the same rate."
+        )
+    if results.get("broadcast"):
+        add(
+            f"- **A broadcast** (issue 15), once, on its own database: `serve --no-worker` and a "
+            f"`platica worker`; one approved template (WhatsApp) to "
+            f"{config.get('broadcast_recipients', 0):,} recipients at the channel's broadcast_mps "
+            f"= {config.get('broadcast_mps', 0):g}/s, {config.get('broadcast_opted_out', 0)} of "
+            "them stored as opted out (STOP) beforehand. Once "
+            f"{100 * config.get('broadcast_kill_share', 0.5):g} % was sent at the fake Twilio the "
+            "worker is killed (SIGKILL) and a new one started at once; the killed worker's "
+            "conversations wait out its lease and the sweeper's grace. Then every message the "
+            "fake accepted is counted per recipient, the busiest 5 s window of its receive times "
+            "is compared with the pace, and `GET /api/whatsapp/broadcasts/{id}` with the fake's "
+            "record (no status callbacks: accepted messages stay `sent`)."
         )
     add(
         f"- Warm-up: each repetition starts with {config.get('warm_up_rate', 0):g} messages/s for "

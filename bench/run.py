@@ -34,11 +34,15 @@ What one run does, every step bounded in requests and in time (the whole run in 
      answered by exactly one reply (a burst's messages by one reply between them), none twice.
 4. Scale (PostgreSQL): the e2e steady and closed-loop phases with 100x more stored messages, and
    the same drain and checks.
-5. SQLite (for information): the same without the one-account load, once.
+5. A broadcast (issue 15, PostgreSQL): one template to 2,000 recipients at 50/s, handed over by
+   a `platica worker` (beside `serve --no-worker`) that is killed (SIGKILL) half-way and started
+   again at once: each recipient one message (none twice, none missing, none to the 20 who
+   opted out), never over 110 % of the pace in any 5 s, and the progress figures as Twilio's.
+6. SQLite (for information): the same without the one-account load, once.
    (`--only voice`: only the warm-up, e2e steady and voice-note phases, with their checks, of
-   each backend: nothing else.)
-6. Optionally (--split-worker) PostgreSQL with `serve --no-worker` + a `platica worker`.
-7. Optionally (--profile, needs py-spy on PATH or in the virtualenv) py-spy samples
+   each backend: nothing else. `--only broadcast`: only the broadcast.)
+7. Optionally (--split-worker) PostgreSQL with `serve --no-worker` + a `platica worker`.
+8. Optionally (--profile, needs py-spy on PATH or in the virtualenv) py-spy samples
    `platica serve` under the 300/s load; the hot spots go into the report.
 
 PostgreSQL CPU is the whole server's (the postmaster and all its children, exited ones
@@ -57,6 +61,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,6 +84,15 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SPLIT = "postgres-split"  # serve --no-worker + platica worker
 # What WhatsApp sends a voice note as.
 VOICE_NOTE_TYPE = "audio/ogg"
+# The broadcast phase's template (added to the account by hand, approved) and the admin token
+# it is created with.
+BROADCAST_TEMPLATE: dict[str, Any] = {
+    "sid": "HX" + "b0ad" * 8,
+    "name": "aviso_bench",
+    "body": "Hola {{1}}, tu pedido está listo",
+    "variables": {"1": "Ana"},
+}
+BROADCAST_TOKEN = "bench-admin-token-0123456789abcdef"
 
 
 @dataclass
@@ -103,6 +117,17 @@ class Config:
     voice_seconds: float = 4.0
     voice_note_seconds: float = 5.0
     bar_voice_overhead_ms: float = 50.0
+    # Issue 15: a template broadcast to `broadcast_recipients` at `broadcast_mps` (PostgreSQL,
+    # `serve --no-worker` + `platica worker`), the worker killed (SIGKILL) once
+    # `broadcast_kill_share` of it was sent and started again at once; `broadcast_opted_out` of
+    # the recipients wrote STOP beforehand. 0 recipients: none.
+    broadcast_recipients: int = 2000
+    broadcast_mps: float = 50.0
+    broadcast_opted_out: int = 20
+    broadcast_kill_share: float = 0.5
+    # After the restart, at most this long for the rest (the killed worker's conversations wait
+    # out its lease, 15 s, and the sweeper's grace, 30 s).
+    broadcast_wait_seconds: float = 120.0
     reply_wait_seconds: float = 45.0
     # The one-account load (SPEC §6): `bar_rate` webhooks/s for `bar_seconds` to one account;
     # `burst_share` of its senders write `burst_sizes` messages `burst_gap` seconds apart.
@@ -154,7 +179,8 @@ class Config:
     profile: bool = False
     profile_seconds: float = 10.0
     # "voice": only the warm-up, e2e steady and voice-note phases of each backend (and their
-    # checks): a quick try of the voice notes without the whole run.
+    # checks): a quick try of the voice notes without the whole run. "broadcast": only the
+    # broadcast phase.
     only: str | None = None
     budget_seconds: float = 540.0
     database_url: str = DEFAULT_DATABASE_URL
@@ -199,6 +225,7 @@ class Bench:
             "scenarios": {},
             "scale": {},
             "profile": None,
+            "broadcast": None,
             "serve_env": {},
             "notes": [],
             "skipped": [],
@@ -1055,6 +1082,117 @@ class Bench:
                 self.stop_child(serve)
             self.pg.drop(database_url)
 
+    async def run_broadcast(self) -> None:
+        """Issue 15: one template broadcast at `broadcast_mps` to `broadcast_recipients`, some
+        of them opted out, handed over by a `platica worker` beside `serve --no-worker`; the
+        worker killed (SIGKILL) once `broadcast_kill_share` was sent and started again at once;
+        then every recipient checked at the fake Twilio, the pace over any 5 s, and the
+        progress the API shows."""
+        assert self.pg is not None
+        config = self.config
+        recipients = [f"+3465{index:07d}" for index in range(config.broadcast_recipients)]
+        step = max(1, len(recipients) // max(1, config.broadcast_opted_out))
+        opted_out = recipients[::step][: config.broadcast_opted_out]
+        expected = len(recipients) - len(opted_out)
+        self.ensure_time(40 + expected / config.broadcast_mps + 45, "broadcast")
+        database_url = self.pg.create_migrated("broadcast")
+        await self.fake(self.twilio_url, {"reset": True})
+        await self.fake(self.openai_url, {"reset": True})
+        port = free_port()
+        env = {**self.serve_env(database_url, port), "PLATICA_ADMIN_TOKEN": BROADCAST_TOKEN}
+        serve: Child | None = None
+        workers: list[Child] = []
+
+        async def start_worker(name: str) -> None:
+            workers.append(self.start_child(name, ["platica", "worker"], env))
+            await workers[-1].wait_log("startup.ready")
+
+        try:
+            serve = self.start_child(
+                "platica-broadcast", ["platica", "serve", "--port", str(port), "--no-worker"], env
+            )
+            base_url = f"http://127.0.0.1:{port}"
+            await serve.wait_http(base_url + "/healthz")
+            await start_worker("platica-broadcast-worker-1")
+            account_id = await asyncio.to_thread(
+                database.prepare_broadcast,
+                database_url,
+                config.broadcast_mps,
+                BROADCAST_TEMPLATE,
+                opted_out,
+            )
+            api = httpx.AsyncClient(
+                base_url=base_url,
+                headers={"Authorization": f"Bearer {BROADCAST_TOKEN}"},
+                params={"account_id": account_id},
+                timeout=30,
+            )
+            try:
+                started = time.monotonic()
+                response = await api.post(
+                    "/api/whatsapp/broadcasts",
+                    json={
+                        "template": BROADCAST_TEMPLATE["name"],
+                        "recipients": [
+                            {"to": number, "variables": {"1": f"cliente {index}"}}
+                            for index, number in enumerate(recipients)
+                        ],
+                    },
+                )
+                response.raise_for_status()
+                broadcast_id = int(response.json()["id"])
+                log(
+                    f"broadcast {broadcast_id}: {len(recipients)} recipients "
+                    f"({len(opted_out)} opted out) at {config.broadcast_mps:g}/s"
+                )
+                kill_at = round(config.broadcast_kill_share * expected)
+                deadline = min(started + 2 * expected / config.broadcast_mps + 30, self.deadline)
+                while len(await self.sent()) < kill_at:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the broadcast did not reach {kill_at} sent")
+                    await asyncio.sleep(0.2)
+                killed = workers[-1]
+                assert killed.process is not None
+                killed.process.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(killed.process.wait, 10)
+                killed_at = time.monotonic()
+                sent_at_kill = len(await self.sent())
+                log(f"broadcast: worker killed (SIGKILL) with {sent_at_kill} sent; restarting")
+                await start_worker("platica-broadcast-worker-2")
+                restarted_seconds = time.monotonic() - killed_at
+                deadline = min(time.monotonic() + config.broadcast_wait_seconds, self.deadline)
+                left = await asyncio.to_thread(
+                    database.broadcast_unfinished, database_url, broadcast_id
+                )
+                while left and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                    left = await asyncio.to_thread(
+                        database.broadcast_unfinished, database_url, broadcast_id
+                    )
+                finished = time.monotonic()
+                sent = await self.sent()
+                progress = (await api.get(f"/api/whatsapp/broadcasts/{broadcast_id}")).json()
+            finally:
+                await api.aclose()
+            check = checks.broadcast(sent, recipients, opted_out, progress, config.broadcast_mps)
+            last_sent = max((float(m["received_at"]) for m in sent), default=finished)
+            self.results["broadcast"] = {
+                **check,
+                "killed_after_sent": sent_at_kill,
+                "restart_seconds": restarted_seconds,
+                "unfinished_at_the_end": left,
+                "total_seconds": (last_sent - started) if sent else None,
+                "ideal_seconds": expected / config.broadcast_mps,
+                "recoveries": workers[-1].log_tail(10_000_000).count("reply.recovered"),
+            }
+            log(f"broadcast: {_broadcast_line(self.results['broadcast'])}")
+        finally:
+            for worker in workers:
+                self.stop_child(worker)
+            if serve is not None:
+                self.stop_child(serve)
+            self.pg.drop(database_url)
+
     # -- the whole run ------------------------------------------------------------------------
 
     def collect_meta(self) -> None:
@@ -1125,7 +1263,12 @@ class Bench:
                     "machine's /proc (another host or container?)"
                 )
         await self.start_fakes()
-        if config.only is not None:
+        if config.only == "broadcast":
+            self.results["notes"].append(
+                "--only broadcast: only the broadcast phase was run; the other bars are not "
+                "measured"
+            )
+        elif config.only is not None:
             self.results["notes"].append(
                 f"--only {config.only}: only the warm-up, e2e steady and voice-note phases were "
                 "run (with their checks); the bars that need the rest are not measured"
@@ -1149,6 +1292,8 @@ class Bench:
         if self.pg is not None:
             for factor in config.scale_factors:
                 steps.append((f"scale {factor}x", lambda f=factor: self.run_scale(f)))  # type: ignore[misc]
+        if self.pg is not None and config.broadcast_recipients > 0:
+            steps.append(("broadcast", self.run_broadcast))
         for backend in backends:
             if backend != "postgres":
                 steps.append((backend, lambda b=backend: self.run_backend(b)))  # type: ignore[misc]
@@ -1228,6 +1373,19 @@ def _voice_line(voice: dict[str, Any], steady: dict[str, Any]) -> str:
         f"voice notes {voice['replies']}/{voice['messages']} answered ({states}), overhead p50 "
         f"{voice['overhead_ms']['p50']:.1f} ms (p90 {voice['overhead_ms']['p90']:.1f} ms); ack "
         f"p99 {voice['ack']['p99_ms']:.1f} ms (text: {steady['ack']['p99_ms']:.1f} ms)"
+    )
+
+
+def _broadcast_line(result: dict[str, Any]) -> str:
+    """The broadcast phase's outcome, for the log."""
+    return (
+        f"{result['messages']} messages to {result['recipients']} recipients "
+        f"({result['opted_out']} opted out): {result['duplicates']} duplicates, "
+        f"{result['missing']} missing, {result['to_opted_out']} to the opted-out; busiest "
+        f"{result['window_seconds']:g} s {result['peak_rate']:.1f}/s = "
+        f"{100 * (result['peak_ratio'] or 0):.0f} % of {result['mps']:g}/s; progress "
+        f"{'matches' if result['progress_matches'] else 'DOES NOT match'} Twilio's; "
+        f"{result['total_seconds'] or 0:.1f} s in all" + (" — ok" if result["ok"] else " — FAILED")
     )
 
 
@@ -1373,10 +1531,17 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     )
     parser.add_argument(
         "--only",
-        choices=["voice"],
+        choices=["voice", "broadcast"],
         default=None,
         help="voice: only the warm-up, e2e steady and voice-note phases of each backend, with "
-        "their checks (no baselines, one-account load, sweep, closed loop or scale)",
+        "their checks (no baselines, one-account load, sweep, closed loop or scale); "
+        "broadcast: only the broadcast phase (PostgreSQL)",
+    )
+    parser.add_argument(
+        "--broadcast-recipients",
+        type=int,
+        default=defaults.broadcast_recipients,
+        help=f"the broadcast phase's recipients (at {defaults.broadcast_mps:g}/s); 0 for none",
     )
     parser.add_argument(
         "--database-url",
@@ -1413,6 +1578,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         twilio_latency=args.twilio_latency,
         media_latency=args.media_latency,
         voice_seconds=args.voice_seconds,
+        broadcast_recipients=args.broadcast_recipients,
         only=args.only,
         database_url=args.database_url,
         output=args.output,
@@ -1425,6 +1591,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         config.probe_seconds = 1.0
     if config.only == "voice":
         config.baselines, config.scale_factors = False, []
+        config.split_worker, config.profile = False, False
+        config.broadcast_recipients = 0
+    if config.only == "broadcast":
+        config.baselines, config.scale_factors, config.backends = False, [], []
         config.split_worker, config.profile = False, False
     return config
 
@@ -1441,6 +1611,10 @@ async def amain(config: Config) -> Path:
     output = REPO / config.output
     report.write(bench.results, output)
     log(f"wrote {output} in {bench.elapsed():.0f} s (raw results: {work_dir / 'results.json'})")
+    broadcast = bench.results["broadcast"]
+    if broadcast is not None and not broadcast["ok"]:
+        # Not a figure to read on a busy machine: a duplicate, a lost recipient, an overshoot.
+        raise SystemExit(f"the broadcast's checks failed: {_broadcast_line(broadcast)}")
     return output
 
 

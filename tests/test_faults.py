@@ -1,14 +1,16 @@
-"""Nothing lost, nothing sent twice: `platica serve` processes killed mid-load (and mid-fetch or
-mid-transcription of a voice note), and two of them sharing one PostgreSQL, against the fake LLM
-and the fake Twilio over real HTTP."""
+"""Nothing lost, nothing sent twice: `platica serve` processes killed mid-load (mid-fetch or
+mid-transcription of a voice note, mid-broadcast), and two of them sharing one PostgreSQL (and one
+broadcast), against the fake LLM and the fake Twilio over real HTTP."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from platica.media.store import MAX_ATTEMPTS
-from platica.models import Conversation
+from platica.models import Account, Contact, Conversation, Template, TemplateApproval
 from platica.replies.reading import GAVE_UP
 from tests.conftest import Database, free_port
 from tests.factories import (
@@ -431,6 +433,200 @@ class TestMediaCrashRecovery:
         assert users[-1] == "[voice note that could not be transcribed]"
 
 
+# --- Broadcasts -----------------------------------------------------------------------------
+
+ADMIN_TOKEN = "admin-token-for-the-fault-tests-0123456789"
+TEMPLATE_SID = "HX" + "0123456789abcdef" * 2
+TEMPLATE_BODY = "Hola {{1}}, tu pedido {{2}} está listo"
+# The bound on the send rate Twilio sees: over any PACE_WINDOW_SECONDS, at most PACE_SLACK times
+# the channel's broadcast_mps.
+PACE_WINDOW_SECONDS = 5.0
+PACE_SLACK = 1.10
+# A batch's DEBUG log line: how many recipients it handed over.
+HANDED = re.compile(r"broadcast\.batch\b.*?\bhanded=(\d+)")
+
+
+def broadcast_numbers(count: int) -> list[str]:
+    return [f"+3465{index:07d}" for index in range(count)]
+
+
+def prepare_broadcast(database: Database, mps: float, opted_out: list[str]) -> uuid.UUID:
+    """The default account (made by the server at start-up), its WhatsApp pace set to `mps`, an
+    approved template, and `opted_out` stored as contacts who wrote STOP; the account's id."""
+    with database.engine.begin() as connection:
+        account_id: uuid.UUID = connection.execute(sa.select(Account.id)).scalar_one()
+        connection.execute(
+            sa.text("UPDATE channel_configs SET broadcast_mps = :mps WHERE channel = 'whatsapp'"),
+            {"mps": mps},
+        )
+        connection.execute(
+            sa.insert(Template).values(
+                account_id=account_id,
+                sid=TEMPLATE_SID,
+                name="pedido_listo",
+                language="es",
+                body=TEMPLATE_BODY,
+                variables={"1": "Ana", "2": "A-1"},
+                approval=TemplateApproval.approved,
+                source="manual",
+            )
+        )
+        if opted_out:
+            connection.execute(
+                sa.insert(Contact),
+                [
+                    {
+                        "account_id": account_id,
+                        "channel": "whatsapp",
+                        "address": number,
+                        "opted_out": True,
+                        "opted_out_at": datetime.now(UTC),
+                    }
+                    for number in opted_out
+                ],
+            )
+    return account_id
+
+
+def api(server: ServerProcess, account_id: uuid.UUID) -> httpx.Client:
+    """The server's REST API, as the admin acting for the account."""
+    return httpx.Client(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        params={"account_id": str(account_id)},
+        timeout=30,
+    )
+
+
+def create_broadcast(client: httpx.Client, recipients: list[str]) -> dict[str, Any]:
+    """The template to every recipient, each with their own {{1}}."""
+    response = client.post(
+        "/api/whatsapp/broadcasts",
+        json={
+            "template": "pedido_listo",
+            "variables": {"2": "A-17"},
+            "recipients": [
+                {"to": number, "variables": {"1": f"cliente {index}"}}
+                for index, number in enumerate(recipients)
+            ],
+        },
+    )
+    assert response.status_code == 202, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def broadcast_finished(database: Database, broadcast_id: int) -> bool:
+    """Every recipient handed over or skipped, and every message handed over sent."""
+    status = database.scalar("SELECT status FROM broadcasts WHERE id = :id", id=broadcast_id)
+    unsent = database.scalar(
+        "SELECT count(*) FROM messages WHERE direction = 'outbound'"
+        " AND status IN ('pending', 'sending')"
+    )
+    return bool(status == "done" and unsent == 0)
+
+
+def busiest_window(times: list[float], seconds: float = PACE_WINDOW_SECONDS) -> int:
+    """The most of `times` within any `seconds` (a window starting at one of them)."""
+    ordered = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(ordered):
+        while at - ordered[first] >= seconds:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def assert_each_sent_once(twilio: FakeTwilio, expected: list[str]) -> None:
+    """Each expected number got the template exactly once; nobody else got anything."""
+    per_recipient = Counter(m["to"].removeprefix("whatsapp:") for m in twilio.sent)
+    missing = sorted(set(expected) - set(per_recipient))
+    twice = sorted(n for n, count in per_recipient.items() if count > 1)
+    unexpected = sorted(set(per_recipient) - set(expected))
+    assert (missing, twice, unexpected) == ([], [], []), "not exactly once"
+    assert {m["params"]["ContentSid"][0] for m in twilio.sent} == {TEMPLATE_SID}
+
+
+def assert_within_pace(twilio: FakeTwilio, mps: float) -> None:
+    """Twilio never got more than PACE_SLACK times the pace over any PACE_WINDOW_SECONDS."""
+    most = busiest_window([float(m["received_at"]) for m in twilio.sent])
+    allowed = PACE_SLACK * mps * PACE_WINDOW_SECONDS
+    assert most <= allowed, (
+        f"{most} messages in {PACE_WINDOW_SECONDS:g} s at {mps:g}/s (at most {allowed:g})"
+    )
+
+
+class TestBroadcastCrashRecovery:
+    """A template broadcast whose server (and worker) is killed (SIGKILL) a third of the way
+    through, then restarted: each recipient gets the message once, the opted-out ones none, at
+    the pace throughout, and the progress figures are Twilio's.
+
+    The restart waits for the dead worker's leases to lapse (15 s), so that its start-up sweep
+    takes the conversations whose messages were being sent at once (the periodic sweep would,
+    30 s after them)."""
+
+    MPS = 50.0
+    RECIPIENTS = 300
+    OPTED_OUT = 10
+
+    @pytest.fixture
+    def fakes(self) -> Iterator[tuple[FakeOpenAI, FakeTwilio]]:
+        # Delivery reports too: the progress figures then count sent, delivered (and the
+        # reports posted to the dead server, lost: those stay sent).
+        with FakeOpenAI() as openai, FakeTwilio(latency=0.1, callbacks=True) as twilio:
+            yield openai, twilio
+
+    def test_sigkill_mid_broadcast_then_restart_sends_each_recipient_once_at_the_pace(
+        self, database, server_env, servers, fakes, tmp_path
+    ):
+        _openai, twilio = fakes
+        env = {
+            **server_env,
+            "TWILIO_WHATSAPP_NUMBER": WHATSAPP_NUMBER,
+            "PLATICA_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+        first = ServerProcess(env, tmp_path / "first.log").start()
+        servers.append(first)
+        recipients = broadcast_numbers(self.RECIPIENTS)
+        opted_out = recipients[:: self.RECIPIENTS // self.OPTED_OUT]
+        assert len(opted_out) == self.OPTED_OUT
+        account_id = prepare_broadcast(database, self.MPS, opted_out)
+        expected = [number for number in recipients if number not in opted_out]
+
+        with api(first, account_id) as client:
+            broadcast_id = create_broadcast(client, recipients)["id"]
+        wait_for(lambda: len(twilio.sent) >= len(expected) // 3, "a third to be sent")
+        first.kill()
+        sent_before_restart = len(twilio.sent)
+        assert sent_before_restart < len(expected) * 2 // 3, "the kill came too late"
+        assert database.scalar("SELECT status FROM broadcasts") == "sending"
+
+        wait_for(lambda: leases_lapsed(database), "the dead worker's leases to lapse", seconds=30)
+        second = ServerProcess(env, tmp_path / "second.log").start()
+        servers.append(second)
+        wait_for(lambda: broadcast_finished(database, broadcast_id), "the broadcast", seconds=60)
+
+        assert_each_sent_once(twilio, expected)
+        assert_within_pace(twilio, self.MPS)
+        stored = database.rows(
+            "SELECT m.twilio_sid FROM broadcast_recipients r JOIN messages m"
+            " ON m.id = r.message_id WHERE r.state = 'handed'"
+        )
+        assert sorted(r.twilio_sid for r in stored) == sorted(m["sid"] for m in twilio.sent)
+        with api(second, account_id) as client:
+            shown = client.get(f"/api/whatsapp/broadcasts/{broadcast_id}").json()
+        assert shown["status"] == "done"
+        assert shown["sent"] + shown["delivered"] + shown["read"] == len(twilio.sent)
+        assert (shown["total"], shown["skipped"], shown["queued"], shown["failed"]) == (
+            self.RECIPIENTS,
+            self.OPTED_OUT,
+            0,
+            0,
+        )
+        assert list(shown["skip_reasons"].values()) == [self.OPTED_OUT]
+        assert "opted out" in next(iter(shown["skip_reasons"]))
+
+
 @pytest.mark.postgres
 class TestTwoServers:
     @pytest.fixture
@@ -473,6 +669,39 @@ class TestTwoServers:
             assert turns == sorted(turns), f"replies to {number} out of order: {turns}"
             assert len(turns) == len(set(turns)), f"{number} answered twice: {turns}"
             assert turns[-1] == 3, "the last message was not answered"
+
+    def test_two_processes_share_a_broadcast_each_recipient_once_within_the_pace(
+        self, database, server_env, servers, fakes, tmp_path
+    ):
+        """Both working processes hand the broadcast's recipients over (each batch locks the
+        broadcast's row; the other skips it), together at the one pace."""
+        _openai, twilio = fakes
+        mps = 100.0
+        # DEBUG: each process logs what each of its batches handed over.
+        env = {
+            **server_env,
+            "TWILIO_WHATSAPP_NUMBER": WHATSAPP_NUMBER,
+            "PLATICA_ADMIN_TOKEN": ADMIN_TOKEN,
+            "LOG_LEVEL": "DEBUG",
+        }
+        a = ServerProcess(env, tmp_path / "a.log").start()
+        b = ServerProcess(env, tmp_path / "b.log").start()
+        servers.extend([a, b])
+        recipients = broadcast_numbers(400)
+        account_id = prepare_broadcast(database, mps, [])
+
+        with api(a, account_id) as client:
+            broadcast_id = create_broadcast(client, recipients)["id"]
+        wait_for(lambda: broadcast_finished(database, broadcast_id), "the broadcast", seconds=60)
+
+        assert_each_sent_once(twilio, recipients)
+        assert_within_pace(twilio, mps)
+        handed = {
+            server.log_path.name: sum(map(int, HANDED.findall(server.log_path.read_text())))
+            for server in (a, b)
+        }
+        assert sum(handed.values()) == len(recipients)
+        assert all(handed.values()), f"one process handed everything over: {handed}"
 
     def test_separate_worker_process_answers_for_an_api_only_server(
         self, database, server_env, servers, fakes, tmp_path

@@ -165,6 +165,29 @@ class TestTwilioSender:
         assert [candidate.sid for candidate in found] == [recorded["sid"]]
         assert other == []
 
+    async def test_find_sent_finds_a_template_whatever_text_twilio_shows(self, settings, fake):
+        """A template goes by its ContentSid: the text Twilio lists (its own rendering; the fake
+        shows none) need not be our copy of the template's."""
+        before = utcnow() - timedelta(seconds=1)
+        template = OutgoingMessage(
+            channel=Channel.whatsapp,
+            to=CONTACT,
+            from_=WHATSAPP_NUMBER,
+            body="Hola Ana, tu pedido A-17 está listo",
+            content_sid="HX" + "0" * 32,
+            content_variables={"1": "Ana", "2": "A-17"},
+        )
+        sender = TwilioSender(settings)
+        try:
+            await sender.send(template)
+            found = await sender.find_sent(template, since=before)
+            free_text = await sender.find_sent(whatsapp(template.body + "!"), since=before)
+        finally:
+            await sender.aclose()
+
+        assert [candidate.sid for candidate in found] == [fake.sent[0]["sid"]]
+        assert free_text == []
+
     async def test_find_sent_ignores_messages_to_someone_else(self, settings, fake):
         before = utcnow() - timedelta(seconds=1)
         sender = TwilioSender(settings)

@@ -88,6 +88,16 @@ def _content(message: OutgoingMessage) -> dict[str, Any]:
     return content
 
 
+def _alike(body: str | None, direction: str | None, message: OutgoingMessage) -> bool:
+    """Whether a message Twilio lists may be `message`'s attempt: the same text; for a template,
+    any message created through the API, whatever its text (Twilio shows its own rendering of
+    the template, which need not be our copy of it: comparing them sent a broadcast's
+    interrupted templates twice after a crash)."""
+    if body == message.body:
+        return True
+    return message.content_sid is not None and direction == "outbound-api"
+
+
 def _status(value: object) -> MessageStatus:
     try:
         return MessageStatus(str(value))
@@ -153,7 +163,7 @@ class TwilioSender:
         found = [
             SentMessage(sid=candidate.sid, status=_status(candidate.status))
             for candidate in candidates
-            if candidate.body == message.body
+            if _alike(candidate.body, candidate.direction, message)
             and (candidate.date_created is None or candidate.date_created >= earliest)
         ]
         found.reverse()  # oldest first
