@@ -13,15 +13,14 @@ from playwright.sync_api import expect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.models import Channel, Contact, utcnow
+from tests.dashboard import test_dashboard
 from tests.dashboard.outreach_data import REMINDER_SID, add_template, add_whatsapp_thread
-from tests.dashboard.test_dashboard import (  # noqa: F401 (fixtures)
-    ADMIN_TOKEN,
-    Dashboard,
-    _fast_polling,
-    browser,
-    in_session,
-    local_dashboard,
-)
+from tests.dashboard.test_dashboard import ADMIN_TOKEN, Dashboard, in_session
+
+# The browser tests' fixtures: Debian's Chromium, fast polling, and `make run`'s local mode.
+browser = test_dashboard.browser
+_fast_polling = test_dashboard._fast_polling
+local_dashboard = test_dashboard.local_dashboard
 
 ANA = "+34600111222"
 OPTED_OUT = "+34600999000"
