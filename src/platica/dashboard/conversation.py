@@ -1,12 +1,17 @@
 """A conversation's page: its messages as a chat with their delivery states and media (shown by
-media.py), and the operator's controls (close, hand off, resume, retry, reply by hand)."""
+media.py), and the operator's controls (close, hand off, resume, retry, reply by hand). On
+WhatsApp it counts down the contact's 24-hour window; once it is closed, the reply box becomes
+a template picker (an approved template is all that can reach the contact then)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from platica.conversations import operators
@@ -24,11 +29,23 @@ from platica.dashboard.web import (
     redirect,
     render,
 )
-from platica.errors import NotFound, PlaticaError
+from platica.errors import NotFound, PlaticaError, Unprocessable
 from platica.http import first
 from platica.jobs.runner import commit_and_wake
 from platica.logging import get_logger
-from platica.models import Author, ConversationStatus, Direction, Message, ReplyState
+from platica.models import (
+    Author,
+    Channel,
+    ConversationStatus,
+    Direction,
+    Message,
+    ReplyState,
+    Template,
+    TemplateApproval,
+    utcnow,
+)
+from platica.outreach.proactive import Proactive, send_proactive
+from platica.outreach.templates import sendable, variables_of
 from platica.schemas import ManualReply
 
 log = get_logger(__name__)
@@ -41,6 +58,7 @@ NOTICES = {
     "resumed": "The AI answers this conversation again.",
     "replied": "Reply queued for sending.",
     "retried": "Retried: the conversation's replies run again.",
+    "template_sent": "Template queued for sending.",
 }
 AUTHORS = {
     Author.contact: "Contact",
@@ -81,6 +99,43 @@ def _message(message: Message, media: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+async def sendable_templates(
+    session: AsyncSession, account_id: uuid.UUID, channel: Channel
+) -> list[dict[str, Any]]:
+    """The account's templates that may be sent on the channel, with their variables."""
+    rows = await session.scalars(
+        select(Template)
+        .where(Template.account_id == account_id)
+        .order_by(Template.name, Template.language, Template.id)
+    )
+    return [
+        {
+            "id": row.id,
+            "sid": row.sid,
+            "name": row.name,
+            "language": row.language,
+            "body": row.body,
+            "variables": variables_of(row),
+            "samples": row.variables or {},
+            "approved": row.approval == TemplateApproval.approved,
+        }
+        for row in rows
+        if sendable(row, channel)
+    ]
+
+
+def reply_window(channel: Channel, closes_at: Any) -> dict[str, Any] | None:
+    """The WhatsApp window as the page words it (None on SMS, which has none)."""
+    if channel != Channel.whatsapp:
+        return None
+    now = utcnow()
+    if closes_at is None:
+        return {"state": "never", "closes_at": None}
+    if closes_at > now:
+        return {"state": "open", "closes_at": closes_at, "left": display.time_left(closes_at, now)}
+    return {"state": "closed", "closes_at": closes_at, "ago": display.time_ago(closes_at, now)}
+
+
 async def load_thread(visit: Visit, channel: str, conversation_id: str) -> dict[str, Any] | None:
     """The conversation and its messages, ready for the page (None: no such conversation
     for this operator)."""
@@ -96,6 +151,12 @@ async def load_thread(visit: Visit, channel: str, conversation_id: str) -> dict[
             return None
         view = await operators.view(session, conversation)
         messages = await operators.history(session, conversation, THREAD_LIMIT)
+        window = reply_window(key[0], view.window_closes_at)
+        templates = (
+            await sendable_templates(session, conversation.account_id, key[0])
+            if window is not None and window["state"] != "open"
+            else []
+        )
     state = display.conversation_state(view)
     base_url = f"{visit.root}/conversations/{key[0].value}/{key[1]}"
     fetchable = dashboard_media.fetchable(visit.state)
@@ -113,6 +174,8 @@ async def load_thread(visit: Visit, channel: str, conversation_id: str) -> dict[
         ],
         "base_url": base_url,
         "awaiting": view.awaiting_reply,
+        "window": window,
+        "templates": templates,
     }
 
 
@@ -132,6 +195,7 @@ async def _conversation_response(
     status_code: int = 200,
     error: str | None = None,
     draft: str = "",
+    picked: dict[str, Any] | None = None,
 ) -> Response:
     options = {
         "live_id": "thread",
@@ -149,6 +213,7 @@ async def _conversation_response(
         notice=notice,
         error=error,
         draft=draft,
+        picked=picked or {},
         live=embed(visit, "_thread.html", **options, **thread),
         **thread,
     )
@@ -245,3 +310,58 @@ async def reply(
             visit, thread, status_code=422, error=f"The reply {message}.", draft=text
         )
     return await _act(visit, channel, conversation_id, "replied", body)
+
+
+@router.post("/conversations/{channel}/{conversation_id}/template")
+async def send_template(
+    visit: OperatorVisit, form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Send an approved template to the contact (all WhatsApp allows outside its window)."""
+    key = conversation_key(channel, conversation_id)
+    if key is None:
+        return not_found(visit, "such conversation")
+    sid = first(form, "template") or ""
+    # The posted values as typed, to show them again if the template cannot be sent.
+    typed = {name: values[0] for name, values in form.items() if name.startswith("var-")}
+    error: PlaticaError | None = None
+    async with visit.db() as session:
+        try:
+            conversation = await operators.get_conversation(
+                session, key[0], visit.me.account_id, key[1]
+            )
+        except NotFound:
+            return not_found(visit, "such conversation")
+        template = await session.scalar(
+            select(Template).where(
+                Template.account_id == conversation.account_id, Template.sid == sid
+            )
+        )
+        variables = (
+            {name: typed.get(f"var-{template.id}-{name}", "") for name in variables_of(template)}
+            if template is not None
+            else {}
+        )
+        try:
+            if not sid:
+                raise Unprocessable("choose a template first")
+            sent = await send_proactive(
+                session,
+                conversation.account_id,
+                key[0],
+                Proactive(to=conversation.contact_address, template=sid, variables=variables),
+            )
+            await commit_and_wake(session, visit.state.runner, sent.message.conversation_id)
+        except PlaticaError as problem:
+            await session.rollback()
+            error = problem
+    if error is not None:
+        thread = await load_thread(visit, channel, conversation_id)
+        if thread is None:
+            return not_found(visit, "such conversation")
+        picked = {"sid": sid, "values": typed, "error": error.message}
+        return await _conversation_response(
+            visit, thread, status_code=error.status_code, picked=picked
+        )
+    log.info("dashboard.template_sent", conversation_id=key[1], template=sid)
+    where = f"/conversations/{key[0].value}/{sent.message.conversation_id}"
+    return redirect(visit, f"{where}?notice=template_sent")

@@ -129,6 +129,26 @@ def waited(seconds: float) -> str:
     return f"{int(seconds // 3600)} h"
 
 
+def time_left(until: datetime, now: datetime) -> str:
+    """What is left until `until`, to the minute: `5 h 12 min`, `1 h`, `59 min` (app.js counts
+    it down in the same words)."""
+    minutes = max(int((until - now).total_seconds() // 60), 0)
+    hours, minutes = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes} min" if minutes else "under 1 min"
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def time_ago(moment: datetime, now: datetime) -> str:
+    """How long ago `moment` was: `12 min`, `3 h`, `4 days` (the same words as app.js)."""
+    minutes = max(int((now - moment).total_seconds() // 60), 0)
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{minutes // (24 * 60)} days"
+
+
 def field_errors(invalid: ValidationError) -> dict[str, str]:
     """Pydantic's errors by field name, phrased to follow the field's label."""
     errors: dict[str, str] = {}
@@ -146,6 +166,7 @@ def _in_words(kind: str, context: dict[str, Any], message: str) -> str:
         "int_from_float": "must be a whole number",
         "float_parsing": "must be a number",
         "greater_than_equal": "must be at least {ge}",
+        "greater_than": "must be more than {gt}",
         "less_than_equal": "must be at most {le}",
         "string_too_short": "must not be empty",
         "string_too_long": "must be at most {max_length} characters",

@@ -5,8 +5,9 @@ as messages arrive, and the server answers 204 when nothing changed. Reads and w
 the service functions the REST API uses (conversations/operators.py, inbox.py and stats.py), in
 sessions scoped to the operator's account, so the dashboard sees exactly what the API would.
 
-Each page has its module (login.py, inbox.py, conversation.py, stats.py, settings.py,
-simulator.py; media.py serves a conversation's media items); web.py holds the plumbing (sessions,
+Each page has its module (login.py, inbox.py, conversation.py, broadcasts.py, stats.py,
+settings.py, simulator.py; media.py serves a conversation's media items, recipients.py reads
+a broadcast's CSV); web.py holds the plumbing (sessions,
 CSRF, responses), session.py the cookie, display.py the words, alerts.py the banners.
 """
 
@@ -15,7 +16,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from platica.dashboard import conversation, inbox, login, media, settings, simulator, stats
+from platica.dashboard import (
+    broadcasts,
+    conversation,
+    inbox,
+    login,
+    media,
+    settings,
+    simulator,
+    stats,
+)
 from platica.dashboard.web import (
     STATIC,
     CsrfRejected,
@@ -24,7 +34,7 @@ from platica.dashboard.web import (
     login_required,
 )
 
-PAGES = (login, inbox, conversation, media, stats, settings, simulator)
+PAGES = (login, inbox, conversation, media, broadcasts, stats, settings, simulator)
 
 
 def install(app: FastAPI) -> None:

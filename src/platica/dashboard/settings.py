@@ -37,7 +37,10 @@ CONFIG_FIELDS = (
     "daily_token_budget",
     "busy_message",
     "language",
+    "broadcast_mps",
 )
+# Fields a page opened before they existed does not post: left as they are.
+NEWER_FIELDS = ("language", "broadcast_mps")
 # Ticked: "on"; left out of the form when not.
 CHECKBOXES = ("ai_enabled", "vision", "delete_media_after_use")
 LANGUAGES = {"es": "Spanish (es)", "en": "English (en)"}
@@ -127,9 +130,10 @@ async def save_settings(visit: OperatorVisit, form: PostedForm, channel: str) ->
         "openai_model": values["openai_model"] or None,
         "daily_token_budget": values["daily_token_budget"].strip() or None,
     }
-    if first(form, "language") is None:
-        # A page opened before the field existed (they stay open for hours): kept as it is.
-        del update_values["language"]
+    for name in NEWER_FIELDS:
+        if first(form, name) is None:
+            # A page opened before the field existed (they stay open for hours): kept as it is.
+            del update_values[name]
     errors: dict[str, str] = {}
     try:
         update = ChannelConfigUpdate.model_validate(update_values)

@@ -32,7 +32,7 @@ from platica.dashboard.session import (
 from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
 from platica.deps import AppState, app_state
-from platica.http import FormData, first, parse_form, read_body
+from platica.http import FormData, Upload, first, parse_form, parse_upload, read_body
 from platica.models import Account, ApiKey, Channel
 
 HERE = Path(__file__).parent
@@ -208,9 +208,27 @@ async def get_posted_form(
     return form
 
 
+# A broadcast's recipient list: 10,000 rows with their variables fit.
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+
+
+async def get_posted_upload(
+    request: Request, visit: Annotated[Visit, Depends(get_visit)]
+) -> Upload:
+    """A posted form with a file (multipart), once its CSRF token matches the session's."""
+    upload = parse_upload(
+        await read_body(request, MAX_UPLOAD_BYTES), request.headers.get("content-type")
+    )
+    token = request.headers.get(CSRF_HEADER) or first(upload.form, CSRF_FIELD)
+    if not visit.cookie.valid_csrf(token):
+        raise CsrfRejected
+    return upload
+
+
 AnyVisit = Annotated[Visit, Depends(get_visit)]
 OperatorVisit = Annotated[Visit, Depends(get_operator_visit)]
 PostedForm = Annotated[FormData, Depends(get_posted_form)]
+PostedUpload = Annotated[Upload, Depends(get_posted_upload)]
 
 
 # -- responses -------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@
   }
 
   function localTimes(root) {
-    root.querySelectorAll("time[datetime]").forEach(function (element) {
+    root.querySelectorAll("time[datetime]:not([data-countdown])").forEach(function (element) {
       var moment = new Date(element.getAttribute("datetime"));
       if (isNaN(moment.getTime())) return;
       if (!element.title) element.title = element.textContent.trim();
@@ -163,6 +163,82 @@
     });
   }
 
+  // WhatsApp's 24-hour window, in the words of display.time_left and display.time_ago.
+  function timeLeft(ms) {
+    var minutes = Math.max(Math.floor(ms / 60000), 0);
+    var hours = Math.floor(minutes / 60);
+    minutes = minutes % 60;
+    if (!hours) return minutes ? minutes + " min" : "under 1 min";
+    return minutes ? hours + " h " + minutes + " min" : hours + " h";
+  }
+
+  function timeAgo(ms) {
+    var minutes = Math.max(Math.floor(ms / 60000), 0);
+    if (minutes < 60) return minutes + " min";
+    if (minutes < 48 * 60) return Math.floor(minutes / 60) + " h";
+    return Math.floor(minutes / (24 * 60)) + " days";
+  }
+
+  function countDown() {
+    document.querySelectorAll("[data-window-closes]").forEach(function (line) {
+      var closes = Date.parse(line.getAttribute("data-window-closes"));
+      var time = line.querySelector("time[data-countdown]");
+      if (isNaN(closes) || !time) return;
+      var left = closes - Date.now();
+      if (left > 0) {
+        time.textContent = timeLeft(left);
+        return;
+      }
+      // Closed while the page was open: a reply by hand would be refused (409) now.
+      if (line.classList.contains("window-open")) {
+        line.classList.remove("window-open");
+        line.classList.add("window-closed");
+        line.textContent = "";
+        line.append("Reply window closed ", time, " ago: only an approved template can be sent (reload the page to pick one)");
+      }
+      time.textContent = timeAgo(-left);
+    });
+  }
+
+  // The template picker: the chosen template's fields only (the others are disabled, so not
+  // posted), and its text filled with the values as they are typed.
+  function showTemplate(select) {
+    var form = select.form;
+    if (!form) return;
+    form.querySelectorAll("fieldset[data-template]").forEach(function (fieldset) {
+      var chosen = fieldset.getAttribute("data-template") === select.value;
+      fieldset.hidden = !chosen;
+      fieldset.disabled = !chosen;
+    });
+  }
+
+  function fillPreview(fieldset) {
+    var preview = fieldset.querySelector("[data-template-body]");
+    if (!preview) return;
+    preview.textContent = preview.getAttribute("data-template-body").replace(
+      /\{\{\s*([A-Za-z0-9_]+)\s*\}\}/g,
+      function (match, name) {
+        var input = fieldset.querySelector('input[data-variable="' + name + '"]');
+        return input && input.value.trim() ? input.value : match;
+      }
+    );
+  }
+
+  function templatePickers(root) {
+    root.querySelectorAll("select[data-template-select]").forEach(function (select) {
+      if (select.getAttribute("data-bound")) return;
+      select.setAttribute("data-bound", "true");
+      select.addEventListener("change", function () { showTemplate(select); });
+      showTemplate(select);
+    });
+    root.querySelectorAll("fieldset[data-template]").forEach(function (fieldset) {
+      if (fieldset.getAttribute("data-bound")) return;
+      fieldset.setAttribute("data-bound", "true");
+      fieldset.addEventListener("input", function () { fillPreview(fieldset); });
+      fillPreview(fieldset);
+    });
+  }
+
   function enhance(root) {
     localTimes(root);
     markUnread(root);
@@ -170,7 +246,11 @@
     followThreads(root);
     drawCharts(root);
     confirmForms(root);
+    templatePickers(root);
+    countDown();
   }
+
+  window.setInterval(countDown, 60000);
 
   if (window.htmx) {
     window.htmx.onLoad(enhance);
