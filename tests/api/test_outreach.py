@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.models import Template, TemplateApproval, utcnow
 from tests.api.conftest import Api
-from tests.factories import CONTACT, WHATSAPP_NUMBER
+from tests.factories import CONTACT
 from tests.polling import wait_for
 from tests.records import in_session
 
@@ -113,7 +113,7 @@ class TestProactiveMessages:
         assert api.twilio.sent == []
 
     def test_bad_input_is_a_clear_error(self, api: Api) -> None:
-        cases = [
+        cases: list[tuple[dict[str, Any], int]] = [
             ({"to": "600111222", "body": "Hola"}, 422),
             ({"to": OTHER}, 422),
             ({"to": OTHER, "body": "Hola", "template": "x"}, 422),
@@ -279,10 +279,12 @@ class TestBroadcasts:
         assert created["total"] == 5
         assert created["mps"] == 50
         done = wait_for(
-            lambda: (p := progress(api, "whatsapp", created["id"]))["status"] == "done"
-            and p["queued"] == 0
-            and api.settled()
-            and p,
+            lambda: (
+                (p := progress(api, "whatsapp", created["id"]))["status"] == "done"
+                and p["queued"] == 0
+                and api.settled()
+                and p
+            ),
             "the broadcast done",
         )
 
@@ -293,8 +295,7 @@ class TestBroadcasts:
         assert set(done["skip_reasons"]) == {
             "not a phone number in E.164 form (+ country code and number)",
             "listed more than once: sent once",
-            "the contact has opted out (STOP); nothing can be sent to them until they write "
-            "START",
+            "the contact has opted out (STOP); nothing can be sent to them until they write START",
         }
         wait_for(
             lambda: progress(api, "whatsapp", created["id"])["delivered"] == 2,

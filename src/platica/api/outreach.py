@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
 
-from platica.api.auth import CallerDep
+from platica.api.auth import CallerDep, own_account
 from platica.config import strip_channel_prefix
 from platica.deps import StateDep
 from platica.errors import BadRequest
@@ -44,12 +43,6 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
-def _own_account(caller: CallerDep) -> uuid.UUID:
-    if caller.account_id is None:
-        raise BadRequest("the admin token must name the account: add ?account_id=<uuid>")
-    return caller.account_id
-
-
 @router.post(
     "/messages",
     response_model=MessageRead,
@@ -74,7 +67,7 @@ async def send_message(
     contact's reply as usual."""
     if idempotency_key is not None and not idempotency_key.strip():
         raise BadRequest("Idempotency-Key must not be blank")
-    account_id = _own_account(caller)
+    account_id = own_account(caller)
     sent = await send_proactive(
         caller.session,
         account_id,
@@ -113,7 +106,7 @@ async def create_broadcast(
     counted. Follow it with GET .../broadcasts/{id}."""
     broadcast = await broadcasts.create(
         caller.session,
-        _own_account(caller),
+        own_account(caller),
         channel,
         broadcasts.NewBroadcast(
             recipients=_recipients(request),
