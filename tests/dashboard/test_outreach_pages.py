@@ -26,6 +26,7 @@ from tests.dashboard.outreach_data import (
     add_whatsapp_thread,
 )
 from tests.dashboard.test_settings_form import FORM as SETTINGS_FORM
+from tests.fakes import FakeTwilio
 from tests.records import add_account, default_account_key, in_session
 
 ANA = "+34600111222"
@@ -424,3 +425,37 @@ class TestBroadcastPace:
             )
             == 1
         )
+
+
+class TestSyncTemplates:
+    def test_the_button_syncs_from_twilio_and_offers_them(self, database_url, live_server):
+        with FakeTwilio() as twilio:
+            sid = twilio.add_content(
+                "recordatorio_cita", "Hola {{1}}, su cita es el {{2}}.", variables={"1": "Ana"}
+            )
+            settings = make_settings(
+                database_url, TWILIO_API_BASE_URL=twilio.url, TWILIO_CONTENT_BASE_URL=twilio.url
+            )
+            server = live_server(settings, worker=False)
+            account_id, key = default_account_key(database_url)
+            operator = DashboardClient(server)
+            database = Database(database_url)
+            try:
+                assert operator.log_in(key).status_code == 303
+                seeded = Seeded(operator, database, database_url, account_id)
+                thread = seeded.thread(ANA, timedelta(hours=30))
+                page = operator.http.get(thread)
+                assert "Sync templates from Twilio" in page.text
+
+                synced = operator.post_form(f"{thread}/templates/sync", thread, {})
+
+                assert synced.status_code == 303
+                shown = operator.http.get(synced.headers["location"])
+                assert "Templates synced from Twilio." in text_of(shown)
+                assert "recordatorio_cita (es)" in text_of(shown)
+                assert database.scalar("SELECT sid FROM templates") == sid
+                forged = operator.http.post(f"{thread}/templates/sync", data={"x": "1"})
+                assert forged.status_code == 403
+            finally:
+                operator.close()
+                database.engine.dispose()

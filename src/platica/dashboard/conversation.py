@@ -44,6 +44,7 @@ from platica.models import (
     TemplateApproval,
     utcnow,
 )
+from platica.outreach import content
 from platica.outreach.proactive import Proactive, send_proactive
 from platica.outreach.templates import sendable, variables_of
 from platica.schemas import ManualReply
@@ -59,6 +60,7 @@ NOTICES = {
     "replied": "Reply queued for sending.",
     "retried": "Retried: the conversation's replies run again.",
     "template_sent": "Template queued for sending.",
+    "templates_synced": "Templates synced from Twilio.",
 }
 AUTHORS = {
     Author.contact: "Contact",
@@ -310,6 +312,44 @@ async def reply(
             visit, thread, status_code=422, error=f"The reply {message}.", draft=text
         )
     return await _act(visit, channel, conversation_id, "replied", body)
+
+
+@router.post("/conversations/{channel}/{conversation_id}/templates/sync")
+async def sync_templates(
+    visit: OperatorVisit, _form: PostedForm, channel: str, conversation_id: str
+) -> Response:
+    """Read the account's templates from Twilio's Content API, then show the conversation again
+    with them to pick from."""
+    key = conversation_key(channel, conversation_id)
+    if key is None:
+        return not_found(visit, "such conversation")
+    error: PlaticaError | None = None
+    async with visit.db() as session:
+        try:
+            conversation = await operators.get_conversation(
+                session, key[0], visit.me.account_id, key[1]
+            )
+        except NotFound:
+            return not_found(visit, "such conversation")
+        account_id = conversation.account_id
+    try:
+        # Twilio first: no transaction waits while it answers.
+        remote = await content.fetch_templates(visit.state.settings)
+        async with visit.db() as session:
+            summary = await content.apply_templates(session, account_id, remote)
+            await session.commit()
+    except PlaticaError as problem:
+        error = problem
+    if error is not None:
+        thread = await load_thread(visit, channel, conversation_id)
+        if thread is None:
+            return not_found(visit, "such conversation")
+        return await _conversation_response(
+            visit, thread, status_code=error.status_code, error=error.message
+        )
+    log.info("dashboard.templates_synced", total=summary.total)
+    where = f"/conversations/{key[0].value}/{key[1]}"
+    return redirect(visit, f"{where}?notice=templates_synced")
 
 
 @router.post("/conversations/{channel}/{conversation_id}/template")
