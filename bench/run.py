@@ -1098,6 +1098,12 @@ class Bench:
         database_url = self.pg.create_migrated("broadcast")
         await self.fake(self.twilio_url, {"reset": True})
         await self.fake(self.openai_url, {"reset": True})
+        # Twilio has the template too (it refuses an unknown ContentSid).
+        registered = await self.http.post(
+            self.twilio_url + "/_fake/content",
+            json={key: BROADCAST_TEMPLATE[key] for key in ("sid", "name", "body", "variables")},
+        )
+        registered.raise_for_status()
         port = free_port()
         env = {**self.serve_env(database_url, port), "PLATICA_ADMIN_TOKEN": BROADCAST_TOKEN}
         serve: Child | None = None

@@ -122,6 +122,15 @@ def truncate_all(url: str) -> None:
     engine.dispose()
 
 
+# For a test whose rules do not depend on the database (its statements run on both elsewhere):
+# `database_url` on SQLite only, which keeps `make test` short.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+# For a slow end-to-end case that SQLite would only repeat: on PostgreSQL only.
+postgres_only = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """Each test that takes this runs on a SQLite file and on PostgreSQL (emptied first)."""

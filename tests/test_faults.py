@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from platica.media.store import MAX_ATTEMPTS
 from platica.models import Account, Contact, Conversation, Template, TemplateApproval
 from platica.replies.reading import GAVE_UP
-from tests.conftest import Database, free_port
+from tests.conftest import Database, free_port, postgres_only
 from tests.factories import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -450,9 +450,13 @@ def broadcast_numbers(count: int) -> list[str]:
     return [f"+3465{index:07d}" for index in range(count)]
 
 
-def prepare_broadcast(database: Database, mps: float, opted_out: list[str]) -> uuid.UUID:
+def prepare_broadcast(
+    database: Database, twilio: FakeTwilio, mps: float, opted_out: list[str]
+) -> uuid.UUID:
     """The default account (made by the server at start-up), its WhatsApp pace set to `mps`, an
-    approved template, and `opted_out` stored as contacts who wrote STOP; the account's id."""
+    approved template (on Twilio too), and `opted_out` stored as contacts who wrote STOP; the
+    account's id."""
+    twilio.add_content("pedido_listo", TEMPLATE_BODY, sid=TEMPLATE_SID)
     with database.engine.begin() as connection:
         account_id: uuid.UUID = connection.execute(sa.select(Account.id)).scalar_one()
         connection.execute(
@@ -576,6 +580,7 @@ class TestBroadcastCrashRecovery:
         with FakeOpenAI() as openai, FakeTwilio(latency=0.1, callbacks=True) as twilio:
             yield openai, twilio
 
+    @postgres_only
     def test_sigkill_mid_broadcast_then_restart_sends_each_recipient_once_at_the_pace(
         self, database, server_env, servers, fakes, tmp_path
     ):
@@ -590,7 +595,7 @@ class TestBroadcastCrashRecovery:
         recipients = broadcast_numbers(self.RECIPIENTS)
         opted_out = recipients[:: self.RECIPIENTS // self.OPTED_OUT]
         assert len(opted_out) == self.OPTED_OUT
-        account_id = prepare_broadcast(database, self.MPS, opted_out)
+        account_id = prepare_broadcast(database, twilio, self.MPS, opted_out)
         expected = [number for number in recipients if number not in opted_out]
 
         with api(first, account_id) as client:
@@ -688,7 +693,7 @@ class TestTwoServers:
         b = ServerProcess(env, tmp_path / "b.log").start()
         servers.extend([a, b])
         recipients = broadcast_numbers(400)
-        account_id = prepare_broadcast(database, mps, [])
+        account_id = prepare_broadcast(database, twilio, mps, [])
 
         with api(a, account_id) as client:
             broadcast_id = create_broadcast(client, recipients)["id"]

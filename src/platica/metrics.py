@@ -94,11 +94,14 @@ PARKED_CONVERSATIONS = Gauge(
 
 OUTREACH = Counter(
     "platica_outreach_messages_total",
-    "Messages Plática starts, by origin (proactive: POST /api/{channel}/messages; broadcast) "
-    "and outcome (queued: stored for sending; refused: an opted-out contact or free text "
-    "outside WhatsApp's window, nothing stored; skipped: a broadcast's recipient left out, "
-    "opted out, invalid or repeated; canceled: never sent, its broadcast canceled first). "
-    "Delivery then shows in their messages' statuses.",
+    "Messages Plática starts, by origin (proactive: an operator's, through POST "
+    "/api/{channel}/messages or a manual reply; broadcast) and outcome. When asked for: queued "
+    "(stored for sending), refused (an opted-out contact or free text outside WhatsApp's "
+    "window: nothing stored), skipped (a broadcast's recipient left out: opted out, invalid or "
+    "repeated), canceled (its broadcast canceled first). When sent: sent (Twilio accepted it), "
+    "dry_run, failed (Twilio refused it or it was given up on), refused (checked again just "
+    "before Twilio: the contact opted out, or the window closed, meanwhile). Delivery then "
+    "shows in the messages' statuses.",
     ["channel", "origin", "outcome"],
 )
 BROADCAST_PACE = Gauge(
@@ -108,7 +111,7 @@ BROADCAST_PACE = Gauge(
     ["channel"],
 )
 OUTREACH_ORIGINS = ("proactive", "broadcast")
-OUTREACH_OUTCOMES = ("queued", "refused", "skipped", "canceled")
+OUTREACH_OUTCOMES = ("queued", "refused", "skipped", "canceled", "sent", "dry_run", "failed")
 
 # Every series from the start, at zero, so rates and alerts work before the first event.
 for _channel in ("whatsapp", "sms"):

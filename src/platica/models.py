@@ -406,6 +406,9 @@ class Conversation(Base):
     parked_error: Mapped[str | None] = mapped_column(Text)
 
 
+UNSENT_WHERE = "direction = 'outbound' AND status IN ('pending', 'sending')"
+
+
 class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
@@ -424,6 +427,15 @@ class Message(Base):
             "reply_state",
             sqlite_where=text("reply_state = 'pending'"),
             postgresql_where=text("reply_state = 'pending'"),
+        ),
+        # Outbound messages not yet handed to Twilio: what a broadcast waits on before it hands
+        # over more (outreach/broadcaster.py).
+        Index(
+            "ix_messages_unsent",
+            "account_id",
+            "channel",
+            sqlite_where=text(UNSENT_WHERE),
+            postgresql_where=text(UNSENT_WHERE),
         ),
     )
 

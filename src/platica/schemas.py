@@ -7,6 +7,7 @@ from datetime import date, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -259,9 +260,17 @@ class ChannelConfigUpdate(BaseModel):
 
 # --- Outreach: proactive messages and broadcasts (SPEC §7) -----------------------------------
 
+
+def _no_nul(value: object) -> object:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 Variables = dict[
     Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")],
-    str | int | float,
+    Annotated[str, AfterValidator(_no_nul), StringConstraints(max_length=1024)] | int | float,
 ]
 
 
@@ -281,7 +290,7 @@ class ProactiveMessage(BaseModel):
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
         | None
     ) = None
-    template: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    template: Annotated[Text, StringConstraints(min_length=1, max_length=200)] | None = None
     variables: Variables | None = Field(
         default=None, max_length=100, description='The template\'s values: {"1": "Ana"}.'
     )
@@ -303,7 +312,7 @@ class ProactiveMessage(BaseModel):
 class RecipientIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    to: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    to: Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
     variables: Variables | None = Field(default=None, max_length=100)
 
 
@@ -313,14 +322,14 @@ class BroadcastCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+    name: Annotated[Text, StringConstraints(strip_whitespace=True, max_length=200)] = ""
     body: (
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
         | None
     ) = None
-    template: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    template: Annotated[Text, StringConstraints(min_length=1, max_length=200)] | None = None
     variables: Variables | None = Field(default=None, max_length=100)
-    recipients: list[RecipientIn | Annotated[str, StringConstraints(max_length=64)]] = Field(
+    recipients: list[RecipientIn | Annotated[Text, StringConstraints(max_length=64)]] = Field(
         min_length=1,
         max_length=10_000,
         description='Up to 10,000: numbers ("+34600111222") or {"to", "variables"}.',

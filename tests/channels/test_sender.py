@@ -166,15 +166,17 @@ class TestTwilioSender:
         assert other == []
 
     async def test_find_sent_finds_a_template_whatever_text_twilio_shows(self, settings, fake):
-        """A template goes by its ContentSid: the text Twilio lists (its own rendering; the fake
-        shows none) need not be our copy of the template's."""
+        """A template goes by its ContentSid: the text Twilio lists (its own rendering) need not
+        be our copy of the template's."""
         before = utcnow() - timedelta(seconds=1)
+        # Twilio's version of the text differs from ours (edited since the last sync, say).
+        content_sid = fake.add_content("pedido_listo", "¡Hola {{1}}! Su pedido {{2}} ya está listo")
         template = OutgoingMessage(
             channel=Channel.whatsapp,
             to=CONTACT,
             from_=WHATSAPP_NUMBER,
             body="Hola Ana, tu pedido A-17 está listo",
-            content_sid="HX" + "0" * 32,
+            content_sid=content_sid,
             content_variables={"1": "Ana", "2": "A-17"},
         )
         sender = TwilioSender(settings)
@@ -185,6 +187,7 @@ class TestTwilioSender:
         finally:
             await sender.aclose()
 
+        assert fake.sent[0]["body"] == "¡Hola Ana! Su pedido A-17 ya está listo"
         assert [candidate.sid for candidate in found] == [fake.sent[0]["sid"]]
         assert free_text == []
 

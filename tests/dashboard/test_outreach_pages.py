@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.models import Channel, TemplateApproval
-from tests.conftest import Database, make_settings
+from tests.conftest import Database, make_settings, sqlite_only
 from tests.dashboard.client import DashboardClient
 from tests.dashboard.outreach_data import (
     PENDING_SID,
@@ -90,6 +90,7 @@ def text_of(response: Any) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", response.text)))
 
 
+@sqlite_only
 class TestReplyWindow:
     def test_open_window_counts_down_and_keeps_the_reply_box(self, seeded):
         page = seeded.operator.http.get(seeded.thread(ANA, timedelta(hours=19, minutes=30)))
@@ -138,6 +139,7 @@ class TestReplyWindow:
         assert seeded.database.count("messages") == 1
 
 
+@sqlite_only
 class TestTemplatePicker:
     def test_sends_the_filled_template(self, seeded):
         seeded.templates()
@@ -218,6 +220,7 @@ def post_broadcast(seeded: Seeded, data: dict[str, str], csv: bytes | None = Non
     return seeded.operator.http.post("/broadcasts", data={**data, "csrf_token": token}, files=files)
 
 
+@sqlite_only
 class TestNewBroadcast:
     def test_a_spanish_excel_csv_with_template_variables(self, seeded):
         seeded.templates()
@@ -338,6 +341,7 @@ class TestNewBroadcast:
         assert seeded.database.count("broadcasts") == 0
 
 
+@sqlite_only
 class TestBroadcastPage:
     def make(self, seeded: Seeded, account_id: uuid.UUID | None = None) -> str:
         from platica.outreach import broadcasts
@@ -393,6 +397,7 @@ class TestBroadcastPage:
             assert seeded.operator.http.get(bad).status_code == 404, bad
 
 
+@sqlite_only
 class TestBroadcastPace:
     def test_saved_and_refused(self, seeded):
         form = {**SETTINGS_FORM, "broadcast_mps": "50"}
@@ -427,6 +432,7 @@ class TestBroadcastPace:
         )
 
 
+@sqlite_only
 class TestSyncTemplates:
     def test_the_button_syncs_from_twilio_and_offers_them(self, database_url, live_server):
         with FakeTwilio() as twilio:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from platica.outreach import broadcaster
 from platica.outreach.broadcaster import BURST_SECONDS, MAX_BATCH, allowance
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -63,3 +64,10 @@ class TestAllowance:
             paced_at = start + seconds(allowed / mps)
             tick += seconds(0.1)
         assert handed == 9.9 * mps + 1
+
+
+def test_the_backlog_allowed_is_a_fraction_of_a_second_at_the_pace() -> None:
+    assert broadcaster.in_flight_cap(50) == 15
+    assert broadcaster.in_flight_cap(20) == 6
+    # Never so small that a slow pace stalls.
+    assert broadcaster.in_flight_cap(1) == broadcaster.MIN_IN_FLIGHT

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import ADMIN_TOKEN, Api
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, sqlite_only
 from tests.stack import ADMIN_TOKEN as STACK_ADMIN_TOKEN
 from tests.stack import live_stack
 
@@ -62,6 +62,7 @@ def by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in items}
 
 
+@sqlite_only
 class TestList:
     def test_whatsapp_lists_all_saying_which_may_be_sent(self, api: Api) -> None:
         sids = seed(api)
@@ -194,6 +195,7 @@ def test_sync_without_twilio_is_a_409(
         assert stack.twilio.request_log == []
 
 
+@sqlite_only
 class TestCreate:
     def test_added_by_hand(self, api: Api) -> None:
         created = api.ok(
@@ -274,6 +276,7 @@ class TestCreate:
         assert api.database.count("templates") == 2
 
 
+@sqlite_only
 class TestDelete:
     def test_deleted(self, api: Api) -> None:
         body = {"sid": MANUAL_SID, "name": "pedido_listo", "body": PEDIDO}
@@ -297,6 +300,7 @@ class TestDelete:
         assert len(api.ok(api.get("/api/whatsapp/templates", token=api.b.key))["items"]) == 1
 
 
+@sqlite_only
 class TestAdmin:
     def test_must_name_the_account(self, api: Api) -> None:
         for method, path, body in [

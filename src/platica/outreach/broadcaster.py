@@ -12,29 +12,38 @@ The pace clock (`broadcasts.paced_at`) is when the next recipient is due. Time n
 (a restart, a slow tick) banks at most `BURST_SECONDS` worth of messages, so no catch-up burst
 goes over the pace. The broadcasts of one account and channel go one after the other, oldest
 first: together they never exceed the channel's pace.
+
+The pace is kept where recipients are handed over, and what Twilio sees follows it as long as
+the reply worker keeps up. So that a backlog (Twilio slow for a while, a restart) cannot drain
+in a burst, nothing more is handed over while the channel has more than `IN_FLIGHT_SECONDS`
+worth of messages waiting to be sent: Twilio then never sees more than the pace over a few
+seconds, give or take that much.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, func, select, update
+from sqlalchemy import Table, and_, bindparam, exists, func, select, text, update
 
-from platica.db import Database, Tx, Typed, constant, fetch_all, fetch_one
+from platica.db import Database, Tx, Typed, any_of, constant, fetch_all, fetch_one
 from platica.jobs.runner import TaskRunner
 from platica.logging import get_logger
 from platica.metrics import BROADCAST_PACE, OUTREACH
 from platica.models import (
+    UNSENT_WHERE,
     Author,
     Broadcast,
     BroadcastRecipient,
     BroadcastStatus,
     Channel,
     ChannelConfig,
+    Message,
     RecipientState,
     utcnow,
 )
@@ -51,6 +60,10 @@ BURST_SECONDS = 0.2
 # How often to look for new broadcasts when none is running (one created in this process
 # wakes the broadcaster at once).
 IDLE_SECONDS = 1.0
+# The most messages (in seconds at the pace) that may wait to be sent before more are handed
+# over; at least MIN_IN_FLIGHT.
+IN_FLIGHT_SECONDS = 0.3
+MIN_IN_FLIGHT = 2
 # Bounds on one batch's transaction.
 MAX_BATCH = 200
 MAX_LOOKS = 4
@@ -103,13 +116,24 @@ _CLAIM = Typed(
         ChannelConfig.__table__,
         and_(_configs.account_id == _b.account_id, _configs.channel == _b.channel),
     )
-    .where(_FRONT, (_b.paced_at.is_(None)) | (_b.paced_at <= _now))
+    .where(_FRONT, (_b.paced_at.is_(None)) | (_b.paced_at <= _now), ~any_of(_b.id, "skip"))
     .order_by(_b.id)
     .limit(1)
     .with_for_update(of=_broadcasts, skip_locked=True),
     _Due,
 )
 _NEXT_DUE = select(func.min(func.coalesce(_b.paced_at, _now))).where(_FRONT)
+_messages = cast(Table, Message.__table__).c
+# The account's recent messages on the channel not yet handed to Twilio (ix_messages_unsent).
+# Recent: one stuck for long (its conversation parked, Twilio refusing it for a while) must not
+# hold broadcasts up for good.
+_IN_FLIGHT = select(func.count()).where(
+    _messages.account_id == bindparam("account_id"),
+    _messages.channel == bindparam("channel"),
+    text(UNSENT_WHERE),
+    _messages.created_at > bindparam("recent", type_=_messages.created_at.type),
+)
+IN_FLIGHT_RECENT = timedelta(seconds=60)
 
 
 class _Queued(NamedTuple):
@@ -165,6 +189,11 @@ class Batch:
     elapsed: float = 0.0
 
 
+def in_flight_cap(mps: float) -> int:
+    """How many of the channel's messages may wait to be sent before more are handed over."""
+    return max(MIN_IN_FLIGHT, math.ceil(mps * IN_FLIGHT_SECONDS))
+
+
 def allowance(paced_at: datetime | None, now: datetime, mps: float) -> tuple[datetime, int]:
     """Where the pace clock starts from now, and how many recipients may go at once."""
     floor = now - timedelta(seconds=BURST_SECONDS)
@@ -174,16 +203,28 @@ def allowance(paced_at: datetime | None, now: datetime, mps: float) -> tuple[dat
     return start, min(MAX_BATCH, math.floor((now - start).total_seconds() * mps) + 1)
 
 
-async def hand_over_batch(tx: Tx, now: datetime) -> Batch | None:
-    """Lock the broadcast whose turn has come and hand over what its pace allows; None when
-    no broadcast is due."""
-    due = await fetch_one(tx, _CLAIM, {"now": now})
+async def hand_over_batch(tx: Tx, now: datetime, skip: Collection[int] = ()) -> Batch | None:
+    """Lock the broadcast whose turn has come (not one of `skip`) and hand over what its pace
+    allows; None when no broadcast is due."""
+    due = await fetch_one(tx, _CLAIM, {"now": now, "skip": list(skip)})
     if due is None:
         return None
     mps = max(due.broadcast_mps, 0.001)
     batch = Batch(due.id, due.channel, mps, started=due.paced_at is None)
     start, allowed = allowance(due.paced_at, now, mps)
     channel = Channel(due.channel)
+    if allowed:
+        waiting = (
+            await tx.execute(
+                _IN_FLIGHT,
+                {
+                    "account_id": due.account_id,
+                    "channel": due.channel,
+                    "recent": now - IN_FLIGHT_RECENT,
+                },
+            )
+        ).scalar()
+        allowed = min(allowed, max(in_flight_cap(mps) - int(waiting or 0), 0))
     for _ in range(MAX_LOOKS):
         wanted = allowed - len(batch.handed)
         if wanted <= 0:
@@ -254,12 +295,16 @@ class Broadcaster:
 
     async def run_due(self) -> float:
         """Hand over every due batch; seconds until the next one may be due."""
+        waiting: set[int] = set()
         while True:
             async with self._database.transaction(durable=False) as tx:
-                batch = await hand_over_batch(tx, utcnow())
+                batch = await hand_over_batch(tx, utcnow(), skip=waiting)
             if batch is None:
                 break
             await self._after(batch)
+            if not batch.handed and not batch.done:
+                # Waiting for what it handed over to be sent: look again at the next tick.
+                waiting.add(batch.broadcast_id)
         async with self._database.transaction(durable=False) as tx:
             now = utcnow()
             next_due: datetime | None = (await tx.execute(_NEXT_DUE, {"now": now})).scalar()

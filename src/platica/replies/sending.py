@@ -19,8 +19,9 @@ from platica.errors import RetryableError
 from platica.jobs.locks import Lease
 from platica.jobs.queue import RELEASE_WHEN_IDLE
 from platica.logging import get_logger
-from platica.metrics import REPLIES
+from platica.metrics import OUTREACH, REPLIES
 from platica.models import (
+    Author,
     Channel,
     MessageStatus,
     utcnow,
@@ -103,7 +104,18 @@ def _sid_taken(message: Outbound, result: _Sent | None) -> Again:
     return AGAIN
 
 
+_STARTED = {Author.operator: "proactive", Author.broadcast: "broadcast"}
+
+
+def count_started(message: Outbound, outcome: str) -> None:
+    """Count a message Plática started (an operator's, a broadcast's) by how its send ended."""
+    origin = _STARTED.get(message.author)
+    if origin is not None and message.reply_to_id is None:
+        OUTREACH.labels(message.channel.value, origin, outcome).inc()
+
+
 def _log_sent(message: Outbound, result: _Sent) -> None:
+    count_started(message, "sent" if result.status != MessageStatus.dry_run else "dry_run")
     if result.status == MessageStatus.dry_run:
         # Stored, deliberately not sent: Twilio is not configured, or it answers the simulator.
         log.info(
@@ -166,6 +178,7 @@ async def _deliver(
                 )
             log.warning("reply.refused", message_id=message.id, error_code=code)
             REPLIES.labels(message.channel, "refused").inc()
+            count_started(message, "refused")
             return None
         try:
             sent = await sender.send(outgoing)
@@ -190,6 +203,7 @@ async def _deliver(
                 )
             log.warning("reply.send_failed", message_id=message.id, error_code=error.code)
             REPLIES.labels(message.channel, "send_failed").inc()
+            count_started(message, "failed")
             return None
         return _Sent(sent.sid, sent.status)
     return ctx.policy.backoff(message.attempts)
@@ -238,6 +252,7 @@ async def _send_failed_transiently(
                 connection, message.id, MessageStatus.failed, f"gave up: {error.message}"
             )
         REPLIES.labels(message.channel, "send_failed").inc()
+        count_started(message, "failed")
         return None
     async with ctx.transaction(durable=True) as connection:
         await outbox.record_error(

@@ -133,6 +133,8 @@ class Outbound:
     # Sent as a template: its ContentSid and variables (`body` is its text filled in).
     content_sid: str | None = None
     content_variables: dict[str, str] | None = None
+    # Who wrote it (an operator, a broadcast: counted among what Plática starts).
+    author: Author = Author.ai
 
 
 def conversation_state(row: Leased) -> ConversationState:
@@ -226,6 +228,7 @@ class _WorkRow(NamedTuple):
     reply_to_id: int | None
     content_sid: str | None
     content_variables: dict[str, str] | None
+    author: str
 
 
 _WORK = Typed(
@@ -244,6 +247,7 @@ _WORK = Typed(
         _m.reply_to_id,
         _m.content_sid,
         _m.content_variables,
+        _m.author,
     )
     .where(
         _m.conversation_id == bindparam("conversation_id"),
@@ -286,6 +290,7 @@ async def work(connection: Tx, conversation_id: int) -> tuple[list[Outbound], li
                     row.reply_to_id,
                     row.content_sid,
                     row.content_variables,
+                    Author(row.author),
                 )
             )
     return unsent, pending
