@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
+from sqlalchemy.sql import ClauseElement
 
 from platica.channels import postgresql
 from platica.jobs import queue
 from platica.media import store as media
 from platica.models import utcnow
+from platica.outreach import broadcaster, handing
 from platica.replies import outbox, store
 from tests.conftest import truncate_all
 from tests.plans import generic_plan, unbounded_scans
@@ -76,6 +78,13 @@ SAMPLE: dict[str, Any] = {
     ),
     "flood_media_error": "flood",
     "ids": [1, 2],
+    # The broadcaster's and the hand-over's.
+    "skip": [3],
+    "broadcast_id": 1,
+    "n": 5,
+    "recent": NOW,
+    "account_id": ACCOUNT,
+    "address": "+34600111222",
 }
 
 STATEMENTS: dict[str, Any] = {
@@ -92,6 +101,10 @@ STATEMENTS: dict[str, Any] = {
     "unread media": media.PENDING.statement,
     "mark sending": outbox._MARK_SENDING,
     "store sent": outbox._STORE_SENT,
+    "broadcast's next recipients": broadcaster._QUEUED_RECIPIENTS.statement,
+    "channel's unsent messages": broadcaster._IN_FLIGHT,
+    "hand-over's contact": handing._UPSERT_CONTACT["postgresql"].statement,
+    "hand-over's conversation": handing._FIND_ACTIVE,
 }
 
 
@@ -104,6 +117,20 @@ def test_every_table_is_reached_by_an_index_lookup(name: str, postgres_url: str)
     plan = generic_plan(conninfo, statement, SAMPLE)
 
     assert unbounded_scans(plan) == [], plan
+
+
+def test_a_due_broadcast_is_found_among_the_sending_ones_only(postgres_url: str) -> None:
+    """The broadcaster's claim walks the partial index of broadcasts still sending (a handful,
+    however many were sent before), never the table."""
+    truncate_all(postgres_url)
+    conninfo = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+
+    plan = generic_plan(conninfo, cast(ClauseElement, broadcaster._CLAIM.statement), SAMPLE)
+
+    scans = [line for line in plan.splitlines() if "on broadcasts" in line]
+    assert scans, plan
+    assert all("using ix_broadcasts_sending" in line for line in scans), plan
+    assert "Seq Scan" not in plan, plan
 
 
 def test_the_next_due_time_is_the_first_entry_of_its_index(postgres_url: str) -> None:

@@ -25,7 +25,7 @@ from twilio.rest import Client
 from platica.config import Settings
 from platica.errors import BadGateway, Conflict
 from platica.logging import get_logger
-from platica.models import Template, TemplateApproval, utcnow
+from platica.models import Account, Template, TemplateApproval, utcnow
 
 log = get_logger(__name__)
 
@@ -239,6 +239,8 @@ async def apply_templates(
     those Twilio does not list are left alone.
     """
     listed = {template.sid: template for template in remote}
+    # Two syncs of one account at once take turns (else both would insert the same new sid).
+    await session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
     rows = {
         row.sid: row
         for row in await session.scalars(select(Template).where(Template.account_id == account_id))
