@@ -34,6 +34,7 @@ from platica.models import (
     Author,
     Broadcast,
     BroadcastRecipient,
+    BroadcastStatus,
     Channel,
     Contact,
     Conversation,
@@ -361,8 +362,13 @@ def seed(url: str) -> Seeded:
             )
             session.add(template)
             session.flush()
+            # Done: a server started on this data must not send it.
             broadcast = Broadcast(
-                account_id=account.id, channel=Channel.whatsapp, template_id=template.id, total=1
+                account_id=account.id,
+                channel=Channel.whatsapp,
+                template_id=template.id,
+                total=1,
+                status=BroadcastStatus.done,
             )
             session.add(broadcast)
             session.flush()
@@ -371,7 +377,8 @@ def seed(url: str) -> Seeded:
                     broadcast_id=broadcast.id,
                     account_id=account.id,
                     address="+34600000001",
-                    state=RecipientState.queued,
+                    state=RecipientState.skipped,
+                    reason="the contact has opted out (STOP)",
                 )
             )
             session.add(
