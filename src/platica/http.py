@@ -3,12 +3,12 @@ and decoding a form."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
 from urllib.parse import parse_qsl
 
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from platica.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -17,6 +17,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 # A decoded form: every field name with its values, in the order received.
 FormData = dict[str, list[str]]
+# The most fields a form with a file may have.
 MAX_FILE_FIELDS = 1000
 
 
@@ -70,39 +71,38 @@ def first(form: FormData, name: str) -> str | None:
     return values[0] if values else None
 
 
-def parse_upload(body: bytes, content_type: str | None) -> Upload:
-    """Decode a multipart/form-data body (a form with a file), or an urlencoded one (no file).
-
-    The standard library's MIME parser reads it: the body was already size-checked
-    (read_body's limit), and no dependency is needed for the one form that uploads a file."""
+async def parse_upload(body: bytes, headers: Headers, limit: int) -> Upload:
+    """Decode a multipart/form-data body (a form with one file), or an urlencoded one (no
+    file), with Starlette's parser (python-multipart): the body was already size-checked by
+    read_body, and each part is held to `limit` bytes."""
+    content_type = headers.get("content-type")
     media_type = (content_type or "").split(";")[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":
         return Upload(parse_form(body, content_type))
-    if media_type != "multipart/form-data" or content_type is None:
+    if media_type != "multipart/form-data":
         raise UnsupportedMediaType(
             f"expected Content-Type multipart/form-data, got {media_type or 'none'}"
         )
-    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n"
-    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise BadRequest("the form could not be parsed: not a multipart body")
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(
+        headers, stream(), max_files=1, max_fields=MAX_FILE_FIELDS, max_part_size=limit
+    )
+    try:
+        parsed = await parser.parse()
+    except MultiPartException as error:
+        raise BadRequest(f"the form could not be parsed: {error.message}") from None
     upload = Upload()
-    for number, part in enumerate(message.iter_parts()):
-        if number >= MAX_FILE_FIELDS or not isinstance(part, EmailMessage):
-            raise BadRequest("the form could not be parsed: too many fields")
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        payload = part.get_payload(decode=True)
-        content = payload if isinstance(payload, bytes) else b""
-        if part.get_filename() is not None:
-            upload.files[name] = content
-            continue
-        try:
-            value = content.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest(f"field {name!r} is not valid UTF-8") from None
-        if "\x00" in name or "\x00" in value:
-            raise BadRequest(f"field {name!r} contains a NUL character")
-        upload.form.setdefault(name, []).append(value)
+    try:
+        for name, value in parsed.multi_items():
+            if isinstance(value, UploadFile):
+                upload.files[name] = await value.read()
+                continue
+            if "\x00" in name or "\x00" in value:
+                raise BadRequest(f"field {name!r} contains a NUL character")
+            upload.form.setdefault(name, []).append(value)
+    finally:
+        await parsed.close()
     return upload

@@ -216,8 +216,8 @@ async def get_posted_upload(
     request: Request, visit: Annotated[Visit, Depends(get_visit)]
 ) -> Upload:
     """A posted form with a file (multipart), once its CSRF token matches the session's."""
-    upload = parse_upload(
-        await read_body(request, MAX_UPLOAD_BYTES), request.headers.get("content-type")
+    upload = await parse_upload(
+        await read_body(request, MAX_UPLOAD_BYTES), request.headers, MAX_UPLOAD_BYTES
     )
     token = request.headers.get(CSRF_HEADER) or first(upload.form, CSRF_FIELD)
     if not visit.cookie.valid_csrf(token):
