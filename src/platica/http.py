@@ -3,7 +3,7 @@ and decoding a form."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -84,7 +84,7 @@ async def parse_upload(body: bytes, headers: Headers, limit: int) -> Upload:
             f"expected Content-Type multipart/form-data, got {media_type or 'none'}"
         )
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     parser = MultiPartParser(

@@ -222,6 +222,25 @@ def post_broadcast(seeded: Seeded, data: dict[str, str], csv: bytes | None = Non
 
 @sqlite_only
 class TestNewBroadcast:
+    def test_a_body_that_is_not_a_form_is_refused_with_why(self, seeded):
+        token = seeded.operator.csrf("/broadcasts/new")
+        json = seeded.operator.http.post(
+            "/broadcasts", content=b"{}", headers={"content-type": "application/json"}
+        )
+        assert json.status_code == 415
+        two_files = {
+            "csv": ("a.csv", b"+34600111222\n", "text/csv"),
+            "otro": ("b.csv", b"+34600333444\n", "text/csv"),
+        }
+        response = seeded.operator.http.post(
+            "/broadcasts",
+            data={"csrf_token": token, "channel": "sms", "body": "Hola"},
+            files=two_files,
+        )
+        assert response.status_code == 400
+        assert "too many files" in response.text.lower()
+        assert seeded.database.count("broadcasts") == 0
+
     def test_a_spanish_excel_csv_with_template_variables(self, seeded):
         seeded.templates()
         csv = "\ufefftelefono;1;2\r\n+34 600 111 222;Ana;10:30\r\n+34600333444;Luis;12:00\r\n600;Eva;9:00\r\n"
