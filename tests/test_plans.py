@@ -82,7 +82,7 @@ SAMPLE: dict[str, Any] = {
     "skip": [3],
     "broadcast_id": 1,
     "n": 5,
-    "recent": NOW,
+    "look": 60,
     "account_id": ACCOUNT,
     "address": "+34600111222",
 }
@@ -102,7 +102,7 @@ STATEMENTS: dict[str, Any] = {
     "mark sending": outbox._MARK_SENDING,
     "store sent": outbox._STORE_SENT,
     "broadcast's next recipients": broadcaster._QUEUED_RECIPIENTS.statement,
-    "channel's unsent messages": broadcaster._IN_FLIGHT,
+    "broadcast's unsent messages": broadcaster._IN_FLIGHT,
     "hand-over's contact": handing._UPSERT_CONTACT["postgresql"].statement,
     "hand-over's conversation": handing._FIND_ACTIVE,
 }

@@ -406,9 +406,6 @@ class Conversation(Base):
     parked_error: Mapped[str | None] = mapped_column(Text)
 
 
-UNSENT_WHERE = "direction = 'outbound' AND status IN ('pending', 'sending')"
-
-
 class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
@@ -427,15 +424,6 @@ class Message(Base):
             "reply_state",
             sqlite_where=text("reply_state = 'pending'"),
             postgresql_where=text("reply_state = 'pending'"),
-        ),
-        # Outbound messages not yet handed to Twilio: what a broadcast waits on before it hands
-        # over more (outreach/broadcaster.py).
-        Index(
-            "ix_messages_unsent",
-            "account_id",
-            "channel",
-            sqlite_where=text(UNSENT_WHERE),
-            postgresql_where=text(UNSENT_WHERE),
         ),
     )
 
@@ -597,7 +585,8 @@ class Broadcast(Base):
 class BroadcastRecipient(Base):
     __tablename__ = "broadcast_recipients"
     __table_args__ = (
-        Index("ix_broadcast_recipients_broadcast_state", "broadcast_id", "state"),
+        # Progress by state; the latest handed over, newest first (outreach/broadcaster.py).
+        Index("ix_broadcast_recipients_broadcast_state", "broadcast_id", "state", "id"),
         # The next ones to hand over, in the order given.
         Index(
             "ix_broadcast_recipients_queued",

@@ -15,8 +15,8 @@ first: together they never exceed the channel's pace.
 
 The pace is kept where recipients are handed over, and what Twilio sees follows it as long as
 the reply worker keeps up. So that a backlog (Twilio slow for a while, a restart) cannot drain
-in a burst, nothing more is handed over while the channel has more than `IN_FLIGHT_SECONDS`
-worth of messages waiting to be sent: Twilio then never sees more than the pace over a few
+in a burst, nothing more is handed over while more than `IN_FLIGHT_SECONDS` worth of the
+broadcast's messages wait to be sent: Twilio then never sees more than the pace over a few
 seconds, give or take that much.
 """
 
@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, func, select, text, update
+from sqlalchemy import Table, and_, bindparam, exists, func, select, update
 
-from platica.db import Database, Tx, Typed, any_of, constant, fetch_all, fetch_one
+from platica.db import Database, Tx, Typed, any_of, constant, fetch_all, fetch_one, one_of
+from platica.jobs.queue import UNSENT
 from platica.jobs.runner import TaskRunner
 from platica.logging import get_logger
 from platica.metrics import BROADCAST_PACE, OUTREACH
 from platica.models import (
-    UNSENT_WHERE,
     Author,
     Broadcast,
     BroadcastRecipient,
@@ -60,8 +60,8 @@ BURST_SECONDS = 0.2
 # How often to look for new broadcasts when none is running (one created in this process
 # wakes the broadcaster at once).
 IDLE_SECONDS = 1.0
-# The most messages (in seconds at the pace) that may wait to be sent before more are handed
-# over; at least MIN_IN_FLIGHT.
+# The most of a broadcast's messages (in seconds at the pace) that may wait to be sent before
+# more are handed over; at least MIN_IN_FLIGHT.
 IN_FLIGHT_SECONDS = 0.3
 MIN_IN_FLIGHT = 2
 # Bounds on one batch's transaction.
@@ -123,17 +123,30 @@ _CLAIM = Typed(
     _Due,
 )
 _NEXT_DUE = select(func.min(func.coalesce(_b.paced_at, _now))).where(_FRONT)
-_messages = cast(Table, Message.__table__).c
-# The account's recent messages on the channel not yet handed to Twilio (ix_messages_unsent).
-# Recent: one stuck for long (its conversation parked, Twilio refusing it for a while) must not
-# hold broadcasts up for good.
-_IN_FLIGHT = select(func.count()).where(
-    _messages.account_id == bindparam("account_id"),
-    _messages.channel == bindparam("channel"),
-    text(UNSENT_WHERE),
-    _messages.created_at > bindparam("recent", type_=_messages.created_at.type),
+_messages_table = cast(Table, Message.__table__)
+_m = _messages_table.c
+# Of the broadcast's latest recipients handed over, those whose message is not yet with Twilio:
+# found walking its index newest first (nothing indexes the messages' status, which changes
+# with every send and delivery report). A message still unsent after IN_FLIGHT_LOOK newer ones
+# were handed over is left out: one stuck for long (its conversation parked, Twilio refusing
+# it for a while) must not hold the broadcast up for good.
+_latest = (
+    select(_r.message_id)
+    .where(
+        _r.broadcast_id == bindparam("broadcast_id"), _r.state == constant(RecipientState.handed)
+    )
+    .order_by(_r.id.desc())
+    .limit(bindparam("look"))
+    .subquery()
 )
-IN_FLIGHT_RECENT = timedelta(seconds=60)
+_IN_FLIGHT = (
+    select(func.count())
+    .select_from(_latest)
+    # A subquery per row, never joined: each a primary-key lookup however it is planned.
+    .where(one_of(select(_m.status).where(_m.id == _latest.c.message_id).scalar_subquery(), UNSENT))
+)
+# How many of the latest handed over to look at, in multiples of the cap.
+IN_FLIGHT_LOOK = 4
 
 
 class _Queued(NamedTuple):
@@ -217,11 +230,7 @@ async def hand_over_batch(tx: Tx, now: datetime, skip: Collection[int] = ()) -> 
         waiting = (
             await tx.execute(
                 _IN_FLIGHT,
-                {
-                    "account_id": due.account_id,
-                    "channel": due.channel,
-                    "recent": now - IN_FLIGHT_RECENT,
-                },
+                {"broadcast_id": due.id, "look": IN_FLIGHT_LOOK * in_flight_cap(mps)},
             )
         ).scalar()
         allowed = min(allowed, max(in_flight_cap(mps) - int(waiting or 0), 0))

@@ -7,8 +7,7 @@ Create Date: 2026-12-06
 - `templates`: the WhatsApp/SMS templates an account may send (Twilio's Content API).
 - `broadcasts` and `broadcast_recipients`: one message to many, sent in the background.
 - `idempotency_keys`: a proactive message's Idempotency-Key, so a client's retry never sends twice.
-- `messages.content_sid`, `messages.content_variables`: a message sent as a template; an index on
-  the outbound messages not yet handed to Twilio (a broadcast waits on them).
+- `messages.content_sid`, `messages.content_variables`: a message sent as a template.
 - `channel_configs.broadcast_mps`: a broadcast's pace (20/s on WhatsApp, 1/s on SMS at first).
 - Row-level security on the new tables, like every other table.
 """
@@ -32,7 +31,6 @@ VISIBLE = (
 )
 SENDING = sa.text("status = 'sending'")
 QUEUED = sa.text("state = 'queued'")
-UNSENT = sa.text("direction = 'outbound' AND status IN ('pending', 'sending')")
 NEW_TABLES = ("templates", "broadcasts", "broadcast_recipients", "idempotency_keys")
 
 
@@ -127,7 +125,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_broadcast_recipients_broadcast_state",
         "broadcast_recipients",
-        ["broadcast_id", "state"],
+        ["broadcast_id", "state", "id"],
     )
     op.create_index(
         "ix_broadcast_recipients_queued",
@@ -158,13 +156,7 @@ def upgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.add_column(sa.Column("content_sid", sa.String(64)))
         batch_op.add_column(sa.Column("content_variables", Json))
-    op.create_index(
-        "ix_messages_unsent",
-        "messages",
-        ["account_id", "channel"],
-        sqlite_where=UNSENT,
-        postgresql_where=UNSENT,
-    )
+
     with op.batch_alter_table("channel_configs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("broadcast_mps", sa.Float()))
     op.execute(
@@ -185,7 +177,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("channel_configs", schema=None) as batch_op:
         batch_op.drop_column("broadcast_mps")
-    op.drop_index("ix_messages_unsent", table_name="messages")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_column("content_variables")
         batch_op.drop_column("content_sid")
