@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from bench.checks import busiest_window
 
 from platica.media.store import MAX_ATTEMPTS
 from platica.models import Account, Contact, Conversation, Template, TemplateApproval
@@ -530,17 +531,6 @@ def broadcast_finished(database: Database, broadcast_id: int) -> bool:
     return bool(status == "done" and unsent == 0)
 
 
-def busiest_window(times: list[float], seconds: float = PACE_WINDOW_SECONDS) -> int:
-    """The most of `times` within any `seconds` (a window starting at one of them)."""
-    ordered = sorted(times)
-    most, first = 0, 0
-    for last, at in enumerate(ordered):
-        while at - ordered[first] >= seconds:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
 def assert_each_sent_once(twilio: FakeTwilio, expected: list[str]) -> None:
     """Each expected number got the template exactly once; nobody else got anything."""
     per_recipient = Counter(m["to"].removeprefix("whatsapp:") for m in twilio.sent)
@@ -553,7 +543,7 @@ def assert_each_sent_once(twilio: FakeTwilio, expected: list[str]) -> None:
 
 def assert_within_pace(twilio: FakeTwilio, mps: float) -> None:
     """Twilio never got more than PACE_SLACK times the pace over any PACE_WINDOW_SECONDS."""
-    most = busiest_window([float(m["received_at"]) for m in twilio.sent])
+    most = busiest_window([float(m["received_at"]) for m in twilio.sent], PACE_WINDOW_SECONDS)
     allowed = PACE_SLACK * mps * PACE_WINDOW_SECONDS
     assert most <= allowed, (
         f"{most} messages in {PACE_WINDOW_SECONDS:g} s at {mps:g}/s (at most {allowed:g})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -274,18 +274,12 @@ Variables = dict[
 ]
 
 
-class ProactiveMessage(BaseModel):
-    """A message to a contact, who may not have written yet: free text (`body`), or an
-    approved template (`template`, its name or ContentSid, with `variables`)."""
+class _Content(BaseModel):
+    """What Plática is asked to send: free text (`body`), or an approved template (`template`,
+    its name or ContentSid, with `variables`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    to: Annotated[
-        str,
-        StringConstraints(
-            strip_whitespace=True, pattern=r"^(whatsapp:)?\+[1-9]\d{6,14}$", max_length=40
-        ),
-    ] = Field(description="The contact's number in E.164 (+34600111222).")
     body: (
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
         | None
@@ -301,9 +295,25 @@ class ProactiveMessage(BaseModel):
         return _check_text(value)
 
     @model_validator(mode="after")
-    def _one_content(self) -> ProactiveMessage:
+    def _one_content(self) -> Self:
         if (self.body is None) == (self.template is None):
             raise ValueError("give either 'body' (free text) or 'template' (with 'variables')")
+        return self
+
+
+class ProactiveMessage(_Content):
+    """A message to a contact, who may not have written yet: free text (`body`), or an
+    approved template (`template`, its name or ContentSid, with `variables`)."""
+
+    to: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, pattern=r"^(whatsapp:)?\+[1-9]\d{6,14}$", max_length=40
+        ),
+    ] = Field(description="The contact's number in E.164 (+34600111222).")
+
+    @model_validator(mode="after")
+    def _variables_with_a_template(self) -> ProactiveMessage:
         if self.variables and self.template is None:
             raise ValueError("'variables' go with a 'template'")
         return self
@@ -316,35 +326,16 @@ class RecipientIn(BaseModel):
     variables: Variables | None = Field(default=None, max_length=100)
 
 
-class BroadcastCreate(BaseModel):
+class BroadcastCreate(_Content):
     """One message to many: free text (`body`) or an approved template (`template`, with the
     `variables` everyone shares and each recipient's own)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: Annotated[Text, StringConstraints(strip_whitespace=True, max_length=200)] = ""
-    body: (
-        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
-        | None
-    ) = None
-    template: Annotated[Text, StringConstraints(min_length=1, max_length=200)] | None = None
-    variables: Variables | None = Field(default=None, max_length=100)
     recipients: list[RecipientIn | Annotated[Text, StringConstraints(max_length=64)]] = Field(
         min_length=1,
         max_length=10_000,
         description='Up to 10,000: numbers ("+34600111222") or {"to", "variables"}.',
     )
-
-    @field_validator("body")
-    @classmethod
-    def _text(cls, value: str | None) -> str | None:
-        return _check_text(value)
-
-    @model_validator(mode="after")
-    def _one_content(self) -> BroadcastCreate:
-        if (self.body is None) == (self.template is None):
-            raise ValueError("give either 'body' (free text) or 'template' (with 'variables')")
-        return self
 
 
 class BroadcastRead(BaseModel):

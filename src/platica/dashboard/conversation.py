@@ -221,6 +221,25 @@ async def _conversation_response(
     )
 
 
+async def _shown_again(
+    visit: Visit,
+    channel: str,
+    conversation_id: str,
+    *,
+    status_code: int,
+    error: str | None = None,
+    draft: str = "",
+    picked: dict[str, Any] | None = None,
+) -> Response:
+    """The conversation page again, saying what went wrong and keeping what was typed."""
+    thread = await load_thread(visit, channel, conversation_id)
+    if thread is None:
+        return not_found(visit, "such conversation")
+    return await _conversation_response(
+        visit, thread, status_code=status_code, error=error, draft=draft, picked=picked
+    )
+
+
 async def _act(
     visit: Visit, channel: str, conversation_id: str, action: str, body: str | None = None
 ) -> Response:
@@ -253,11 +272,13 @@ async def _act(
             await session.rollback()
             error = problem
     if error is not None:
-        thread = await load_thread(visit, channel, conversation_id)
-        if thread is None:
-            return not_found(visit, "such conversation")
-        return await _conversation_response(
-            visit, thread, status_code=error.status_code, error=error.message, draft=body or ""
+        return await _shown_again(
+            visit,
+            channel,
+            conversation_id,
+            status_code=error.status_code,
+            error=error.message,
+            draft=body or "",
         )
     log.info("dashboard.action", action=action, conversation_id=key[1])
     return redirect(visit, f"/conversations/{key[0].value}/{key[1]}?notice={action}")
@@ -304,12 +325,14 @@ async def reply(
     try:
         body = ManualReply.model_validate({"body": text}).body
     except ValidationError as invalid:
-        thread = await load_thread(visit, channel, conversation_id)
-        if thread is None:
-            return not_found(visit, "such conversation")
         message = display.field_errors(invalid).get("body", "is not valid")
-        return await _conversation_response(
-            visit, thread, status_code=422, error=f"The reply {message}.", draft=text
+        return await _shown_again(
+            visit,
+            channel,
+            conversation_id,
+            status_code=422,
+            error=f"The reply {message}.",
+            draft=text,
         )
     return await _act(visit, channel, conversation_id, "replied", body)
 
@@ -341,11 +364,8 @@ async def sync_templates(
     except PlaticaError as problem:
         error = problem
     if error is not None:
-        thread = await load_thread(visit, channel, conversation_id)
-        if thread is None:
-            return not_found(visit, "such conversation")
-        return await _conversation_response(
-            visit, thread, status_code=error.status_code, error=error.message
+        return await _shown_again(
+            visit, channel, conversation_id, status_code=error.status_code, error=error.message
         )
     log.info("dashboard.templates_synced", total=summary.total)
     where = f"/conversations/{key[0].value}/{key[1]}"
@@ -395,12 +415,9 @@ async def send_template(
             await session.rollback()
             error = problem
     if error is not None:
-        thread = await load_thread(visit, channel, conversation_id)
-        if thread is None:
-            return not_found(visit, "such conversation")
         picked = {"sid": sid, "values": typed, "error": error.message}
-        return await _conversation_response(
-            visit, thread, status_code=error.status_code, picked=picked
+        return await _shown_again(
+            visit, channel, conversation_id, status_code=error.status_code, picked=picked
         )
     log.info("dashboard.template_sent", conversation_id=key[1], template=sid)
     where = f"/conversations/{key[0].value}/{sent.message.conversation_id}"
