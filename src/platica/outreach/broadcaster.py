@@ -307,16 +307,17 @@ class Broadcaster:
         waiting: set[int] = set()
         while True:
             async with self._database.transaction(durable=False) as tx:
-                batch = await hand_over_batch(tx, utcnow(), skip=waiting)
-            if batch is None:
-                break
+                now = utcnow()
+                batch = await hand_over_batch(tx, now, skip=waiting)
+                if batch is None:
+                    # None due: when one will be, in the same transaction (an idle process
+                    # looks once a second, with one transaction).
+                    next_due: datetime | None = (await tx.execute(_NEXT_DUE, {"now": now})).scalar()
+                    break
             await self._after(batch)
             if not batch.handed and not batch.done:
                 # Waiting for what it handed over to be sent: look again at the next tick.
                 waiting.add(batch.broadcast_id)
-        async with self._database.transaction(durable=False) as tx:
-            now = utcnow()
-            next_due: datetime | None = (await tx.execute(_NEXT_DUE, {"now": now})).scalar()
         if next_due is None:
             for channel in Channel:
                 BROADCAST_PACE.labels(channel.value).set(0)
