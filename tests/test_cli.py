@@ -233,7 +233,7 @@ class TestSimulate:
         )
         assert [tuple(row) for row in rows] == [(channel, "inbound", "¿Abren?")]
         assert reply.startswith("Reply (")
-        assert 'You said: "¿Abren?"' in reply
+        assert 'Dijiste: "¿Abren?"' in reply
         [sent] = twilio.sent
         prefix = "whatsapp:" if channel == "whatsapp" else ""
         assert (sent["to"], sent["from"]) == (f"{prefix}+34600111222", f"{prefix}{recipient}")

@@ -39,11 +39,6 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 
 
-DEFAULT_BUSY_MESSAGE = (
-    "We're getting a lot of messages right now. We'll get back to you as soon as we can."
-)
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -279,10 +274,9 @@ class ChannelConfig(Base):
     channel: Mapped[Channel] = mapped_column(String(16))
     # E.164, without the "whatsapp:" prefix.
     phone_number: Mapped[str] = mapped_column(String(32))
-    system_prompt: Mapped[str] = mapped_column(
-        Text,
-        default="You are a helpful, friendly assistant answering customers by text message. Be brief.",
-    )
+    # The fixed texts and the system prompt: None (or empty) means the built-in one in the
+    # channel's `language` (texts.py), so only edited texts are stored.
+    system_prompt: Mapped[str | None] = mapped_column(Text)
     # None: the OPENAI_MODEL setting.
     openai_model: Mapped[str | None] = mapped_column(String(100))
     max_tokens: Mapped[int] = mapped_column(Integer, default=300)
@@ -290,16 +284,18 @@ class ChannelConfig(Base):
     context_messages: Mapped[int] = mapped_column(Integer, default=10)
     debounce_seconds: Mapped[float] = mapped_column(Float, default=2.0)
     sms_max_chars: Mapped[int] = mapped_column(Integer, default=160)
-    fallback_message: Mapped[str] = mapped_column(
-        Text, default="Sorry, we can't answer right now. We'll get back to you soon."
-    )
-    help_message: Mapped[str] = mapped_column(
-        Text,
-        default="This is an automated assistant. Reply STOP to stop receiving messages.",
-    )
+    fallback_message: Mapped[str | None] = mapped_column(Text)
+    help_message: Mapped[str | None] = mapped_column(Text)
+    opt_out_message: Mapped[str | None] = mapped_column(Text)
+    opt_in_message: Mapped[str | None] = mapped_column(Text)
+    # What the offline responder (no LLM configured) says before echoing the customer.
+    offline_message: Mapped[str | None] = mapped_column(Text)
+    # Sent to the customer when an operator takes the conversation over (handoff).
+    handoff_message: Mapped[str | None] = mapped_column(Text)
     handoff_timeout_minutes: Mapped[int] = mapped_column(Integer, default=60)
     ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    # The customers' language ("es" or "en"): a hint for transcribing their voice notes.
+    # The customers' language ("es" or "en"): the built-in texts' language, and a hint for
+    # transcribing their voice notes.
     language: Mapped[str] = mapped_column(String(8), default="es", server_default="es")
     # Images go to the model as images (the model must accept them); otherwise it reads that an
     # image arrived, with its caption.
@@ -311,7 +307,7 @@ class ChannelConfig(Base):
     # LLM tokens (prompt + completion) the channel's replies may spend per UTC day; None: no
     # budget. Once spent, each conversation gets `busy_message` once that day, and no LLM call.
     daily_token_budget: Mapped[int | None] = mapped_column(Integer)
-    busy_message: Mapped[str] = mapped_column(Text, default=DEFAULT_BUSY_MESSAGE)
+    busy_message: Mapped[str | None] = mapped_column(Text)
     # Messages per second a broadcast may send on this channel (outreach/broadcaster.py).
     broadcast_mps: Mapped[float] = mapped_column(Float, default=_default_broadcast_mps)
     # What the budget has counted: tokens spent on `tokens_day` (UTC), while a budget is set.

@@ -17,6 +17,9 @@ from pydantic import (
     model_validator,
 )
 
+from platica import texts
+from platica.models import ChannelConfig
+
 T = TypeVar("T")
 
 ModelName = Annotated[
@@ -175,6 +178,9 @@ class EngagementRead(BaseModel):
 
 
 class ChannelConfigRead(BaseModel):
+    """A channel's config. Each fixed text (and the system prompt) is the one in use: the
+    channel's own, or the built-in one in its `language`; `customized` names the channel's own."""
+
     model_config = ConfigDict(from_attributes=True)
 
     account_id: uuid.UUID
@@ -189,6 +195,10 @@ class ChannelConfigRead(BaseModel):
     sms_max_chars: int
     fallback_message: str
     help_message: str
+    opt_out_message: str
+    opt_in_message: str
+    offline_message: str
+    handoff_message: str
     handoff_timeout_minutes: int
     ai_enabled: bool
     daily_token_budget: int | None
@@ -201,6 +211,21 @@ class ChannelConfigRead(BaseModel):
     tokens_day: date | None
     tokens_used: int
     updated_at: datetime
+    # The texts the channel has its own of (the others are built in, in its language).
+    customized: list[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _effective_texts(cls, value: object) -> object:
+        if not isinstance(value, ChannelConfig):
+            return value
+        read = {name: getattr(value, name) for name in cls.model_fields if name != "customized"}
+        read.update({name: texts.text_for(value, name) for name in texts.TEXT_NAMES})
+        read["customized"] = texts.customized(value)
+        return read
+
+
+FixedText = Annotated[str, StringConstraints(min_length=1, max_length=1600)]
 
 
 class ChannelConfigUpdate(BaseModel):
@@ -219,6 +244,7 @@ class ChannelConfigUpdate(BaseModel):
         },
     )
 
+    # The texts: null or "" puts the built-in one (in the channel's language) back.
     system_prompt: Annotated[str, StringConstraints(min_length=1, max_length=8000)] | None = None
     openai_model: ModelName | None = None
     max_tokens: Annotated[int, Field(ge=1, le=16000)] | None = None
@@ -226,14 +252,19 @@ class ChannelConfigUpdate(BaseModel):
     context_messages: Annotated[int, Field(ge=1, le=100)] | None = None
     debounce_seconds: Annotated[float, Field(ge=0, le=60)] | None = None
     sms_max_chars: Annotated[int, Field(ge=20, le=1600)] | None = None
-    fallback_message: Annotated[str, StringConstraints(min_length=1, max_length=1600)] | None = None
-    help_message: Annotated[str, StringConstraints(min_length=1, max_length=1600)] | None = None
+    fallback_message: FixedText | None = None
+    help_message: FixedText | None = None
+    opt_out_message: FixedText | None = None
+    opt_in_message: FixedText | None = None
+    offline_message: FixedText | None = None
+    handoff_message: FixedText | None = None
     handoff_timeout_minutes: Annotated[int, Field(ge=1, le=43200)] | None = None
     ai_enabled: bool | None = None
     # LLM tokens a day; null: no budget.
     daily_token_budget: Annotated[int, Field(ge=1, le=10**12)] | None = None
-    busy_message: Annotated[str, StringConstraints(min_length=1, max_length=1600)] | None = None
-    # The customers' language: a hint for transcribing their voice notes.
+    busy_message: FixedText | None = None
+    # The customers' language: the built-in texts' language, and a hint for transcribing their
+    # voice notes.
     language: Literal["es", "en"] | None = None
     # Images go to the model as images: only for a model that accepts them.
     vision: bool | None = None
@@ -246,13 +277,16 @@ class ChannelConfigUpdate(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _not_null(cls, value: object, info: ValidationInfo) -> object:
-        # null means "the default model" for openai_model and "no budget" for
-        # daily_token_budget; elsewhere it is a mistake.
+        # null means "the default model" for openai_model, "no budget" for
+        # daily_token_budget and "the built-in text" for a text; elsewhere it is a mistake.
+        if info.field_name in texts.TEXT_NAMES:
+            # Blank is "the built-in text" too, stored as null.
+            return None if isinstance(value, str) and not value.strip() else value
         if value is None and info.field_name not in ("openai_model", "daily_token_budget"):
             raise ValueError("must not be null")
         return value
 
-    @field_validator("system_prompt", "fallback_message", "help_message", "busy_message")
+    @field_validator(*texts.TEXT_NAMES)
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         return _check_text(value)

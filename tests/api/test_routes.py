@@ -83,6 +83,11 @@ CONFIG_FIELDS = {
     "sms_max_chars",
     "fallback_message",
     "help_message",
+    "opt_out_message",
+    "opt_in_message",
+    "offline_message",
+    "handoff_message",
+    "customized",
     "handoff_timeout_minutes",
     "ai_enabled",
     "daily_token_budget",
@@ -1105,6 +1110,11 @@ class TestConfig:
             "sms_max_chars": 160,
             "fallback_message": body["fallback_message"],
             "help_message": body["help_message"],
+            "opt_out_message": body["opt_out_message"],
+            "opt_in_message": body["opt_in_message"],
+            "offline_message": body["offline_message"],
+            "handoff_message": body["handoff_message"],
+            "customized": [],
             "handoff_timeout_minutes": 60,
             "ai_enabled": True,
             "daily_token_budget": None,
@@ -1132,7 +1142,7 @@ class TestConfig:
             "ai_enabled": False,
         }
         body = api.ok(api.put("/api/sms/config", changes))
-        expected = {**before, **changes}
+        expected = {**before, **changes, "customized": ["system_prompt"]}
         assert {k: v for k, v in body.items() if k != "updated_at"} == {
             k: v for k, v in expected.items() if k != "updated_at"
         }
@@ -1194,9 +1204,9 @@ class TestConfig:
             ("sms_max_chars", {"sms_max_chars": 10}),
             ("debounce_seconds", {"debounce_seconds": -1}),
             ("handoff_timeout_minutes", {"handoff_timeout_minutes": 0}),
-            ("system_prompt", {"system_prompt": "   "}),
-            ("system_prompt", {"system_prompt": ""}),
-            ("fallback_message", {"fallback_message": "\n"}),
+            ("system_prompt", {"system_prompt": "x" * 8001}),
+            ("fallback_message", {"fallback_message": "x" * 1601}),
+            ("opt_out_message", {"opt_out_message": 5}),
             ("openai_model", {"openai_model": "bad model!"}),
             ("openai_model", {"openai_model": ""}),
             ("bogus", {"bogus": 1}),
@@ -1204,7 +1214,7 @@ class TestConfig:
             ("ai_enabled", {"ai_enabled": "maybe"}),
             ("daily_token_budget", {"daily_token_budget": 0}),
             ("daily_token_budget", {"daily_token_budget": "lots"}),
-            ("busy_message", {"busy_message": " "}),
+            ("handoff_message", {"handoff_message": ["Hola"]}),
         ]
         for name, payload in cases:
             with subtests.test(f"{name}={payload[name]!r}"):
@@ -1218,7 +1228,7 @@ class TestConfig:
 
     def test_null_for_a_required_field_is_422_naming_it(self, api, subtests):
         before = api.ok(api.get("/api/sms/config"))
-        for name in ("temperature", "system_prompt", "ai_enabled", "max_tokens"):
+        for name in ("temperature", "ai_enabled", "max_tokens", "language"):
             with subtests.test(name):
                 response = api.put("/api/sms/config", {name: None})
                 error = assert_error(response, 422, "validation_error")
@@ -1226,7 +1236,9 @@ class TestConfig:
                 assert [problem["field"] for problem in error["fields"]] == [name]
         assert api.ok(api.get("/api/sms/config")) == before
 
-    @pytest.mark.parametrize("name", ["system_prompt", "fallback_message", "help_message"])
+    @pytest.mark.parametrize(
+        "name", ["system_prompt", "fallback_message", "help_message", "opt_out_message"]
+    )
     def test_nul_character_is_422(self, api, name):
         """PostgreSQL cannot store NUL in text; the API says so instead of failing."""
         before = api.ok(api.get("/api/sms/config"))

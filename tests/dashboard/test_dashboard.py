@@ -366,14 +366,14 @@ class TestSimulator:
         simulate(page, "whatsapp", "Hola, ¿abren el domingo?")
         phone = page.get_by_role("log", name="Conversation on the test phone")
         expect(phone).to_contain_text("Hola, ¿abren el domingo?")
-        expect(phone).to_contain_text("[Demo reply, not AI: set OPENAI_API_KEY for real answers.]")
+        expect(phone).to_contain_text("[Respuesta de prueba, sin IA: configura OPENAI_API_KEY")
         expect(phone).to_contain_text("not sent (dry run")
         local_dashboard.shot(page, "simulator")
 
         simulate(page, "sms", "Quiero pan", sender="+15550100002")
         phone = page.get_by_role("log", name="Conversation on the test phone")
         expect(phone).to_contain_text("Quiero pan")
-        expect(phone).to_contain_text('You said: "Quiero pan"')
+        expect(phone).to_contain_text('Dijiste: "Quiero pan"')
         expect(page.get_by_role("heading", name=re.compile(r"SMS · \+1555\*+02"))).to_be_visible()
 
         page.set_viewport_size(PHONE)

@@ -244,7 +244,7 @@ class TestWithoutKeysOrCredentials:
             send_media(stack, (ogg_opus(2.0), "audio/ogg"))
             [reply] = answered(stack)
 
-            assert "I received your voice note" in reply.body
+            assert "Recibí tu nota de voz" in reply.body
             assert not stack.openai.transcriptions
             [row] = media_rows(stack)
             assert (row.state, row.error) == (

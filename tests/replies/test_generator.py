@@ -16,7 +16,6 @@ from openai import AsyncOpenAI
 from platica.config import Settings
 from platica.errors import RetryableError
 from platica.replies.generator import (
-    OFFLINE_NOTICE,
     ChatMessage,
     GeneratedReply,
     GenerationFailed,
@@ -28,6 +27,7 @@ from platica.replies.generator import (
     parse_duration,
     retry_after,
 )
+from platica.texts import built_in
 from tests.conftest import free_port, make_settings
 from tests.fakes import FakeOpenAI
 
@@ -324,13 +324,42 @@ class TestHeaders:
         assert retry_after({}) is None
 
 
+ENGLISH_NOTICE = built_in("en", "offline_message")
+
+
 class TestOfflineReplyGenerator:
-    async def test_says_it_is_not_ai_and_quotes_the_last_user_message(self):
+    async def test_answers_in_spanish_by_default(self):
         generator = OfflineReplyGenerator()
 
         reply = await generator.generate(request())
 
-        assert reply.text.startswith(OFFLINE_NOTICE)
+        assert reply.text == (
+            "[Respuesta de prueba, sin IA: configura OPENAI_API_KEY para respuestas reales.] "
+            'Dijiste: "¿Abrís el domingo?"'
+        )
+
+    async def test_says_in_spanish_it_cannot_open_a_voice_note(self):
+        generator = OfflineReplyGenerator()
+        note = ChatMessage("user", "[voice note that could not be transcribed]", ("audio",))
+
+        reply = await generator.generate(request([note], language="es"))
+
+        assert "Recibí tu nota de voz" in reply.text
+        assert "sin una clave de OpenAI" in reply.text
+
+    async def test_an_edited_notice_replaces_the_built_in_one(self):
+        generator = OfflineReplyGenerator()
+
+        reply = await generator.generate(request(offline_message="[Modo demo de Panadería Lola]"))
+
+        assert reply.text == '[Modo demo de Panadería Lola] Dijiste: "¿Abrís el domingo?"'
+
+    async def test_says_it_is_not_ai_and_quotes_the_last_user_message(self):
+        generator = OfflineReplyGenerator()
+
+        reply = await generator.generate(request(language="en"))
+
+        assert reply.text.startswith(ENGLISH_NOTICE)
         assert "not AI" in reply.text
         assert reply.text.endswith('You said: "¿Abrís el domingo?"')
         assert reply.model == "offline"
@@ -341,7 +370,7 @@ class TestOfflineReplyGenerator:
         long = "x" * 57 + "TAIL-NOT-SHOWN"
         generator = OfflineReplyGenerator()
 
-        reply = await generator.generate(request([ChatMessage("user", long)]))
+        reply = await generator.generate(request([ChatMessage("user", long)], language="en"))
 
         assert reply.text.endswith(f'You said: "{"x" * 57}..."')
         assert "TAIL" not in reply.text
@@ -350,14 +379,16 @@ class TestOfflineReplyGenerator:
         exact = "y" * 60
         generator = OfflineReplyGenerator()
 
-        reply = await generator.generate(request([ChatMessage("user", exact)]))
+        reply = await generator.generate(request([ChatMessage("user", exact)], language="en"))
 
         assert reply.text.endswith(f'You said: "{exact}"')
 
     async def test_quotes_nothing_without_a_user_message(self):
         generator = OfflineReplyGenerator()
 
-        reply = await generator.generate(request([ChatMessage("system", "Be brief.")]))
+        reply = await generator.generate(
+            request([ChatMessage("system", "Be brief.")], language="en")
+        )
 
         assert reply.text.endswith('You said: ""')
 
@@ -365,9 +396,9 @@ class TestOfflineReplyGenerator:
         generator = OfflineReplyGenerator()
         note = ChatMessage("user", "[voice note that could not be transcribed]", ("audio",))
 
-        reply = await generator.generate(request([note]))
+        reply = await generator.generate(request([note], language="en"))
 
-        assert reply.text.startswith(OFFLINE_NOTICE)
+        assert reply.text.startswith(ENGLISH_NOTICE)
         assert "I received your voice note" in reply.text
         assert "without an OpenAI key" in reply.text
         assert "You said" not in reply.text
@@ -376,7 +407,7 @@ class TestOfflineReplyGenerator:
         generator = OfflineReplyGenerator()
         place = ChatMessage("user", "[location: 19.432608, -99.133209]", ("location",))
 
-        reply = await generator.generate(request([place]))
+        reply = await generator.generate(request([place], language="en"))
 
         assert reply.text.endswith('You said: "[location: 19.432608, -99.133209]"')
 

@@ -9,12 +9,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from platica.replies.deciding import OPT_IN_CONFIRMATION, OPT_OUT_CONFIRMATION
+from platica.texts import built_in
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, post_signed
 from tests.polling import wait_for
 from tests.stack import ADMIN_TOKEN, Stack, live_stack
 
 DEADLINE_SECONDS = 20.0
+# The stack's accounts speak Spanish (the default language).
+OPT_OUT_ES = built_in("es", "opt_out_message")
+OPT_IN_ES = built_in("es", "opt_in_message")
 
 
 @pytest.fixture
@@ -371,7 +374,7 @@ class TestKeywords:
         wait_for(lambda: stack.settled() and len(stack.inbound_states()) == 3, "settled")
 
         assert len(stack.twilio.sent) == 1
-        assert "unsubscribed" in stack.twilio.sent[0]["body"]
+        assert stack.twilio.sent[0]["body"] == OPT_OUT_ES
         assert stack.openai.requests == []
 
     def test_start_and_a_message_in_one_burst_are_answered_in_order(self, stack):
@@ -386,10 +389,10 @@ class TestKeywords:
 
         wait_for(lambda: stack.settled() and len(stack.twilio.sent) == 3, "two more messages")
         bodies = [m["body"] for m in stack.twilio.sent]
-        assert bodies == [OPT_OUT_CONFIRMATION, OPT_IN_CONFIRMATION, "Echo: hola otra vez"]
+        assert bodies == [OPT_OUT_ES, OPT_IN_ES, "Echo: hola otra vez"]
         [request] = stack.openai.requests
         assert request["messages"][-1] == {"role": "user", "content": "hola otra vez"}
-        assert {"role": "assistant", "content": OPT_IN_CONFIRMATION} in request["messages"]
+        assert {"role": "assistant", "content": OPT_IN_ES} in request["messages"]
         assert stack.inbound_states() == ["answered", "answered", "answered"]
 
     def test_a_message_then_help_is_answered_then_helped(self, stack):
@@ -409,7 +412,7 @@ class TestKeywords:
         stack.send("whatsapp", body="STOP")
 
         wait_for(lambda: stack.settled() and len(stack.inbound_states()) == 2, "settled")
-        assert [m["body"] for m in stack.twilio.sent] == [OPT_OUT_CONFIRMATION]
+        assert [m["body"] for m in stack.twilio.sent] == [OPT_OUT_ES]
         assert stack.openai.requests == []
 
     def test_whatsapp_help_gets_the_help_message(self, stack):

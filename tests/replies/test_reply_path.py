@@ -38,9 +38,9 @@ from platica.models import (
 )
 from platica.replies import outbox, sending
 from platica.replies.context import ReplyContext, RetryPolicy
-from platica.replies.deciding import OPT_OUT_CONFIRMATION
 from platica.replies.generator import GeneratedReply, RateLimited, ReplyRequest
 from platica.replies.pipeline import LOCK_BUSY_RETRY_SECONDS, reply_to_conversation
+from platica.texts import built_in
 from tests.conftest import make_settings
 from tests.records import add_account, add_conversation, message_row
 
@@ -48,6 +48,7 @@ from tests.records import add_account, add_conversation, message_row
 # history), the reply stored (lease renewed, part, inbound answered), the SID stored (SID with
 # any early status callback, lease released). Not counting BEGIN IMMEDIATE (SQLite) or SET LOCAL
 # (PostgreSQL).
+OPT_OUT_ES = built_in("es", "opt_out_message")
 PLAIN_REPLY_TRANSACTIONS = 3
 PLAIN_REPLY_STATEMENTS = 10
 NOT_DURABLE = "SET LOCAL synchronous_commit = off"
@@ -559,7 +560,7 @@ class TestDecisions:
 
         assert await reply_to_conversation(path.ctx, conversation) is None
 
-        assert [m.body for m in path.sender.sent] == [OPT_OUT_CONFIRMATION]
+        assert [m.body for m in path.sender.sent] == [OPT_OUT_ES]
         assert path.generator.requests == []
         inbound = await path.rows(
             "SELECT reply_state, note FROM messages WHERE direction = 'inbound' ORDER BY id"
@@ -624,8 +625,8 @@ class TestLlmRateLimits:
         assert await reply_to_conversation(path.ctx, conversation) is None
 
         [reply] = path.sender.sent
-        config_fallback = await path.scalar("SELECT fallback_message FROM channel_configs LIMIT 1")
-        assert reply.body == config_fallback
+        # The account has no fallback of its own: the built-in one in its language.
+        assert reply.body == built_in("es", "fallback_message")
         note = await path.scalar("SELECT note FROM messages WHERE direction = 'inbound'")
         assert "429" in note
 

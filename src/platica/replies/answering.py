@@ -31,6 +31,7 @@ from platica.replies.generator import (
 from platica.replies.sending import send_parts
 from platica.replies.shaping import SmsText, shape_sms, shape_whatsapp
 from platica.replies.store import Inbound, Loaded, Outbound
+from platica.texts import text_for
 
 log = get_logger(__name__)
 
@@ -54,7 +55,7 @@ async def answer_batch(
     if not parts:
         # No answer, or one that was all formatting and nothing to say: the fallback instead.
         reply, failure = None, failure or "the LLM's answer was empty once formatted"
-        parts = _shape(loaded.config, loaded.config.fallback_message)
+        parts = _shape(loaded.config, text_for(loaded.config, "fallback_message"))
 
     answered = prepared.batch_ids[-1]
     simulated = any(m.simulated for m in batch)

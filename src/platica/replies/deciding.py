@@ -29,13 +29,10 @@ from platica.replies.generator import (
 )
 from platica.replies.keywords import Keyword, detect_keyword, keyword_word
 from platica.replies.store import Inbound, Loaded
+from platica.texts import text_for
 
 log = get_logger(__name__)
 
-OPT_OUT_CONFIRMATION = (
-    "You have been unsubscribed and will get no more messages. Reply START to resubscribe."
-)
-OPT_IN_CONFIRMATION = "You are subscribed again. Reply STOP to unsubscribe."
 # The notes a keyword message is settled with: answered with its confirmation, or not answered.
 KEYWORD_CONFIRMED = {
     Keyword.opt_out: "opted out, confirmation sent",
@@ -131,12 +128,12 @@ def _keyword(
     changed: bool | None = None
     if keyword is Keyword.opt_out:
         if not opted_out:
-            changed, confirmation = True, OPT_OUT_CONFIRMATION
+            changed, confirmation = True, text_for(loaded.config, "opt_out_message")
     elif keyword is Keyword.opt_in:
         if opted_out:
-            changed, confirmation = False, OPT_IN_CONFIRMATION
+            changed, confirmation = False, text_for(loaded.config, "opt_in_message")
     elif not opted_out:
-        confirmation = loaded.config.help_message
+        confirmation = text_for(loaded.config, "help_message")
     if loaded.conversation.channel != Channel.whatsapp:
         confirmation = None  # Twilio answers keywords on SMS
     return (message, keyword, confirmation), changed
@@ -232,6 +229,8 @@ async def write_plan(
         messages=prompts.build_messages(config, history),
         max_tokens=config.max_tokens,
         temperature=config.temperature,
+        language=config.language,
+        offline_message=text_for(config, "offline_message"),
     )
     return Prepared(request, batch_ids, first_attempt)
 
@@ -319,7 +318,7 @@ async def _write_busy(
     await _store_system_reply(
         connection,
         conversation,
-        loaded.config.busy_message,
+        text_for(loaded.config, "busy_message"),
         batch_ids[-1],
         simulated=any(m.simulated for m in plan.remaining),
     )

@@ -19,6 +19,7 @@ from openai import AsyncOpenAI, DefaultAioHttpClient, omit
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
+from platica import texts
 from platica.config import Settings
 from platica.errors import RetryableError
 from platica.metrics import LLM_SECONDS, LLM_TOKENS
@@ -53,6 +54,10 @@ class ReplyRequest:
     messages: list[ChatMessage]
     max_tokens: int
     temperature: float
+    # The customers' language and the offline responder's notice (its built-in one if None):
+    # only the offline responder reads them.
+    language: str = "es"
+    offline_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,37 +333,22 @@ def _read_completion(completion: object) -> _Answer:
     return _Answer((content or "").strip(), bool(refusal), model, usage)
 
 
-# Plain ASCII, so the demo reply stays one cheap GSM-7 SMS segment where it can.
-OFFLINE_NOTICE = "[Demo reply, not AI: set OPENAI_API_KEY for real answers.]"
-
-
-# What the offline responder calls what it cannot open, by media kind.
-OFFLINE_MEDIA = {
-    "audio": "voice note",
-    "image": "image",
-    "document": "document",
-    "other": "attachment",
-}
-
-
 class OfflineReplyGenerator:
     """Answers without any LLM, saying so plainly, so the loop can be tried without keys."""
 
     async def generate(self, request: ReplyRequest) -> GeneratedReply:
+        language = texts.language_of(request.language)
+        notice = request.offline_message or texts.built_in(language, "offline_message")
+        names = texts.OFFLINE_MEDIA[language]
         last = next((m for m in reversed(request.messages) if m.role == "user"), None)
-        opaque = [
-            OFFLINE_MEDIA[kind] for kind in (last.media if last else ()) if kind in OFFLINE_MEDIA
-        ]
+        opaque = [names[kind] for kind in (last.media if last else ()) if kind in names]
         if opaque:
             # Nothing can listen to or look at it without a key: say so, not what it was.
-            text = (
-                f"{OFFLINE_NOTICE} I received your {opaque[0]}, but I cannot understand "
-                "voice notes, images or documents without an OpenAI key."
-            )
+            text = f"{notice} {texts.OFFLINE_CANNOT_OPEN[language].format(what=opaque[0])}"
         else:
             said = last.text if last else ""
             quoted = said if len(said) <= 60 else said[:57] + "..."
-            text = f'{OFFLINE_NOTICE} You said: "{quoted}"'
+            text = f"{notice} {texts.OFFLINE_ECHO[language].format(said=quoted)}"
         return GeneratedReply(
             text=text,
             model="offline",

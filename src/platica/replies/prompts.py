@@ -11,6 +11,7 @@ from platica.media.store import Attachment, Picture
 from platica.media.understand import UnderstandFailed, image_data_url
 from platica.models import ChannelConfig, Direction, MediaKind, MediaState
 from platica.replies.generator import ChatMessage
+from platica.texts import text_for
 
 # Prompt tokens spent on history at most; the newest messages are kept first.
 HISTORY_TOKEN_BUDGET = 3000
@@ -111,7 +112,8 @@ def build_messages(
     Images go as image parts where the history carries their bytes (the batch being answered,
     with `vision` on)."""
     system = ChatMessage(
-        "system", f"{config.system_prompt.strip()}\n\n{channel_instructions(config)}"
+        "system",
+        f"{text_for(config, 'system_prompt').strip()}\n\n{channel_instructions(config)}",
     )
     kept: list[ChatMessage] = []
     spent = 0
