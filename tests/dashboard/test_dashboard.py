@@ -722,7 +722,7 @@ class TestSettings:
         whatsapp = page.locator("section#whatsapp")
         whatsapp.get_by_label("Temperature").fill("5")
         whatsapp.get_by_label("Max tokens").fill("2.5")
-        whatsapp.get_by_label("Fallback message").fill("   ")
+        whatsapp.get_by_label("Fallback message").fill("x" * 1601)
         whatsapp.get_by_label("Debounce (seconds)").fill("3")
         whatsapp.get_by_role("button", name="Save WhatsApp settings").click()
 
@@ -737,7 +737,7 @@ class TestSettings:
             re.compile(r"Max tokens: must be a whole number")
         )
         expect(whatsapp.get_by_label("Fallback message")).to_have_accessible_description(
-            re.compile(r"Fallback message: must not be blank")
+            re.compile(r"Fallback message: must be at most 1600 characters")
         )
         expect(whatsapp.get_by_label("Debounce (seconds)")).to_have_value("3")  # kept as typed
         expect(whatsapp.get_by_label("Debounce (seconds)")).not_to_have_attribute(

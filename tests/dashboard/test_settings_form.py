@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from platica.texts import built_in
 from tests.conftest import Database, LiveServer, make_settings
 from tests.dashboard.client import DashboardClient
 from tests.records import default_account_key
@@ -108,3 +109,85 @@ class TestMediaOptions:
         assert response.status_code == 303, response.text
         assert media_options(database, "sms") == ("en", False, False)
         assert database.scalar("SELECT max_tokens FROM channel_configs WHERE channel = 'sms'") == 42
+
+
+def stored_texts(database: Database, channel: str) -> dict[str, str | None]:
+    names = ("system_prompt", "help_message", "opt_out_message", "handoff_message")
+    row = database.rows(
+        f"SELECT {', '.join(names)} FROM channel_configs WHERE channel = :channel",
+        channel=channel,
+    )[0]
+    return dict(zip(names, row, strict=True))
+
+
+def textarea(page: str, channel: str, name: str) -> str:
+    found = re.search(
+        rf'<textarea id="cfg-{channel}-{name}"[^>]*>(.*?)</textarea>', page, re.DOTALL
+    )
+    assert found is not None, name
+    return html.unescape(found[1])
+
+
+class TestFixedTexts:
+    def test_the_built_in_texts_are_shown_in_the_channels_language(self, operator, database):
+        database.execute("UPDATE channel_configs SET language = 'en' WHERE channel = 'sms'")
+        page = operator.http.get("/settings").text
+        whatsapp, sms = section(page, "whatsapp"), section(page, "sms")
+
+        assert textarea(whatsapp, "whatsapp", "opt_out_message") == built_in(
+            "es", "opt_out_message"
+        )
+        assert textarea(whatsapp, "whatsapp", "handoff_message") == built_in(
+            "es", "handoff_message"
+        )
+        assert textarea(sms, "sms", "help_message") == built_in("en", "help_message")
+        assert "Built-in text, in the customers' language." in html.unescape(whatsapp)
+        # Twilio answers STOP and START on SMS: no confirmations to edit there.
+        assert "cfg-sms-opt_out_message" not in sms
+
+    def test_posted_back_unchanged_they_stay_built_in(self, operator, database):
+        page = operator.http.get("/settings").text
+        whatsapp = section(page, "whatsapp")
+        shown = {
+            name: textarea(whatsapp, "whatsapp", name)
+            for name in ("opt_out_message", "opt_in_message", "offline_message", "handoff_message")
+        }
+        form = {**FORM, **shown, "system_prompt": built_in("es", "system_prompt")}
+        form["help_message"] = "Escribe tu pedido; STOP para salir."
+        response = operator.post_form("/settings/whatsapp", "/settings", form)
+        assert response.status_code == 303, response.text
+
+        assert stored_texts(database, "whatsapp") == {
+            "system_prompt": None,
+            "help_message": "Escribe tu pedido; STOP para salir.",
+            "opt_out_message": None,
+            "handoff_message": None,
+        }
+        whatsapp = html.unescape(section(operator.http.get("/settings").text, "whatsapp"))
+        assert "Customized: empty the box to go back to the built-in text." in whatsapp
+
+    def test_an_emptied_box_goes_back_to_the_built_in_text(self, operator, database):
+        database.execute(
+            "UPDATE channel_configs SET opt_out_message = 'Hecho. START para volver.',"
+            " system_prompt = 'Eres Lola.'"
+        )
+        form = {**FORM, "opt_out_message": "", "system_prompt": "  "}
+        response = operator.post_form("/settings/whatsapp", "/settings", form)
+        assert response.status_code == 303, response.text
+
+        assert stored_texts(database, "whatsapp")["opt_out_message"] is None
+        assert stored_texts(database, "whatsapp")["system_prompt"] is None
+        # A form without the new texts (the SMS one, or a page opened before) keeps them.
+        response = operator.post_form("/settings/sms", "/settings", FORM)
+        assert response.status_code == 303, response.text
+        assert stored_texts(database, "sms")["opt_out_message"] == "Hecho. START para volver."
+
+    def test_a_text_too_long_is_explained_next_to_its_field(self, operator, database):
+        form = {**FORM, "handoff_message": "x" * 1601}
+        response = operator.post_form("/settings/whatsapp", "/settings", form)
+
+        assert response.status_code == 422
+        whatsapp = html.unescape(section(response.text, "whatsapp"))
+        assert "Handoff notice: " in whatsapp
+        assert "1600" in whatsapp
+        assert stored_texts(database, "whatsapp")["handoff_message"] is None

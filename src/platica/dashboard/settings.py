@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from platica import texts
 from platica.conversations import operators
 from platica.dashboard import display
 from platica.dashboard.web import OperatorVisit, PostedForm, Visit, not_found, redirect, render
@@ -38,9 +39,21 @@ CONFIG_FIELDS = (
     "busy_message",
     "language",
     "broadcast_mps",
+    "opt_out_message",
+    "opt_in_message",
+    "offline_message",
+    "handoff_message",
 )
-# Fields a page opened before they existed does not post: left as they are.
-NEWER_FIELDS = ("language", "broadcast_mps")
+# Fields a page opened before they existed does not post: left as they are (and the
+# confirmations, which the SMS form leaves out: Twilio answers STOP and START on SMS).
+NEWER_FIELDS = (
+    "language",
+    "broadcast_mps",
+    "opt_out_message",
+    "opt_in_message",
+    "offline_message",
+    "handoff_message",
+)
 # Ticked: "on"; left out of the form when not.
 CHECKBOXES = ("ai_enabled", "vision", "delete_media_after_use")
 LANGUAGES = {"es": "Spanish (es)", "en": "English (en)"}
@@ -49,6 +62,8 @@ LANGUAGES = {"es": "Spanish (es)", "en": "English (en)"}
 def _config_values(config: ChannelConfig) -> dict[str, Any]:
     values = {name: display.number(getattr(config, name)) for name in CONFIG_FIELDS}
     values["openai_model"] = config.openai_model or ""
+    # The texts in use: the channel's own, or the built-in ones in its language.
+    values.update({name: texts.text_for(config, name) for name in texts.TEXT_NAMES})
     values["daily_token_budget"] = config.daily_token_budget or ""
     for name in CHECKBOXES:
         values[name] = getattr(config, name)
@@ -88,6 +103,7 @@ def _settings_forms(
         }
         if config is not None:
             form["current"] = _config_values(config)
+            form["customized"] = texts.customized(config)
             form["phone_number"] = config.phone_number
             if channel == posted and values is not None:
                 form["current"] = values
@@ -130,6 +146,10 @@ async def save_settings(visit: OperatorVisit, form: PostedForm, channel: str) ->
         "openai_model": values["openai_model"] or None,
         "daily_token_budget": values["daily_token_budget"].strip() or None,
     }
+    for name in texts.TEXT_NAMES:
+        if texts.is_built_in(name, values[name]):
+            # Shown and posted back as it was: it stays built in, following the language.
+            update_values[name] = None
     for name in NEWER_FIELDS:
         if first(form, name) is None:
             # A page opened before the field existed (they stay open for hours): kept as it is.
