@@ -217,6 +217,7 @@ class TestWhatsAppWindow:
         wait_for(lambda: api.sent_to(CONTACT) and api.settled(), "the first answer")
         conversation_id = api.conversation_id(channel="whatsapp")
         api.ok(api.post(f"/api/whatsapp/conversations/{conversation_id}/handoff"))
+        wait_for(lambda: len(api.twilio.sent) == 2, "the handoff notice")
         api.send("whatsapp", body="¿Me pueden llamar?")
         wait_for(
             lambda: api.reply_states(conversation_id) == ["answered", "pending"],

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.models import utcnow
+from platica.texts import built_in
 from tests.api.conftest import ADMIN_TOKEN, Api, Said, seed_conversation, supabase_token
 from tests.dashboard.media_data import INVOICE, VOICE, MediaThread, seed_media_thread
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER
@@ -919,22 +920,27 @@ class TestHandoff:
         assert body["ai_enabled"] is False
         until = moment(body["handoff_until"])
         assert before + timedelta(minutes=4) < until < utcnow() + timedelta(minutes=6)
+        wait_for(lambda: api.settled() and len(api.twilio.sent) == 2, "the handoff notice")
         api.send("sms", body="¿Hay alguien?")
         # It waits for the operator (the inbox shows it awaiting a reply), unanswered by the AI.
         wait_for(lambda: len(api.reply_states(conversation)) == 2, "stored")
         assert api.reply_states(conversation) == ["answered", "pending"]
-        assert len(api.twilio.sent) == 1
+        assert api.twilio.sent[1]["body"] == built_in("es", "handoff_message")
+        assert len(api.twilio.sent) == 2
+        [item] = api.ok(api.get("/api/sms/conversations"))["items"]
+        assert (item["awaiting_reply"], item["last_message"]) == (True, "¿Hay alguien?")
 
     def test_resume_gives_the_conversation_back_to_the_ai(self, api):
         conversation = answered_conversation(api)
         api.ok(api.post(f"/api/sms/conversations/{conversation}/handoff"))
+        wait_for(lambda: api.settled() and len(api.twilio.sent) == 2, "the handoff notice")
         body = api.ok(api.post(f"/api/sms/conversations/{conversation}/resume"))
         assert (body["ai_enabled"], body["handoff_until"]) == (True, None)
         again = api.ok(api.post(f"/api/sms/conversations/{conversation}/resume"))
         assert (again["ai_enabled"], again["handoff_until"]) == (True, None)
         api.send("sms", body="¿Sigues ahí?")
-        wait_for(lambda: api.settled() and len(api.twilio.sent) == 2, "the AI's answer")
-        assert api.twilio.sent[1]["body"] == "Echo: ¿Sigues ahí?"
+        wait_for(lambda: api.settled() and len(api.twilio.sent) == 3, "the AI's answer")
+        assert api.twilio.sent[2]["body"] == "Echo: ¿Sigues ahí?"
         assert api.reply_states(conversation) == ["answered", "answered"]
 
     def test_resume_after_a_manual_reply(self, api):

@@ -4,8 +4,11 @@ the built-in text back."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
+from platica.models import utcnow
 from platica.texts import BUILT_IN, TEXT_NAMES, built_in
 from tests.api.conftest import Api
 from tests.factories import CONTACT
@@ -114,3 +117,57 @@ class TestEditingTexts:
             built_in("es", "opt_in_message"),
             OPT_OUT,
         ]
+
+
+class TestHandoffNotice:
+    def test_the_contact_waiting_is_told_once(self, api):
+        api.ok(api.put("/api/whatsapp/config", {"handoff_message": "Ya te atiende Lola."}))
+        api.send("whatsapp", body="Quiero hablar con una persona")
+        wait_for(lambda: api.settled() and whatsapp_bodies(api), "the AI's answer")
+        conversation = api.conversation_id(channel="whatsapp")
+
+        api.ok(api.post(f"/api/whatsapp/conversations/{conversation}/handoff"))
+        api.ok(api.post(f"/api/whatsapp/conversations/{conversation}/handoff"))
+
+        wait_for(lambda: api.settled() and len(whatsapp_bodies(api)) == 2, "the notice")
+        assert whatsapp_bodies(api) == [
+            "Echo: Quiero hablar con una persona",
+            "Ya te atiende Lola.",
+        ]
+        notices = api.database.rows(
+            "SELECT author, reply_to_id FROM messages WHERE body = 'Ya te atiende Lola.'"
+        )
+        assert [tuple(row) for row in notices] == [("system", None)]
+
+    def test_english_by_the_channels_language(self, api):
+        api.ok(api.put("/api/sms/config", {"language": "en"}))
+        api.send("sms", body="I want to talk to someone")
+        wait_for(lambda: api.settled() and api.twilio.sent, "the AI's answer")
+        conversation = api.conversation_id()
+
+        api.ok(api.post(f"/api/sms/conversations/{conversation}/handoff"))
+
+        wait_for(lambda: api.settled() and len(api.twilio.sent) == 2, "the notice")
+        assert api.twilio.sent[1]["body"] == built_in("en", "handoff_message")
+
+    def test_a_contact_who_wrote_over_a_day_ago_is_not_told(self, api):
+        api.send("sms", body="Hola")
+        wait_for(lambda: api.settled() and api.twilio.sent, "the AI's answer")
+        conversation = api.conversation_id()
+        api.database.execute(
+            "UPDATE contacts SET last_inbound_at = :at", at=utcnow() - timedelta(hours=25)
+        )
+
+        api.ok(api.post(f"/api/sms/conversations/{conversation}/handoff"))
+
+        assert api.database.scalar("SELECT count(*) FROM messages WHERE author = 'system'") == 0
+
+    def test_a_contact_who_opted_out_is_not_told(self, api):
+        api.send("whatsapp", body="STOP")
+        wait_for(lambda: api.settled() and whatsapp_bodies(api), "the confirmation")
+        conversation = api.conversation_id(channel="whatsapp")
+
+        api.ok(api.post(f"/api/whatsapp/conversations/{conversation}/handoff"))
+
+        assert api.database.scalar("SELECT count(*) FROM messages WHERE author = 'system'") == 1
+        assert whatsapp_bodies(api) == [built_in("es", "opt_out_message")]

@@ -29,6 +29,7 @@ from platica.config import Settings
 from platica.dashboard import session as dashboard_session
 from platica.dashboard import simulator as dashboard_simulator
 from platica.dashboard import web as dashboard_web
+from platica.texts import built_in
 from tests.conftest import Database, LiveServer, make_settings, truncate_all
 from tests.dashboard.media_data import (
     INVOICE,
@@ -598,8 +599,10 @@ class TestConversation:
             "You have the conversation: the AI stays quiet until you resume it."
         )
         expect(status).to_have_text("Handed off")
-        dashboard.send(body="¿Me atiende una persona?")
         thread = page.get_by_role("log", name="Messages")
+        # The contact is told, in the channel's language.
+        expect(thread).to_contain_text(built_in("es", "handoff_message"))
+        dashboard.send(body="¿Me atiende una persona?")
         # It waits for the operator, who sees it waiting.
         expect(thread.locator(".msg").last).to_contain_text("Awaiting reply")
 
@@ -936,9 +939,10 @@ class TestOnPostgreSQL:
                 assert response is not None
                 assert response.status == 404
                 dashboard.nav(page, "Stats")
+                # Hola, its answer, the handoff notice (dry run too) and the reply by hand.
                 expect(
                     page.locator("dl[data-channel=whatsapp] [data-stat=total_messages]")
-                ).to_have_text("3")
+                ).to_have_text("4")
                 expect(
                     page.locator("dl[data-channel=sms] [data-stat=total_messages]")
                 ).to_have_text("0")

@@ -150,10 +150,13 @@ async def send_manual_reply(
 
 @router.post("/conversations/{conversation_id}/handoff", response_model=ConversationRead)
 async def hand_off(
-    channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep
+    channel: ChannelPath, conversation_id: ConversationId, caller: CallerDep, state: StateDep
 ) -> dict[str, Any]:
-    """Pause the AI on this conversation for the channel's handoff_timeout_minutes."""
-    return await _change(caller, channel, conversation_id, operators.hand_off)
+    """Pause the AI on this conversation for the channel's handoff_timeout_minutes; a contact
+    who wrote in the last 24 hours gets the channel's handoff notice."""
+    return await _change(
+        caller, channel, conversation_id, operators.hand_off_and_notify, state.runner
+    )
 
 
 @router.post("/conversations/{conversation_id}/resume", response_model=ConversationRead)

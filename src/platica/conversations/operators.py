@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -31,8 +31,11 @@ from platica.models import (
 )
 from platica.outreach.window import OUTSIDE_WINDOW, window_closes_at, window_open
 from platica.sms import sms_encoding
+from platica.texts import text_for
 
 OPERATOR_NOTE = "answered by an operator"
+# An operator's handoff notifies a contact who wrote within this many hours.
+HANDOFF_NOTICE_HOURS = 24
 
 
 @dataclass
@@ -79,13 +82,17 @@ def _scope(statement: Select[Any], account_id: uuid.UUID | None) -> Select[Any]:
 
 async def views(session: AsyncSession, conversations: list[Conversation]) -> list[ConversationView]:
     """Each conversation with what a listing shows of it: its last message, whether it awaits
-    a reply, and its contact's opt-out and flag (three queries, however many conversations)."""
+    a reply, and its contact's opt-out and flag (three queries, however many conversations).
+    A handoff notice is not the last message: the contact still waits for the operator."""
     if not conversations:
         return []
     ids = [c.id for c in conversations]
     latest_ids = (
         select(func.max(Message.id))
-        .where(Message.conversation_id.in_(ids))
+        .where(
+            Message.conversation_id.in_(ids),
+            ~and_(Message.author == Author.system, Message.reply_to_id.is_(None)),
+        )
         .group_by(Message.conversation_id)
     )
     latest = {
@@ -183,13 +190,70 @@ async def _config(session: AsyncSession, conversation: Conversation) -> ChannelC
     return config
 
 
-async def hand_off(session: AsyncSession, conversation: Conversation) -> Conversation:
-    """Pause the AI for the channel's handoff_timeout_minutes (or until resumed)."""
+async def hand_off(
+    session: AsyncSession, conversation: Conversation, *, notify: bool = False
+) -> Conversation:
+    """Pause the AI for the channel's handoff_timeout_minutes (or until resumed). With `notify`,
+    a contact who is waiting gets the channel's handoff notice (see `_handoff_notice`; the
+    caller wakes the runner once committed, to send it)."""
     config = await _config(session, conversation)
+    # Only when the AI had the conversation: an operator's second handoff says nothing again.
+    notify = notify and conversation.ai_enabled and conversation.status == ConversationStatus.active
     conversation.ai_enabled = False
     conversation.handoff_until = utcnow() + timedelta(minutes=config.handoff_timeout_minutes)
+    if notify:
+        await _handoff_notice(session, conversation, config)
     await session.flush()
     return conversation
+
+
+async def hand_off_and_notify(session: AsyncSession, conversation: Conversation) -> Conversation:
+    """An operator takes the conversation over: the AI pauses, the contact is told."""
+    return await hand_off(session, conversation, notify=True)
+
+
+async def _handoff_notice(
+    session: AsyncSession, conversation: Conversation, config: ChannelConfig
+) -> Message | None:
+    """The handoff notice, stored for sending, when the contact wrote in the last
+    HANDOFF_NOTICE_HOURS and has not opted out (WhatsApp's window is open then too); else None.
+    It answers nothing, like an operator's message; a simulated contact's goes nowhere."""
+    contact = await session.get(Contact, conversation.contact_id)
+    now = utcnow()
+    if (
+        contact is None
+        or contact.opted_out
+        or contact.last_inbound_at is None
+        or now - contact.last_inbound_at > timedelta(hours=HANDOFF_NOTICE_HOURS)
+    ):
+        return None
+    simulated = await session.scalar(
+        select(Message.simulated)
+        .where(Message.conversation_id == conversation.id, Message.direction == Direction.inbound)
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    body = text_for(config, "handoff_message")
+    message = Message(
+        account_id=conversation.account_id,
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        direction=Direction.outbound,
+        author=Author.system,
+        body=body,
+        media=[],
+        status=MessageStatus.pending,
+        part=0,
+        attempts=0,
+        simulated=bool(simulated),
+        created_at=now,
+        updated_at=now,
+    )
+    if conversation.channel == Channel.sms:
+        message.encoding, message.segments = sms_encoding(body)
+    session.add(message)
+    conversation.last_message_at = now
+    return message
 
 
 async def resume(session: AsyncSession, conversation: Conversation) -> Conversation:

@@ -258,15 +258,16 @@ async def _act(
             if action == "closed":
                 await operators.close(session, conversation)
             elif action == "handed_off":
-                await operators.hand_off(session, conversation)
+                await operators.hand_off_and_notify(session, conversation)
             elif action == "resumed":
                 await operators.resume(session, conversation)
             elif action == "replied":
                 await operators.manual_reply(session, conversation, body or "")
             elif action == "retried":
                 await operators.retry(session, conversation)
-            # A reply to send, or the AI to answer what waited for it: queued once committed.
-            wakes = action in ("replied", "resumed", "retried")
+            # A reply or a handoff notice to send, or the AI to answer what waited for it:
+            # queued once committed.
+            wakes = action in ("replied", "resumed", "retried", "handed_off")
             await commit_and_wake(session, visit.state.runner, key[1] if wakes else None)
         except PlaticaError as problem:
             await session.rollback()
