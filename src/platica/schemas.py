@@ -229,14 +229,17 @@ FixedText = Annotated[str, StringConstraints(min_length=1, max_length=1600)]
 
 
 class ChannelConfigUpdate(BaseModel):
-    """Fields to change; those left out keep their value."""
+    """Fields to change; those left out keep their value. A text (`system_prompt`, the `*_message`
+    fields) set to null or "" goes back to the built-in one, in the channel's language."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
             "examples": [
                 {
-                    "system_prompt": "You are the friendly assistant of Panadería Lola. Be brief.",
+                    "system_prompt": "Eres el asistente amable de Panadería Lola. Sé breve.",
+                    "opt_out_message": "Listo, no te escribiremos más. Responde START para volver.",
+                    "help_message": None,
                     "temperature": 0.4,
                     "debounce_seconds": 2,
                 }
