@@ -157,7 +157,7 @@ class TestHostAndPort:
             DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/platica.db",
             HOST="127.0.0.1",
             PORT=str(port),
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL="INFO",
         )
         log = tmp_path / "serve.log"
         with log.open("w") as out:
@@ -183,6 +183,9 @@ class TestHostAndPort:
             found = LINK.search(log.read_text())
             assert found is not None, log.read_text()
             assert found[1] == url
+            # The default account's numbers, logged as it is made, are masked like any other.
+            assert "accounts.number_assigned" in log.read_text()
+            assert "+14155238886" not in log.read_text()
             link = found[0]
             with httpx.Client(timeout=10) as browser:
                 first = browser.get(link)

@@ -63,9 +63,9 @@ def serve(
     port = port if port is not None else settings.PORT
     if not worker and settings.is_sqlite:
         typer.echo("Warning: with SQLite and --no-worker, nothing will answer messages.", err=True)
-    link = _first_run_login_link(settings)
     child_worker = worker and not settings.is_sqlite
     application = create_app(settings, worker=worker and not child_worker)
+    link = _first_run_login_link(settings)  # after create_app: its logging masks numbers
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     shown = f"[{shown}]" if ":" in shown else shown
     if host in ("0.0.0.0", "::") and "*" not in settings.ALLOWED_HOSTS:
