@@ -10,8 +10,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +306,24 @@ class TestLoginLink:
             assert "already used" in again.text
             assert 'action="/login"' in again.text  # the login page
             assert other.get("/").status_code == 303  # not logged in
+
+    def test_of_four_browsers_at_once_one_logs_in(
+        self, server: LiveServer, database: Database, database_url: str
+    ) -> None:
+        account_id = default_account(database)
+        token = in_session(database_url, lambda s: issue_login_link(s, account_id))
+        start = threading.Barrier(4)
+
+        def use() -> int:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                start.wait()
+                return client.get(f"/login/link/{token}").status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            statuses = sorted(pool.map(lambda _: use(), range(4)))
+
+        assert statuses == [303, 410, 410, 410]
+        assert database.scalar("SELECT count(*) FROM dashboard_sessions WHERE kind = 'link'") == 1
 
     def test_the_session_ends_at_logout(
         self, browser: DashboardClient, database: Database, database_url: str
