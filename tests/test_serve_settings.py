@@ -152,14 +152,16 @@ class TestHostAndPort:
         assert "--host" in result.stderr
 
     def test_serve_listens_on_port_from_the_environment(self, tmp_path: Path) -> None:
-        """The real command on an empty database: /healthz answers on PORT, and the banner
-        carries the first run's login link, which logs in once."""
+        """The real command on an empty database: /healthz answers on PORT, the banner
+        carries the first run's login link, which logs in once, and a seed's webhook secret in
+        the environment is warned about."""
         port = free_port()
         env = platica_env(
             DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/platica.db",
             HOST="127.0.0.1",
             PORT=str(port),
             LOG_LEVEL="INFO",
+            SMS_WEBHOOK_SECRET="seed-secret-value-42",
         )
         log = tmp_path / "serve.log"
         with log.open("w") as out:
@@ -188,6 +190,9 @@ class TestHostAndPort:
             # The default account's numbers, logged as it is made, are masked like any other.
             assert "accounts.number_assigned" in log.read_text()
             assert "+14155238886" not in log.read_text()
+            # The seed's secret, from the environment: warned about, never shown.
+            assert "startup.seed_secrets_ignored" in log.read_text()
+            assert "seed-secret-value-42" not in log.read_text()
             link = found[0]
             with httpx.Client(timeout=10) as browser:
                 first = browser.get(link)
