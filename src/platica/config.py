@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = Field(8000, ge=1, le=65535)
     PLATICA_ADMIN_TOKEN: SecretStr | None = None
+    # The Supabase project (https://<ref>.supabase.co): user JWTs are verified with the signing
+    # keys it publishes at /auth/v1/.well-known/jwks.json (ES256, RS256; platica/supabase.py).
+    SUPABASE_URL: str | None = None
+    # The project's legacy shared secret: user JWTs signed with it (HS256) are accepted too.
     SUPABASE_JWT_SECRET: SecretStr | None = None
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Host names requests may carry besides PUBLIC_BASE_URL's and the loopback's ("*": any).
@@ -177,6 +181,23 @@ class Settings(BaseSettings):
     @classmethod
     def _host(cls, value: str) -> str:
         return check_listen_host(value)
+
+    @field_validator("SUPABASE_URL")
+    @classmethod
+    def _supabase_url(cls, value: str | None) -> str | None:
+        checked = _check_url(value)
+        if checked is None:
+            return None
+        parts = urlsplit(checked)
+        if parts.path or parts.query or parts.fragment:
+            raise ValueError(
+                "must be the project URL alone, like https://abcdefghijklmnop.supabase.co "
+                f"(no path such as /auth/v1), got {checked!r}"
+            )
+        # The signing keys decide who is let in: never fetch them over plain HTTP from afar.
+        if parts.scheme != "https" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+            raise ValueError(f"must be an https:// URL (http only for localhost), got {checked!r}")
+        return checked
 
     @field_validator("SENTRY_DSN")
     @classmethod
