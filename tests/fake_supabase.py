@@ -41,6 +41,8 @@ class FakeSupabase(_FakeServer):
         self._private: dict[str, tuple[str, Any]] = {}  # kid -> (alg, private key)
         self._published: list[str] = []
         self.fetches = 0
+        # Raw JWKs served after the keys (to see what the client makes of odd ones).
+        self.extra: list[dict[str, Any]] = []
         super().__init__(port=port, latency=0.0, hang_seconds=0.0)
 
     @property
@@ -78,6 +80,11 @@ class FakeSupabase(_FakeServer):
     def publish(self, kid: str) -> None:
         with self._lock:
             self._published.append(kid)
+
+    def revoke(self, kid: str) -> None:
+        """Take a key out of the JWKS (its tokens are no longer valid)."""
+        with self._lock:
+            self._published.remove(kid)
 
     def public_jwk(self, kid: str) -> dict[str, Any]:
         algorithm, private = self._private[kid]
@@ -139,7 +146,7 @@ class FakeSupabase(_FakeServer):
             published = list(self._published)
         if self._next_behaviour() == "500":
             return JSONResponse({"message": "An unexpected error occurred"}, status_code=500)
-        keys = [self.public_jwk(kid) for kid in published]
+        keys = [self.public_jwk(kid) for kid in published] + self.extra
         # What Supabase sends: cached at its edge for 10 minutes.
         return JSONResponse({"keys": keys}, headers={"Cache-Control": "public, max-age=600"})
 

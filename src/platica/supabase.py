@@ -104,11 +104,13 @@ class SupabaseKeys:
         try:
             async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS) as client:
                 response = await client.get(self.url, headers={"Accept": "application/json"})
-            response.raise_for_status()
+            if response.status_code != 200:
+                raise ValueError(f"HTTP {response.status_code}")
             document = response.json()
         except (httpx.HTTPError, ValueError) as error:
             self._available = False
-            log.warning("supabase.jwks_unavailable", url=self.url, error=str(error))
+            reason = str(error) or type(error).__name__
+            log.warning("supabase.jwks_unavailable", url=self.url, error=reason)
             return
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             self._available = False
@@ -132,7 +134,8 @@ def _usable_keys(entries: list[Any]) -> dict[str, jwt.PyJWK]:
             continue
         try:
             key = jwt.PyJWK(entry)
-        except jwt.PyJWTError as error:  # PyJWKError, InvalidKeyError: unknown or broken key
+        # PyJWKError, InvalidKeyError: an unknown or broken key; the rest: malformed members.
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as error:
             log.info("supabase.jwks_key_skipped", kid=kid, reason=str(error))
             continue
         if key.algorithm_name not in ASYMMETRIC_ALGORITHMS:
