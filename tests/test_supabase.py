@@ -129,3 +129,16 @@ class TestSupabaseKeys:
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TestRefresh:
+    async def test_lists_the_usable_keys(self, supabase: FakeSupabase, keys: SupabaseKeys) -> None:
+        assert await keys.refresh() == []  # a legacy project's JWKS: empty
+        kid = supabase.add_key("ES256")
+        assert await keys.refresh() == [kid]
+        assert supabase.fetches == 2
+
+    async def test_unreachable(self, clock: Clock) -> None:
+        keys = SupabaseKeys("http://127.0.0.1:9", clock=clock)
+        with pytest.raises(TokenRefused, match="keys unavailable"):
+            await keys.refresh()

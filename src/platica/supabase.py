@@ -90,6 +90,15 @@ class SupabaseKeys:
             raise TokenRefused(f"unknown signing key {kid!r}: not in the project's JWKS")
         return key
 
+    async def refresh(self) -> list[str]:
+        """Fetch the JWKS now, whatever the cache holds (for checks such as `platica doctor`):
+        the kids of the keys Plática can use (none: a legacy project, HS256 only)."""
+        async with self._lock:
+            await self._fetch()
+        if not self._available:
+            raise TokenRefused(KEYS_UNAVAILABLE)
+        return sorted(self._keys)
+
     def _needs_fetch(self, kid: str) -> bool:
         now = self.clock()
         if self._tried_at is not None and now - self._tried_at < REFRESH_MIN_SECONDS:
