@@ -149,6 +149,25 @@ class TestSigningKeys:
         assert message == "could not verify token: keys unavailable"
 
     @sqlite_only
+    def test_unreachable_jwks_does_not_lock_the_address_out(
+        self, start: Start, supabase: FakeSupabase
+    ) -> None:
+        """Plática's failure to fetch the keys is not a wrong guess: no 429 for the address."""
+        supabase.add_key("ES256")
+        api = start(SUPABASE_URL="http://127.0.0.1:9")
+        user = api.link_supabase_user(api.a.id)
+
+        statuses = {
+            api.get("/api/sms/stats", token=supabase.token(user)).status_code for _ in range(12)
+        }
+
+        assert statuses == {401}
+        api.ok(api.get("/api/sms/stats"))  # the API key still works from this address
+        for _ in range(10):
+            refused(api.get("/api/sms/stats", token="plk_wrong"))
+        assert api.get("/api/sms/stats").status_code == 429  # wrong credentials still count
+
+    @sqlite_only
     def test_failing_jwks_is_refused(self, start: Start, supabase: FakeSupabase) -> None:
         supabase.add_key("ES256")
         supabase.fail_next("500")

@@ -19,7 +19,7 @@ from platica.accounts import API_KEY_PREFIX, hash_api_key
 from platica.deps import AppState, StateDep
 from platica.errors import BadRequest
 from platica.models import Account, ApiKey, utcnow
-from platica.supabase import TokenRefused, verify_user_token
+from platica.supabase import KEYS_UNAVAILABLE, TokenRefused, verify_user_token
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
@@ -38,6 +38,14 @@ class Principal:
 
 def _refuse(message: str) -> HTTPException:
     return HTTPException(status_code=401, detail=message, headers=UNAUTHORIZED)
+
+
+class Unverifiable(HTTPException):
+    """A 401 for a credential that could not be checked (the Supabase project's keys could not
+    be fetched): Plática's trouble, not a wrong guess, so not counted as a failed login."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(status_code=401, detail=message, headers=UNAUTHORIZED)
 
 
 def _bearer(request: Request) -> str:
@@ -70,6 +78,8 @@ async def _supabase_account(state: AppState, session: AsyncSession, token: str) 
             secret=secret.get_secret_value() if secret is not None else None,
         )
     except TokenRefused as refused:
+        if str(refused) == KEYS_UNAVAILABLE:
+            raise Unverifiable(KEYS_UNAVAILABLE) from None
         raise _refuse(str(refused)) from None
     account_id = await session.scalar(select(Account.id).where(Account.auth_user_id == user_id))
     if account_id is None:
@@ -172,6 +182,8 @@ async def get_caller(
     async with state.sessionmaker() as session:
         try:
             principal = await authenticate(state, session, token)
+        except Unverifiable:
+            raise
         except HTTPException:
             state.throttle.count_failed_login(address)
             raise
