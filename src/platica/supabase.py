@@ -53,6 +53,13 @@ class TokenRefused(Exception):
     """A user's JWT is not accepted; the message says why (the 401's text)."""
 
 
+class KeysUnavailable(TokenRefused):
+    """The project's signing keys could not be fetched, so the token could not be checked."""
+
+    def __init__(self) -> None:
+        super().__init__(KEYS_UNAVAILABLE)
+
+
 class SupabaseKeys:
     """The project's signing keys by `kid`, fetched from its JWKS and cached (module docstring).
 
@@ -83,10 +90,10 @@ class SupabaseKeys:
         key = self._keys.get(kid)
         age = None if self._fetched_at is None else self.clock() - self._fetched_at
         if age is None or age > STALE_MAX_SECONDS:
-            raise TokenRefused(KEYS_UNAVAILABLE)
+            raise KeysUnavailable
         if key is None:
             if not self._available:
-                raise TokenRefused(KEYS_UNAVAILABLE)
+                raise KeysUnavailable
             raise TokenRefused(f"unknown signing key {kid!r}: not in the project's JWKS")
         return key
 
@@ -96,7 +103,7 @@ class SupabaseKeys:
         async with self._lock:
             await self._fetch()
         if not self._available:
-            raise TokenRefused(KEYS_UNAVAILABLE)
+            raise KeysUnavailable
         return sorted(self._keys)
 
     def _needs_fetch(self, kid: str) -> bool:

@@ -19,7 +19,7 @@ from platica.accounts import API_KEY_PREFIX, hash_api_key
 from platica.deps import AppState, StateDep
 from platica.errors import BadRequest
 from platica.models import Account, ApiKey, utcnow
-from platica.supabase import KEYS_UNAVAILABLE, TokenRefused, verify_user_token
+from platica.supabase import KeysUnavailable, TokenRefused, verify_user_token
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
@@ -77,9 +77,9 @@ async def _supabase_account(state: AppState, session: AsyncSession, token: str) 
             keys=state.supabase_keys,
             secret=secret.get_secret_value() if secret is not None else None,
         )
+    except KeysUnavailable as unavailable:
+        raise Unverifiable(str(unavailable)) from None
     except TokenRefused as refused:
-        if str(refused) == KEYS_UNAVAILABLE:
-            raise Unverifiable(KEYS_UNAVAILABLE) from None
         raise _refuse(str(refused)) from None
     account_id = await session.scalar(select(Account.id).where(Account.auth_user_id == user_id))
     if account_id is None:
