@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     TWILIO_API_BASE_URL: str = "https://api.twilio.com"
     # Where Content API calls (templates) go: Twilio serves it from its own host.
     TWILIO_CONTENT_BASE_URL: str = "https://content.twilio.com"
+    # Where Messaging API calls (the WhatsApp Senders API: `platica doctor`, `platica twilio
+    # connect`) go: Twilio serves it from its own host too.
+    TWILIO_MESSAGING_BASE_URL: str = "https://messaging.twilio.com"
     PUBLIC_BASE_URL: str | None = None
     PLATICA_ADMIN_TOKEN: SecretStr | None = None
     SUPABASE_JWT_SECRET: SecretStr | None = None
@@ -139,7 +142,7 @@ class Settings(BaseSettings):
     def _optional_url(cls, value: str | None) -> str | None:
         return _check_url(value)
 
-    @field_validator("TWILIO_API_BASE_URL", "TWILIO_CONTENT_BASE_URL")
+    @field_validator("TWILIO_API_BASE_URL", "TWILIO_CONTENT_BASE_URL", "TWILIO_MESSAGING_BASE_URL")
     @classmethod
     def _url(cls, value: str) -> str:
         checked = _check_url(value)

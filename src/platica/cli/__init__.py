@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from platica.cli import accounts, database, serve, simulate, stats, templates
+from platica.cli import accounts, database, doctor, serve, simulate, stats, templates
 
 app = typer.Typer(
     help="Plática: answers WhatsApp and SMS conversations with an LLM, through Twilio.",
@@ -20,6 +20,7 @@ app.command()(serve.worker)
 app.command()(stats.stats)
 app.command()(database.cleanup)
 app.command()(simulate.simulate)
+app.command()(doctor.doctor)
 
 
 def main() -> None:
