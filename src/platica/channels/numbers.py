@@ -26,6 +26,13 @@ SANDBOX_STEPS = (
     "(POST), then Save"
 )
 
+# Where a WhatsApp sender's webhook is set by hand, when the Senders API cannot be used.
+SENDER_STEPS = (
+    "Twilio Console → Messaging → Senders → WhatsApp senders → {number} → Endpoint "
+    "configuration: set “Webhook URL for incoming messages” to {inbound} (POST) and “Status "
+    "callback URL” to {status}, then Update"
+)
+
 
 def blocking_client(settings: Settings) -> Client:
     """The SDK's client for the command line: blocking, every request bounded."""
@@ -166,4 +173,11 @@ def sandbox_steps(public_base_url: str) -> str:
     """The Console steps for a WhatsApp number that the Senders API does not have."""
     return SANDBOX_STEPS.format(
         inbound=public_base_url + WHATSAPP_PATH, status=public_base_url + STATUS_PATH
+    )
+
+
+def sender_steps(number: str, public_base_url: str) -> str:
+    """The Console steps for a WhatsApp sender whose webhook the API could not set."""
+    return SENDER_STEPS.format(
+        number=number, inbound=public_base_url + WHATSAPP_PATH, status=public_base_url + STATUS_PATH
     )

@@ -408,12 +408,19 @@ def _twilio_calls(
     """(True, the result), or (False, None) with the failure reported."""
     from twilio.base.exceptions import TwilioException, TwilioRestException
 
+    from platica.outreach.content import answered_status
+
     try:
         return True, call()
-    except TwilioRestException as error:
-        report.fail(what, f"Twilio answered {error.status} (code {error.code})", fix)
     except (TwilioException, OSError) as error:
-        report.fail(what, f"Twilio could not be asked ({type(error).__name__})", fix)
+        # A list's failed page is a bare TwilioException carrying the response.
+        status = answered_status(error)
+        if isinstance(error, TwilioRestException):
+            report.fail(what, f"Twilio answered {status} (code {error.code})", fix)
+        elif status is not None:
+            report.fail(what, f"Twilio answered {status}", fix)
+        else:
+            report.fail(what, f"Twilio could not be asked ({type(error).__name__})", fix)
     return False, None
 
 
