@@ -277,6 +277,46 @@ class TestFaults:
             f"{head()} — run `platica db upgrade`"
         ]
 
+    def test_database_not_reachable(self, setup: Setup) -> None:
+        setup.connect_numbers()
+        # Nothing listens on the discard port.
+        setup.set("DATABASE_URL", "postgresql://platica:s3cr3t-pw@127.0.0.1:9/platica")
+
+        result = run_doctor()
+
+        assert result.exit_code == 1
+        [failure] = failures(result)
+        assert failure.startswith(
+            "✗ database: cannot connect to postgresql://platica:***@127.0.0.1:9/platica ("
+        )
+        assert failure.endswith("— check DATABASE_URL and that the server is running")
+        assert "s3cr3t-pw" not in result.output
+        # The settings' numbers are still checked; the accounts' cannot be.
+        assert "✓ SMS number +1500*****06 (TWILIO_PHONE_NUMBER)" in result.stdout
+
+    def test_twilio_not_reachable(self, setup: Setup) -> None:
+        setup.set("TWILIO_API_BASE_URL", "http://127.0.0.1:9")
+
+        result = run_doctor()
+
+        assert result.exit_code == 1
+        assert failures(result) == [
+            "✗ Twilio credentials: cannot reach http://127.0.0.1:9 (ConnectionError) — "
+            "check TWILIO_API_BASE_URL and the network"
+        ]
+
+    def test_llm_not_reachable(self, setup: Setup) -> None:
+        setup.connect_numbers()
+        setup.set("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+
+        result = run_doctor()
+
+        assert result.exit_code == 1
+        assert failures(result) == [
+            "✗ LLM: cannot reach http://127.0.0.1:9/v1 (APIConnectionError) — "
+            "check OPENAI_BASE_URL and the network"
+        ]
+
     def test_invalid_settings_stop_the_checks(self, setup: Setup) -> None:
         setup.set("TWILIO_PHONE_NUMBER", "555-0100")
 

@@ -155,7 +155,15 @@ def check_database(report: Report, settings: Settings) -> list[ChannelRow] | Non
         )
         return None
     report.ok(f"database schema at head ({head})")
-    return read_channels(settings)
+    try:
+        return read_channels(settings)
+    except (SQLAlchemyError, OSError) as error:
+        report.fail(
+            "accounts' channels",
+            f"cannot be read ({first_line(error)})",
+            "check that DATABASE_URL's role may read channel_configs",
+        )
+        return None
 
 
 async def _ping(url: str) -> None:
@@ -307,6 +315,13 @@ def check_twilio(report: Report, settings: Settings, channels: list[ChannelRow] 
     if not _check_account(report, settings, client):
         report.skip("numbers", "Twilio's credentials do not work")
         return
+    if not settings.PUBLIC_BASE_URL:
+        report.fail(
+            "PUBLIC_BASE_URL",
+            "unset, so the numbers' webhooks cannot be checked",
+            "set it to the public URL Twilio calls (e.g. https://abc123.ngrok-free.app)",
+        )
+        return
     if channels is None:
         channels = []
         note = "the database cannot be read: only TWILIO_PHONE_NUMBER/TWILIO_WHATSAPP_NUMBER"
@@ -432,7 +447,7 @@ def _check_sms_numbers(
     if not numbers:
         report.skip("SMS numbers", "none: TWILIO_PHONE_NUMBER unset and no account has one")
         return
-    base = settings.PUBLIC_BASE_URL or ""
+    base = settings.PUBLIC_BASE_URL or ""  # set: check_twilio made sure
     for number, users in numbers.items():
         what = f"SMS number {number} ({', '.join(users)})"
         done, hooks = _twilio_calls(
