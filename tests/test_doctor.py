@@ -249,6 +249,25 @@ class TestFaults:
         assert "callback_url is https://old-host.example.com/wa" in failure
         assert "status_callback_url is (unset)" in failure
 
+    def test_a_whatsapp_sender_offline(self, setup: Setup) -> None:
+        setup.twilio.add_number(
+            SMS_NUMBER, sms_url=PUBLIC + "/webhook/sms", status_callback=PUBLIC + "/webhook/status"
+        )
+        setup.twilio.add_sender(
+            WHATSAPP_NUMBER,
+            callback_url=PUBLIC + "/webhook/whatsapp",
+            status_callback_url=PUBLIC + "/webhook/status",
+            status="OFFLINE",
+        )
+
+        result = run_doctor()
+
+        assert result.exit_code == 1
+        [failure] = failures(result)
+        assert failure.startswith(
+            "✗ WhatsApp number +1415*****86 (TWILIO_WHATSAPP_NUMBER): the sender is OFFLINE — "
+        )
+
     def test_a_whatsapp_number_that_is_no_sender_is_skipped_with_the_console_steps(
         self, setup: Setup
     ) -> None:

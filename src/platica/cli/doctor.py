@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -453,7 +454,7 @@ def _check_sms_numbers(
         done, hooks = _twilio_calls(
             report,
             what,
-            lambda number=number: find_number(client, number),  # type: ignore[misc]
+            functools.partial(find_number, client, number),
             "check the Twilio Console, then run `platica doctor` again",
         )
         if not done:
@@ -495,7 +496,7 @@ def _check_whatsapp_numbers(
         done, hooks = _twilio_calls(
             report,
             what,
-            lambda number=number: find_sender(client, number),  # type: ignore[misc]
+            functools.partial(find_sender, client, number),
             "check the sender in the Twilio Console (Messaging → Senders → WhatsApp senders)",
         )
         if not done:
