@@ -100,6 +100,8 @@ class _FakeServer:
 
     #: Behaviours accepted by ``fail_next``/``fail_always`` (subclasses extend ``_is_behaviour``).
     BEHAVIOURS: frozenset[str] = frozenset()
+    #: Whether uvicorn adds its own ``Date`` header (off for a fake that writes its own).
+    UVICORN_DATE_HEADER = True
 
     def __init__(self, *, port: int | None, latency: float, hang_seconds: float) -> None:
         self.latency = latency
@@ -244,6 +246,7 @@ class _FakeServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            date_header=self.UVICORN_DATE_HEADER,
         )
         server = uvicorn.Server(config)
         sockets = [self._socket] if self._socket is not None else None
@@ -1324,6 +1327,7 @@ class FakeTwilio(_FakeServer):
         self.media_storage = FakeMediaStorage(port=media_port)
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
         self.app.add_middleware(_RequestLog, record=self._log_request)
+        self.app.add_middleware(_DateHeader, clock=self._clock)
 
     def _is_behaviour(self, behaviour: str) -> bool:
         return behaviour in self.BEHAVIOURS or ASYNC_FAILURE.match(behaviour) is not None
@@ -1930,7 +1934,16 @@ class FakeTwilio(_FakeServer):
     # non-null fields replace the sender's, a method other than POST or PUT is 400);
     # ``sender_updates`` records each update's body. All with the account's Basic auth.
 
+    # Its Date header, on every answer, is its own clock's: ``clock_offset`` seconds off ours
+    # (how `platica doctor` tells a skewed clock).
+    UVICORN_DATE_HEADER = False
+
+    def _clock(self) -> float:
+        return time.time() + self.clock_offset
+
     def _init_numbers(self) -> None:
+        #: Seconds Twilio's clock (its answers' Date header) is ahead of this machine's.
+        self.clock_offset = 0.0
         #: The account's ``status`` (active, suspended, closed) and ``type`` (Trial, Full).
         self.account_status = "active"
         self.account_type = "Full"
@@ -2398,6 +2411,28 @@ class _Media:
             "sid": self.sid,
             "uri": self.path + ".json",
         }
+
+
+class _DateHeader:
+    """ASGI middleware: every answer's ``Date`` header, from ``clock()`` (seconds since the epoch)."""
+
+    def __init__(self, app: Callable[..., Any], clock: Callable[[], float]) -> None:
+        self.app = app
+        self.clock = clock
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_date(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                date = email.utils.formatdate(self.clock(), usegmt=True).encode()
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                message = {**message, "headers": [*headers, (b"date", date)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_date)
 
 
 class _RequestLog:

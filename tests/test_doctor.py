@@ -336,6 +336,19 @@ class TestFaults:
             "check OPENAI_BASE_URL and the network"
         ]
 
+    def test_a_clock_off_by_more_than_a_minute(self, setup: Setup) -> None:
+        setup.connect_numbers()
+        setup.twilio.clock_offset = -300  # Twilio's clock: ours is 5 minutes ahead
+
+        result = run_doctor()
+
+        assert result.exit_code == 1
+        [failure] = failures(result)
+        assert failure.startswith("✗ clock: this machine is 30")
+        assert failure.endswith(
+            " s ahead of Twilio's clock — synchronise it (NTP: `timedatectl set-ntp true`)"
+        )
+
     def test_invalid_settings_stop_the_checks(self, setup: Setup) -> None:
         setup.set("TWILIO_PHONE_NUMBER", "555-0100")
 
