@@ -349,6 +349,20 @@ class TestFaults:
             " s ahead of Twilio's clock — synchronise it (NTP: `timedatectl set-ntp true`)"
         )
 
+    def test_no_sqlite_file_yet(self, setup: Setup, tmp_path: Path) -> None:
+        setup.connect_numbers()
+        missing = tmp_path / "none-yet.db"
+        setup.set("DATABASE_URL", f"sqlite+aiosqlite:///{missing}")
+
+        result = run_doctor()
+
+        assert result.exit_code == 1
+        assert failures(result) == [
+            f"✗ database: {missing} does not exist — run `platica db upgrade` "
+            "(`make run` and `platica serve` create it too)"
+        ]
+        assert not missing.exists()
+
     def test_invalid_settings_stop_the_checks(self, setup: Setup) -> None:
         setup.set("TWILIO_PHONE_NUMBER", "555-0100")
 

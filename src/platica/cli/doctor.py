@@ -130,7 +130,11 @@ def check_database(report: Report, settings: Settings) -> list[ChannelRow] | Non
     if settings.is_sqlite:
         path = make_url(db.sync_url(settings.DATABASE_URL)).database
         if path and path != ":memory:" and not Path(path).exists():
-            report.fail("database", f"{path} does not exist", UPGRADE_HINT)
+            report.fail(
+                "database",
+                f"{path} does not exist",
+                f"{UPGRADE_HINT} (`make run` and `platica serve` create it too)",
+            )
             return None
     try:
         asyncio.run(_ping(settings.DATABASE_URL))
