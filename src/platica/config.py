@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     TWILIO_API_BASE_URL: str = "https://api.twilio.com"
     # Where Content API calls (templates) go: Twilio serves it from its own host.
     TWILIO_CONTENT_BASE_URL: str = "https://content.twilio.com"
+    # Where Messaging API calls (the WhatsApp Senders API: `platica doctor`, `platica twilio
+    # connect`) go: Twilio serves it from its own host too.
+    TWILIO_MESSAGING_BASE_URL: str = "https://messaging.twilio.com"
     PUBLIC_BASE_URL: str | None = None
     # Where `platica serve` (and so `make run`) listens; its --host/--port options win.
     HOST: str = "127.0.0.1"
@@ -169,7 +172,7 @@ class Settings(BaseSettings):
     def _optional_url(cls, value: str | None) -> str | None:
         return _check_url(value)
 
-    @field_validator("TWILIO_API_BASE_URL", "TWILIO_CONTENT_BASE_URL")
+    @field_validator("TWILIO_API_BASE_URL", "TWILIO_CONTENT_BASE_URL", "TWILIO_MESSAGING_BASE_URL")
     @classmethod
     def _url(cls, value: str) -> str:
         checked = _check_url(value)
