@@ -141,6 +141,12 @@ class TestMounted:
         assert f"'{PREFIX}/openapi.json'" in docs.text
         assert schema.status_code == 200
         assert schema.json()["servers"] == [{"url": PREFIX}]
+        assets = re.findall(r'(?:href|src)="([^"]*)"', docs.text)
+        assert len(assets) == 3, assets
+        with httpx.Client(timeout=30) as client:
+            for asset in assets:
+                assert asset.startswith(f"{PREFIX}/static/"), asset
+                assert client.get(server.url + asset).status_code == 200, asset
 
     def test_the_outer_app_keeps_its_own_routes(self, server):
         assert httpx.get(f"{server.url}/hello", timeout=30).json() == {"hello": "world"}

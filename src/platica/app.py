@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from platica import db, ops
+from platica import apidocs, db, ops
 from platica.accounts import ensure_default_account
 from platica.api import outreach as api_outreach
 from platica.api import routes as api_routes
@@ -289,6 +289,9 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         summary="Answers WhatsApp and SMS conversations automatically with an LLM, through Twilio.",
         version="0.1.0",
         lifespan=run,
+        # /docs from vendored files (apidocs.py); no ReDoc, which would load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(BodyTimeout, seconds=BODY_TIMEOUT_SECONDS)
@@ -312,4 +315,5 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     app.include_router(api_templates.router)
     app.include_router(ops.router)
     dashboard.install(app)
+    apidocs.install(app)
     return app
