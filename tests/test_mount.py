@@ -22,6 +22,7 @@ from tests.factories import inbound_form, post_signed
 from tests.records import default_account_key
 
 PREFIX = "/platica"
+ADMIN_TOKEN = "admin-9f3c1e7a5b2d4c6e8a0b1d3f"
 
 
 class OuterServer:
@@ -82,7 +83,7 @@ def post_webhook(client: httpx.Client, url: str, signed_for: str) -> httpx.Respo
 class TestMounted:
     @pytest.fixture
     def server(self, database_url, outer_server):
-        return outer_server(make_settings(database_url))
+        return outer_server(make_settings(database_url, PLATICA_ADMIN_TOKEN=ADMIN_TOKEN))
 
     def test_answers_a_webhook_signed_for_the_prefixed_url(self, server, database):
         url = f"{server.url}{PREFIX}/webhook/sms"
@@ -131,6 +132,30 @@ class TestMounted:
         with httpx.Client(timeout=30) as client:
             for asset in assets:
                 assert client.get(server.url + asset).status_code == 200, asset
+
+    def test_logging_in_and_switching_account_stay_under_the_prefix(self, server):
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            page = client.get(f"{PREFIX}/login", params={"next": "/stats"})
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+            assert csrf, page.text
+            logged_in = client.post(
+                f"{PREFIX}/login",
+                data={"csrf_token": csrf[1], "next": "/stats", "token": ADMIN_TOKEN},
+            )
+            assert logged_in.status_code == 303, logged_in.text
+            assert logged_in.headers["location"] == f"{PREFIX}/stats"
+            stats = client.get(logged_in.headers["location"])
+            assert stats.status_code == 200
+            # The account switcher posts back the page's path inside the app.
+            assert 'name="next" value="/stats"' in stats.text
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', stats.text)
+            assert csrf
+            switched = client.post(
+                f"{PREFIX}/account", data={"csrf_token": csrf[1], "next": "/stats"}
+            )
+
+        assert switched.status_code == 303, switched.text
+        assert switched.headers["location"] == f"{PREFIX}/stats"
 
     def test_docs_and_openapi_carry_the_prefix(self, server):
         with httpx.Client(timeout=30) as client:
