@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from platica import metrics
@@ -147,3 +148,55 @@ class TestDeadFiles:
 
         assert metrics.remove_dead_files(tmp_path) == [dead]
         assert sorted(path.name for path in tmp_path.iterdir()) == [f"counter_{mine}.db"]
+
+
+class TestCombine:
+    """How a family from the server's memory and one from the workers' files are put together."""
+
+    @staticmethod
+    def family(name: str, kind: str, *samples: tuple[str, dict[str, str], float]) -> Metric:
+        metric = Metric(name, "help", kind)
+        for sample_name, labels, value in samples:
+            metric.add_sample(sample_name, labels, value)
+        return metric
+
+    @staticmethod
+    def values(metric: Metric) -> dict[tuple[str, str], float]:
+        return {(s.name, ",".join(s.labels.values())): s.value for s in metric.samples}
+
+    def test_counters_add_up_and_lose_their_creation_time(self):
+        own = self.family(
+            "platica_replies",
+            "counter",
+            ("platica_replies_total", {"outcome": "ai"}, 2),
+            ("platica_replies_created", {"outcome": "ai"}, 1.7e9),
+            ("platica_replies_total", {"outcome": "keyword"}, 1),
+        )
+        workers = self.family(
+            "platica_replies", "counter", ("platica_replies_total", {"outcome": "ai"}, 5)
+        )
+
+        assert self.values(metrics._combine(own, workers)) == {
+            ("platica_replies_total", "ai"): 7,
+            ("platica_replies_total", "keyword"): 1,
+        }
+
+    def test_a_gauge_measured_at_the_scrape_is_the_servers(self):
+        own = self.family("platica_pending_replies", "gauge", ("platica_pending_replies", {}, 4))
+        workers = self.family(
+            "platica_pending_replies", "gauge", ("platica_pending_replies", {}, 0)
+        )
+
+        assert self.values(metrics._combine(own, workers)) == {("platica_pending_replies", ""): 4}
+
+    def test_a_workers_gauge_is_the_highest(self):
+        own = self.family(
+            "platica_broadcast_pace_mps", "gauge", ("platica_broadcast_pace_mps", {"c": "sms"}, 0)
+        )
+        workers = self.family(
+            "platica_broadcast_pace_mps", "gauge", ("platica_broadcast_pace_mps", {"c": "sms"}, 5)
+        )
+
+        assert self.values(metrics._combine(own, workers)) == {
+            ("platica_broadcast_pace_mps", "sms"): 5
+        }
