@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
@@ -131,13 +132,16 @@ def _child_worker() -> Iterator[int | None]:
     kill the worker outright), so here the signal ends the block (exit status 0), and the
     worker is stopped in order: SIGTERM, then SIGKILL after 10 s.
     """
+    from platica import metrics
     from platica.supervise import WorkerSupervisor, child_command
 
     def exit_quietly(_signum: int, _frame: object) -> None:
         raise SystemExit(0)
 
+    # The child keeps its metrics in files there, which this process's /metrics adds in.
+    directory, created = metrics.share_with_workers()
     previous = {signum: signal.signal(signum, exit_quietly) for signum in STOP_SIGNALS}
-    supervisor = WorkerSupervisor(child_command(CHILD_MODULE))
+    supervisor = WorkerSupervisor(child_command(CHILD_MODULE), on_exit=metrics.process_dead)
     try:
         yield supervisor.start()
     finally:
@@ -145,12 +149,14 @@ def _child_worker() -> Iterator[int | None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         supervisor.stop()
+        metrics.stop_sharing(directory, created=created)
 
 
 def worker() -> None:
     """Answer messages without serving HTTP (PostgreSQL: run as many as you like)."""
+    from platica import metrics
     from platica.app import settle_garbage_collector, start_services, stop_services
-    from platica.logging import configure_logging
+    from platica.logging import configure_logging, get_logger
 
     settings = load_settings()
     if settings.is_sqlite:
@@ -162,6 +168,12 @@ def worker() -> None:
         raise typer.Exit(2)
     check_schema_or_exit(settings)
     configure_logging(settings)
+    if not metrics.file_backed():
+        get_logger(__name__).warning(
+            "worker.metrics_unshared",
+            detail="PROMETHEUS_MULTIPROC_DIR is not set: this worker's metrics reach no "
+            "/metrics (set it, to the same directory, for `platica serve` and every worker)",
+        )
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -176,6 +188,8 @@ def worker() -> None:
             await stop.wait()
         finally:
             await stop_services(state)
+            # Its live gauges go; its counters stay, so that the totals never go down.
+            metrics.process_dead(os.getpid())
 
     with asyncio.Runner(loop_factory=_fast_event_loop()) as runner:
         runner.run(run())

@@ -34,7 +34,16 @@ from platica.dashboard.session import (
 from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
 from platica.deps import AppState, app_state
-from platica.http import FormData, Upload, first, parse_form, parse_upload, read_body
+from platica.http import (
+    FormData,
+    Upload,
+    app_path,
+    first,
+    mount_prefix,
+    parse_form,
+    parse_upload,
+    read_body,
+)
 from platica.models import Account, ApiKey, Channel
 
 HERE = Path(__file__).parent
@@ -96,7 +105,7 @@ class Visit:
     @property
     def root(self) -> str:
         """The path the app is mounted at ("" at the top)."""
-        return str(self.request.scope.get("root_path") or "").rstrip("/")
+        return mount_prefix(self.request)
 
     @property
     def me(self) -> Operator:
@@ -259,7 +268,8 @@ def _context(visit: Visit, page: str, **values: Any) -> dict[str, Any]:
         "csrf": visit.cookie.csrf,
         "operator": visit.operator,
         "page": page,
-        "path": visit.request.url.path,
+        # Inside the app (forms post it back as `next`, which redirect() prefixes).
+        "path": app_path(visit.request),
         "display": display,
         "alerts": visit.alerts,
         **values,
@@ -324,7 +334,7 @@ def safe_next(value: str | None) -> str:
 
 
 async def login_required(request: Request, _exc: Exception) -> Response:
-    root = str(request.scope.get("root_path") or "").rstrip("/")
+    root = mount_prefix(request)
     # After logging in, back to the page, not to the fragment it was polling.
     url = httpx.URL(request.headers.get("hx-current-url") or str(request.url))
     target = url.path.removeprefix(root) or "/"
