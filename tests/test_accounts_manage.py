@@ -24,6 +24,7 @@ from platica.models import (
     Direction,
     IdempotencyKey,
     MediaKind,
+    ReplyState,
     Template,
     TemplateApproval,
     WebhookLog,
@@ -46,7 +47,9 @@ async def seed_account(session: AsyncSession, name: str, numbers: dict[Channel, 
     account = await add_account(session, name, numbers=numbers)
     await create_api_key(session, account.id)
     conversation = await add_conversation(session, account.id, CONTACT, Channel.sms)
-    inbound = await add_message(session, conversation, body="Hola, ¿tienen pan de muerto?")
+    inbound = await add_message(
+        session, conversation, body="Hola, ¿tienen pan de muerto?", reply_state=ReplyState.answered
+    )
     reply = await add_message(
         session, conversation, Direction.outbound, body="¡Sí! Hasta las 8.", reply_to_id=inbound.id
     )
