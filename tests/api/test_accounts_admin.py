@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.models import Channel
 from tests.api.conftest import ADMIN_TOKEN, Api
+from tests.conftest import make_settings, sqlite_only
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
 from tests.polling import wait_for
 from tests.records import in_session
@@ -250,3 +251,24 @@ class TestDelete:
         assert found["code"] == "number_kept_by_setting"
         assert found["message"].startswith("cannot delete account 'default': ")
         assert api.database.scalar("SELECT count(*) FROM accounts") == 1
+
+
+class TestBrowser:
+    @sqlite_only
+    def test_a_front_end_may_patch_and_delete(self, database_url, live_server):
+        origin = "https://panel.panaderia.example"
+        server = live_server(make_settings(database_url, CORS_ORIGINS=origin), worker=False)
+        with httpx.Client(timeout=10) as client:
+            for method in ("PATCH", "DELETE"):
+                response = client.options(
+                    f"{server.url}/api/accounts/{uuid.uuid4()}",
+                    headers={
+                        "Origin": origin,
+                        "Access-Control-Request-Method": method,
+                        "Access-Control-Request-Headers": "Authorization, Content-Type",
+                    },
+                )
+
+                assert response.status_code == 200, (method, response.text)
+                assert method in response.headers["access-control-allow-methods"]
+                assert response.headers["access-control-allow-origin"] == origin
