@@ -18,6 +18,7 @@ from tests.test_accounts_manage import rows_of, seed_account
 
 LUNA_SMS = "+5215511112222"
 LUNA_WHATSAPP = "+5215533334444"
+LUNA_CONTACT = "+5215577776666"
 
 
 def luna(api: Api) -> uuid.UUID:
@@ -272,3 +273,22 @@ class TestBrowser:
                 assert response.status_code == 200, (method, response.text)
                 assert method in response.headers["access-control-allow-methods"]
                 assert response.headers["access-control-allow-origin"] == origin
+
+
+class TestDeleteWhileAnswering:
+    def test_a_reply_in_flight_is_dropped_and_others_go_on(self, api: Api):
+        luna_id = luna(api)
+        api.openai.latency = 1.0
+        api.send("sms", to=LUNA_SMS, body="¿Tienen tortillas de maíz?", sender=LUNA_CONTACT)
+        wait_for(lambda: api.openai.in_flight == 1, "the LLM to be asked for Luna's reply")
+
+        api.ok(api.call("DELETE", f"/api/accounts/{luna_id}", token=ADMIN_TOKEN))
+        api.openai.latency = 0.0
+        api.send("sms", body="¿Abren el domingo?")
+
+        wait_for(
+            lambda: api.sent_to(CONTACT) and api.settled() and api.openai.in_flight == 0,
+            "the default account's reply, and Luna's LLM call to end",
+        )
+        assert api.sent_to(LUNA_CONTACT) == []
+        assert set(rows_of(api.database, luna_id).values()) == {0}
