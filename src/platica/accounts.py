@@ -183,6 +183,8 @@ def check_name(name: str) -> str:
     stripped = name.strip()
     if not stripped or len(stripped) > NAME_MAX_LENGTH:
         raise BadRequest(f"an account's name must be 1 to {NAME_MAX_LENGTH} characters")
+    if "\x00" in stripped:
+        raise BadRequest("an account's name must not contain NUL characters")
     return stripped
 
 

@@ -399,7 +399,11 @@ class AccountUpdate(BaseModel):
     )
 
     name: (
-        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+        Annotated[
+            str,
+            StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+            AfterValidator(_no_nul),
+        ]
         | None
     ) = None
     whatsapp_number: PhoneNumber | None = None

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.models import Channel
 from tests.api.conftest import ADMIN_TOKEN, Api
+from tests.api.test_fuzz import budget
 from tests.conftest import make_settings, sqlite_only
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
 from tests.polling import wait_for
@@ -190,6 +198,7 @@ class TestUpdate:
             ({"name": ""}, "name", "at least 1 character"),
             ({"name": "x" * 201}, "name", "at most 200 characters"),
             ({"name": None}, "body", "name cannot be null"),
+            ({"name": "Pan\x00dería"}, "name", "NUL"),
             ({"retention_days": 3}, "retention_days", "Extra inputs are not permitted"),
         ],
     )
@@ -292,3 +301,45 @@ class TestDeleteWhileAnswering:
         )
         assert api.sent_to(LUNA_CONTACT) == []
         assert set(rows_of(api.database, luna_id).values()) == {0}
+
+
+class TestFuzz:
+    def test_no_input_gets_a_server_error(self, api: Api, subtests: Any):
+        """schemathesis over /api/accounts with the admin token, valid and invalid inputs, also
+        on the accounts that exist (the PostgreSQL run catches what only it refuses, such as
+        NUL in text)."""
+        luna_id = luna(api)
+        schema = schemathesis.openapi.from_url(api.server.url + "/openapi.json")
+        operations = []
+        for result in schema.get_all_operations():
+            assert isinstance(result, Ok), result
+            if result.ok().path.startswith("/api/accounts"):
+                operations.append(result.ok())
+        assert len(operations) == 4
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        for operation in operations:
+            strategies = [
+                operation.as_strategy(GenerationMode.POSITIVE),
+                operation.as_strategy(GenerationMode.NEGATIVE),
+            ]
+            if "{id}" in operation.path:
+                strategies += [
+                    operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": str(i)})
+                    for i in (api.a.id, luna_id)
+                ]
+
+            @given(case=st.one_of(strategies))
+            @settings(
+                max_examples=budget(api, 30),
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
+            def call(case: Any) -> None:
+                response = case.call(headers=headers)
+                if response.status_code >= 500:
+                    api.quiesce()  # see Api.quiesce
+                case.validate_response(response, checks=[not_a_server_error], headers=headers)
+
+            with subtests.test(operation.label):
+                call()
