@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from tests.api.test_fuzz import budget
 from tests.conftest import make_settings, sqlite_only
 from tests.factories import CONTACT, SMS_NUMBER, WHATSAPP_NUMBER, inbound_form, post_signed
 from tests.polling import wait_for
-from tests.records import in_session
+from tests.records import add_account, in_session
 from tests.test_accounts_manage import rows_of, seed_account
 
 LUNA_SMS = "+5215511112222"
@@ -343,3 +344,26 @@ class TestFuzz:
 
             with subtests.test(operation.label):
                 call()
+
+
+class TestRace:
+    def test_one_number_asked_for_by_several_accounts_at_once(self, api: Api):
+        async def seed(session: AsyncSession) -> list[uuid.UUID]:
+            made = [await add_account(session, f"Sucursal {n}") for n in range(6)]
+            return [account.id for account in made]
+
+        ids = in_session(api.database_url, seed)
+
+        def claim(account_id: uuid.UUID) -> int:
+            return patch(api, account_id, {"sms_number": "+5215500000000"}).status_code
+
+        with ThreadPoolExecutor(len(ids)) as pool:
+            statuses = sorted(pool.map(claim, ids))
+
+        assert statuses == [200] + [409] * (len(ids) - 1)
+        assert (
+            api.database.scalar(
+                "SELECT count(*) FROM channel_configs WHERE phone_number = '+5215500000000'"
+            )
+            == 1
+        )
