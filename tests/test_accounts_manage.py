@@ -396,7 +396,7 @@ class TestDelete:
         assert database.count("accounts") == 1
 
 
-class TestKeysList:
+class TestKeysAndRetentionByName:
     def test_by_name_and_by_id(self, two_accounts):
         sol, _ = two_accounts
 
@@ -408,6 +408,27 @@ class TestKeysList:
         header, row = by_name.stdout.splitlines()
         assert header.startswith("PREFIX")
         assert row.startswith("plk_")
+
+    def test_create_by_name(self, two_accounts, database: Database):
+        _, luna = two_accounts
+
+        result = invoke("accounts", "keys", "create", "Tortillería Luna", "--name", "caja")
+
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[0].endswith(f"('caja') created for account {luna}.")
+        assert rows_of(database, luna)["api_keys"] == 2
+
+    def test_retention_by_name(self, two_accounts, database: Database):
+        _, luna = two_accounts
+
+        result = invoke("accounts", "retention", "Tortillería Luna", "90")
+
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"Account {luna}: messages are kept 90 days.\n"
+        assert (
+            database.scalar("SELECT retention_days FROM accounts WHERE name = 'Tortillería Luna'")
+            == 90
+        )
 
     def test_unknown_account(self, two_accounts):
         result = invoke("accounts", "keys", "list", "Panadería Nube")

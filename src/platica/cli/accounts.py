@@ -278,25 +278,20 @@ def _counted(data: AccountData) -> str:
 
 @keys_app.command("create")
 def keys_create(
-    account_id: Annotated[uuid.UUID, typer.Argument(help="The account's id.")],
+    account: AccountArgument,
     name: Annotated[str, typer.Option(help="A label to tell the key apart.")] = "default",
 ) -> None:
     """Create an API key for an account and print it (shown this once only)."""
     from platica.accounts import create_api_key
-    from platica.models import Account
 
     if not name.strip() or len(name) > 200:
         raise typer.BadParameter("must be 1 to 200 characters", param_hint="--name")
     settings = migrated_settings()
 
-    async def work(session: Any) -> str | None:
-        if await session.get(Account, account_id) is None:
-            return None
-        return await create_api_key(session, account_id, name.strip())
+    async def work(session: AsyncSession, found: Account) -> tuple[uuid.UUID, str]:
+        return found.id, await create_api_key(session, found.id, name.strip())
 
-    key = with_session(settings, work)
-    if key is None:
-        raise fail(f"no account {account_id}")
+    account_id, key = on_account(settings, account, work)
     typer.echo(f"API key {key[:12]} ({name.strip()!r}) created for account {account_id}.")
     typer.echo(f"API key (shown once, store it now): {key}")
 
@@ -372,14 +367,12 @@ def _when(moment: Any) -> str:
 
 @accounts_app.command("retention")
 def accounts_retention(
-    account_id: Annotated[uuid.UUID, typer.Argument(help="The account's id.")],
+    account: AccountArgument,
     days: Annotated[
         str | None, typer.Argument(help="Days to keep messages for, or 'keep' to keep them all.")
     ] = None,
 ) -> None:
     """Show or set how long an account's messages are kept (`platica cleanup` deletes older)."""
-    from platica.models import Account
-
     retention: int | None = None
     if days is not None and days != "keep":
         if not days.isdigit() or int(days) < 1:
@@ -387,17 +380,12 @@ def accounts_retention(
         retention = int(days)
     settings = migrated_settings()
 
-    async def work(session: Any) -> tuple[bool, int | None]:
-        account = await session.get(Account, account_id)
-        if account is None:
-            return False, None
+    async def work(session: AsyncSession, found: Account) -> tuple[uuid.UUID, int | None]:
         if days is not None:
-            account.retention_days = retention
-        return True, account.retention_days
+            found.retention_days = retention
+        return found.id, found.retention_days
 
-    found, current = with_session(settings, work)
-    if not found:
-        raise fail(f"no account {account_id}")
+    account_id, current = on_account(settings, account, work)
     kept = (
         "every message is kept" if current is None else f"messages are kept {count(current, 'day')}"
     )
