@@ -267,6 +267,17 @@ class TestSetNumber:
         assert numbers_of(database, sol)["sms"] == SOL_SMS
 
 
+class TestCreate:
+    def test_a_name_another_account_has_is_refused(self, two_accounts, database: Database):
+        sol, _ = two_accounts
+
+        result = invoke("accounts", "create", "Panadería Sol", "--sms-number", "+5215500001111")
+
+        assert result.exit_code == 1
+        assert result.stderr == f"Error: account {sol} is already named 'Panadería Sol'\n"
+        assert database.count("accounts") == 2
+
+
 class TestRename:
     def test_by_name(self, two_accounts, database: Database):
         sol, _ = two_accounts

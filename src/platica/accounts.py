@@ -205,6 +205,32 @@ def _kept_by_settings(settings: Settings, channel: Channel, number: str) -> str 
     )
 
 
+async def check_number_free(session: AsyncSession, channel: Channel, number: str) -> None:
+    """NumberTaken, naming the account, when an account owns `number` on `channel`."""
+    owner = await session.scalar(
+        select(Account)
+        .join(ChannelConfig, ChannelConfig.account_id == Account.id)
+        .where(ChannelConfig.channel == channel, ChannelConfig.phone_number == number)
+    )
+    if owner is not None:
+        raise NumberTaken(
+            f"{channel.value} number {number} already belongs to account "
+            f"{owner.name!r} ({owner.id})"
+        )
+
+
+async def check_name_free(
+    session: AsyncSession, name: str, account_id: uuid.UUID | None = None
+) -> None:
+    """AccountNameTaken when an account (other than `account_id`) has the name."""
+    query = select(Account.id).where(Account.name == name)
+    if account_id is not None:
+        query = query.where(Account.id != account_id)
+    other = await session.scalar(query.limit(1))
+    if other is not None:
+        raise AccountNameTaken(f"account {other} is already named {name!r}")
+
+
 async def set_number(
     session: AsyncSession,
     account: Account,
@@ -231,16 +257,7 @@ async def set_number(
         if kept is not None:
             raise NumberKeptBySetting(f"cannot change the {channel.value} number: {kept}")
     if number is not None:
-        owner = await session.scalar(
-            select(Account)
-            .join(ChannelConfig, ChannelConfig.account_id == Account.id)
-            .where(ChannelConfig.channel == channel, ChannelConfig.phone_number == number)
-        )
-        if owner is not None:
-            raise NumberTaken(
-                f"{channel.value} number {number} already belongs to account "
-                f"{owner.name!r} ({owner.id})"
-            )
+        await check_number_free(session, channel, number)
     if config is None:
         session.add(ChannelConfig(account_id=account.id, channel=channel, phone_number=number))
     elif number is None:
@@ -265,11 +282,7 @@ async def rename_account(session: AsyncSession, account: Account, name: str) -> 
     new_name = check_name(name)
     if new_name == account.name:
         return False
-    other = await session.scalar(
-        select(Account.id).where(Account.name == new_name, Account.id != account.id).limit(1)
-    )
-    if other is not None:
-        raise AccountNameTaken(f"account {other} is already named {new_name!r}")
+    await check_name_free(session, new_name, account.id)
     account.name = new_name
     await session.flush()
     return True

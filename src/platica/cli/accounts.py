@@ -55,13 +55,22 @@ def accounts_create(
     async def run() -> tuple[uuid.UUID, str]:
         from sqlalchemy.exc import IntegrityError
 
+        from platica.accounts import check_name_free, check_number_free
+
         engine = db.create_engine(settings.DATABASE_URL)
         try:
             async with db.session(db.create_sessionmaker(engine)) as session:
+                # Names and numbers are how accounts are told apart: refused, saying whose.
+                await check_name_free(session, name.strip())
+                for channel, number in ((Channel.whatsapp, whatsapp), (Channel.sms, sms)):
+                    if number is not None:
+                        await check_number_free(session, channel, number)
                 account, key = await create_account(
                     session, name.strip(), whatsapp_number=whatsapp, sms_number=sms
                 )
                 return account.id, key
+        except PlaticaError as error:
+            raise fail(error.message) from None
         except IntegrityError:
             typer.echo("Error: another account already owns one of those numbers.", err=True)
             raise typer.Exit(1) from None
