@@ -268,13 +268,17 @@ class TestSetNumber:
 
 
 class TestCreate:
-    def test_a_name_another_account_has_is_refused(self, two_accounts, database: Database):
-        sol, _ = two_accounts
+    def test_a_number_another_account_has_is_refused_naming_it(
+        self, two_accounts, database: Database
+    ):
+        _, luna = two_accounts
 
-        result = invoke("accounts", "create", "Panadería Sol", "--sms-number", "+5215500001111")
+        result = invoke("accounts", "create", "Panadería Nube", "--sms-number", LUNA_SMS)
 
         assert result.exit_code == 1
-        assert result.stderr == f"Error: account {sol} is already named 'Panadería Sol'\n"
+        assert result.stderr == (
+            f"Error: sms number {LUNA_SMS} already belongs to account 'Tortillería Luna' ({luna})\n"
+        )
         assert database.count("accounts") == 2
 
 

@@ -104,6 +104,22 @@ def _warn_about_defaults(settings: Settings) -> None:
             detail="TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset: webhook signatures are NOT checked "
             "and replies are stored but not sent (dry run). Never expose this to the internet.",
         )
+    ignored = settings.ignored_seed_secrets
+    if ignored:
+        # Someone migrating from the original services must not believe these protect anything.
+        protection = (
+            "Twilio's X-Twilio-Signature header, checked with TWILIO_AUTH_TOKEN"
+            if settings.twilio_configured
+            else "nothing yet: set TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN so that Twilio's "
+            "X-Twilio-Signature header is checked"
+        )
+        log.warning(
+            "startup.seed_secrets_ignored",
+            variables=ignored,
+            detail=f"{' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored: "
+            f"Plática does not use webhook secrets. What protects the webhooks: {protection}. "
+            "Remove the variable to silence this warning.",
+        )
 
 
 async def start_services(settings: Settings, *, work: bool, turns: Turns | None = None) -> AppState:

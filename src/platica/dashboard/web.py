@@ -25,8 +25,10 @@ from platica.dashboard.alerts import Alert, alerts
 from platica.dashboard.session import (
     CSRF_FIELD,
     CSRF_HEADER,
+    LINK_SESSION,
     CookieSession,
     admin_fingerprint,
+    link_session_account,
     session_open,
 )
 from platica.dashboard.session import load as load_session
@@ -70,7 +72,7 @@ class CsrfRejected(Exception):
 class Operator:
     """Who is looking, and at whose data."""
 
-    kind: str  # "api_key" or "admin"
+    kind: str  # "api_key", "admin" or "link" (a one-time login link's account)
     account_id: uuid.UUID | None  # the account every page shows; None: all of them (admin)
     account_name: str | None
     accounts: list[tuple[uuid.UUID, str]] = field(default_factory=list)  # admin: to switch
@@ -144,6 +146,13 @@ async def _operator(state: AppState, cookie: CookieSession) -> Operator | None:
             if row is None or str(row.account_id) != cookie.account_id:
                 return None
             return Operator("api_key", row.account_id, row.name)
+        if cookie.kind == LINK_SESSION:
+            # The session's own row holds its account (deleted with it, or at logout).
+            account_id = await link_session_account(session, cookie.sid)
+            if account_id is None or str(account_id) != cookie.account_id:
+                return None
+            name = await session.scalar(select(Account.name).where(Account.id == account_id))
+            return Operator(LINK_SESSION, account_id, name)
     return None
 
 
