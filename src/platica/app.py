@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from platica import apidocs, db, ops
 from platica.accounts import ensure_default_account
+from platica.api import accounts as api_accounts
 from platica.api import outreach as api_outreach
 from platica.api import routes as api_routes
 from platica.api import templates as api_templates
@@ -317,7 +318,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.CORS_ORIGINS,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(RequireStarted)
@@ -326,6 +327,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts, www_redirect=False
     )
     app.include_router(webhook.router)
+    app.include_router(api_accounts.router)
     app.include_router(api_routes.router)
     app.include_router(api_outreach.router)
     app.include_router(api_templates.router)
