@@ -4,6 +4,8 @@ over plain HTTP against a live server."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -302,6 +304,21 @@ class TestPages:
         assert missing.status_code == 404
         assert "<h1>No encontrado</h1>" in missing.text
         assert "Aquí no existe esa conversación, o pertenece a otra cuenta." in missing.text
+
+    def test_the_words_of_app_js_follow_the_language(self, operator):
+        """Chart legends and the reply window's countdown are written by app.js, from the
+        page's <body data-words>."""
+        words = re.compile(r'data-words="([^"]+)"')
+        spanish = words.search(operator.http.get("/stats").text)
+        english = words.search(operator.http.get("/stats", headers={"Accept-Language": "en"}).text)
+        assert spanish is not None
+        assert english is not None
+        assert json.loads(html.unescape(spanish[1]))["seconds"] == "Segundos"
+        assert json.loads(html.unescape(spanish[1]))["day_many"] == "%(num)s días"
+        assert json.loads(html.unescape(english[1]))["window_closed"] == (
+            "Reply window closed %(ago)s ago: only an approved template can be sent "
+            "(reload the page to pick one)"
+        )
 
     @pytest.mark.parametrize("path", ["/stats", "/settings", "/simulator", "/broadcasts"])
     def test_every_page_renders_in_spanish(self, operator, path):

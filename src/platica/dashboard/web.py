@@ -261,11 +261,34 @@ def _here(request: Request) -> str:
     return f"{here}?{request.url.query}" if request.url.query else here
 
 
+def js_words() -> dict[str, str]:
+    """What app.js writes itself (chart legends, the reply window's countdown, announcements),
+    in the request's language: the page hands them over in <body data-words>."""
+    return {
+        "incoming": _("Incoming"),
+        "outgoing": _("Outgoing"),
+        "ai_replies": _("AI replies"),
+        "conversations": _("Conversations"),
+        "seconds": _("Seconds"),
+        "under_1_min": _("under 1 min"),
+        "day_one": i18n.ngettext("%(num)s day", "%(num)s days", 1),
+        "day_many": i18n.ngettext("%(num)s day", "%(num)s days", 2),
+        "new_one": i18n.ngettext("%(num)s new message", "%(num)s new messages", 1),
+        "new_many": i18n.ngettext("%(num)s new message", "%(num)s new messages", 2),
+        "window_closed": _(
+            "Reply window closed %(ago)s ago: only an approved template can be sent "
+            "(reload the page to pick one)",
+            ago="%(ago)s",
+        ),
+    }
+
+
 def _context(visit: Visit, page: str, **values: Any) -> dict[str, Any]:
     root = visit.root
     return {
         "lang": i18n.current_language(),
         "ui_languages": i18n.LANGUAGE_NAMES,
+        "js_words": js_words,
         "root": root,
         "asset": lambda name: f"{root}/static/{name}?v={ASSET_VERSION}",
         "csrf": visit.cookie.csrf,
