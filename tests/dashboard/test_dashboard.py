@@ -135,8 +135,13 @@ class Dashboard:
     def page(self, viewport: dict[str, int] = DESKTOP, locale: str = "en-US") -> Page:
         """A fresh browser context (no cookies); console errors and outside requests are recorded.
         The browser asks for English (`locale`: its Accept-Language), as the assertions are in
-        English; test_i18n.py looks at the Spanish pages."""
-        context = self.browser.new_context(viewport=viewport, base_url=self.url, locale=locale)  # type: ignore[arg-type]
+        English (page.request too); test_i18n_browser.py looks at the Spanish pages."""
+        context = self.browser.new_context(
+            viewport=viewport,  # type: ignore[arg-type]
+            base_url=self.url,
+            locale=locale,
+            extra_http_headers={"Accept-Language": locale},
+        )
         self.contexts.append(context)
         page = context.new_page()
         page.on("console", self._console)
