@@ -14,6 +14,8 @@ it: each request, task or thread has its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from io import BytesIO
 from pathlib import Path
@@ -64,6 +66,16 @@ def current_locale() -> Locale:
 
 def set_language(language: str) -> None:
     _language.set(language if language in CATALOGS else DEFAULT_LANGUAGE)
+
+
+@contextmanager
+def speaking(language: str) -> Iterator[None]:
+    """`language` for the block only (outside a request: tests, scripts)."""
+    token = _language.set(language if language in CATALOGS else DEFAULT_LANGUAGE)
+    try:
+        yield
+    finally:
+        _language.reset(token)
 
 
 def gettext(message: str) -> str:

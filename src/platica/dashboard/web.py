@@ -263,7 +263,8 @@ def _here(request: Request) -> str:
 
 def js_words() -> dict[str, str]:
     """What app.js writes itself (chart legends, the reply window's countdown, announcements),
-    in the request's language: the page hands them over in <body data-words>."""
+    in the request's language: the page hands them over in <body data-words> (and the reply
+    window's closing sentence in its own data-closed-text)."""
     return {
         "incoming": _("Incoming"),
         "outgoing": _("Outgoing"),
@@ -275,11 +276,6 @@ def js_words() -> dict[str, str]:
         "day_many": i18n.ngettext("%(num)s day", "%(num)s days", 2),
         "new_one": i18n.ngettext("%(num)s new message", "%(num)s new messages", 1),
         "new_many": i18n.ngettext("%(num)s new message", "%(num)s new messages", 2),
-        "window_closed": _(
-            "Reply window closed %(ago)s ago: only an approved template can be sent "
-            "(reload the page to pick one)",
-            ago="%(ago)s",
-        ),
     }
 
 

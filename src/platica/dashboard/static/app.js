@@ -205,7 +205,7 @@
         line.classList.remove("window-open");
         line.classList.add("window-closed");
         line.textContent = "";
-        var sentence = word("window_closed", "Reply window closed %(ago)s ago: only an approved template can be sent (reload the page to pick one)").split("%(ago)s");
+        var sentence = (line.getAttribute("data-closed-text") || "Reply window closed %(ago)s ago: only an approved template can be sent (reload the page to pick one)").split("%(ago)s");
         line.append(sentence[0], time, sentence[1] || "");
       }
       time.textContent = timeAgo(-left);
