@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,9 @@ from babel.messages.catalog import Catalog
 from babel.messages.frontend import CommandLineInterface
 from babel.messages.pofile import read_po
 
-from platica.dashboard import i18n
+from platica.dashboard import display, i18n
 from platica.dashboard.recipients import RecipientsError, parse_csv
+from platica.models import utcnow
 from tests.conftest import Database, LiveServer, make_settings
 from tests.dashboard.client import DashboardClient
 from tests.dashboard.inbox_data import Seed, default_account, store
@@ -102,6 +104,32 @@ class TestCatalogs:
             assert i18n.ngettext("%(num)s day", "%(num)s days", 2) == "%(num)s días"
             assert i18n._("Account: %(name)s", name="Panadería") == "Cuenta: Panadería"
         assert i18n.current_language() == i18n.DEFAULT_LANGUAGE
+
+    def test_stored_notes_in_spanish(self):
+        with i18n.speaking("es"):
+            assert display.note("answered by an operator") == "respondido por un operador"
+            assert display.note("something new") == "something new"
+            assert display.note(None) is None
+            assert display.delivery_state("delivered") == "entregado"
+            assert display.time_left(utcnow() + timedelta(seconds=30), utcnow()) == (
+                "menos de 1 min"
+            )
+            assert display.time_ago(utcnow() - timedelta(days=3), utcnow()) == "3 días"
+            assert display.milliseconds(2400) == "2,4 s"
+            assert display.count_messages(12345) == "12.345 mensajes"
+        with i18n.speaking("en"):
+            assert display.milliseconds(2400) == "2.4 s"
+            assert display.count_messages(12345) == "12,345 messages"
+
+    def test_the_stored_notes_are_still_written_somewhere(self):
+        """display.STORED_NOTES repeats what the reply path writes: each is still in its code."""
+        sources = "".join(
+            path.read_text(encoding="utf-8")
+            for path in (ROOT / "src" / "platica").rglob("*.py")
+            if "dashboard" not in path.parts
+        )
+        gone = [note for note in display.STORED_NOTES if f'"{note}"' not in sources]
+        assert gone == []
 
     def test_a_recipient_list_error_in_spanish(self):
         with pytest.raises(RecipientsError) as spanish:

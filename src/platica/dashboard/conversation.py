@@ -89,7 +89,7 @@ def _message(message: Message, media: list[dict[str, Any]]) -> dict[str, Any]:
         "failed": message.status in ("failed", "undelivered"),
         "waiting": waiting,
         "skipped": inbound and message.reply_state == ReplyState.skipped,
-        "note": message.note,
+        "note": display.note(message.note),
         "model": message.model,
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,

@@ -58,6 +58,37 @@ TWILIO_ERRORS: dict[int, str] = {
 }
 
 
+# What the reply path writes on a message (`messages.note`) or a contact (`flag_reason`), in
+# English in the database and the API; the dashboard shows the known ones in its language.
+STORED_NOTES = {
+    note: note
+    for note in (
+        N_("opted out, confirmation sent"),
+        N_("opted in again, confirmation sent"),
+        N_("help message sent"),
+        N_("opted out already"),
+        N_("not opted out, nothing to confirm"),
+        N_("contact opted out, no help message sent"),
+        N_("daily token budget spent: busy message sent"),
+        N_("daily token budget spent: busy message sent earlier today"),
+        N_("AI disabled for this channel"),
+        N_("conversation closed"),
+        N_("contact opted out"),
+        N_("the contact sent STOP right after"),
+        N_("flood: over RATE_LIMIT_FLOOD, not answered"),
+        N_("sent more than RATE_LIMIT_FLOOD allows"),
+        N_("answered by an operator"),
+    )
+}
+
+
+def note(text: str | None) -> str | None:
+    """A stored note in the request's language when it is a known one, else as stored."""
+    if text is None or text not in STORED_NOTES:
+        return text
+    return _(STORED_NOTES[text])
+
+
 def conversation_state(view: ConversationView, now: datetime | None = None) -> str:
     """One of CONVERSATION_STATES: closed wins, then opted out, then a live handoff."""
     conversation = view.conversation
