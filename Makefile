@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run serve test lint format bench db-upgrade lock clean
+.PHONY: run serve test lint format bench db-upgrade lock clean messages
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
+
+## messages: extract the dashboard's strings into its .pot and merge them into each language's .po
+LOCALE := src/platica/dashboard/locale
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k N_ --no-location --sort-output --omit-header -w 100 \
+		-o $(LOCALE)/messages.pot .
+	$(BIN)/pybabel update -i $(LOCALE)/messages.pot -d $(LOCALE) -w 100 --no-fuzzy-matching \
+		--ignore-obsolete
 
 ## bench: SPEC §6 on this machine (fakes, PostgreSQL and SQLite, < 10 min) -> docs/benchmark.md
 bench: $(STAMP)

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from platica.config import Settings
+from platica.dashboard.i18n import _
 from platica.models import DashboardSession, utcnow
 
 COOKIE_NAME = "platica_session"
@@ -246,14 +247,19 @@ async def redeem_login_link(db: AsyncSession, token: str) -> uuid.UUID:
     ).first()
     if row is None:
         raise LinkRefused(
-            "This login link was already used, or is not a valid link. "
-            "Log in with an API key or the admin token."
+            _(
+                "This login link was already used, or is not a valid link. "
+                "Log in with an API key or the admin token."
+            )
         )
     if row.expires_at <= utcnow() or row.account_id is None:
         minutes = LOGIN_LINK_SECONDS // 60
         raise LinkRefused(
-            f"This login link has expired (links last {minutes} minutes). "
-            "Log in with an API key or the admin token."
+            _(
+                "This login link has expired (links last %(minutes)s minutes). "
+                "Log in with an API key or the admin token.",
+                minutes=minutes,
+            )
         )
     account_id: uuid.UUID = row.account_id
     return account_id

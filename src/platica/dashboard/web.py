@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import jinja2
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
@@ -20,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from platica.api.auth import scope_session
-from platica.dashboard import display
+from platica.dashboard import display, i18n
 from platica.dashboard.alerts import Alert, alerts
+from platica.dashboard.i18n import N_, _
 from platica.dashboard.session import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -48,7 +50,17 @@ from platica.models import Account, ApiKey, Channel
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-templates = Jinja2Templates(directory=HERE / "templates")
+# Jinja2's i18n extension (newstyle gettext): `_()` and `{% trans %}` speak the request's
+# language (dashboard/i18n.py).
+_environment = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    extensions=["jinja2.ext.i18n"],
+)
+_environment.install_gettext_callables(  # type: ignore[attr-defined]
+    i18n.gettext, i18n.ngettext, newstyle=True
+)
+templates = Jinja2Templates(env=_environment)
 
 # Changes whenever our CSS or JS does, so browsers never run a stale copy.
 ASSET_VERSION = hashlib.sha256(
@@ -198,6 +210,7 @@ def uuid_or_none(value: str | None) -> uuid.UUID | None:
 
 
 async def get_visit(request: Request) -> Visit:
+    i18n.use_language(request)
     state = app_state(request)
     cookie = load_session(request, state.settings)
     request.state.dashboard_cookie = cookie
@@ -260,9 +273,35 @@ def _finish(visit: Visit | None, request: Request, response: Response) -> Respon
     return response
 
 
+def _here(request: Request) -> str:
+    here = app_path(request)
+    return f"{here}?{request.url.query}" if request.url.query else here
+
+
+def js_words() -> dict[str, str]:
+    """What app.js writes itself (chart legends, the reply window's countdown, announcements),
+    in the request's language: the page hands them over in <body data-words> (and the reply
+    window's closing sentence in its own data-closed-text)."""
+    return {
+        "incoming": _("Incoming"),
+        "outgoing": _("Outgoing"),
+        "ai_replies": _("AI replies"),
+        "conversations": _("Conversations"),
+        "seconds": _("Seconds"),
+        "under_1_min": _("under 1 min"),
+        "day_one": i18n.ngettext("%(num)s day", "%(num)s days", 1),
+        "day_many": i18n.ngettext("%(num)s day", "%(num)s days", 2),
+        "new_one": i18n.ngettext("%(num)s new message", "%(num)s new messages", 1),
+        "new_many": i18n.ngettext("%(num)s new message", "%(num)s new messages", 2),
+    }
+
+
 def _context(visit: Visit, page: str, **values: Any) -> dict[str, Any]:
     root = visit.root
     return {
+        "lang": i18n.current_language(),
+        "ui_languages": i18n.LANGUAGE_NAMES,
+        "js_words": js_words,
         "root": root,
         "asset": lambda name: f"{root}/static/{name}?v={ASSET_VERSION}",
         "csrf": visit.cookie.csrf,
@@ -270,6 +309,8 @@ def _context(visit: Visit, page: str, **values: Any) -> dict[str, Any]:
         "page": page,
         # Inside the app (forms post it back as `next`, which redirect() prefixes).
         "path": app_path(visit.request),
+        # Where the language switch comes back to: this page, with its query.
+        "here": _here(visit.request),
         "display": display,
         "alerts": visit.alerts,
         **values,
@@ -328,7 +369,13 @@ def redirect(visit: Visit, path: str) -> Response:
 
 def safe_next(value: str | None) -> str:
     """Only paths of this site (not //host or /\\host) are followed after logging in."""
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
+    if (
+        value
+        and value.startswith("/")
+        and not value.startswith(("//", "/\\"))
+        # Browsers drop tabs and newlines from URLs: "/\t/host" would become "//host".
+        and not any(ord(character) < 0x20 or character == "\x7f" for character in value)
+    ):
         return value
     return "/"
 
@@ -348,13 +395,16 @@ async def login_required(request: Request, _exc: Exception) -> Response:
 
 
 async def csrf_rejected(request: Request, _exc: Exception) -> Response:
+    i18n.use_language(request)
     visit = Visit(request, app_state(request), request.state.dashboard_cookie, None)
     return error_page(
         visit,
         403,
-        "Form expired",
-        "This form is out of date or did not come from this dashboard. "
-        "Go back, reload the page and try again.",
+        _("Form expired"),
+        _(
+            "This form is out of date or did not come from this dashboard. "
+            "Go back, reload the page and try again."
+        ),
     )
 
 
@@ -362,7 +412,24 @@ def error_page(visit: Visit, status_code: int, title: str, message: str) -> Resp
     return render(visit, "error.html", "", status_code=status_code, title=title, message=message)
 
 
+# What `not_found` says of each thing a path can name.
+NOT_FOUND = {
+    "such conversation": N_(
+        "There is no such conversation here, or it belongs to another account."
+    ),
+    "such broadcast": N_("There is no such broadcast here, or it belongs to another account."),
+    "such account": N_("There is no such account here, or it belongs to another account."),
+    "account switcher": N_("There is no account switcher here, or it belongs to another account."),
+    "such media item": N_("There is no such media item here, or it belongs to another account."),
+    "such channel": N_("There is no such channel here, or it belongs to another account."),
+}
+
+
 def not_found(visit: Visit, what: str) -> Response:
-    return error_page(
-        visit, 404, "Not found", f"There is no {what} here, or it belongs to another account."
+    message = NOT_FOUND.get(what)
+    text = (
+        _(message)
+        if message
+        else _("There is no %(what)s here, or it belongs to another account.", what=what)
     )
+    return error_page(visit, 404, _("Not found"), text)
