@@ -5,6 +5,9 @@ in .env.example, and every relative link leads to a file of the repository."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,3 +220,34 @@ class TestParsing:
         assert [m for code in codes for m in INVOCATION.finditer(code)] == []
         [match] = INVOCATION.finditer(".venv/bin/platica simulate --channel sms")
         assert match.group(1).split() == ["simulate", "--channel", "sms"]
+
+
+class TestSystemdUnits:
+    """docs/deploy.md's units, checked by systemd's own parser (where systemd-analyze is)."""
+
+    def test_the_units_parse_without_a_warning(self, tmp_path):
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            pytest.skip("systemd-analyze is not installed: the units are not parsed")
+        text = (ROOT / "docs" / "deploy.md").read_text()
+        blocks = re.findall(r"^```ini\n(.*?)^```", text, re.S | re.M)
+        assert len(blocks) == 2, "docs/deploy.md has the server's unit and the workers' template"
+        executable = Path(sys.executable).with_name("platica")
+        units = []
+        for name, block in zip(
+            ("platica.service", "platica-worker@1.service"), blocks, strict=True
+        ):
+            # Here, the paths of this checkout (the parser checks the program exists).
+            unit = tmp_path / name
+            unit.write_text(
+                block.replace("/srv/platica/venv/bin/platica", str(executable))
+                .replace("EnvironmentFile=/etc/", "EnvironmentFile=-/etc/")
+                .replace("WorkingDirectory=/var/lib/platica", f"WorkingDirectory={tmp_path}")
+            )
+            units.append(str(unit))
+        result = subprocess.run(
+            [analyze, "verify", "--man=no", *units], capture_output=True, text=True, timeout=60
+        )
+        # Unknown keys and bad values are warnings on stderr (the status stays 0).
+        assert result.stderr.strip() == ""
+        assert result.returncode == 0
