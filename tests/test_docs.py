@@ -1,6 +1,7 @@
 """The documentation names only what exists: every `platica` command and option written in
 README.md and docs/*.md is a command of the CLI, every setting-like variable is a Settings field or
-in .env.example, and every relative link leads to a file of the repository."""
+in .env.example, every relative link leads to a file of the repository (and its heading or
+anchor), and docs/deploy.md's systemd units parse. Its proxy examples: tests/test_docs_proxy.py."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ INVOCATION = re.compile(r"(?:(?<=^)|(?<=[\s`(]|/))platica((?:[ \t]+[^\s`|;&#)]+)
 VARIABLE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
 ASSIGNMENT = re.compile(r"(?:^|[\s`#])([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*)=")
 LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)\s]*)?\)")
+ANCHORED_LINK = re.compile(r"\]\(([^)\s#]*)#([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*$", re.MULTILINE)
+EXPLICIT_ANCHOR = re.compile(r'<a id="([^"]+)"')
 
 
 def code_of(text: str) -> Iterator[str]:
@@ -157,6 +161,30 @@ def linked_files() -> set[str]:
     return found
 
 
+def anchors_of(document: Path) -> set[str]:
+    """The fragments a link may name in `document`: its headings' slugs, as GitHub makes them
+    (lower case, punctuation dropped, spaces to hyphens), and its `<a id>`s."""
+    text = FENCE.sub("", document.read_text())
+    slugs = {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in HEADING.findall(text)
+    }
+    return slugs | set(EXPLICIT_ANCHOR.findall(text))
+
+
+def broken_anchors() -> set[str]:
+    """`file#fragment` links whose file exists but has no such heading or anchor."""
+    broken: set[str] = set()
+    for document in DOCUMENTS:
+        for target, fragment in ANCHORED_LINK.findall(document.read_text()):
+            if "://" in target:
+                continue
+            path = (document.parent / target).resolve() if target else document
+            if path.exists() and fragment not in anchors_of(path):
+                broken.add(f"{path.relative_to(ROOT)}#{fragment}")
+    return broken
+
+
 def missing(names: set[str]) -> list[str]:
     """The names not yet here, the pending ones made an expected failure naming them."""
     absent = sorted(names)
@@ -188,6 +216,9 @@ class TestDocumentation:
         assert "docs/deploy.md" in links
         assert missing({link for link in links if not (ROOT / link).exists()}) == []
 
+    def test_every_anchor_linked_to_exists(self):
+        assert broken_anchors() == set()
+
 
 class TestParsing:
     """The checks above find what they look for, and would catch a wrong name."""
@@ -214,6 +245,18 @@ class TestParsing:
         assert "OPENAI_API_KEY" in spans
         names = {name for code in spans for name in ASSIGNMENT.findall(code)}
         assert names == {"HOST", "PORT", "A_B"}
+
+    def test_anchors_are_github_slugs(self, tmp_path):
+        document = tmp_path / "guide.md"
+        document.write_text(
+            "## PostgreSQL / Supabase\n### 3. The US: A2P 10DLC, toll-free\n"
+            '<a id="limits"></a>\n```sh\n# not a heading\n```\n'
+        )
+        assert anchors_of(document) == {
+            "postgresql--supabase",
+            "3-the-us-a2p-10dlc-toll-free",
+            "limits",
+        }
 
     def test_package_paths_are_not_commands(self):
         codes = ["platica.create_app()", "src/platica/cli/serve.py", "platica_replies_total"]
