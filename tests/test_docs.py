@@ -18,8 +18,10 @@ import typer
 
 from platica.cli import app
 from platica.config import Settings
+from platica.db import Base
 
 ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "src" / "platica"
 DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 
 # Variables the documents name that are not Plática's settings: the test suite's, the
@@ -185,6 +187,39 @@ def broken_anchors() -> set[str]:
     return broken
 
 
+LOG_CALL = re.compile(
+    r"log\.(?:debug|info|warning|error|exception|critical)\(\s*\"([a-z_]+\.[a-z_.]+)\""
+)
+DOTTED_LITERAL = re.compile(r"\"([a-z_]+\.[a-z_]+)\"")
+# `webhook.rejected` in a code span, or a log line's event: `reply.llm_failed  error=...`.
+DOTTED_IN_DOCS = re.compile(r"`([a-z_]+\.[a-z_]+)`|\b([a-z_]+\.[a-z_]+)(?=[ \t]+[a-z_]+=)")
+
+
+def documented_events() -> set[str]:
+    """Names in the documents that look like Plática's log events: dotted, with the first part
+    of an event Plática logs (`webhook.`, `reply.`, `startup.`...)."""
+    sources = [path.read_text() for path in SOURCE.rglob("*.py")]
+    kinds = {event.split(".")[0] for text in sources for event in LOG_CALL.findall(text)}
+    found: set[str] = set()
+    for document in DOCUMENTS:
+        for pair in DOTTED_IN_DOCS.findall(document.read_text()):
+            found |= {name for name in pair if name and name.split(".")[0] in kinds}
+    return found
+
+
+def unknown_events(names: set[str]) -> set[str]:
+    """Those neither a string of the source (an event's name) nor a `table.column`."""
+    literals = {
+        name for path in SOURCE.rglob("*.py") for name in DOTTED_LITERAL.findall(path.read_text())
+    }
+    columns = {
+        f"{table.name}.{column.name}"
+        for table in Base.metadata.tables.values()
+        for column in table.columns
+    }
+    return names - literals - columns
+
+
 def missing(names: set[str]) -> list[str]:
     """The names not yet here, the pending ones made an expected failure naming them."""
     absent = sorted(names)
@@ -215,6 +250,11 @@ class TestDocumentation:
         links = linked_files()
         assert "docs/deploy.md" in links
         assert missing({link for link in links if not (ROOT / link).exists()}) == []
+
+    def test_every_log_event_written_is_logged(self):
+        events = documented_events()
+        assert {"webhook.rejected", "reply.llm_failed", "task.parked"} <= events
+        assert unknown_events(events) == set()
 
     def test_every_anchor_linked_to_exists(self):
         assert broken_anchors() == set()
@@ -257,6 +297,10 @@ class TestParsing:
             "3-the-us-a2p-10dlc-toll-free",
             "limits",
         }
+
+    def test_an_event_name_misspelt_is_unknown(self):
+        assert unknown_events({"reply.llm_failed", "accounts.auth_user_id"}) == set()
+        assert unknown_events({"reply.llm_failure"}) == {"reply.llm_failure"}
 
     def test_package_paths_are_not_commands(self):
         codes = ["platica.create_app()", "src/platica/cli/serve.py", "platica_replies_total"]
