@@ -1,0 +1,95 @@
+"""docs/troubleshooting.md's cases, reproduced over real HTTP: what the guide says the customer
+gets, what the log and the webhook log say, and that the guide still quotes those very words."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Database, LiveServer, make_settings
+from tests.factories import CONTACT, inbound_form, post_signed
+from tests.logs import log_events
+from tests.polling import wait_for
+from tests.stack import Stack, live_stack
+
+GUIDE = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
+PUBLIC = "https://platica.panaderiasol.es"
+
+
+def in_guide(text: str) -> str:
+    """`text`, after checking the guide quotes it word for word."""
+    assert text in GUIDE, f"docs/troubleshooting.md no longer quotes {text!r}"
+    return text
+
+
+@pytest.fixture
+def wrong_key_stack(sqlite_url, live_server) -> Iterator[Stack]:
+    """The fakes behind a live server whose OPENAI_API_KEY the fake OpenAI refuses."""
+    wrong = {"OPENAI_API_KEY": "sk-wrong-0123456789", "LOG_LEVEL": "INFO"}
+    with live_stack(sqlite_url, live_server, **wrong) as stack:
+        stack.openai.api_key = "sk-the-right-one-0123456789"
+        yield stack
+
+
+class TestWrongOpenAIKey:
+    def test_the_customer_gets_the_fallback_and_the_note_says_why(self, wrong_key_stack):
+        stack = wrong_key_stack
+        stack.configure(fallback_message="Ahora no podemos responder; le escribimos pronto.")
+        with log_events() as logged:
+            stack.send(body="Hola, ¿tienen tarta de queso?")
+            wait_for(lambda: stack.settled() and stack.twilio.sent, "the fallback to be sent")
+        [sent] = stack.sent_to(CONTACT)
+        assert sent["body"] == "Ahora no podemos responder; le escribimos pronto."
+        why = in_guide("the LLM refused the request (401 invalid_api_key)")
+        note = stack.database.scalar("SELECT note FROM messages WHERE direction = 'inbound'")
+        assert note == f"fallback sent: {why}"
+        assert [event["error"] for event in logged.named("reply.llm_failed")] == [why]
+        [stored] = logged.named("reply.stored")
+        assert stored["fallback"] is True
+
+
+class TestSignatureBehindAProxy:
+    def test_a_signature_over_the_internal_url_is_refused_and_the_log_shows_the_public_one(
+        self, sqlite_url, live_server
+    ):
+        server: LiveServer = live_server(make_settings(sqlite_url, PUBLIC_BASE_URL=PUBLIC))
+        form = inbound_form(body="Hola")
+        with log_events() as logged, httpx.Client(timeout=10) as client:
+            # Signed over the address Plática is reached at: what a proxy shows it, not what
+            # Twilio called.
+            response = post_signed(client, server.url, "/webhook/sms", form)
+        assert response.status_code == 403
+        assert response.json()["error"] == {
+            "code": in_guide("invalid_signature"),
+            "message": in_guide("X-Twilio-Signature does not match"),
+        }
+        [rejected] = logged.named(in_guide("webhook.rejected"))
+        checked = f"{PUBLIC}/webhook/sms"
+        assert rejected["signed_url"] == checked
+        assert rejected["reason"] == in_guide(
+            f"X-Twilio-Signature does not match (checked over {checked}: PUBLIC_BASE_URL + path)"
+        )
+        database = Database(sqlite_url)
+        try:
+            assert database.count("messages") == 0
+            assert database.scalar("SELECT reason FROM webhook_logs") == rejected["reason"]
+        finally:
+            database.engine.dispose()
+
+
+class TestUnknownNumber:
+    def test_a_number_no_account_owns_gets_404_naming_the_fix(self, sqlite_url, live_server):
+        server: LiveServer = live_server(make_settings(sqlite_url))
+        form = inbound_form(to="+34911222334")
+        with log_events() as logged, httpx.Client(timeout=10) as client:
+            response = post_signed(client, server.url, "/webhook/sms", form)
+        assert response.status_code == 404
+        [rejected] = logged.named("webhook.rejected")
+        reason = (
+            "no account owns +3491*****34 on sms; add it with `platica accounts create` "
+            "or TWILIO_PHONE_NUMBER"
+        )
+        assert rejected["reason"] == in_guide(reason)
