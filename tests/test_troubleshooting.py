@@ -16,12 +16,16 @@ from tests.polling import wait_for
 from tests.stack import Stack, live_stack
 
 GUIDE = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
+# The guide as flowing text: its lines wrap quotes anywhere.
+GUIDE_TEXT = " ".join(GUIDE.split())
 PUBLIC = "https://platica.panaderiasol.es"
 
 
 def in_guide(text: str) -> str:
     """`text`, after checking the guide quotes it word for word."""
-    assert text in GUIDE, f"docs/troubleshooting.md no longer quotes {text!r}"
+    assert " ".join(text.split()) in GUIDE_TEXT, (
+        f"docs/troubleshooting.md no longer quotes {text!r}"
+    )
     return text
 
 
@@ -32,6 +36,18 @@ def wrong_key_stack(sqlite_url, live_server) -> Iterator[Stack]:
     with live_stack(sqlite_url, live_server, **wrong) as stack:
         stack.openai.api_key = "sk-the-right-one-0123456789"
         yield stack
+
+
+class TestQuotedRefusals:
+    def test_the_reasons_stored_on_refused_messages_are_quoted(self):
+        from platica.channels.sender import UNSUBSCRIBED
+        from platica.outreach.window import OUTSIDE_WINDOW, OUTSIDE_WINDOW_ERROR
+        from platica.replies.sending import OPTED_OUT_ERROR
+
+        in_guide(OUTSIDE_WINDOW_ERROR)
+        in_guide(OPTED_OUT_ERROR)
+        in_guide(f"**{OUTSIDE_WINDOW}: outside WhatsApp's 24-hour window.**")
+        in_guide(f"**{UNSUBSCRIBED}: the recipient replied STOP.**")
 
 
 class TestWrongOpenAIKey:
