@@ -109,3 +109,46 @@ class TestUnknownNumber:
             "or TWILIO_PHONE_NUMBER"
         )
         assert rejected["reason"] == in_guide(reason)
+
+
+class TestStartupErrors:
+    """The guide's table of start-up errors quotes what the settings' check prints."""
+
+    @staticmethod
+    def refused(**values: str) -> str:
+        from platica.config import ConfigError, load_settings
+
+        with pytest.raises(ConfigError) as error:
+            load_settings(_env_file=None, **values)
+        return str(error.value)
+
+    def test_twilio_without_public_base_url(self):
+        printed = self.refused(TWILIO_ACCOUNT_SID="AC" + "a1" * 16, TWILIO_AUTH_TOKEN="t" * 32)
+        quoted = in_guide(
+            "Invalid configuration: PUBLIC_BASE_URL: required when "
+            "TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN are set: "
+        )
+        assert printed.startswith(quoted)
+
+    def test_one_twilio_credential_alone(self):
+        printed = self.refused(TWILIO_ACCOUNT_SID="AC" + "a1" * 16)
+        assert printed == in_guide(
+            "Invalid configuration: TWILIO_AUTH_TOKEN: must be set together with the other "
+            "Twilio credential"
+        )
+
+    def test_a_number_not_in_e164(self):
+        printed = self.refused(TWILIO_PHONE_NUMBER="911 22 23 34")
+        assert printed == in_guide(
+            "Invalid configuration: TWILIO_PHONE_NUMBER: must be an E.164 number like +14155550100"
+        )
+
+    def test_a_placeholder_token(self):
+        printed = self.refused(
+            TWILIO_ACCOUNT_SID="AC" + "a1" * 16,
+            TWILIO_AUTH_TOKEN="your_auth_token_here",
+            PUBLIC_BASE_URL=PUBLIC,
+        )
+        assert printed == in_guide(
+            "Invalid configuration: TWILIO_AUTH_TOKEN: is a placeholder, not a real secret"
+        )
