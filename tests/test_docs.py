@@ -225,6 +225,28 @@ def unknown_events(names: set[str]) -> set[str]:
     return names - literals - columns
 
 
+# `/webhook/sms`, `https://PUBLIC/webhook/status`, `GET /api/{channel}/stats`, `/healthz`; not
+# `channels/webhook.py`.
+HTTP_PATH = re.compile(r"(/(?:webhook|api|healthz|readyz|metrics)(?:/[\w{}.…-]+)*)(?![\w.])")
+ANY_SEGMENT = {"...", "…"}
+
+
+def documented_paths() -> set[str]:
+    return {path for document in DOCUMENTS for path in HTTP_PATH.findall(document.read_text())}
+
+
+def path_matches(written: str, route: str) -> bool:
+    """`written` names `route`, or the start of it: segment by segment, a `{placeholder}` on
+    either side (or `...`) stands for any value."""
+    mine, theirs = written.strip("/").split("/"), route.strip("/").split("/")
+    if len(mine) > len(theirs):
+        return False
+    return all(
+        a == b or a in ANY_SEGMENT or a.startswith("{") or b.startswith("{")
+        for a, b in zip(mine, theirs, strict=False)
+    )
+
+
 def missing(names: set[str]) -> list[str]:
     """The names not yet here, the pending ones made an expected failure naming them."""
     absent = sorted(names)
@@ -260,6 +282,18 @@ class TestDocumentation:
         events = documented_events()
         assert {"webhook.rejected", "reply.llm_failed", "task.parked"} <= events
         assert unknown_events(events) == set()
+
+    def test_every_http_path_written_is_served(self, tmp_path):
+        from platica.app import create_app
+        from platica.config import load_settings
+
+        database = f"sqlite+aiosqlite:///{tmp_path}/platica.db"
+        application = create_app(load_settings(_env_file=None, DATABASE_URL=database))
+        routes = list(application.openapi()["paths"])
+        paths = documented_paths()
+        assert {"/webhook/sms", "/webhook/whatsapp", "/webhook/status", "/healthz"} <= paths
+        unserved = {path for path in paths if not any(path_matches(path, r) for r in routes)}
+        assert unserved == set()
 
     def test_every_anchor_linked_to_exists(self):
         assert broken_anchors() == set()
@@ -306,6 +340,16 @@ class TestParsing:
     def test_an_event_name_misspelt_is_unknown(self):
         assert unknown_events({"reply.llm_failed", "accounts.auth_user_id"}) == set()
         assert unknown_events({"reply.llm_failure"}) == {"reply.llm_failure"}
+
+    def test_paths_match_routes_by_segment(self):
+        route = "/api/{channel}/conversations/{conversation_id}/history"
+        assert path_matches("/api/whatsapp/conversations/42/history", route)
+        assert path_matches("/api/{channel}/...", route)
+        assert not path_matches("/api/{channel}/conversation/{id}/history", route)
+        assert not path_matches("/webhook/voice", "/webhook/sms")
+        assert HTTP_PATH.findall("see channels/webhook.py and https://PUBLIC/webhook/sms") == [
+            "/webhook/sms"
+        ]
 
     def test_package_paths_are_not_commands(self):
         codes = ["platica.create_app()", "src/platica/cli/serve.py", "platica_replies_total"]
