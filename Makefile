@@ -12,7 +12,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
-## run: install, migrate and serve on http://127.0.0.1:8000 (SQLite, dry-run sender by default)
+## run: install, migrate and serve on http://127.0.0.1:8000 (SQLite, dry-run sender by default;
+##      HOST/PORT from the environment, .env or the command line: make run PORT=8080)
 run: $(STAMP)
 	$(BIN)/platica db upgrade
 	$(BIN)/platica serve

@@ -72,15 +72,17 @@ def default_numbers(settings: Settings) -> dict[Channel, str]:
     return {channel: number or DEMO_NUMBERS[channel] for channel, number in configured.items()}
 
 
-async def ensure_default_account(session: AsyncSession, settings: Settings) -> None:
-    """Give the configured numbers to the default account, unless some account owns them."""
+async def ensure_default_account(session: AsyncSession, settings: Settings) -> uuid.UUID | None:
+    """Give the configured numbers to the default account, unless some account owns them; the
+    default account's id when this created it (the first start on an empty database)."""
     numbers = default_numbers(settings)
     if not numbers:
-        return
+        return None
     if session.get_bind().dialect.name == "postgresql":
         # Several processes may start at once; let one of them do this.
         await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('platica.bootstrap'))"))
     account: Account | None = None
+    created: uuid.UUID | None = None
     for channel, number in numbers.items():
         owner = await session.scalar(
             select(ChannelConfig.id).where(
@@ -99,6 +101,7 @@ async def ensure_default_account(session: AsyncSession, settings: Settings) -> N
             account = Account(name=DEFAULT_ACCOUNT_NAME)
             session.add(account)
             await session.flush()
+            created = account.id
             log.info("accounts.default_created", account_id=str(account.id))
         config = await session.scalar(
             select(ChannelConfig).where(
@@ -112,3 +115,4 @@ async def ensure_default_account(session: AsyncSession, settings: Settings) -> N
             config.phone_number = number
         await session.flush()
         log.info("accounts.number_assigned", channel=channel.value, number=number)
+    return created

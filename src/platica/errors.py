@@ -20,7 +20,8 @@
 Validation errors of FastAPI request models are rendered in the same shape, with status 422;
 a request body that does not arrive in time (app.BodyTimeout) with 408 `request_timeout`.
 A database that cannot be reached (no connection within db.POOL_TIMEOUT_SECONDS, a connection
-lost) is 503 `database_unavailable`, with Retry-After, rather than a bare 500.
+lost) is 503 `database_unavailable`, with Retry-After, rather than a bare 500. An app whose
+lifespan never ran (mounted without `platica.lifespan`) answers 503 `not_started` (app.RequireStarted).
 
     RetryableError                          a transient failure of an outside service (timeout,
                                             429, 5xx): the job backs off and tries again

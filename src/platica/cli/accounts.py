@@ -212,3 +212,101 @@ def accounts_retention(
         "every message is kept" if current is None else f"messages are kept {count(current, 'day')}"
     )
     typer.echo(f"Account {account_id}: {kept}.")
+
+
+# -- link-user: a Supabase user acts as an account ------------------------------------------------
+
+
+async def _find_account(session: Any, given: str) -> Any:
+    """The account named by `given`: its id, or else its exact name; a message if none or many."""
+    from sqlalchemy import select
+
+    from platica.models import Account
+
+    try:
+        account = await session.get(Account, uuid.UUID(given))
+    except ValueError:
+        named = list(await session.scalars(select(Account).where(Account.name == given)))
+        if len(named) > 1:
+            return f"several accounts are named {given!r}; give the id (`platica accounts list`)"
+        account = named[0] if named else None
+    if account is None:
+        return f"no account {given!r} (`platica accounts list` shows their ids and names)"
+    return account
+
+
+@accounts_app.command("link-user")
+def accounts_link_user(
+    account: Annotated[str, typer.Argument(help="The account's id (or its exact name).")],
+    user_id: Annotated[
+        str,
+        typer.Argument(
+            help="The Supabase user's id: a UUID, shown in Supabase under Authentication → "
+            "Users, and the `sub` of the user's JWTs."
+        ),
+    ],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace the account's current user, or move the user from another account.",
+        ),
+    ] = False,
+) -> None:
+    """Let a Supabase user call the API as ACCOUNT: their JWTs (`sub` = USER_ID) are accepted."""
+    from sqlalchemy import select
+
+    from platica.models import Account
+
+    try:
+        user = uuid.UUID(user_id.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"must be a Supabase user id (a UUID like 0b8c7f2e-5d1a-4c3b-9e6f-2a1d4b7c8e90), "
+            f"got {user_id!r}",
+            param_hint="USER_ID",
+        ) from None
+    settings = migrated_settings()
+
+    async def work(session: Any) -> tuple[str, Any]:
+        found = await _find_account(session, account.strip())
+        if isinstance(found, str):
+            return "error", found
+        if found.auth_user_id == user:
+            return "already", found
+        other = await session.scalar(select(Account).where(Account.auth_user_id == user))
+        if not force and other is not None:
+            return "error", (
+                f"Supabase user {user} is already linked to account {other.id} "
+                f"({other.name}); add --force to move it to {found.id}"
+            )
+        if not force and found.auth_user_id is not None:
+            return "error", (
+                f"account {found.id} ({found.name}) is already linked to Supabase user "
+                f"{found.auth_user_id}; add --force to replace it"
+            )
+        if other is not None:
+            other.auth_user_id = None
+            await session.flush()  # first: the column is unique
+        previous = found.auth_user_id
+        found.auth_user_id = user
+        await session.flush()
+        return "linked", (found, previous, other)
+
+    outcome, detail = with_session(settings, work)
+    if outcome == "error":
+        raise fail(detail)
+    if outcome == "already":
+        typer.echo(
+            f"Supabase user {user} is already linked to account {detail.id} ({detail.name})."
+        )
+        return
+    found, previous, other = detail
+    if other is not None:
+        typer.echo(f"Supabase user {user} unlinked from account {other.id} ({other.name}).")
+    if previous is not None:
+        typer.echo(f"Account {found.id} ({found.name}): Supabase user {previous} unlinked.")
+    typer.echo(
+        f"Supabase user {user} linked to account {found.id} ({found.name}): "
+        "their JWTs now call the API as this account."
+    )

@@ -8,7 +8,14 @@ from starlette.responses import Response
 from platica import db
 from platica.accounts import hash_api_key
 from platica.api.auth import Principal, authenticate, client_address
-from platica.dashboard.session import admin_fingerprint, close_session, open_session
+from platica.dashboard.session import (
+    LINK_SESSION,
+    LinkRefused,
+    admin_fingerprint,
+    close_session,
+    open_session,
+    redeem_login_link,
+)
 from platica.dashboard.web import (
     AnyVisit,
     OperatorVisit,
@@ -77,6 +84,22 @@ async def log_in(visit: AnyVisit, form: PostedForm) -> Response:
     visit.cookie.log_in(principal.kind, credential, account, sid)
     log.info("dashboard.login", kind=principal.kind, account_id=account)
     return redirect(visit, next_path)
+
+
+@router.get("/login/link/{token}")
+async def log_in_with_link(visit: AnyVisit, token: str) -> Response:
+    """Log in with a one-time link (the first `platica serve` prints one): once, then gone."""
+    try:
+        async with db.session(visit.state.sessionmaker) as session:
+            account_id = await redeem_login_link(session, token)
+            sid = await open_session(session, LINK_SESSION, account_id)
+    except LinkRefused as refused:
+        visit.state.throttle.count_failed_login(client_address(visit.request))
+        log.info("dashboard.login_link_refused")
+        return render(visit, "login.html", "login", status_code=410, next="/", error=str(refused))
+    visit.cookie.log_in(LINK_SESSION, "", str(account_id), sid)
+    log.info("dashboard.login", kind=LINK_SESSION, account_id=str(account_id))
+    return redirect(visit, "/")
 
 
 @router.post("/logout")

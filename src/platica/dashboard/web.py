@@ -25,14 +25,25 @@ from platica.dashboard.alerts import Alert, alerts
 from platica.dashboard.session import (
     CSRF_FIELD,
     CSRF_HEADER,
+    LINK_SESSION,
     CookieSession,
     admin_fingerprint,
+    link_session_account,
     session_open,
 )
 from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
 from platica.deps import AppState, app_state
-from platica.http import FormData, Upload, first, parse_form, parse_upload, read_body
+from platica.http import (
+    FormData,
+    Upload,
+    app_path,
+    first,
+    mount_prefix,
+    parse_form,
+    parse_upload,
+    read_body,
+)
 from platica.models import Account, ApiKey, Channel
 
 HERE = Path(__file__).parent
@@ -70,7 +81,7 @@ class CsrfRejected(Exception):
 class Operator:
     """Who is looking, and at whose data."""
 
-    kind: str  # "api_key" or "admin"
+    kind: str  # "api_key", "admin" or "link" (a one-time login link's account)
     account_id: uuid.UUID | None  # the account every page shows; None: all of them (admin)
     account_name: str | None
     accounts: list[tuple[uuid.UUID, str]] = field(default_factory=list)  # admin: to switch
@@ -94,7 +105,7 @@ class Visit:
     @property
     def root(self) -> str:
         """The path the app is mounted at ("" at the top)."""
-        return str(self.request.scope.get("root_path") or "").rstrip("/")
+        return mount_prefix(self.request)
 
     @property
     def me(self) -> Operator:
@@ -144,6 +155,13 @@ async def _operator(state: AppState, cookie: CookieSession) -> Operator | None:
             if row is None or str(row.account_id) != cookie.account_id:
                 return None
             return Operator("api_key", row.account_id, row.name)
+        if cookie.kind == LINK_SESSION:
+            # The session's own row holds its account (deleted with it, or at logout).
+            account_id = await link_session_account(session, cookie.sid)
+            if account_id is None or str(account_id) != cookie.account_id:
+                return None
+            name = await session.scalar(select(Account.name).where(Account.id == account_id))
+            return Operator(LINK_SESSION, account_id, name)
     return None
 
 
@@ -250,7 +268,8 @@ def _context(visit: Visit, page: str, **values: Any) -> dict[str, Any]:
         "csrf": visit.cookie.csrf,
         "operator": visit.operator,
         "page": page,
-        "path": visit.request.url.path,
+        # Inside the app (forms post it back as `next`, which redirect() prefixes).
+        "path": app_path(visit.request),
         "display": display,
         "alerts": visit.alerts,
         **values,
@@ -315,7 +334,7 @@ def safe_next(value: str | None) -> str:
 
 
 async def login_required(request: Request, _exc: Exception) -> Response:
-    root = str(request.scope.get("root_path") or "").rstrip("/")
+    root = mount_prefix(request)
     # After logging in, back to the page, not to the fragment it was polling.
     url = httpx.URL(request.headers.get("hx-current-url") or str(request.url))
     target = url.path.removeprefix(root) or "/"
