@@ -152,3 +152,36 @@ class TestStartupErrors:
         assert printed == in_guide(
             "Invalid configuration: TWILIO_AUTH_TOKEN: is a placeholder, not a real secret"
         )
+
+
+class TestDoctorExample:
+    def test_the_guide_shows_what_doctor_prints_for_a_wrong_key_and_a_missing_number(
+        self, sqlite_url, monkeypatch
+    ):
+        from typer.testing import CliRunner
+
+        from platica.cli import app
+        from platica.config import get_settings
+        from tests.factories import ACCOUNT_SID, AUTH_TOKEN
+        from tests.fakes import FakeOpenAI, FakeTwilio
+
+        with FakeOpenAI(api_key="sk-the-right-one-0123456789") as openai, FakeTwilio() as twilio:
+            for name, value in {
+                "DATABASE_URL": sqlite_url,
+                "OPENAI_API_KEY": "sk-wrong-0123456789abcdef",
+                "OPENAI_BASE_URL": openai.url,
+                "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                "TWILIO_PHONE_NUMBER": "+34911222334",
+                "TWILIO_API_BASE_URL": twilio.url,
+                "TWILIO_MESSAGING_BASE_URL": twilio.url,
+                "PUBLIC_BASE_URL": PUBLIC,
+            }.items():
+                monkeypatch.setenv(name, value)
+            get_settings.cache_clear()
+            result = CliRunner().invoke(app, ["doctor"])
+        assert result.exit_code == 1
+        failed = [line for line in result.stdout.splitlines() if line.startswith("✗")]
+        assert len(failed) == 2, result.stdout
+        for line in [*failed, "✓ settings"]:
+            in_guide(line)
