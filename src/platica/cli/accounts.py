@@ -20,7 +20,7 @@ from platica.cli.common import (
     with_session,
 )
 from platica.config import Settings
-from platica.errors import PlaticaError
+from platica.errors import Conflict, PlaticaError
 from platica.models import Account, Channel
 
 if TYPE_CHECKING:
@@ -403,24 +403,6 @@ def accounts_retention(
 # -- link-user: a Supabase user acts as an account ------------------------------------------------
 
 
-async def _find_account(session: Any, given: str) -> Any:
-    """The account named by `given`: its id, or else its exact name; a message if none or many."""
-    from sqlalchemy import select
-
-    from platica.models import Account
-
-    try:
-        account = await session.get(Account, uuid.UUID(given))
-    except ValueError:
-        named = list(await session.scalars(select(Account).where(Account.name == given)))
-        if len(named) > 1:
-            return f"several accounts are named {given!r}; give the id (`platica accounts list`)"
-        account = named[0] if named else None
-    if account is None:
-        return f"no account {given!r} (`platica accounts list` shows their ids and names)"
-    return account
-
-
 @accounts_app.command("link-user")
 def accounts_link_user(
     account: Annotated[str, typer.Argument(help="The account's id (or its exact name).")],
@@ -442,8 +424,6 @@ def accounts_link_user(
     """Let a Supabase user call the API as ACCOUNT: their JWTs (`sub` = USER_ID) are accepted."""
     from sqlalchemy import select
 
-    from platica.models import Account
-
     try:
         user = uuid.UUID(user_id.strip())
     except ValueError:
@@ -454,20 +434,17 @@ def accounts_link_user(
         ) from None
     settings = migrated_settings()
 
-    async def work(session: Any) -> tuple[str, Any]:
-        found = await _find_account(session, account.strip())
-        if isinstance(found, str):
-            return "error", found
+    async def work(session: AsyncSession, found: Account) -> tuple[str, Any]:
         if found.auth_user_id == user:
             return "already", found
         other = await session.scalar(select(Account).where(Account.auth_user_id == user))
         if not force and other is not None:
-            return "error", (
+            raise Conflict(
                 f"Supabase user {user} is already linked to account {other.id} "
                 f"({other.name}); add --force to move it to {found.id}"
             )
         if not force and found.auth_user_id is not None:
-            return "error", (
+            raise Conflict(
                 f"account {found.id} ({found.name}) is already linked to Supabase user "
                 f"{found.auth_user_id}; add --force to replace it"
             )
@@ -479,9 +456,7 @@ def accounts_link_user(
         await session.flush()
         return "linked", (found, previous, other)
 
-    outcome, detail = with_session(settings, work)
-    if outcome == "error":
-        raise fail(detail)
+    outcome, detail = on_account(settings, account, work)
     if outcome == "already":
         typer.echo(
             f"Supabase user {user} is already linked to account {detail.id} ({detail.name})."
