@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run serve test lint format bench db-upgrade lock clean
+.PHONY: run serve test lint format bench db-upgrade lock clean messages
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
-## run: install, migrate and serve on http://127.0.0.1:8000 (SQLite, dry-run sender by default)
+## run: install, migrate and serve on http://127.0.0.1:8000 (SQLite, dry-run sender by default;
+##      HOST/PORT from the environment, .env or the command line: make run PORT=8080)
 run: $(STAMP)
 	$(BIN)/platica db upgrade
 	$(BIN)/platica serve
@@ -35,6 +36,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
+
+## messages: extract the dashboard's strings into its .pot and merge them into each language's .po
+LOCALE := src/platica/dashboard/locale
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k N_ --no-location --sort-output --omit-header -w 100 \
+		-o $(LOCALE)/messages.pot .
+	$(BIN)/pybabel update -i $(LOCALE)/messages.pot -d $(LOCALE) -w 100 --no-fuzzy-matching \
+		--ignore-obsolete
 
 ## bench: SPEC §6 on this machine (fakes, PostgreSQL and SQLite, < 10 min) -> docs/benchmark.md
 bench: $(STAMP)

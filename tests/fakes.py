@@ -72,7 +72,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -100,6 +100,8 @@ class _FakeServer:
 
     #: Behaviours accepted by ``fail_next``/``fail_always`` (subclasses extend ``_is_behaviour``).
     BEHAVIOURS: frozenset[str] = frozenset()
+    #: Whether uvicorn adds its own ``Date`` header (off for a fake that writes its own).
+    UVICORN_DATE_HEADER = True
 
     def __init__(self, *, port: int | None, latency: float, hang_seconds: float) -> None:
         self.latency = latency
@@ -244,6 +246,7 @@ class _FakeServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            date_header=self.UVICORN_DATE_HEADER,
         )
         server = uvicorn.Server(config)
         sockets = [self._socket] if self._socket is not None else None
@@ -513,6 +516,8 @@ class FakeOpenAI(_FakeServer):
         self._rate_limited = 0
         self._transcripts: dict[str, str] = {}
         self._transcriptions: list[dict[str, Any]] = []
+        #: The model ids ``GET /v1/models`` lists (and ``GET /v1/models/{id}`` finds).
+        self.models: list[str] = list(LISTED_MODELS)
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
 
     @property
@@ -592,6 +597,7 @@ class FakeOpenAI(_FakeServer):
         return [
             Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
             Route("/v1/audio/transcriptions", self._audio_transcriptions, methods=["POST"]),
+            *self._model_routes(),
         ]
 
     def _state(self) -> dict[str, Any]:
@@ -937,6 +943,54 @@ class FakeOpenAI(_FakeServer):
             "system_fingerprint": "fp_fake",
         }
 
+    # -- models (GET /v1/models, GET /v1/models/{model}), as `platica doctor` asks ---------------
+    # OpenAI's shapes: a list object of model objects, and 404 model_not_found for an unknown id.
+    # Both need the key (when ``api_key`` is set), like every OpenAI endpoint.
+
+    def _model_routes(self) -> list[Route]:
+        return [
+            Route("/v1/models", self._models_list, methods=["GET"]),
+            Route("/v1/models/{model:path}", self._model_retrieve, methods=["GET"]),
+        ]
+
+    @staticmethod
+    def _model(model: str) -> dict[str, Any]:
+        return {"id": model, "object": "model", "created": 1721172741, "owned_by": "system"}
+
+    async def _models_list(self, request: Request) -> Response:
+        denied = self._check_key(request)
+        if denied is not None:
+            return denied
+        await self._sleep(self.latency)
+        data = [self._model(model) for model in self.models]
+        return JSONResponse({"object": "list", "data": data}, headers=self._headers())
+
+    async def _model_retrieve(self, request: Request) -> Response:
+        denied = self._check_key(request)
+        if denied is not None:
+            return denied
+        model = request.path_params["model"]
+        if model not in self.models:
+            return self._error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        return JSONResponse(self._model(model), headers=self._headers())
+
+
+#: What FakeOpenAI's ``GET /v1/models`` lists unless told otherwise: the settings' defaults
+#: (OPENAI_MODEL, TRANSCRIPTION_MODEL) and a few more.
+LISTED_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1-mini",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-transcribe",
+    "whisper-1",
+)
+
 
 # --------------------------------------------------------------------------------------------------
 # Twilio
@@ -1268,10 +1322,12 @@ class FakeTwilio(_FakeServer):
         self._media_deleted: list[str] = []
         self._request_log: list[tuple[str, str]] = []
         self._contents: dict[str, _Content] = {}
+        self._init_numbers()
         #: Where media GETs redirect: Twilio's pre-signed storage host.
         self.media_storage = FakeMediaStorage(port=media_port)
         super().__init__(port=port, latency=latency, hang_seconds=hang_seconds)
         self.app.add_middleware(_RequestLog, record=self._log_request)
+        self.app.add_middleware(_DateHeader, clock=self._clock)
 
     def _is_behaviour(self, behaviour: str) -> bool:
         return behaviour in self.BEHAVIOURS or ASYNC_FAILURE.match(behaviour) is not None
@@ -1446,6 +1502,7 @@ class FakeTwilio(_FakeServer):
             Route("/v1/ContentAndApprovals", self._content_list_endpoint, methods=["GET"]),
             Route("/_fake/content", self._add_content_endpoint, methods=["POST"]),
             Route("/_fake/content/{sid}", self._remove_content_endpoint, methods=["DELETE"]),
+            *self._number_routes(),
         ]
 
     def _state(self) -> dict[str, Any]:
@@ -1456,6 +1513,7 @@ class FakeTwilio(_FakeServer):
             "media_requests": self.media_requests,
             "media_deleted": self.media_deleted,
             "contents": self.contents,
+            **self._numbers_state(),
         }
 
     def _clear_records(self) -> None:
@@ -1468,6 +1526,7 @@ class FakeTwilio(_FakeServer):
         self._media_deleted.clear()
         self._request_log.clear()
         self._contents.clear()
+        self._clear_numbers()
         self.media_storage.reset()
 
     def _control(self, command: dict[str, Any]) -> None:
@@ -1861,6 +1920,308 @@ class FakeTwilio(_FakeServer):
             headers={"Location": location, "Twilio-Request-Id": "RQ" + uuid.uuid4().hex},
         )
 
+    # -- the account, its numbers and its WhatsApp senders (platica doctor, platica twilio connect)
+    # ``GET /2010-04-01/Accounts/{AC}.json``: the account (``account_status``, ``account_type``).
+    # ``GET .../IncomingPhoneNumbers.json?PhoneNumber=`` lists the numbers added with
+    # ``add_number()`` (PhoneNumber matches any part of the number, ``*`` as a wildcard), ``GET``
+    # and ``POST .../IncomingPhoneNumbers/{PN}.json`` fetch and update one (SmsUrl, SmsMethod,
+    # SmsFallbackUrl, SmsFallbackMethod, StatusCallback, StatusCallbackMethod, SmsApplicationSid,
+    # FriendlyName; other parameters ignored); ``number_updates`` records each update's form.
+    # The Senders API (messaging.twilio.com, point TWILIO_MESSAGING_BASE_URL at ``url``):
+    # ``GET /v2/Channels/Senders?Channel=whatsapp`` (Channel required) lists the senders added
+    # with ``add_sender()`` as ``{"senders": [...], "meta": {...}}``; ``GET`` and ``POST
+    # /v2/Channels/Senders/{XE}`` fetch and update one (a JSON body; its ``webhook`` object's
+    # non-null fields replace the sender's, a method other than POST or PUT is 400);
+    # ``sender_updates`` records each update's body. All with the account's Basic auth.
+
+    # Its Date header, on every answer, is its own clock's: ``clock_offset`` seconds off ours
+    # (how `platica doctor` tells a skewed clock).
+    UVICORN_DATE_HEADER = False
+
+    def _clock(self) -> float:
+        return time.time() + self.clock_offset
+
+    def _init_numbers(self) -> None:
+        #: Seconds Twilio's clock (its answers' Date header) is ahead of this machine's.
+        self.clock_offset = 0.0
+        #: The account's ``status`` (active, suspended, closed) and ``type`` (Trial, Full).
+        self.account_status = "active"
+        self.account_type = "Full"
+        self._numbers: dict[str, _PhoneNumber] = {}
+        self._number_updates: list[dict[str, Any]] = []
+        self._senders: dict[str, _Sender] = {}
+        self._sender_updates: list[dict[str, Any]] = []
+
+    def _clear_numbers(self) -> None:
+        self._numbers.clear()
+        self._number_updates.clear()
+        self._senders.clear()
+        self._sender_updates.clear()
+
+    def _numbers_state(self) -> dict[str, Any]:
+        return {
+            "numbers": self.numbers,
+            "number_updates": self.number_updates,
+            "senders": self.senders,
+            "sender_updates": self.sender_updates,
+        }
+
+    def _number_routes(self) -> list[Route]:
+        account = f"/{API_VERSION}/Accounts/{{account_sid}}"
+        numbers = account + "/IncomingPhoneNumbers"
+        return [
+            Route(account + ".json", self._account_endpoint, methods=["GET"]),
+            Route(numbers + ".json", self._numbers_endpoint, methods=["GET"]),
+            Route(numbers + "/{sid}.json", self._number_endpoint, methods=["GET", "POST"]),
+            Route("/v2/Channels/Senders", self._senders_endpoint, methods=["GET"]),
+            Route("/v2/Channels/Senders/{sid}", self._sender_endpoint, methods=["GET", "POST"]),
+        ]
+
+    def add_number(
+        self,
+        phone_number: str,
+        *,
+        sms_url: str = "",
+        sms_method: str = "POST",
+        status_callback: str = "",
+        sms_application_sid: str = "",
+    ) -> str:
+        """Put a number on the account (its webhooks as given, Twilio's "" when unset) and
+        return its PN… SID."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        number = _PhoneNumber(
+            sid="PN" + uuid.uuid4().hex,
+            account_sid=self.account_sid,
+            phone_number=phone_number,
+            date_created=now,
+            date_updated=now,
+            sms_url=sms_url,
+            sms_method=sms_method,
+            status_callback=status_callback,
+            sms_application_sid=sms_application_sid,
+        )
+        with self._lock:
+            self._numbers[number.sid] = number
+        return number.sid
+
+    @property
+    def numbers(self) -> list[dict[str, Any]]:
+        """The account's numbers, as the API represents them now."""
+        with self._lock:
+            return [number.resource() for number in self._numbers.values()]
+
+    @property
+    def number_updates(self) -> list[dict[str, Any]]:
+        """Every number update, in order: sid, params (its form)."""
+        with self._lock:
+            return copy.deepcopy(self._number_updates)
+
+    def add_sender(
+        self,
+        phone_number: str,
+        *,
+        callback_url: str | None = None,
+        status_callback_url: str | None = None,
+        status: str = "ONLINE",
+    ) -> str:
+        """Register a WhatsApp sender (``whatsapp:<phone_number>``) and return its XE… SID."""
+        sender = _Sender(
+            sid="XE" + uuid.uuid4().hex,
+            sender_id=f"whatsapp:{phone_number}",
+            status=status,
+            webhook={
+                "callback_url": callback_url,
+                "callback_method": "POST" if callback_url else None,
+                "fallback_url": None,
+                "fallback_method": None,
+                "status_callback_url": status_callback_url,
+                "status_callback_method": "POST" if status_callback_url else None,
+            },
+        )
+        with self._lock:
+            self._senders[sender.sid] = sender
+        return sender.sid
+
+    @property
+    def senders(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [sender.resource(self.url) for sender in self._senders.values()]
+
+    @property
+    def sender_updates(self) -> list[dict[str, Any]]:
+        """Every sender update, in order: sid, body (its JSON)."""
+        with self._lock:
+            return copy.deepcopy(self._sender_updates)
+
+    async def _account_endpoint(self, request: Request) -> Response:
+        denied = self._check_access(request)
+        if denied is not None:
+            return denied
+        await self._sleep(self.latency)
+        sid = self.account_sid
+        uri = f"/{API_VERSION}/Accounts/{sid}"
+        return JSONResponse(
+            {
+                "auth_token": self.auth_token,
+                "date_created": "Thu, 01 Aug 2024 10:00:00 +0000",
+                "date_updated": "Thu, 01 Aug 2024 10:00:00 +0000",
+                "friendly_name": "My first Twilio account",
+                "owner_account_sid": sid,
+                "sid": sid,
+                "status": self.account_status,
+                "subresource_uris": {
+                    "incoming_phone_numbers": uri + "/IncomingPhoneNumbers.json",
+                    "messages": uri + "/Messages.json",
+                },
+                "type": self.account_type,
+                "uri": uri + ".json",
+            }
+        )
+
+    async def _numbers_endpoint(self, request: Request) -> Response:
+        denied = self._check_access(request)
+        if denied is not None:
+            return denied
+        await self._sleep(self.latency)
+        query = request.query_params
+        # A "+" not percent-encoded arrives as a space.
+        wanted = query.get("PhoneNumber", "").replace(" ", "+")
+        parts = [part for part in wanted.split("*") if part]
+        try:
+            page_size = min(max(int(query.get("PageSize", "50")), 1), 1000)
+            page = max(int(query.get("Page", "0")), 0)
+        except ValueError:
+            return _twilio_error(400, 20001, "PageSize and Page must be integers")
+        with self._lock:
+            found = [
+                number.resource()
+                for number in self._numbers.values()
+                if all(part in number.phone_number for part in parts)
+            ]
+        path = request.url.path
+
+        def page_uri(number: int) -> str:
+            params: dict[str, str | int] = {"PageSize": page_size, "Page": number}
+            if wanted:
+                params["PhoneNumber"] = wanted
+            return f"{path}?{urlencode(params)}"
+
+        start = page * page_size
+        items = found[start : start + page_size]
+        more = start + page_size < len(found)
+        return JSONResponse(
+            {
+                "end": start + max(len(items) - 1, 0),
+                "first_page_uri": page_uri(0),
+                "incoming_phone_numbers": items,
+                "next_page_uri": page_uri(page + 1) if more else None,
+                "page": page,
+                "page_size": page_size,
+                "previous_page_uri": page_uri(page - 1) if page else None,
+                "start": start,
+                "uri": page_uri(page),
+            }
+        )
+
+    async def _number_endpoint(self, request: Request) -> Response:
+        denied = self._check_access(request)
+        if denied is not None:
+            return denied
+        form: dict[str, str] = {}
+        if request.method == "POST":
+            form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        await self._sleep(self.latency)
+        sid = request.path_params["sid"]
+        with self._lock:
+            number = self._numbers.get(sid)
+            if number is None:
+                return _twilio_error(
+                    404, 20404, f"The requested resource {request.url.path} was not found"
+                )
+            if request.method == "POST":
+                for name in ("SmsUrl", "SmsFallbackUrl", "StatusCallback"):
+                    value = form.get(name)
+                    if value and not re.match(r"^https?://[^/\s]+", value):
+                        return _twilio_error(400, 21502, f"{name} is not a valid URL: {value}")
+                for name, attribute in _PhoneNumber.UPDATABLE.items():
+                    if name in form:
+                        setattr(number, attribute, form[name])
+                number.date_updated = datetime.now(UTC).replace(microsecond=0)
+                self._number_updates.append({"sid": sid, "params": dict(form)})
+            return JSONResponse(number.resource())
+
+    def _check_auth_only(self, request: Request) -> Response | None:
+        """The v2 APIs carry no account in their paths: the Basic credentials decide."""
+        if not self._authorised(request):
+            return _twilio_error(
+                401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'}
+            )
+        return None
+
+    async def _senders_endpoint(self, request: Request) -> Response:
+        denied = self._check_auth_only(request)
+        if denied is not None:
+            return denied
+        await self._sleep(self.latency)
+        channel = request.query_params.get("Channel")
+        if not channel:
+            return _twilio_error(400, 20001, "Missing required parameter Channel in the request")
+        with self._lock:
+            found = [
+                sender.resource(self.url)
+                for sender in self._senders.values()
+                if sender.sender_id.startswith(channel.lower() + ":")
+            ]
+        url = f"{self.url}/v2/Channels/Senders?Channel={channel}&PageSize=50&Page=0"
+        return JSONResponse(
+            {
+                "senders": found,
+                "meta": {
+                    "page": 0,
+                    "page_size": 50,
+                    "first_page_url": url,
+                    "previous_page_url": None,
+                    "url": url,
+                    "next_page_url": None,
+                    "key": "senders",
+                },
+            }
+        )
+
+    async def _sender_endpoint(self, request: Request) -> Response:
+        denied = self._check_auth_only(request)
+        if denied is not None:
+            return denied
+        body: Any = None
+        if request.method == "POST":
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                return _twilio_error(400, 20001, "The request body must be a JSON object")
+        await self._sleep(self.latency)
+        sid = request.path_params["sid"]
+        with self._lock:
+            sender = self._senders.get(sid)
+            if sender is None:
+                return _twilio_error(
+                    404, 20404, f"The requested resource {request.url.path} was not found"
+                )
+            if body is not None:
+                webhook = body.get("webhook") or {}
+                if not isinstance(webhook, dict):
+                    return _twilio_error(400, 20001, "webhook must be an object")
+                for name in ("callback_method", "fallback_method", "status_callback_method"):
+                    method = webhook.get(name)
+                    if method is not None and method not in ("POST", "PUT"):
+                        return _twilio_error(400, 20001, f"{name} must be POST or PUT")
+                for name, value in webhook.items():
+                    if name in sender.webhook and value is not None:
+                        sender.webhook[name] = value
+                self._sender_updates.append({"sid": sid, "body": copy.deepcopy(body)})
+            return JSONResponse(sender.resource(self.url))
+
     # -- message lifecycle and status callbacks --------------------------------------------------
 
     def _start_lifecycle(self, sid: str, failure: re.Match[str] | None) -> None:
@@ -1930,6 +2291,102 @@ class FakeTwilio(_FakeServer):
 
 
 @dataclass
+class _PhoneNumber:
+    """An IncomingPhoneNumber of the account: what ``platica twilio connect`` reads and sets."""
+
+    #: Update parameters -> attributes.
+    UPDATABLE: ClassVar[dict[str, str]] = {
+        "SmsUrl": "sms_url",
+        "SmsMethod": "sms_method",
+        "SmsFallbackUrl": "sms_fallback_url",
+        "SmsFallbackMethod": "sms_fallback_method",
+        "StatusCallback": "status_callback",
+        "StatusCallbackMethod": "status_callback_method",
+        "SmsApplicationSid": "sms_application_sid",
+        "FriendlyName": "friendly_name",
+    }
+
+    sid: str
+    account_sid: str
+    phone_number: str
+    date_created: datetime
+    date_updated: datetime
+    sms_url: str = ""
+    sms_method: str = "POST"
+    sms_fallback_url: str = ""
+    sms_fallback_method: str = "POST"
+    status_callback: str = ""
+    status_callback_method: str = "POST"
+    sms_application_sid: str = ""
+    friendly_name: str = ""
+
+    def resource(self) -> dict[str, Any]:
+        uri = f"/{API_VERSION}/Accounts/{self.account_sid}/IncomingPhoneNumbers/{self.sid}"
+        return {
+            "account_sid": self.account_sid,
+            "address_requirements": "none",
+            "address_sid": None,
+            "api_version": API_VERSION,
+            "beta": False,
+            "bundle_sid": None,
+            "capabilities": {"fax": False, "mms": True, "sms": True, "voice": True},
+            "date_created": rfc2822(self.date_created),
+            "date_updated": rfc2822(self.date_updated),
+            "emergency_address_sid": None,
+            "emergency_address_status": "unregistered",
+            "emergency_status": "Inactive",
+            "friendly_name": self.friendly_name or self.phone_number,
+            "identity_sid": None,
+            "origin": "twilio",
+            "phone_number": self.phone_number,
+            "sid": self.sid,
+            "sms_application_sid": self.sms_application_sid,
+            "sms_fallback_method": self.sms_fallback_method,
+            "sms_fallback_url": self.sms_fallback_url,
+            "sms_method": self.sms_method,
+            "sms_url": self.sms_url,
+            "status": "in-use",
+            "status_callback": self.status_callback,
+            "status_callback_method": self.status_callback_method,
+            "subresource_uris": {
+                "assigned_add_ons": uri + "/AssignedAddOns.json",
+            },
+            "trunk_sid": None,
+            "uri": uri + ".json",
+            "voice_application_sid": "",
+            "voice_caller_id_lookup": False,
+            "voice_fallback_method": "POST",
+            "voice_fallback_url": None,
+            "voice_method": "POST",
+            "voice_receive_mode": "voice",
+            "voice_url": None,
+        }
+
+
+@dataclass
+class _Sender:
+    """A WhatsApp sender of the Senders API (v2)."""
+
+    sid: str
+    sender_id: str
+    status: str
+    webhook: dict[str, str | None]
+
+    def resource(self, base_url: str) -> dict[str, Any]:
+        return {
+            "sid": self.sid,
+            "status": self.status,
+            "sender_id": self.sender_id,
+            "configuration": {"waba_id": "1234567890", "verification_method": "sms"},
+            "webhook": dict(self.webhook),
+            "profile": {"name": "Plática"},
+            "properties": {"quality_rating": "HIGH", "messaging_limit": "1K"},
+            "offline_reasons": None,
+            "url": f"{base_url}/v2/Channels/Senders/{self.sid}",
+        }
+
+
+@dataclass
 class _Media:
     sid: str
     message_sid: str
@@ -1954,6 +2411,28 @@ class _Media:
             "sid": self.sid,
             "uri": self.path + ".json",
         }
+
+
+class _DateHeader:
+    """ASGI middleware: every answer's ``Date`` header, from ``clock()`` (seconds since the epoch)."""
+
+    def __init__(self, app: Callable[..., Any], clock: Callable[[], float]) -> None:
+        self.app = app
+        self.clock = clock
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_date(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                date = email.utils.formatdate(self.clock(), usegmt=True).encode()
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                message = {**message, "headers": [*headers, (b"date", date)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_date)
 
 
 class _RequestLog:

@@ -139,7 +139,7 @@ class TestAccountsCreate:
         )
 
         assert result.exit_code == 1
-        assert "another account already owns one of those numbers" in result.stderr
+        assert "sms number +15550001111 already belongs to account 'Acme' (" in result.stderr
         assert "Traceback" not in result.output
         assert [row.name for row in database.rows("SELECT name FROM accounts")] == ["Acme"]
         assert database.count("api_keys") == 1

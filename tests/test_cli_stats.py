@@ -305,4 +305,5 @@ class TestKeys:
     def test_bad_account_id(self, use_database):
         result = invoke("accounts", "keys", "create", "not-a-uuid")
 
-        assert result.exit_code == 2
+        assert result.exit_code == 1
+        assert result.stderr == "Error: no account with id or name 'not-a-uuid'\n"

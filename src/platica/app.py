@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from platica import db, ops
+from platica import apidocs, db, ops
 from platica.accounts import ensure_default_account
+from platica.api import accounts as api_accounts
 from platica.api import outreach as api_outreach
 from platica.api import routes as api_routes
 from platica.api import templates as api_templates
@@ -24,7 +26,7 @@ from platica.config import ConfigError, Settings, get_settings
 from platica.conversations.retention import DailyCleanup
 from platica.dashboard import routes as dashboard
 from platica.deps import AppState
-from platica.errors import install_error_handlers
+from platica.errors import error_body, install_error_handlers
 from platica.jobs.locks import LeaseLocks
 from platica.jobs.postgres import PostgresRunner
 from platica.jobs.runner import InProcessRunner, Sweeper, TaskRunner
@@ -82,6 +84,50 @@ class BodyTimeout:
         await self.app(scope, receive_in_time, send)
 
 
+NOT_STARTED_MESSAGE = (
+    "Plática has not started: its lifespan did not run (Starlette does not run a mounted app's "
+    "lifespan). Create the app that mounts it with "
+    "FastAPI(lifespan=platica.lifespan(platica_app)), or enter "
+    "platica_app.router.lifespan_context(platica_app) from your own lifespan."
+)
+
+
+class RequireStarted:
+    """ASGI middleware: until the app's lifespan has built its state, every request gets 503
+    `not_started` saying how to wire it, rather than a 500 from deep inside a route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette sets scope["app"] to this very app before its middleware runs, mounted or not.
+        if scope["type"] == "http" and getattr(scope["app"].state, "platica", None) is None:
+            response = JSONResponse(error_body("not_started", NOT_STARTED_MESSAGE), 503)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def lifespan(platica_app: FastAPI) -> Callable[[object], AbstractAsyncContextManager[None]]:
+    """The lifespan for an app that mounts Plática, which Starlette would otherwise never start:
+
+        platica_app = create_app()
+        app = FastAPI(lifespan=platica.lifespan(platica_app))
+        app.mount("/platica", platica_app)
+
+    Plática's services (engine, clients, worker) start once, before the outer app serves its
+    first request, and stop after its last; with a lifespan of your own, enter
+    `platica_app.router.lifespan_context(platica_app)` in it instead.
+    """
+
+    @asynccontextmanager
+    async def run(_outer: object) -> AsyncIterator[None]:
+        async with platica_app.router.lifespan_context(platica_app):
+            yield
+
+    return run
+
+
 def check_schema(settings: Settings) -> None:
     """SQLite (the embedded default) is migrated here; PostgreSQL must be migrated beforehand,
     since several processes may share it (blocking)."""
@@ -102,6 +148,22 @@ def _warn_about_defaults(settings: Settings) -> None:
             "startup.twilio_not_configured",
             detail="TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset: webhook signatures are NOT checked "
             "and replies are stored but not sent (dry run). Never expose this to the internet.",
+        )
+    ignored = settings.ignored_seed_secrets
+    if ignored:
+        # Someone migrating from the original services must not believe these protect anything.
+        protection = (
+            "Twilio's X-Twilio-Signature header, checked with TWILIO_AUTH_TOKEN"
+            if settings.twilio_configured
+            else "nothing yet: set TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN so that Twilio's "
+            "X-Twilio-Signature header is checked"
+        )
+        log.warning(
+            "startup.seed_secrets_ignored",
+            variables=ignored,
+            detail=f"{' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored: "
+            f"Plática does not use webhook secrets. What protects the webhooks: {protection}. "
+            "Remove the variable to silence this warning.",
         )
 
 
@@ -205,8 +267,8 @@ async def stop_services(state: AppState) -> None:
 def create_app(settings: Settings | None = None, *, worker: bool = True) -> FastAPI:
     """The Plática ASGI app. With `worker`, this process also answers messages in the background.
 
-    To mount it inside another app, enter its lifespan from yours:
-    `async with platica_app.router.lifespan_context(platica_app): ...`.
+    Mounted inside another app, it starts with that app's lifespan: see `lifespan()`. Until it
+    has started, it answers 503 `not_started`.
     """
     settings = settings or get_settings()
     configure_logging(settings)
@@ -217,21 +279,36 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
         sentry_sdk.init(dsn=settings.SENTRY_DSN, send_default_pii=False)
 
+    starting = False
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await start_services(settings, work=worker, turns=turns)
-        app.state.platica = state
-        settle_garbage_collector()
+    async def run(_app: FastAPI) -> AsyncIterator[None]:
+        # The state goes on this app, whichever app's lifespan runs this (see `lifespan()`);
+        # entered once at a time, so no two engines are ever built for it.
+        nonlocal starting
+        if starting:
+            raise RuntimeError("Plática's lifespan is already running for this app")
+        starting = True
         try:
-            yield
+            state = await start_services(settings, work=worker, turns=turns)
+            app.state.platica = state
+            settle_garbage_collector()
+            try:
+                yield
+            finally:
+                del app.state.platica
+                await stop_services(state)
         finally:
-            await stop_services(state)
+            starting = False
 
     app = FastAPI(
         title="Plática",
         summary="Answers WhatsApp and SMS conversations automatically with an LLM, through Twilio.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=run,
+        # /docs from vendored files (apidocs.py); no ReDoc, which would load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(BodyTimeout, seconds=BODY_TIMEOUT_SECONDS)
@@ -241,17 +318,20 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.CORS_ORIGINS,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(RequireStarted)
     # Outermost: a request naming another host gets 400 before anything reads its Host.
     app.add_middleware(
         TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts, www_redirect=False
     )
     app.include_router(webhook.router)
+    app.include_router(api_accounts.router)
     app.include_router(api_routes.router)
     app.include_router(api_outreach.router)
     app.include_router(api_templates.router)
     app.include_router(ops.router)
     dashboard.install(app)
+    apidocs.install(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -23,6 +24,11 @@ ADMIN_TOKEN_MIN_LENGTH = 24
 # An ALLOWED_HOSTS entry: "*", a name or IPv4 address (with "*." in front: any subdomain), or
 # a bracketed IPv6 address.
 HOST_PATTERN = re.compile(r"^(\*|(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\])$")
+# HOST, the interface `platica serve` listens on: a name or an address, without scheme or port.
+LISTEN_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+# The original services' webhook secrets. Plática reads them only to warn that they protect
+# nothing here: Twilio's X-Twilio-Signature, checked with TWILIO_AUTH_TOKEN, does.
+SEED_SECRETS = ("WHATSAPP_WEBHOOK_SECRET", "SMS_WEBHOOK_SECRET")
 
 
 class ConfigError(Exception):
@@ -56,6 +62,20 @@ def _check_secret(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
+def check_listen_host(value: str) -> str:
+    """HOST or --host: an interface name or address to listen on, without scheme or port."""
+    host = value.strip()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not LISTEN_NAME.match(host):
+            raise ValueError(
+                "must be an address or name to listen on, like 127.0.0.1, 0.0.0.0 or :: "
+                f"(no scheme, port or path), got {value!r}"
+            ) from None
+    return host
+
+
 def strip_channel_prefix(address: str) -> str:
     """`whatsapp:+1415...` -> `+1415...`; other addresses unchanged."""
     return address.split(":", 1)[1] if address.startswith("whatsapp:") else address
@@ -87,8 +107,18 @@ class Settings(BaseSettings):
     TWILIO_API_BASE_URL: str = "https://api.twilio.com"
     # Where Content API calls (templates) go: Twilio serves it from its own host.
     TWILIO_CONTENT_BASE_URL: str = "https://content.twilio.com"
+    # Where Messaging API calls (the WhatsApp Senders API: `platica doctor`, `platica twilio
+    # connect`) go: Twilio serves it from its own host too.
+    TWILIO_MESSAGING_BASE_URL: str = "https://messaging.twilio.com"
     PUBLIC_BASE_URL: str | None = None
+    # Where `platica serve` (and so `make run`) listens; its --host/--port options win.
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(8000, ge=1, le=65535)
     PLATICA_ADMIN_TOKEN: SecretStr | None = None
+    # The Supabase project (https://<ref>.supabase.co): user JWTs are verified with the signing
+    # keys it publishes at /auth/v1/.well-known/jwks.json (ES256, RS256; platica/supabase.py).
+    SUPABASE_URL: str | None = None
+    # The project's legacy shared secret: user JWTs signed with it (HS256) are accepted too.
     SUPABASE_JWT_SECRET: SecretStr | None = None
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Host names requests may carry besides PUBLIC_BASE_URL's and the loopback's ("*": any).
@@ -114,6 +144,9 @@ class Settings(BaseSettings):
     WHATSAPP_LOG_LEVEL: str | None = None
     SMS_ENABLE_DEBUG: bool = False
     SMS_LOG_LEVEL: str | None = None
+    # Read only to warn at start-up that they are ignored (SEED_SECRETS): never used.
+    WHATSAPP_WEBHOOK_SECRET: SecretStr | None = None
+    SMS_WEBHOOK_SECRET: SecretStr | None = None
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -139,12 +172,34 @@ class Settings(BaseSettings):
     def _optional_url(cls, value: str | None) -> str | None:
         return _check_url(value)
 
-    @field_validator("TWILIO_API_BASE_URL", "TWILIO_CONTENT_BASE_URL")
+    @field_validator("TWILIO_API_BASE_URL", "TWILIO_CONTENT_BASE_URL", "TWILIO_MESSAGING_BASE_URL")
     @classmethod
     def _url(cls, value: str) -> str:
         checked = _check_url(value)
         if checked is None:
             raise ValueError("must be a URL like https://api.twilio.com")
+        return checked
+
+    @field_validator("HOST")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_listen_host(value)
+
+    @field_validator("SUPABASE_URL")
+    @classmethod
+    def _supabase_url(cls, value: str | None) -> str | None:
+        checked = _check_url(value)
+        if checked is None:
+            return None
+        parts = urlsplit(checked)
+        if parts.path or parts.query or parts.fragment:
+            raise ValueError(
+                "must be the project URL alone, like https://abcdefghijklmnop.supabase.co "
+                f"(no path such as /auth/v1), got {checked!r}"
+            )
+        # The signing keys decide who is let in: never fetch them over plain HTTP from afar.
+        if parts.scheme != "https" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+            raise ValueError(f"must be an https:// URL (http only for localhost), got {checked!r}")
         return checked
 
     @field_validator("SENTRY_DSN")
@@ -267,6 +322,11 @@ class Settings(BaseSettings):
     def twilio_configured(self) -> bool:
         """Real Twilio credentials are set: signatures are checked and replies really sent."""
         return self.TWILIO_AUTH_TOKEN is not None
+
+    @property
+    def ignored_seed_secrets(self) -> list[str]:
+        """The original services' webhook secrets that are set, and protect nothing here."""
+        return [name for name in SEED_SECRETS if getattr(self, name) is not None]
 
     @property
     def trusted_hosts(self) -> list[str]:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from platica.config import Settings
 from platica.ratelimit import RateLimits
+from platica.supabase import SupabaseKeys
 from platica.throttle import Throttle
 
 if TYPE_CHECKING:
@@ -47,10 +48,14 @@ class AppState:
     limits: RateLimits = field(init=False)
     # Limits on unauthenticated callers (rejected webhooks, failed logins), in memory too.
     throttle: Throttle = field(init=False)
+    # With SUPABASE_URL: the project's signing keys, cached in this process (supabase.py).
+    supabase_keys: SupabaseKeys | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = RateLimits(self.settings)
         self.throttle = Throttle()
+        url = self.settings.SUPABASE_URL
+        self.supabase_keys = SupabaseKeys(url) if url else None
 
     def status_callback_url(self) -> str | None:
         """PUBLIC_BASE_URL's /webhook/status: never learned from a request's Host."""

@@ -2,12 +2,20 @@
 
     PlaticaError(message, status_code)      rendered as {"error": {"code", "message"}}
     ├── BadRequest                   400    malformed input
+    │   └── AmbiguousAccount                a name several accounts share (accounts.py)
     ├── Conflict                     409    valid, but not possible now
+    │   ├── NumberTaken                     another account owns the number (accounts.py)
+    │   ├── NumberKeptBySetting             a number the settings give the default account
+    │   │                                   (TWILIO_PHONE_NUMBER…) cannot be moved or deleted
+    │   ├── AccountNameTaken                another account has that name
     │   └── TwilioNotConfigured             templates cannot be synced without Twilio
     │                                       (outreach/content.py)
     ├── Unprocessable                422    well formed, but the content does not fit
     ├── InvalidSignature             403    X-Twilio-Signature missing or wrong
+    ├── Forbidden                    403    authenticated, but not allowed (an account's key
+    │                                       managing accounts: admin token only)
     ├── NotFound                     404    no such object, or not this account's
+    │   ├── AccountNotFound          404    no account with that id (or name)
     │   └── MediaUnavailable         404    a media item with no bytes to serve: none kept,
     │                                       and Twilio's copy cannot be fetched
     ├── PayloadTooLarge              413    request body over the limit
@@ -20,7 +28,8 @@
 Validation errors of FastAPI request models are rendered in the same shape, with status 422;
 a request body that does not arrive in time (app.BodyTimeout) with 408 `request_timeout`.
 A database that cannot be reached (no connection within db.POOL_TIMEOUT_SECONDS, a connection
-lost) is 503 `database_unavailable`, with Retry-After, rather than a bare 500.
+lost) is 503 `database_unavailable`, with Retry-After, rather than a bare 500. An app whose
+lifespan never ran (mounted without `platica.lifespan`) answers 503 `not_started` (app.RequireStarted).
 
     RetryableError                          a transient failure of an outside service (timeout,
                                             429, 5xx): the job backs off and tries again
@@ -70,6 +79,22 @@ class Conflict(PlaticaError):
     code = "conflict"
 
 
+class AmbiguousAccount(BadRequest):
+    code = "ambiguous_account"
+
+
+class NumberTaken(Conflict):
+    code = "number_taken"
+
+
+class NumberKeptBySetting(Conflict):
+    code = "number_kept_by_setting"
+
+
+class AccountNameTaken(Conflict):
+    code = "account_name_taken"
+
+
 class Unprocessable(PlaticaError):
     """The request is well formed, but its content does not fit (a missing template variable)."""
 
@@ -88,9 +113,18 @@ class InvalidSignature(PlaticaError):
         self.signed_url = signed_url
 
 
+class Forbidden(PlaticaError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(PlaticaError):
     status_code = 404
     code = "not_found"
+
+
+class AccountNotFound(NotFound):
+    code = "account_not_found"
 
 
 class MediaUnavailable(NotFound):

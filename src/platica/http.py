@@ -1,5 +1,5 @@
 """HTTP plumbing shared by the webhook and the dashboard: reading a request body within a limit,
-and decoding a form."""
+decoding a form, and where the app is mounted."""
 
 from __future__ import annotations
 
@@ -19,6 +19,22 @@ MAX_BODY_BYTES = 64 * 1024
 FormData = dict[str, list[str]]
 # The most fields a form with a file may have.
 MAX_FILE_FIELDS = 1000
+
+
+def mount_prefix(request: Request) -> str:
+    """Where the app is mounted: "" at the top, "/platica" when another app mounts it there (or
+    a proxy serves it there with uvicorn's --root-path): the ASGI root_path."""
+    return str(request.scope.get("root_path") or "").rstrip("/")
+
+
+def app_path(request: Request) -> str:
+    """The request's path inside the app, without the mount prefix (Starlette keeps it in
+    `request.url.path`)."""
+    path = request.url.path
+    prefix = mount_prefix(request)
+    if prefix and (path == prefix or path.startswith(prefix + "/")):
+        return path[len(prefix) :] or "/"
+    return path
 
 
 @dataclass

@@ -1,6 +1,47 @@
-"""Prometheus metrics, served at /metrics by ops.py."""
+"""Prometheus metrics, served at /metrics by ops.py, the worker processes' included.
 
-from prometheus_client import Counter, Gauge, Histogram
+One process (SQLite, or `platica serve --no-worker`): its metrics live in its memory, as usual.
+Split (PostgreSQL: `platica serve` and its worker child, or `platica worker`s): each worker keeps
+its metrics in files of PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode, chosen
+when the process starts, by the variable being set); `platica serve` picks that directory (a
+fresh one unless given), removes what dead processes left there, and passes it to its child.
+Its own metrics stay in memory, as a file-backed increment costs more (a lock and a write to a
+memory-mapped file: see README, Operations), and /metrics adds up the two (`exposition`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# What a gauge shows once the processes' values are put together (see `exposition`):
+# set by the process serving /metrics, at each scrape: its value, the latest one measured;
+SCRAPED: Final = "livemostrecent"
+# set by each worker for what it runs: the highest value among the live processes.
+HIGHEST: Final = "livemax"
+
+if os.environ.get(MULTIPROC_DIR):
+    # prometheus_client writes its files there from the first metric on (below).
+    os.makedirs(os.environ[MULTIPROC_DIR], exist_ok=True)
 
 WEBHOOKS = Counter(
     "platica_webhooks_total",
@@ -69,11 +110,13 @@ AUDIO_SECONDS = Counter(
 PENDING_REPLIES = Gauge(
     "platica_pending_replies",
     "Inbound messages waiting for their reply (reply_state pending), counted at each scrape.",
+    multiprocess_mode=SCRAPED,
 )
 OLDEST_PENDING_SECONDS = Gauge(
     "platica_oldest_pending_reply_seconds",
     "How long the oldest inbound message still waiting for its reply has waited (0: none), "
     "at each scrape.",
+    multiprocess_mode=SCRAPED,
 )
 PACED = Counter(
     "platica_replies_paced_total",
@@ -85,11 +128,13 @@ BUDGETS_SPENT = Gauge(
     "platica_budgets_spent",
     "Channels (of all accounts) whose daily token budget is spent today, at each scrape: "
     "their conversations get the busy message.",
+    multiprocess_mode=SCRAPED,
 )
 PARKED_CONVERSATIONS = Gauge(
     "platica_parked_conversations",
     "Conversations parked because their reply task kept crashing: nothing runs on them until "
     "an operator retries them. Counted at each scrape.",
+    multiprocess_mode=SCRAPED,
 )
 
 OUTREACH = Counter(
@@ -109,6 +154,7 @@ BROADCAST_PACE = Gauge(
     "Messages per second each channel's running broadcast is paced at (broadcast_mps; 0: none "
     "running), by channel, summed over accounts.",
     ["channel"],
+    multiprocess_mode=HIGHEST,
 )
 OUTREACH_ORIGINS = ("proactive", "broadcast")
 OUTREACH_OUTCOMES = ("queued", "refused", "skipped", "canceled", "sent", "dry_run", "failed")
@@ -137,3 +183,134 @@ WEBHOOKS_UNLOGGED = Counter(
 )
 for _endpoint in ("whatsapp", "sms", "status"):
     WEBHOOKS_UNLOGGED.labels(_endpoint)
+
+# -- several processes -----------------------------------------------------------------------------
+
+
+def file_backed() -> bool:
+    """Whether this process keeps its metrics in PROMETHEUS_MULTIPROC_DIR's files (decided by
+    prometheus_client when it was imported, from the variable)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
+_PID = re.compile(r"_(\d+)\.db$")
+_OWN_DIRECTORY = re.compile(r"^platica-metrics-(\d+)-")
+
+
+def remove_dead_files(directory: Path) -> list[int]:
+    """Remove the files of processes no longer running (left by an earlier run: their counts
+    start again from zero); the pids whose files were removed."""
+    removed: set[int] = set()
+    for path in directory.glob("*.db"):
+        found = _PID.search(path.name)
+        if found and not _alive(int(found.group(1))):
+            path.unlink(missing_ok=True)
+            removed.add(int(found.group(1)))
+    return sorted(removed)
+
+
+def share_with_workers() -> tuple[Path, bool]:
+    """In `platica serve`, before its worker child starts: the directory where workers keep
+    their metrics, set in this process's environment (the child inherits it), and whether it
+    was created here.
+
+    PROMETHEUS_MULTIPROC_DIR when set (separate `platica worker` processes write there too):
+    the files of dead processes are removed. Otherwise a new private directory, removed by
+    `stop_sharing`; those left by servers killed outright are removed here."""
+    given = os.environ.get(MULTIPROC_DIR)
+    if given:
+        directory = Path(given)  # made at import, below, if it was not there
+        remove_dead_files(directory)
+        return directory, False
+    for left in Path(tempfile.gettempdir()).glob("platica-metrics-*"):
+        owner = _OWN_DIRECTORY.match(left.name)
+        if owner and not _alive(int(owner.group(1))):
+            shutil.rmtree(left, ignore_errors=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"platica-metrics-{os.getpid()}-"))
+    os.environ[MULTIPROC_DIR] = str(directory)
+    return directory, True
+
+
+def stop_sharing(directory: Path, *, created: bool) -> None:
+    """When `platica serve` stops: a directory it created goes."""
+    if created:
+        os.environ.pop(MULTIPROC_DIR, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_dead(pid: int) -> None:
+    """A worker exited: its live gauges go (its counters stay, so totals never go down)."""
+    if os.environ.get(MULTIPROC_DIR):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+_SCRAPED_NAMES = frozenset(
+    gauge._name
+    for gauge in (PENDING_REPLIES, OLDEST_PENDING_SECONDS, BUDGETS_SPENT, PARKED_CONVERSATIONS)
+)
+
+
+def _combine(own: Metric, shared: Metric) -> Metric:
+    """One family from this process's memory and the workers' files: counters and histograms
+    added up (sample by sample: buckets are cumulative in both), gauges as their mode says."""
+    combined = Metric(own.name, own.documentation, own.type, own.unit)
+    totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for sample in shared.samples:
+        totals[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    scraped = own.type == "gauge" and own.name in _SCRAPED_NAMES
+    for sample in own.samples:
+        if sample.name.endswith("_created"):
+            continue  # a creation time means nothing for a total over processes
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        if key not in totals or scraped:
+            totals[key] = sample.value
+        elif own.type == "gauge":
+            totals[key] = max(totals[key], sample.value)
+        else:
+            totals[key] += sample.value
+    for (name, labels), value in totals.items():
+        combined.samples.append(Sample(name, dict(labels), value))
+    return combined
+
+
+class _Combined:
+    """A collector: this process's registry with the workers' files added in."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        files = multiprocess.MultiProcessCollector(None, self.directory)  # type: ignore[no-untyped-call]
+        shared: dict[str, Metric] = {
+            metric.name: metric
+            for metric in files.collect()  # type: ignore[no-untyped-call]
+        }
+        for metric in REGISTRY.collect():
+            other = shared.pop(metric.name, None)
+            yield metric if other is None else _combine(metric, other)
+        yield from shared.values()
+
+
+def exposition() -> bytes:
+    """/metrics' text: this process's metrics, and with PROMETHEUS_MULTIPROC_DIR set, every
+    worker's (and this one's, when file-backed too, counted once)."""
+    directory = os.environ.get(MULTIPROC_DIR)
+    if not directory or not os.path.isdir(directory):
+        return generate_latest()
+    registry = CollectorRegistry(auto_describe=False)
+    if file_backed():
+        # This process's metrics are in the files too: read them all from there.
+        multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Combined(directory))
+    return generate_latest(registry)

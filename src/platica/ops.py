@@ -9,7 +9,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import ScalarSelect, func, select, text
 
 from platica.deps import AppState, StateDep
@@ -19,6 +19,7 @@ from platica.metrics import (
     OLDEST_PENDING_SECONDS,
     PARKED_CONVERSATIONS,
     PENDING_REPLIES,
+    exposition,
 )
 from platica.models import ChannelConfig, Conversation, Message, ReplyState, utcnow
 
@@ -116,7 +117,8 @@ def _check_metrics_token(request: Request, state: AppState) -> None:
 
 @router.get("/metrics", responses={401: {"description": "METRICS_TOKEN is set and not sent"}})
 async def metrics(request: Request, state: StateDep) -> Response:
-    """Prometheus metrics (with METRICS_TOKEN set: `Authorization: Bearer <METRICS_TOKEN>`)."""
+    """Prometheus metrics, the worker processes' included (with METRICS_TOKEN set:
+    `Authorization: Bearer <METRICS_TOKEN>`)."""
     _check_metrics_token(request, state)
     await _count_pending(state)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

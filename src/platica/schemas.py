@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from platica import texts
+from platica.config import E164, strip_channel_prefix
 from platica.models import ChannelConfig
 
 T = TypeVar("T")
@@ -396,3 +397,64 @@ class BroadcastRead(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     canceled_at: datetime | None
+
+
+# -- accounts (admin token only: api/accounts.py) -------------------------------------------------
+
+
+def _e164(value: str) -> str:
+    number = strip_channel_prefix(value.strip())
+    if not E164.match(number):
+        raise ValueError(f"must be an E.164 number like +14155550100, got {value!r}")
+    return number
+
+
+PhoneNumber = Annotated[str, StringConstraints(max_length=40), AfterValidator(_e164)]
+
+
+class AccountRead(BaseModel):
+    """An account and the numbers it owns (null: the channel is not set up)."""
+
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    whatsapp_number: str | None
+    sms_number: str | None
+    retention_days: int | None
+
+
+class AccountUpdate(BaseModel):
+    """Fields to change; those left out keep their value. A number set to null removes the
+    channel (its settings with it)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "Panadería Lola", "sms_number": "+5215512345678"}],
+        },
+    )
+
+    name: (
+        Annotated[
+            str,
+            StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+            AfterValidator(_no_nul),
+        ]
+        | None
+    ) = None
+    whatsapp_number: PhoneNumber | None = None
+    sms_number: PhoneNumber | None = None
+
+    @model_validator(mode="after")
+    def _name_not_null(self) -> Self:
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be null: give 1 to 200 characters")
+        return self
+
+
+class AccountDeleted(BaseModel):
+    """The deleted account, and what was deleted with it, counted."""
+
+    id: uuid.UUID
+    name: str
+    deleted: dict[str, int]

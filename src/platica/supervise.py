@@ -73,8 +73,11 @@ class WorkerSupervisor:
         max_backoff: float = MAX_BACKOFF_SECONDS,
         stable_seconds: float = STABLE_SECONDS,
         stop_seconds: float = STOP_SECONDS,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self._command = list(command)
+        # Told each child's pid once it has exited (and been reaped).
+        self._on_exit = on_exit
         self._backoff = Backoff(first_backoff, max_backoff, stable_seconds)
         self._stop_seconds = stop_seconds
         # Held while starting a child and while deciding to stop, so `stop()` either sees the
@@ -145,6 +148,8 @@ class WorkerSupervisor:
                 self._process = process = self._spawn()
             self._first_started.set()
             ran = 0.0 if process is None else self._wait(process)
+            if process is not None and self._on_exit is not None:
+                self._on_exit(process.pid)
             if self._stopping.is_set():
                 if process is not None:
                     log.info("worker.stopped", pid=process.pid, returncode=process.returncode)

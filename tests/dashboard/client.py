@@ -13,12 +13,19 @@ from tests.conftest import LiveServer
 
 
 class DashboardClient:
-    """One operator's browser, as far as HTTP goes (from `local_address` when given)."""
+    """One operator's browser, as far as HTTP goes (from `local_address` when given). It asks
+    for English pages (`language`), as the tests' assertions are in English; test_i18n.py
+    checks the Spanish ones."""
 
-    def __init__(self, server: LiveServer, local_address: str | None = None) -> None:
+    def __init__(
+        self, server: LiveServer, local_address: str | None = None, language: str | None = "en"
+    ) -> None:
         self.server = server
         transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
-        self.http = httpx.Client(base_url=server.url, timeout=30, transport=transport)
+        headers = {"Accept-Language": language} if language else None
+        self.http = httpx.Client(
+            base_url=server.url, timeout=30, transport=transport, headers=headers
+        )
 
     def csrf(self, path: str = "/login") -> str:
         """The CSRF token of the form on the page at `path`."""

@@ -133,9 +133,16 @@ class Dashboard:
 
     # -- the browser -----------------------------------------------------------------------------
 
-    def page(self, viewport: dict[str, int] = DESKTOP) -> Page:
-        """A fresh browser context (no cookies); console errors and outside requests are recorded."""
-        context = self.browser.new_context(viewport=viewport, base_url=self.url)  # type: ignore[arg-type]
+    def page(self, viewport: dict[str, int] = DESKTOP, locale: str = "en-US") -> Page:
+        """A fresh browser context (no cookies); console errors and outside requests are recorded.
+        The browser asks for English (`locale`: its Accept-Language), as the assertions are in
+        English (page.request too); test_i18n_browser.py looks at the Spanish pages."""
+        context = self.browser.new_context(
+            viewport=viewport,  # type: ignore[arg-type]
+            base_url=self.url,
+            locale=locale,
+            extra_http_headers={"Accept-Language": locale},
+        )
         self.contexts.append(context)
         page = context.new_page()
         page.on("console", self._console)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from platica.dashboard import i18n
 from platica.dashboard.recipients import RecipientsError, parse_csv, parse_lines
+
+
+@pytest.fixture(autouse=True)
+def _in_english():
+    """The errors in English, as the assertions (test_i18n.py checks a Spanish one)."""
+    with i18n.speaking("en"):
+        yield
 
 
 class TestParseCsv:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-import jwt
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import event, select, text, update
@@ -20,6 +19,7 @@ from platica.accounts import API_KEY_PREFIX, hash_api_key
 from platica.deps import AppState, StateDep
 from platica.errors import BadRequest
 from platica.models import Account, ApiKey, utcnow
+from platica.supabase import KeysUnavailable, TokenRefused, verify_user_token
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
@@ -38,6 +38,14 @@ class Principal:
 
 def _refuse(message: str) -> HTTPException:
     return HTTPException(status_code=401, detail=message, headers=UNAUTHORIZED)
+
+
+class Unverifiable(HTTPException):
+    """A 401 for a credential that could not be checked (the Supabase project's keys could not
+    be fetched): Plática's trouble, not a wrong guess, so not counted as a failed login."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(status_code=401, detail=message, headers=UNAUTHORIZED)
 
 
 def _bearer(request: Request) -> str:
@@ -61,21 +69,24 @@ async def _api_key_account(session: AsyncSession, token: str) -> uuid.UUID | Non
     return key.account_id
 
 
-async def _supabase_account(session: AsyncSession, token: str, secret: str) -> uuid.UUID:
+async def _supabase_account(state: AppState, session: AsyncSession, token: str) -> uuid.UUID:
+    secret = state.settings.SUPABASE_JWT_SECRET
     try:
-        claims = jwt.decode(
+        user_id = await verify_user_token(
             token,
-            secret,
-            algorithms=["HS256"],
-            audience="authenticated",
-            options={"require": ["sub", "exp"]},
+            keys=state.supabase_keys,
+            secret=secret.get_secret_value() if secret is not None else None,
         )
-        user_id = uuid.UUID(str(claims["sub"]))
-    except (jwt.PyJWTError, ValueError):
-        raise _refuse("invalid or expired token") from None
+    except KeysUnavailable as unavailable:
+        raise Unverifiable(str(unavailable)) from None
+    except TokenRefused as refused:
+        raise _refuse(str(refused)) from None
     account_id = await session.scalar(select(Account.id).where(Account.auth_user_id == user_id))
     if account_id is None:
-        raise _refuse("this Supabase user has no Plática account")
+        raise _refuse(
+            "this Supabase user has no Plática account "
+            "(link it: platica accounts link-user ACCOUNT USER_ID)"
+        )
     return account_id
 
 
@@ -89,9 +100,9 @@ async def authenticate(state: AppState, session: AsyncSession, token: str) -> Pr
         if account_id is None:
             raise _refuse("unknown or revoked API key")
         return Principal(account_id=account_id, kind="api_key")
-    if settings.SUPABASE_JWT_SECRET is not None and token.count(".") == 2:
-        secret = settings.SUPABASE_JWT_SECRET.get_secret_value()
-        return Principal(await _supabase_account(session, token, secret), kind="supabase")
+    supabase = settings.SUPABASE_URL is not None or settings.SUPABASE_JWT_SECRET is not None
+    if supabase and token.count(".") == 2:
+        return Principal(await _supabase_account(state, session, token), kind="supabase")
     raise _refuse("invalid credentials")
 
 
@@ -171,6 +182,8 @@ async def get_caller(
     async with state.sessionmaker() as session:
         try:
             principal = await authenticate(state, session, token)
+        except Unverifiable:
+            raise
         except HTTPException:
             state.throttle.count_failed_login(address)
             raise

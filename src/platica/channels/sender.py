@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http import HttpClient
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
@@ -73,6 +74,23 @@ class MessageSender(Protocol):
     async def aclose(self) -> None: ...
 
 
+def twilio_client(settings: Settings, http_client: HttpClient) -> Client:
+    """The official SDK's client with Plática's credentials, its REST calls sent to
+    TWILIO_API_BASE_URL and its Messaging API calls (the WhatsApp Senders) to
+    TWILIO_MESSAGING_BASE_URL, through `http_client` (async for the service, the SDK's blocking
+    one for the command line)."""
+    assert settings.TWILIO_ACCOUNT_SID is not None
+    assert settings.TWILIO_AUTH_TOKEN is not None
+    client = Client(
+        settings.TWILIO_ACCOUNT_SID,
+        settings.TWILIO_AUTH_TOKEN.get_secret_value(),
+        http_client=http_client,
+    )
+    client.api.base_url = settings.TWILIO_API_BASE_URL
+    client.messaging.base_url = settings.TWILIO_MESSAGING_BASE_URL
+    return client
+
+
 def channel_address(channel: Channel, number: str) -> str:
     return f"whatsapp:{number}" if channel is Channel.whatsapp else number
 
@@ -113,12 +131,7 @@ class TwilioSender:
         assert settings.TWILIO_AUTH_TOKEN is not None
         # Retries are the job's (with backoff and a check for an earlier landed attempt).
         self._http = AsyncTwilioHttpClient()
-        self._client = Client(
-            settings.TWILIO_ACCOUNT_SID,
-            settings.TWILIO_AUTH_TOKEN.get_secret_value(),
-            http_client=self._http,
-        )
-        self._client.api.base_url = settings.TWILIO_API_BASE_URL
+        self._client = twilio_client(settings, self._http)
 
     async def send(self, message: OutgoingMessage) -> SentMessage:
         started = time.perf_counter()

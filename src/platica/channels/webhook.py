@@ -24,7 +24,7 @@ from platica.channels.parsing import InboundMessage, parse_inbound, parse_status
 from platica.config import Settings
 from platica.deps import AppState, app_state
 from platica.errors import InvalidSignature, NotFound, PlaticaError
-from platica.http import FormData, first, parse_form, read_body
+from platica.http import FormData, app_path, first, mount_prefix, parse_form, read_body
 from platica.logging import get_logger, mask_phone
 from platica.metrics import MEDIA_ITEMS, REPLIES, WEBHOOK_SECONDS, WEBHOOKS, WEBHOOKS_UNLOGGED
 from platica.models import Channel
@@ -51,12 +51,24 @@ def twiml_ack() -> Response:
 
 
 def signed_url(request: Request, settings: Settings) -> str:
-    """The URL Twilio signed: PUBLIC_BASE_URL + path (proxies change the rest; the settings
-    require PUBLIC_BASE_URL whenever signatures are checked)."""
+    """The URL Twilio signed: PUBLIC_BASE_URL + the path inside the app (proxies change the
+    rest; the settings require PUBLIC_BASE_URL whenever signatures are checked).
+
+    PUBLIC_BASE_URL is where the app's root is reached, mount prefix included
+    (https://example.com/platica when another app mounts Plática at /platica): the worker
+    builds StatusCallback from it too, and never sees a request."""
     if not settings.PUBLIC_BASE_URL:
         return str(request.url)
-    url = settings.PUBLIC_BASE_URL + request.url.path
+    url = settings.PUBLIC_BASE_URL + app_path(request)
     return f"{url}?{request.url.query}" if request.url.query else url
+
+
+def _mismatch_hint(request: Request, settings: Settings) -> str:
+    """Why a signature may not match when mounted: PUBLIC_BASE_URL without the prefix."""
+    prefix = mount_prefix(request)
+    if prefix and settings.PUBLIC_BASE_URL and not settings.PUBLIC_BASE_URL.endswith(prefix):
+        return f" (the app is mounted at {prefix}: PUBLIC_BASE_URL must end with it)"
+    return ""
 
 
 def signature_matches(
@@ -80,7 +92,10 @@ def verify_signature(request: Request, form: FormData, settings: Settings) -> bo
     if not signature_matches(
         settings.TWILIO_AUTH_TOKEN.get_secret_value(), url, form, signature, algorithm
     ):
-        raise InvalidSignature("X-Twilio-Signature does not match", signed_url=url)
+        raise InvalidSignature(
+            "X-Twilio-Signature does not match" + _mismatch_hint(request, settings),
+            signed_url=url,
+        )
     return True
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -18,6 +19,14 @@ from platica.cli.common import (
     parse_e164,
     with_session,
 )
+from platica.config import Settings
+from platica.errors import Conflict, PlaticaError
+from platica.models import Account, Channel
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from platica.accounts import AccountData
 
 accounts_app = typer.Typer(help="Accounts and their API keys.", no_args_is_help=True)
 keys_app = typer.Typer(help="An account's API keys.", no_args_is_help=True)
@@ -46,13 +55,21 @@ def accounts_create(
     async def run() -> tuple[uuid.UUID, str]:
         from sqlalchemy.exc import IntegrityError
 
+        from platica.accounts import check_number_free
+
         engine = db.create_engine(settings.DATABASE_URL)
         try:
             async with db.session(db.create_sessionmaker(engine)) as session:
+                # A number another account owns: refused, saying whose.
+                for channel, number in ((Channel.whatsapp, whatsapp), (Channel.sms, sms)):
+                    if number is not None:
+                        await check_number_free(session, channel, number)
                 account, key = await create_account(
                     session, name.strip(), whatsapp_number=whatsapp, sms_number=sms
                 )
                 return account.id, key
+        except PlaticaError as error:
+            raise fail(error.message) from None
         except IntegrityError:
             typer.echo("Error: another account already owns one of those numbers.", err=True)
             raise typer.Exit(1) from None
@@ -86,27 +103,203 @@ def accounts_list() -> None:
         typer.echo(f"{account.id}  {account.name}  ({numbers})")
 
 
+# -- managing an account: ACCOUNT is its id or its name ------------------------------------------
+
+T = TypeVar("T")
+CHANNEL_LABELS = {"whatsapp": "WhatsApp", "sms": "SMS"}
+AccountArgument = Annotated[str, typer.Argument(help="The account's id or its name.")]
+
+
+def on_account(
+    settings: Settings, ref: str, work: Callable[[AsyncSession, Account], Awaitable[T]]
+) -> T:
+    """`work(session, account)` in one transaction, the account found by id or name; a refusal
+    (no such account, a number taken…) is `Error: …` and exit status 1, nothing changed."""
+    from platica.accounts import find_account
+    from platica.logging import configure_logging
+
+    # Events on stderr, masked, at LOG_LEVEL when set, else errors only: the command prints
+    # what it did.
+    configure_logging(
+        settings if settings.LOG_LEVEL else settings.model_copy(update={"LOG_LEVEL": "ERROR"})
+    )
+
+    async def run(session: AsyncSession) -> T:
+        return await work(session, await find_account(session, ref))
+
+    try:
+        return with_session(settings, run)
+    except PlaticaError as error:
+        raise fail(error.message) from None
+
+
+def _describe(account: Account, numbers: dict[Channel, str]) -> str:
+    owned = ", ".join(
+        f"{CHANNEL_LABELS[channel.value]} {number}" for channel, number in sorted(numbers.items())
+    )
+    return f"{account.name!r} ({account.id}; {owned or 'no numbers'})"
+
+
+@accounts_app.command("set-number")
+def accounts_set_number(
+    account: AccountArgument,
+    whatsapp: Annotated[
+        str | None, typer.Option("--whatsapp", help="The WhatsApp sender to own (E.164).")
+    ] = None,
+    sms: Annotated[str | None, typer.Option("--sms", help="The SMS number to own (E.164).")] = None,
+    remove: Annotated[
+        list[Channel] | None,
+        typer.Option(
+            "--remove",
+            help="Remove the channel (whatsapp or sms) and its settings from the account; "
+            "repeatable.",
+        ),
+    ] = None,
+) -> None:
+    """Add or change the account's WhatsApp or SMS number, or remove a channel (--remove).
+
+    A number belongs to one account per channel. The numbers TWILIO_PHONE_NUMBER and
+    TWILIO_WHATSAPP_NUMBER give the default account stay with it: change those variables.
+    """
+    from platica.accounts import account_numbers, set_number
+
+    wanted: dict[Channel, str | None] = {}
+    for channel, value, option in (
+        (Channel.whatsapp, whatsapp, "--whatsapp"),
+        (Channel.sms, sms, "--sms"),
+    ):
+        number = parse_e164(value, option)
+        if number is not None:
+            wanted[channel] = number
+    for channel in remove or []:
+        if channel in wanted:
+            raise typer.BadParameter(
+                f"{channel.value} is both given a number and removed", param_hint="--remove"
+            )
+        wanted[channel] = None
+    if not wanted:
+        raise typer.BadParameter("give --whatsapp +E164, --sms +E164 or --remove CHANNEL")
+    settings = migrated_settings()
+
+    async def work(
+        session: AsyncSession, found: Account
+    ) -> tuple[Account, dict[Channel, str], dict[Channel, str]]:
+        before = await account_numbers(session, found.id)
+        for channel, number in wanted.items():
+            await set_number(session, found, channel, number, settings)
+        return found, before, await account_numbers(session, found.id)
+
+    found, before, after = on_account(settings, account, work)
+    for channel in wanted:
+        label = CHANNEL_LABELS[channel.value]
+        old, new = before.get(channel), after.get(channel)
+        if old == new:
+            typer.echo(f"{label}: {new or 'none'}, unchanged.")
+        elif new is None:
+            typer.echo(f"{label}: {old} removed, with the channel's settings.")
+        else:
+            typer.echo(f"{label}: {new}" + (f" (was {old})." if old else " (new channel)."))
+    typer.echo(f"Account {_describe(found, after)}.")
+
+
+@accounts_app.command("rename")
+def accounts_rename(
+    account: AccountArgument,
+    name: Annotated[str, typer.Argument(help="The new name (1 to 200 characters).")],
+) -> None:
+    """Rename an account (no two accounts share a name)."""
+    from platica.accounts import rename_account
+
+    settings = migrated_settings()
+
+    async def work(session: AsyncSession, found: Account) -> tuple[uuid.UUID, str, bool]:
+        old = found.name
+        changed = await rename_account(session, found, name)
+        return found.id, old, changed
+
+    account_id, old, changed = on_account(settings, account, work)
+    if changed:
+        typer.echo(f"Account {account_id} renamed from {old!r} to {name.strip()!r}.")
+    else:
+        typer.echo(f"Account {account_id} is already named {old!r}.")
+
+
+@accounts_app.command("delete")
+def accounts_delete(
+    account: AccountArgument,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+) -> None:
+    """Delete an account with all its data: conversations, messages, contacts, media, API keys,
+    templates, broadcasts and webhook log. Shows what will go and asks first (--yes skips).
+
+    The account owning the numbers TWILIO_PHONE_NUMBER / TWILIO_WHATSAPP_NUMBER give (the
+    default account) is refused: the next start would give them to a new empty account.
+    """
+    from platica.accounts import (
+        account_numbers,
+        check_deletable,
+        count_account_data,
+        delete_account,
+    )
+
+    settings = migrated_settings()
+
+    async def preview(
+        session: AsyncSession, found: Account
+    ) -> tuple[Account, dict[Channel, str], AccountData]:
+        numbers = await account_numbers(session, found.id)
+        check_deletable(settings, found, numbers)
+        return found, numbers, await count_account_data(session, found.id)
+
+    found, numbers, data = on_account(settings, account, preview)
+    typer.echo(f"Account {_describe(found, numbers)} holds {_counted(data)}.")
+    if not yes:
+        try:
+            confirmed = typer.confirm("Delete it and all its data, for good?", default=False)
+        except typer.Abort:
+            confirmed = False
+        if not confirmed:
+            raise fail("not confirmed: nothing deleted (--yes deletes without asking)")
+
+    async def remove(session: AsyncSession, again: Account) -> AccountData:
+        return await delete_account(session, again, settings)
+
+    deleted = on_account(settings, str(found.id), remove)
+    typer.echo(f"Account {found.name!r} ({found.id}) deleted with {_counted(deleted)}.")
+
+
+def _counted(data: AccountData) -> str:
+    return ", ".join(
+        count(getattr(data, name), noun, plural)
+        for name, noun, plural in (
+            ("conversations", "conversation", None),
+            ("messages", "message", None),
+            ("contacts", "contact", None),
+            ("media", "media item", None),
+            ("api_keys", "API key", None),
+            ("templates", "template", None),
+            ("broadcasts", "broadcast", None),
+            ("webhook_logs", "webhook log entry", "webhook log entries"),
+        )
+    )
+
+
 @keys_app.command("create")
 def keys_create(
-    account_id: Annotated[uuid.UUID, typer.Argument(help="The account's id.")],
+    account: AccountArgument,
     name: Annotated[str, typer.Option(help="A label to tell the key apart.")] = "default",
 ) -> None:
     """Create an API key for an account and print it (shown this once only)."""
     from platica.accounts import create_api_key
-    from platica.models import Account
 
     if not name.strip() or len(name) > 200:
         raise typer.BadParameter("must be 1 to 200 characters", param_hint="--name")
     settings = migrated_settings()
 
-    async def work(session: Any) -> str | None:
-        if await session.get(Account, account_id) is None:
-            return None
-        return await create_api_key(session, account_id, name.strip())
+    async def work(session: AsyncSession, found: Account) -> tuple[uuid.UUID, str]:
+        return found.id, await create_api_key(session, found.id, name.strip())
 
-    key = with_session(settings, work)
-    if key is None:
-        raise fail(f"no account {account_id}")
+    account_id, key = on_account(settings, account, work)
     typer.echo(f"API key {key[:12]} ({name.strip()!r}) created for account {account_id}.")
     typer.echo(f"API key (shown once, store it now): {key}")
 
@@ -152,7 +345,7 @@ def keys_revoke(
 
 
 @keys_app.command("list")
-def keys_list(account_id: Annotated[uuid.UUID, typer.Argument(help="The account's id.")]) -> None:
+def keys_list(account: AccountArgument) -> None:
     """List an account's API keys (their prefixes, never the keys)."""
     from sqlalchemy import select
 
@@ -160,11 +353,11 @@ def keys_list(account_id: Annotated[uuid.UUID, typer.Argument(help="The account'
 
     settings = migrated_settings()
 
-    async def work(session: Any) -> list[ApiKey]:
-        query = select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id)
-        return list(await session.scalars(query))
+    async def work(session: AsyncSession, found: Account) -> tuple[uuid.UUID, list[ApiKey]]:
+        query = select(ApiKey).where(ApiKey.account_id == found.id).order_by(ApiKey.id)
+        return found.id, list(await session.scalars(query))
 
-    keys = with_session(settings, work)
+    account_id, keys = on_account(settings, account, work)
     if not keys:
         typer.echo(f"Account {account_id} has no API keys.")
         return
@@ -182,14 +375,12 @@ def _when(moment: Any) -> str:
 
 @accounts_app.command("retention")
 def accounts_retention(
-    account_id: Annotated[uuid.UUID, typer.Argument(help="The account's id.")],
+    account: AccountArgument,
     days: Annotated[
         str | None, typer.Argument(help="Days to keep messages for, or 'keep' to keep them all.")
     ] = None,
 ) -> None:
     """Show or set how long an account's messages are kept (`platica cleanup` deletes older)."""
-    from platica.models import Account
-
     retention: int | None = None
     if days is not None and days != "keep":
         if not days.isdigit() or int(days) < 1:
@@ -197,18 +388,86 @@ def accounts_retention(
         retention = int(days)
     settings = migrated_settings()
 
-    async def work(session: Any) -> tuple[bool, int | None]:
-        account = await session.get(Account, account_id)
-        if account is None:
-            return False, None
+    async def work(session: AsyncSession, found: Account) -> tuple[uuid.UUID, int | None]:
         if days is not None:
-            account.retention_days = retention
-        return True, account.retention_days
+            found.retention_days = retention
+        return found.id, found.retention_days
 
-    found, current = with_session(settings, work)
-    if not found:
-        raise fail(f"no account {account_id}")
+    account_id, current = on_account(settings, account, work)
     kept = (
         "every message is kept" if current is None else f"messages are kept {count(current, 'day')}"
     )
     typer.echo(f"Account {account_id}: {kept}.")
+
+
+# -- link-user: a Supabase user acts as an account ------------------------------------------------
+
+
+@accounts_app.command("link-user")
+def accounts_link_user(
+    account: Annotated[str, typer.Argument(help="The account's id (or its exact name).")],
+    user_id: Annotated[
+        str,
+        typer.Argument(
+            help="The Supabase user's id: a UUID, shown in Supabase under Authentication → "
+            "Users, and the `sub` of the user's JWTs."
+        ),
+    ],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace the account's current user, or move the user from another account.",
+        ),
+    ] = False,
+) -> None:
+    """Let a Supabase user call the API as ACCOUNT: their JWTs (`sub` = USER_ID) are accepted."""
+    from sqlalchemy import select
+
+    try:
+        user = uuid.UUID(user_id.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"must be a Supabase user id (a UUID like 0b8c7f2e-5d1a-4c3b-9e6f-2a1d4b7c8e90), "
+            f"got {user_id!r}",
+            param_hint="USER_ID",
+        ) from None
+    settings = migrated_settings()
+
+    async def work(session: AsyncSession, found: Account) -> tuple[str, Any]:
+        if found.auth_user_id == user:
+            return "already", found
+        other = await session.scalar(select(Account).where(Account.auth_user_id == user))
+        if not force and other is not None:
+            raise Conflict(
+                f"Supabase user {user} is already linked to account {other.id} "
+                f"({other.name}); add --force to move it to {found.id}"
+            )
+        if not force and found.auth_user_id is not None:
+            raise Conflict(
+                f"account {found.id} ({found.name}) is already linked to Supabase user "
+                f"{found.auth_user_id}; add --force to replace it"
+            )
+        if other is not None:
+            other.auth_user_id = None
+            await session.flush()  # first: the column is unique
+        previous = found.auth_user_id
+        found.auth_user_id = user
+        await session.flush()
+        return "linked", (found, previous, other)
+
+    outcome, detail = on_account(settings, account, work)
+    if outcome == "already":
+        typer.echo(
+            f"Supabase user {user} is already linked to account {detail.id} ({detail.name})."
+        )
+        return
+    found, previous, other = detail
+    if other is not None:
+        typer.echo(f"Supabase user {user} unlinked from account {other.id} ({other.name}).")
+    if previous is not None:
+        typer.echo(f"Account {found.id} ({found.name}): Supabase user {previous} unlinked.")
+    typer.echo(
+        f"Supabase user {user} linked to account {found.id} ({found.name}): "
+        "their JWTs now call the API as this account."
+    )

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from platica.cli.common import check_schema_or_exit, load_settings, migrated_settings
+from platica.cli.common import (
+    check_schema_or_exit,
+    load_settings,
+    migrated_settings,
+    with_session,
+)
+from platica.config import Settings, check_listen_host
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # `serve`'s worker child runs this module (not imported here: `-m` would run it twice).
@@ -18,8 +28,13 @@ CHILD_MODULE = "platica.cli.child"
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [default: HOST, else 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port to listen on [default: PORT, else 8000]."),
+    ] = None,
     worker: Annotated[
         bool,
         typer.Option(
@@ -37,13 +52,23 @@ def serve(
     import uvicorn
 
     from platica.app import create_app
+    from platica.dashboard.session import LOGIN_LINK_SECONDS
 
+    if host is not None:
+        try:
+            host = check_listen_host(host)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--host") from None
     settings = migrated_settings()
+    host = host if host is not None else settings.HOST
+    port = port if port is not None else settings.PORT
     if not worker and settings.is_sqlite:
         typer.echo("Warning: with SQLite and --no-worker, nothing will answer messages.", err=True)
     child_worker = worker and not settings.is_sqlite
     application = create_app(settings, worker=worker and not child_worker)
+    link = _first_run_login_link(settings)  # after create_app: its logging masks numbers
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
     if host in ("0.0.0.0", "::") and "*" not in settings.ALLOWED_HOSTS:
         typer.echo(
             f"Requests must name one of these hosts: {', '.join(settings.trusted_hosts)} "
@@ -57,6 +82,13 @@ def serve(
         "(`platica accounts list`, then `platica accounts keys create ACCOUNT_ID`) "
         "or with PLATICA_ADMIN_TOKEN."
     )
+    if link is not None:
+        base = settings.PUBLIC_BASE_URL or f"http://{shown}:{port}"
+        minutes = LOGIN_LINK_SECONDS // 60
+        typer.echo(
+            f"First run: log in to the default account's dashboard with {base}/login/link/{link} "
+            f"(works once, for {minutes} minutes)."
+        )
 
     def run() -> None:
         uvicorn.run(
@@ -78,6 +110,19 @@ def serve(
         run()
 
 
+def _first_run_login_link(settings: Settings) -> str | None:
+    """On the first start (the default account created now, as the server would at start-up):
+    a one-time login link's token for it; None on every later start."""
+    from platica.accounts import ensure_default_account
+    from platica.dashboard.session import issue_login_link
+
+    async def work(session: AsyncSession) -> str | None:
+        account_id = await ensure_default_account(session, settings)
+        return None if account_id is None else await issue_login_link(session, account_id)
+
+    return with_session(settings, work)
+
+
 @contextlib.contextmanager
 def _child_worker() -> Iterator[int | None]:
     """`platica worker` as a supervised child process while the block runs; its pid.
@@ -87,13 +132,16 @@ def _child_worker() -> Iterator[int | None]:
     kill the worker outright), so here the signal ends the block (exit status 0), and the
     worker is stopped in order: SIGTERM, then SIGKILL after 10 s.
     """
+    from platica import metrics
     from platica.supervise import WorkerSupervisor, child_command
 
     def exit_quietly(_signum: int, _frame: object) -> None:
         raise SystemExit(0)
 
+    # The child keeps its metrics in files there, which this process's /metrics adds in.
+    directory, created = metrics.share_with_workers()
     previous = {signum: signal.signal(signum, exit_quietly) for signum in STOP_SIGNALS}
-    supervisor = WorkerSupervisor(child_command(CHILD_MODULE))
+    supervisor = WorkerSupervisor(child_command(CHILD_MODULE), on_exit=metrics.process_dead)
     try:
         yield supervisor.start()
     finally:
@@ -101,12 +149,14 @@ def _child_worker() -> Iterator[int | None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         supervisor.stop()
+        metrics.stop_sharing(directory, created=created)
 
 
 def worker() -> None:
     """Answer messages without serving HTTP (PostgreSQL: run as many as you like)."""
+    from platica import metrics
     from platica.app import settle_garbage_collector, start_services, stop_services
-    from platica.logging import configure_logging
+    from platica.logging import configure_logging, get_logger
 
     settings = load_settings()
     if settings.is_sqlite:
@@ -118,6 +168,12 @@ def worker() -> None:
         raise typer.Exit(2)
     check_schema_or_exit(settings)
     configure_logging(settings)
+    if not metrics.file_backed():
+        get_logger(__name__).warning(
+            "worker.metrics_unshared",
+            detail="PROMETHEUS_MULTIPROC_DIR is not set: this worker's metrics reach no "
+            "/metrics (set it, to the same directory, for `platica serve` and every worker)",
+        )
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -132,6 +188,8 @@ def worker() -> None:
             await stop.wait()
         finally:
             await stop_services(state)
+            # Its live gauges go; its counters stay, so that the totals never go down.
+            metrics.process_dead(os.getpid())
 
     with asyncio.Runner(loop_factory=_fast_event_loop()) as runner:
         runner.run(run())

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platica.dashboard import display
+from platica.dashboard.i18n import _
 from platica.models import Account, ChannelConfig, Message, ReplyState, utcnow
 
 # A backlog whose oldest message has waited this long gets a banner (below it, the inbox shows
@@ -69,9 +70,13 @@ async def alerts(session: AsyncSession, account_id: uuid.UUID | None) -> list[Al
         found.append(
             Alert(
                 "budget",
-                f"{channel}{whose}: today's token budget ({row.daily_token_budget:,} tokens) is "
-                "spent. Customers get the busy message, once per conversation, until midnight "
-                "UTC. Raise the budget in Settings to answer them again.",
+                _(
+                    "%(channel)s: today's token budget (%(tokens)s tokens) is spent. Customers "
+                    "get the busy message, once per conversation, until midnight UTC. Raise the "
+                    "budget in Settings to answer them again.",
+                    channel=channel + whose,
+                    tokens=display.decimal(row.daily_token_budget),
+                ),
                 "/settings",
             )
         )
@@ -81,9 +86,12 @@ async def alerts(session: AsyncSession, account_id: uuid.UUID | None) -> list[Al
         found.append(
             Alert(
                 "backlog",
-                f"{display.count(waiting.waiting, 'message')} waiting for a reply, the oldest "
-                f"for {minutes} min: replies are being paced, or operators have the "
-                "conversations.",
+                _(
+                    "%(messages)s waiting for a reply, the oldest for %(minutes)s min: replies "
+                    "are being paced, or operators have the conversations.",
+                    messages=display.count_messages(waiting.waiting),
+                    minutes=minutes,
+                ),
                 "/",
             )
         )

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from platica.dashboard import display, web
 from platica.dashboard.conversation import sendable_templates
+from platica.dashboard.i18n import N_, _
 from platica.dashboard.recipients import Listed, RecipientsError, parse_csv, parse_lines
 from platica.dashboard.settings import channel_configs
 from platica.dashboard.web import (
@@ -42,13 +43,13 @@ router = APIRouter(include_in_schema=False)
 
 LIST_LIMIT = 50
 STATUSES = {
-    BroadcastStatus.sending: "Sending",
-    BroadcastStatus.done: "Done",
-    BroadcastStatus.canceled: "Canceled",
+    BroadcastStatus.sending: N_("Sending"),
+    BroadcastStatus.done: N_("Done"),
+    BroadcastStatus.canceled: N_("Canceled"),
 }
 NOTICES = {
-    "created": "Broadcast created: its recipients are handed over at the channel's pace.",
-    "canceled": "Broadcast canceled: recipients not handed over yet will not be sent.",
+    "created": N_("Broadcast created: its recipients are handed over at the channel's pace."),
+    "canceled": N_("Broadcast canceled: recipients not handed over yet will not be sent."),
 }
 CREATE_INDEX = re.compile(r"^recipients\[(\d+)\]")
 
@@ -61,7 +62,9 @@ def _shown(view: dict[str, Any]) -> dict[str, Any]:
         **view,
         "done": done,
         "percent": 100 if not total else done * 100 // total,
-        "status_text": STATUSES.get(view["status"], str(view["status"])),
+        "status_text": _(STATUSES[view["status"]])
+        if view["status"] in STATUSES
+        else str(view["status"]),
         "channel_name": display.CHANNEL_NAMES.get(view["channel"], str(view["channel"])),
         "path": f"/broadcasts/{view['channel']}/{view['id']}",
         "over": view["status"] != BroadcastStatus.sending and view["queued"] == 0,
@@ -128,18 +131,18 @@ def _listed(upload_file: bytes | None, numbers: str) -> tuple[Listed, list[str]]
         try:
             from_file = parse_csv(upload_file)
         except RecipientsError as error:
-            raise RecipientsError(f"The file, {error}") from None
+            raise RecipientsError(_("The file, %(error)s", error=error)) from None
         listed.recipients.extend(from_file.recipients)
-        where += [f"the file's line {line}" for line in from_file.lines]
+        where += [_("the file's line %(line)s", line=line) for line in from_file.lines]
     if numbers.strip():
         try:
             from_box = parse_lines(numbers, MAX_RECIPIENTS - len(listed.recipients))
         except RecipientsError as error:
-            raise RecipientsError(f"The numbers, {error}") from None
+            raise RecipientsError(_("The numbers, %(error)s", error=error)) from None
         listed.recipients.extend(from_box.recipients)
-        where += [f"the numbers' line {line}" for line in from_box.lines]
+        where += [_("the numbers' line %(line)s", line=line) for line in from_box.lines]
     if not listed.recipients:
-        raise RecipientsError("Add the recipients: a CSV file, or numbers one per line.")
+        raise RecipientsError(_("Add the recipients: a CSV file, or numbers one per line."))
     return listed, where
 
 
@@ -174,11 +177,11 @@ async def create_broadcast(visit: OperatorVisit, upload: PostedUpload) -> Respon
     }
     errors: dict[str, str] = {}
     if values["channel"] not in display.CHANNEL_NAMES:
-        errors["channel"] = "Choose WhatsApp or SMS."
+        errors["channel"] = _("Choose WhatsApp or SMS.")
     if values["sid"] and values["body"]:
-        errors["message"] = "Write a text or choose a template, not both."
+        errors["message"] = _("Write a text or choose a template, not both.")
     elif not values["sid"] and not values["body"]:
-        errors["message"] = "Write the text to send, or choose a template."
+        errors["message"] = _("Write the text to send, or choose a template.")
     try:
         listed, where = _listed(upload.files.get("csv"), values["numbers"])
     except RecipientsError as error:
@@ -252,7 +255,9 @@ async def broadcast_page(visit: OperatorVisit, channel: str, broadcast_id: str) 
         "broadcast.html",
         "broadcasts",
         b=shown,
-        notice=NOTICES.get(visit.request.query_params.get("notice", "")),
+        notice=_(NOTICES[notice])
+        if (notice := visit.request.query_params.get("notice", "")) in NOTICES
+        else None,
         live=embed(visit, "_broadcast_progress.html", **options, b=shown),
     )
 
@@ -277,6 +282,6 @@ async def cancel_broadcast(
             await commit_and_wake(session, None)
         except PlaticaError as problem:
             await session.rollback()
-            return web.error_page(visit, problem.status_code, "Not canceled", problem.message)
+            return web.error_page(visit, problem.status_code, _("Not canceled"), problem.message)
     log.info("dashboard.broadcast_canceled", broadcast_id=number)
     return redirect(visit, f"/broadcasts/{channel}/{number}?notice=canceled")

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from platica.conversations import operators
 from platica.dashboard import display, web
 from platica.dashboard import media as dashboard_media
+from platica.dashboard.i18n import N_, _
 from platica.dashboard.inbox import conversation_row
 from platica.dashboard.web import (
     OperatorVisit,
@@ -54,19 +55,19 @@ router = APIRouter(include_in_schema=False)
 
 THREAD_LIMIT = 500
 NOTICES = {
-    "closed": "Conversation closed.",
-    "handed_off": "You have the conversation: the AI stays quiet until you resume it.",
-    "resumed": "The AI answers this conversation again.",
-    "replied": "Reply queued for sending.",
-    "retried": "Retried: the conversation's replies run again.",
-    "template_sent": "Template queued for sending.",
-    "templates_synced": "Templates synced from Twilio.",
+    "closed": N_("Conversation closed."),
+    "handed_off": N_("You have the conversation: the AI stays quiet until you resume it."),
+    "resumed": N_("The AI answers this conversation again."),
+    "replied": N_("Reply queued for sending."),
+    "retried": N_("Retried: the conversation's replies run again."),
+    "template_sent": N_("Template queued for sending."),
+    "templates_synced": N_("Templates synced from Twilio."),
 }
 AUTHORS = {
-    Author.contact: "Contact",
-    Author.ai: "AI",
-    Author.operator: "Operator",
-    Author.system: "Plática",
+    Author.contact: N_("Contact"),
+    Author.ai: N_("AI"),
+    Author.operator: N_("Operator"),
+    Author.system: N_("Plática"),
 }
 
 
@@ -76,7 +77,7 @@ def _message(message: Message, media: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": message.id,
         "inbound": inbound,
-        "author": AUTHORS.get(message.author, str(message.author)),
+        "author": _(AUTHORS[message.author]) if message.author in AUTHORS else str(message.author),
         "author_kind": str(message.author),
         "body": message.body,
         "media": media,
@@ -88,7 +89,7 @@ def _message(message: Message, media: list[dict[str, Any]]) -> dict[str, Any]:
         "failed": message.status in ("failed", "undelivered"),
         "waiting": waiting,
         "skipped": inbound and message.reply_state == ReplyState.skipped,
-        "note": message.note,
+        "note": display.note(message.note),
         "model": message.model,
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,
@@ -206,7 +207,8 @@ async def _conversation_response(
     }
     if visit.request.query_params.get("fragment") == "thread":
         return live(visit, "_thread.html", **options, **thread)
-    notice = NOTICES.get(visit.request.query_params.get("notice", ""))
+    notice_key = visit.request.query_params.get("notice", "")
+    notice = _(NOTICES[notice_key]) if notice_key in NOTICES else None
     return render(
         visit,
         "conversation.html",
@@ -326,13 +328,13 @@ async def reply(
     try:
         body = ManualReply.model_validate({"body": text}).body
     except ValidationError as invalid:
-        message = display.field_errors(invalid).get("body", "is not valid")
+        message = display.field_errors(invalid).get("body", _("is not valid"))
         return await _shown_again(
             visit,
             channel,
             conversation_id,
             status_code=422,
-            error=f"The reply {message}.",
+            error=_("The reply %(problem)s.", problem=message),
             draft=text,
         )
     return await _act(visit, channel, conversation_id, "replied", body)

@@ -13,6 +13,7 @@ from platica.conversations.inbox import InboxFilter, list_conversations
 from platica.conversations.operators import ConversationView
 from platica.dashboard import display, web
 from platica.dashboard.alerts import backlog
+from platica.dashboard.i18n import _
 from platica.dashboard.web import (
     OperatorVisit,
     Visit,
@@ -100,9 +101,11 @@ async def inbox(visit: OperatorVisit) -> Response:
         return error_page(
             visit,
             400,
-            "Broken link",
-            "This link to a page of the inbox is damaged: it was not made by this dashboard. "
-            "Start again from the newest conversations.",
+            _("Broken link"),
+            _(
+                "This link to a page of the inbox is damaged: it was not made by this dashboard. "
+                "Start again from the newest conversations."
+            ),
         )
     options = {"live_id": "inbox-list", "every": web.POLL_SECONDS, "poll_url": data.pop("poll_url")}
     if visit.request.query_params.get("fragment") == "list":

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from platica.dashboard.i18n import _
 from platica.dashboard.web import (
     AnyVisit,
     conversation_key,
@@ -69,7 +70,7 @@ def _item(item: MessageMedia, base_url: str, can_fetch: Callable[[str], bool]) -
         "src": f"{base_url}/media/{item.id}" if servable else None,
         "text": text,
         "reading": item.state in (MediaState.pending, MediaState.fetched),
-        "error": (item.error or "unknown error") if item.state == MediaState.failed else None,
+        "error": (item.error or _("unknown error")) if item.state == MediaState.failed else None,
         "duration": _clock(item.duration_seconds),
         "size": _size(item.size_bytes),
         "map_url": _map_url(item),
@@ -79,14 +80,14 @@ def _item(item: MessageMedia, base_url: str, can_fetch: Callable[[str], bool]) -
 def _label(item: MessageMedia) -> str:
     bare = bare_type(item.content_type)
     if item.kind == MediaKind.audio:
-        return "Voice note"
+        return _("Voice note")
     if item.kind == MediaKind.image:
-        return "Image"
+        return _("Image")
     if item.kind == MediaKind.document:
-        return f"Document ({DOCUMENT_NAMES.get(bare, bare or 'file')})"
+        return _("Document (%(kind)s)", kind=DOCUMENT_NAMES.get(bare, bare or _("file")))
     if item.kind == MediaKind.location:
-        return "Location"
-    return f"Attachment ({bare or 'unknown type'})"
+        return _("Location")
+    return _("Attachment (%(kind)s)", kind=bare or _("unknown type"))
 
 
 def _clock(seconds: float | None) -> str | None:
@@ -129,12 +130,12 @@ async def media_file(
             item = await serving.find_media(session, operator.account_id, key[0], number, key[1])
         response = await serving.media_response(item, visit.state.media, visit.request.headers)
     except MediaUnavailable as problem:
-        return error_page(visit, 404, "Media unavailable", _sentence(problem.message))
+        return error_page(visit, 404, _("Media unavailable"), _sentence(problem.message))
     except NotFound:
         return not_found(visit, "such media item")
     except BadGateway as problem:
         log.info("dashboard.media_unavailable", media_id=number, reason=problem.message)
-        return error_page(visit, 502, "Twilio did not answer", _sentence(problem.message))
+        return error_page(visit, 502, _("Twilio did not answer"), _sentence(problem.message))
     return send_file(visit, response)
 
 

@@ -13,6 +13,8 @@ import io
 import re
 from dataclasses import dataclass
 
+from platica.dashboard.display import decimal
+from platica.dashboard.i18n import _
 from platica.outreach.broadcasts import MAX_RECIPIENTS, Recipient
 
 # A first cell that looks like this is a number, so the file has no header row.
@@ -51,17 +53,29 @@ def _variable(header: str, column: int) -> str:
     found = VARIABLE_NAME.match(header.strip())
     if found is None:
         raise RecipientsError(
-            f"line 1, column {column}: {header.strip()!r} is not a template variable name "
-            "(use the template's numbers, like 1 and 2, or {{1}})"
+            _(
+                "line 1, column %(column)s: '%(header)s' is not a template variable name "
+                "(use the template's numbers, like 1 and 2, or {{1}})",
+                column=column,
+                header=header.strip(),
+            )
         )
     return found.group(1) or found.group(2)
+
+
+def too_many(line: int, limit: int) -> str:
+    return _(
+        "line %(line)s: more than %(limit)s recipients; split the list",
+        line=line,
+        limit=decimal(limit),
+    )
 
 
 def parse_csv(data: bytes, limit: int = MAX_RECIPIENTS) -> Listed:
     """The recipients of a CSV file; RecipientsError naming the line of the first problem."""
     text = _text(data)
     if not text.strip():
-        raise RecipientsError("the file is empty")
+        raise RecipientsError(_("the file is empty"))
     separator = _separator(text.splitlines()[0])
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
     names: list[str] | None = None
@@ -75,35 +89,44 @@ def parse_csv(data: bytes, limit: int = MAX_RECIPIENTS) -> Listed:
             if names is None and not listed.recipients and not NUMBER_LIKE.match(cells[0]):
                 names = [_variable(cell, n) for n, cell in enumerate(cells[1:], start=2) if cell]
                 if len(names) != len(set(names)):
-                    raise RecipientsError("line 1: a variable is named twice in the header")
+                    raise RecipientsError(_("line 1: a variable is named twice in the header"))
                 continue
             if not cells[0]:
-                raise RecipientsError(f"line {line}: no phone number in the first column")
+                raise RecipientsError(
+                    _("line %(line)s: no phone number in the first column", line=line)
+                )
             extra = cells[1:]
             while extra and not extra[-1]:
                 extra.pop()
             known = names or []
             if len(extra) > len(known):
                 raise RecipientsError(
-                    f"line {line}: {len(extra) + 1} columns, but "
-                    + (
-                        f"the header names {len(known) + 1}"
-                        if names is not None
-                        else "the file has no header row naming the columns after the "
-                        "number as template variables (like: telefono,1,2)"
+                    _(
+                        "line %(line)s: %(columns)s columns, but the header names %(named)s",
+                        line=line,
+                        columns=len(extra) + 1,
+                        named=len(known) + 1,
+                    )
+                    if names is not None
+                    else _(
+                        "line %(line)s: %(columns)s columns, but the file has no header row "
+                        "naming the columns after the number as template variables (like: "
+                        "telefono,1,2)",
+                        line=line,
+                        columns=len(extra) + 1,
                     )
                 )
             if len(listed.recipients) >= limit:
-                raise RecipientsError(
-                    f"line {line}: more than {limit:,} recipients; split the list"
-                )
+                raise RecipientsError(too_many(line, limit))
             values = {name: value for name, value in zip(known, extra, strict=False) if value}
             listed.recipients.append(Recipient(cells[0], values or None))
             listed.lines.append(line)
     except csv.Error as error:
-        raise RecipientsError(f"line {reader.line_num}: {error}") from None
+        raise RecipientsError(
+            _("line %(line)s: %(error)s", line=reader.line_num, error=error)
+        ) from None
     if not listed.recipients:
-        raise RecipientsError("the file has no recipients, only a header row")
+        raise RecipientsError(_("the file has no recipients, only a header row"))
     return listed
 
 
@@ -114,7 +137,7 @@ def parse_lines(text: str, limit: int = MAX_RECIPIENTS) -> Listed:
         if not number.strip():
             continue
         if len(listed.recipients) >= limit:
-            raise RecipientsError(f"line {line}: more than {limit:,} recipients; split the list")
+            raise RecipientsError(too_many(line, limit))
         listed.recipients.append(Recipient(number.strip()))
         listed.lines.append(line)
     return listed

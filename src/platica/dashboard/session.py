@@ -5,7 +5,9 @@ key's SHA-256 hash (as stored in `api_keys`), so revoking the key ends the sessi
 request; after an admin login, an HMAC of the admin token, so changing PLATICA_ADMIN_TOKEN ends it.
 It also holds a random session id, whose SHA-256 hash is a row of `dashboard_sessions`: every
 request checks that the row is there, and logging out deletes it, so a copied cookie stops
-working at once. It is signed (itsdangerous, HMAC-SHA256), HttpOnly, SameSite=Lax, Secure over
+working at once. A one-time login link (the first `platica serve` on an empty database prints
+one for the default account) is a row of its own, of kind `login_link`, which redeeming it
+deletes; the session it opens is of kind `link`, checked as the row of its session id. It is signed (itsdangerous, HMAC-SHA256), HttpOnly, SameSite=Lax, Secure over
 https, and expires 12 hours after login (the row too).
 
 The signing key is derived (HMAC) from the secrets the deployment already has: PLATICA_ADMIN_TOKEN,
@@ -32,10 +34,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from platica.config import Settings
+from platica.dashboard.i18n import _
 from platica.models import DashboardSession, utcnow
 
 COOKIE_NAME = "platica_session"
 MAX_AGE_SECONDS = 12 * 3600
+# A one-time login link: its row's kind, how long it lasts, the kind of the session it opens.
+LOGIN_LINK = "login_link"
+LOGIN_LINK_SECONDS = 15 * 60
+LINK_SESSION = "link"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 _SALT = "platica.dashboard.session"
@@ -71,7 +78,7 @@ class CookieSession:
     """The cookie's content. `changed` sessions are written back with the response."""
 
     csrf: str
-    kind: str | None = None  # "api_key" or "admin" once logged in
+    kind: str | None = None  # "api_key", "admin" or "link" once logged in
     account_id: str | None = None  # api_key: the key's account
     credential: str | None = None  # api_key: the key's hash; admin: admin_fingerprint()
     viewing: str | None = None  # admin: the account chosen in the header (None: all)
@@ -187,10 +194,75 @@ async def session_open(db: AsyncSession, sid: str) -> bool:
     """Whether the session is still there: not logged out, not expired."""
     found = await db.scalar(
         select(DashboardSession.id_hash).where(
-            DashboardSession.id_hash == _hash(sid), DashboardSession.expires_at > utcnow()
+            DashboardSession.id_hash == _hash(sid),
+            DashboardSession.expires_at > utcnow(),
+            DashboardSession.kind != LOGIN_LINK,  # a link's token is not a session id
         )
     )
     return found is not None
+
+
+async def link_session_account(db: AsyncSession, sid: str) -> uuid.UUID | None:
+    """The account of an open session that a login link started (None: no such session)."""
+    return await db.scalar(
+        select(DashboardSession.account_id).where(
+            DashboardSession.id_hash == _hash(sid),
+            DashboardSession.kind == LINK_SESSION,
+            DashboardSession.expires_at > utcnow(),
+        )
+    )
+
+
+async def issue_login_link(db: AsyncSession, account_id: uuid.UUID) -> str:
+    """A one-time login link's token for the account, valid LOGIN_LINK_SECONDS; only its hash
+    is stored (flushes only)."""
+    now = utcnow()
+    token = secrets.token_urlsafe(32)
+    db.add(
+        DashboardSession(
+            id_hash=_hash(token),
+            account_id=account_id,
+            kind=LOGIN_LINK,
+            created_at=now,
+            expires_at=now + timedelta(seconds=LOGIN_LINK_SECONDS),
+        )
+    )
+    await db.flush()
+    return token
+
+
+class LinkRefused(Exception):
+    """A login link that cannot log anyone in: the message says why."""
+
+
+async def redeem_login_link(db: AsyncSession, token: str) -> uuid.UUID:
+    """The account a login link logs into; the link is deleted, so a second use finds nothing
+    (the DELETE decides: of two requests at once, one gets the row). LinkRefused otherwise."""
+    row = (
+        await db.execute(
+            delete(DashboardSession)
+            .where(DashboardSession.id_hash == _hash(token), DashboardSession.kind == LOGIN_LINK)
+            .returning(DashboardSession.account_id, DashboardSession.expires_at)
+        )
+    ).first()
+    if row is None:
+        raise LinkRefused(
+            _(
+                "This login link was already used, or is not a valid link. "
+                "Log in with an API key or the admin token."
+            )
+        )
+    if row.expires_at <= utcnow() or row.account_id is None:
+        minutes = LOGIN_LINK_SECONDS // 60
+        raise LinkRefused(
+            _(
+                "This login link has expired (links last %(minutes)s minutes). "
+                "Log in with an API key or the admin token.",
+                minutes=minutes,
+            )
+        )
+    account_id: uuid.UUID = row.account_id
+    return account_id
 
 
 async def close_session(db: AsyncSession, sid: str) -> None:

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from platica import texts
 from platica.conversations import operators
 from platica.dashboard import display
+from platica.dashboard.i18n import N_
 from platica.dashboard.web import OperatorVisit, PostedForm, Visit, not_found, redirect, render
 from platica.errors import NotFound
 from platica.http import first
@@ -56,7 +57,7 @@ NEWER_FIELDS = (
 )
 # Ticked: "on"; left out of the form when not.
 CHECKBOXES = ("ai_enabled", "vision", "delete_media_after_use")
-LANGUAGES = {"es": "Spanish (es)", "en": "English (en)"}
+LANGUAGES = {"es": N_("Spanish (es)"), "en": N_("English (en)")}
 
 
 def _config_values(config: ChannelConfig) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from platica.channels.webhook import receive_inbound
 from platica.config import E164
 from platica.dashboard import display
 from platica.dashboard.conversation import load_thread
+from platica.dashboard.i18n import gettext
 from platica.dashboard.settings import channel_configs
 from platica.dashboard.web import (
     OperatorVisit,
@@ -122,21 +123,22 @@ async def simulate(visit: OperatorVisit, form: PostedForm) -> Response:
     values = {"channel": channel_name, "sender": sender, "body": body}
     errors: dict[str, str] = {}
     if channel_name not in display.CHANNEL_NAMES:
-        errors["channel"] = "choose WhatsApp or SMS"
+        errors["channel"] = gettext("choose WhatsApp or SMS")
     if not E164.match(sender):
-        errors["from"] = "must be an E.164 number like +15550100001"
+        errors["from"] = gettext("must be an E.164 number like +15550100001")
     if not body:
-        errors["body"] = "write a message first"
+        errors["body"] = gettext("write a message first")
     elif len(body) > 1600:
-        errors["body"] = "must be at most 1600 characters"
+        errors["body"] = gettext("must be at most 1600 characters")
     configs = await channel_configs(visit)
     channel = Channel(channel_name) if channel_name in display.CHANNEL_NAMES else None
     config = configs.get(channel_name) if channel else None
     if channel is not None and config is None:
         errors["channel"] = (
-            "choose an account first (in the header)"
+            gettext("choose an account first (in the header)")
             if visit.me.account_id is None
-            else f"this account has no {display.CHANNEL_NAMES[channel_name]} number"
+            else gettext("this account has no %(channel)s number")
+            % {"channel": display.CHANNEL_NAMES[channel_name]}
         )
     if errors or channel is None or config is None:
         return await _simulator_response(visit, values, None, status_code=422, errors=errors)
@@ -156,7 +158,11 @@ async def simulate(visit: OperatorVisit, form: PostedForm) -> Response:
         )
     if recorded.conversation_id is None:
         return await _simulator_response(
-            visit, values, None, status_code=502, errors={"form": "the message was not stored"}
+            visit,
+            values,
+            None,
+            status_code=502,
+            errors={"form": gettext("the message was not stored")},
         )
     log.info("dashboard.simulated", channel=channel.value, account_id=str(recorded.account_id))
     query = httpx.QueryParams(

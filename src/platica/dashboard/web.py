@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import jinja2
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
@@ -20,24 +21,46 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from platica.api.auth import scope_session
-from platica.dashboard import display
+from platica.dashboard import display, i18n
 from platica.dashboard.alerts import Alert, alerts
+from platica.dashboard.i18n import N_, _
 from platica.dashboard.session import (
     CSRF_FIELD,
     CSRF_HEADER,
+    LINK_SESSION,
     CookieSession,
     admin_fingerprint,
+    link_session_account,
     session_open,
 )
 from platica.dashboard.session import load as load_session
 from platica.dashboard.session import save as save_session
 from platica.deps import AppState, app_state
-from platica.http import FormData, Upload, first, parse_form, parse_upload, read_body
+from platica.http import (
+    FormData,
+    Upload,
+    app_path,
+    first,
+    mount_prefix,
+    parse_form,
+    parse_upload,
+    read_body,
+)
 from platica.models import Account, ApiKey, Channel
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-templates = Jinja2Templates(directory=HERE / "templates")
+# Jinja2's i18n extension (newstyle gettext): `_()` and `{% trans %}` speak the request's
+# language (dashboard/i18n.py).
+_environment = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    extensions=["jinja2.ext.i18n"],
+)
+_environment.install_gettext_callables(  # type: ignore[attr-defined]
+    i18n.gettext, i18n.ngettext, newstyle=True
+)
+templates = Jinja2Templates(env=_environment)
 
 # Changes whenever our CSS or JS does, so browsers never run a stale copy.
 ASSET_VERSION = hashlib.sha256(
@@ -70,7 +93,7 @@ class CsrfRejected(Exception):
 class Operator:
     """Who is looking, and at whose data."""
 
-    kind: str  # "api_key" or "admin"
+    kind: str  # "api_key", "admin" or "link" (a one-time login link's account)
     account_id: uuid.UUID | None  # the account every page shows; None: all of them (admin)
     account_name: str | None
     accounts: list[tuple[uuid.UUID, str]] = field(default_factory=list)  # admin: to switch
@@ -94,7 +117,7 @@ class Visit:
     @property
     def root(self) -> str:
         """The path the app is mounted at ("" at the top)."""
-        return str(self.request.scope.get("root_path") or "").rstrip("/")
+        return mount_prefix(self.request)
 
     @property
     def me(self) -> Operator:
@@ -144,6 +167,13 @@ async def _operator(state: AppState, cookie: CookieSession) -> Operator | None:
             if row is None or str(row.account_id) != cookie.account_id:
                 return None
             return Operator("api_key", row.account_id, row.name)
+        if cookie.kind == LINK_SESSION:
+            # The session's own row holds its account (deleted with it, or at logout).
+            account_id = await link_session_account(session, cookie.sid)
+            if account_id is None or str(account_id) != cookie.account_id:
+                return None
+            name = await session.scalar(select(Account.name).where(Account.id == account_id))
+            return Operator(LINK_SESSION, account_id, name)
     return None
 
 
@@ -180,6 +210,7 @@ def uuid_or_none(value: str | None) -> uuid.UUID | None:
 
 
 async def get_visit(request: Request) -> Visit:
+    i18n.use_language(request)
     state = app_state(request)
     cookie = load_session(request, state.settings)
     request.state.dashboard_cookie = cookie
@@ -242,15 +273,44 @@ def _finish(visit: Visit | None, request: Request, response: Response) -> Respon
     return response
 
 
+def _here(request: Request) -> str:
+    here = app_path(request)
+    return f"{here}?{request.url.query}" if request.url.query else here
+
+
+def js_words() -> dict[str, str]:
+    """What app.js writes itself (chart legends, the reply window's countdown, announcements),
+    in the request's language: the page hands them over in <body data-words> (and the reply
+    window's closing sentence in its own data-closed-text)."""
+    return {
+        "incoming": _("Incoming"),
+        "outgoing": _("Outgoing"),
+        "ai_replies": _("AI replies"),
+        "conversations": _("Conversations"),
+        "seconds": _("Seconds"),
+        "under_1_min": _("under 1 min"),
+        "day_one": i18n.ngettext("%(num)s day", "%(num)s days", 1),
+        "day_many": i18n.ngettext("%(num)s day", "%(num)s days", 2),
+        "new_one": i18n.ngettext("%(num)s new message", "%(num)s new messages", 1),
+        "new_many": i18n.ngettext("%(num)s new message", "%(num)s new messages", 2),
+    }
+
+
 def _context(visit: Visit, page: str, **values: Any) -> dict[str, Any]:
     root = visit.root
     return {
+        "lang": i18n.current_language(),
+        "ui_languages": i18n.LANGUAGE_NAMES,
+        "js_words": js_words,
         "root": root,
         "asset": lambda name: f"{root}/static/{name}?v={ASSET_VERSION}",
         "csrf": visit.cookie.csrf,
         "operator": visit.operator,
         "page": page,
-        "path": visit.request.url.path,
+        # Inside the app (forms post it back as `next`, which redirect() prefixes).
+        "path": app_path(visit.request),
+        # Where the language switch comes back to: this page, with its query.
+        "here": _here(visit.request),
         "display": display,
         "alerts": visit.alerts,
         **values,
@@ -309,13 +369,19 @@ def redirect(visit: Visit, path: str) -> Response:
 
 def safe_next(value: str | None) -> str:
     """Only paths of this site (not //host or /\\host) are followed after logging in."""
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
+    if (
+        value
+        and value.startswith("/")
+        and not value.startswith(("//", "/\\"))
+        # Browsers drop tabs and newlines from URLs: "/\t/host" would become "//host".
+        and not any(ord(character) < 0x20 or character == "\x7f" for character in value)
+    ):
         return value
     return "/"
 
 
 async def login_required(request: Request, _exc: Exception) -> Response:
-    root = str(request.scope.get("root_path") or "").rstrip("/")
+    root = mount_prefix(request)
     # After logging in, back to the page, not to the fragment it was polling.
     url = httpx.URL(request.headers.get("hx-current-url") or str(request.url))
     target = url.path.removeprefix(root) or "/"
@@ -329,13 +395,16 @@ async def login_required(request: Request, _exc: Exception) -> Response:
 
 
 async def csrf_rejected(request: Request, _exc: Exception) -> Response:
+    i18n.use_language(request)
     visit = Visit(request, app_state(request), request.state.dashboard_cookie, None)
     return error_page(
         visit,
         403,
-        "Form expired",
-        "This form is out of date or did not come from this dashboard. "
-        "Go back, reload the page and try again.",
+        _("Form expired"),
+        _(
+            "This form is out of date or did not come from this dashboard. "
+            "Go back, reload the page and try again."
+        ),
     )
 
 
@@ -343,7 +412,24 @@ def error_page(visit: Visit, status_code: int, title: str, message: str) -> Resp
     return render(visit, "error.html", "", status_code=status_code, title=title, message=message)
 
 
+# What `not_found` says of each thing a path can name.
+NOT_FOUND = {
+    "such conversation": N_(
+        "There is no such conversation here, or it belongs to another account."
+    ),
+    "such broadcast": N_("There is no such broadcast here, or it belongs to another account."),
+    "such account": N_("There is no such account here, or it belongs to another account."),
+    "account switcher": N_("There is no account switcher here, or it belongs to another account."),
+    "such media item": N_("There is no such media item here, or it belongs to another account."),
+    "such channel": N_("There is no such channel here, or it belongs to another account."),
+}
+
+
 def not_found(visit: Visit, what: str) -> Response:
-    return error_page(
-        visit, 404, "Not found", f"There is no {what} here, or it belongs to another account."
+    message = NOT_FOUND.get(what)
+    text = (
+        _(message)
+        if message
+        else _("There is no %(what)s here, or it belongs to another account.", what=what)
     )
+    return error_page(visit, 404, _("Not found"), text)

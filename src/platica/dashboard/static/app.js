@@ -6,6 +6,16 @@
   var SINCE_KEY = "platica.since";
   var counts = {};
 
+  // The page's words for what this script writes (web.py's js_words, in the page's language).
+  var WORDS = (function () {
+    try { return JSON.parse(document.body.getAttribute("data-words") || "{}") || {}; } catch (error) { return {}; }
+  })();
+
+  function word(key, fallback, number) {
+    var text = WORDS[key] || fallback;
+    return number === undefined ? text : text.replace("%(num)s", String(number));
+  }
+
   function storage() {
     try { return window.localStorage; } catch (error) { return null; }
   }
@@ -34,7 +44,7 @@
       var moment = new Date(element.getAttribute("datetime"));
       if (isNaN(moment.getTime())) return;
       if (!element.title) element.title = element.textContent.trim();
-      element.textContent = moment.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+      element.textContent = moment.toLocaleString(document.documentElement.lang || undefined, { dateStyle: "medium", timeStyle: "short" });
     });
   }
 
@@ -77,7 +87,7 @@
       var count = parseInt(log.getAttribute("data-count") || "0", 10);
       if (counts[id] !== undefined && count > counts[id]) {
         var added = count - counts[id];
-        announce(added === 1 ? "1 new message" : added + " new messages");
+        announce(added === 1 ? word("new_one", "%(num)s new message", 1) : word("new_many", "%(num)s new messages", added));
       }
       counts[id] = count;
     });
@@ -94,8 +104,8 @@
         data: {
           labels: data.labels.map(shortDay),
           datasets: [
-            { label: "Incoming", data: data.incoming, backgroundColor: "#2563eb", stack: "messages" },
-            { label: "Outgoing", data: data.outgoing, backgroundColor: "#0a6e5c", stack: "messages" }
+            { label: word("incoming", "Incoming"), data: data.incoming, backgroundColor: "#2563eb", stack: "messages" },
+            { label: word("outgoing", "Outgoing"), data: data.outgoing, backgroundColor: "#0a6e5c", stack: "messages" }
           ]
         },
         stacked: true
@@ -107,8 +117,8 @@
         data: {
           labels: data.labels.map(shortDay),
           datasets: [
-            { label: "AI replies", data: data.replies, backgroundColor: "#0a6e5c" },
-            { label: "Conversations", data: data.conversations, type: "line", borderColor: "#7c3aed", backgroundColor: "#7c3aed", pointRadius: 2 }
+            { label: word("ai_replies", "AI replies"), data: data.replies, backgroundColor: "#0a6e5c" },
+            { label: word("conversations", "Conversations"), data: data.conversations, type: "line", borderColor: "#7c3aed", backgroundColor: "#7c3aed", pointRadius: 2 }
           ]
         }
       };
@@ -119,7 +129,7 @@
         data: {
           labels: data.labels.map(shortDay),
           datasets: [
-            { label: "Seconds", data: data.response_seconds, borderColor: "#b45309", backgroundColor: "#b45309", spanGaps: true, pointRadius: 3 }
+            { label: word("seconds", "Seconds"), data: data.response_seconds, borderColor: "#b45309", backgroundColor: "#b45309", spanGaps: true, pointRadius: 3 }
           ]
         },
         decimals: true
@@ -168,7 +178,7 @@
     var minutes = Math.max(Math.floor(ms / 60000), 0);
     var hours = Math.floor(minutes / 60);
     minutes = minutes % 60;
-    if (!hours) return minutes ? minutes + " min" : "under 1 min";
+    if (!hours) return minutes ? minutes + " min" : word("under_1_min", "under 1 min");
     return minutes ? hours + " h " + minutes + " min" : hours + " h";
   }
 
@@ -176,7 +186,8 @@
     var minutes = Math.max(Math.floor(ms / 60000), 0);
     if (minutes < 60) return minutes + " min";
     if (minutes < 48 * 60) return Math.floor(minutes / 60) + " h";
-    return Math.floor(minutes / (24 * 60)) + " days";
+    var days = Math.floor(minutes / (24 * 60));
+    return days === 1 ? word("day_one", "%(num)s day", days) : word("day_many", "%(num)s days", days);
   }
 
   function countDown() {
@@ -194,7 +205,8 @@
         line.classList.remove("window-open");
         line.classList.add("window-closed");
         line.textContent = "";
-        line.append("Reply window closed ", time, " ago: only an approved template can be sent (reload the page to pick one)");
+        var sentence = (line.getAttribute("data-closed-text") || "Reply window closed %(ago)s ago: only an approved template can be sent (reload the page to pick one)").split("%(ago)s");
+        line.append(sentence[0], time, sentence[1] || "");
       }
       time.textContent = timeAgo(-left);
     });
