@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 import pytest
@@ -190,39 +190,41 @@ def free_port() -> int:
         return port
 
 
-class LiveServer:
-    """Plática served by uvicorn in a background thread, reached over real HTTP."""
+class ThreadedServer:
+    """An ASGI app served by uvicorn in a background thread on a free port, over real HTTP."""
 
-    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
-        # As given (so that another server started with them gets its own URL, see OWN_URL).
-        self.settings = settings
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        if settings.PUBLIC_BASE_URL == OWN_URL:
-            settings = settings.model_copy(update={"PUBLIC_BASE_URL": self.url})
-        self.app = create_app(settings, worker=worker)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            lifespan="on",
-        )
+    def __init__(self, app: Any, port: int) -> None:
+        self.port = port
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self) -> LiveServer:
+    def start(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
+                raise RuntimeError(f"{type(self).__name__} did not start")
             time.sleep(0.02)
         return self
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+class LiveServer(ThreadedServer):
+    """Plática served by uvicorn in a background thread, reached over real HTTP."""
+
+    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+        # As given (so that another server started with them gets its own URL, see OWN_URL).
+        self.settings = settings
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        if settings.PUBLIC_BASE_URL == OWN_URL:
+            settings = settings.model_copy(update={"PUBLIC_BASE_URL": self.url})
+        self.app = create_app(settings, worker=worker)
+        super().__init__(self.app, port)
 
 
 @pytest.fixture

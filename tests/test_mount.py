@@ -5,19 +5,16 @@ and /docs, each URL it builds carrying the prefix; not wired, it answers 503 `no
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 import platica
 from platica.config import Settings
-from tests.conftest import free_port, make_settings
+from tests.conftest import ThreadedServer, free_port, make_settings
 from tests.factories import inbound_form, post_signed
 from tests.records import default_account_key
 
@@ -25,7 +22,7 @@ PREFIX = "/platica"
 ADMIN_TOKEN = "admin-9f3c1e7a5b2d4c6e8a0b1d3f"
 
 
-class OuterServer:
+class OuterServer(ThreadedServer):
     """An app of the operator's own, mounting Plática at PREFIX, served by uvicorn."""
 
     def __init__(self, settings: Settings, *, wired: bool = True) -> None:
@@ -41,23 +38,7 @@ class OuterServer:
             return {"hello": "world"}
 
         outer.mount(PREFIX, inner)
-        self.server = uvicorn.Server(
-            uvicorn.Config(outer, host="127.0.0.1", port=self.port, log_config=None)
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> OuterServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the outer app did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+        super().__init__(outer, self.port)
 
 
 @pytest.fixture
