@@ -155,11 +155,13 @@ class TestSetNumber:
         assert result.exit_code == 0, result.output
         assert result.stdout.splitlines()[0] == "WhatsApp: +5215533334444 (new channel)."
         assert numbers_of(database, luna) == {"sms": LUNA_SMS, "whatsapp": "+5215533334444"}
-        # The new channel has the defaults of a channel config.
+        # The new channel has the defaults of a channel config: the AI on, Spanish, and the
+        # built-in texts (NULL: the language's own, platica/texts.py).
         assert (
             database.scalar(
                 "SELECT count(*) FROM channel_configs WHERE phone_number = '+5215533334444'"
-                " AND ai_enabled AND system_prompt <> ''"
+                " AND ai_enabled AND language = 'es' AND system_prompt IS NULL"
+                " AND fallback_message IS NULL"
             )
             == 1
         )

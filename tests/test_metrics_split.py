@@ -75,7 +75,15 @@ class TestWorkerMetrics:
 
         send(server, "Hola, ¿abren el domingo?")
 
-        wait_for(lambda: ai_replies(server) == 1, "the worker's reply in /metrics", seconds=60)
+        # The reply is counted when answered, its Twilio send's duration once sent.
+        wait_for(
+            lambda: (
+                ai_replies(server) == 1
+                and scrape(server).get(("platica_twilio_seconds_count", ())) == 1
+            ),
+            "the worker's reply and its send in /metrics",
+            seconds=60,
+        )
         samples = scrape(server)
         # The worker's LLM call and Twilio send; the server's own webhook, counted once.
         assert samples[("platica_llm_seconds_count", ())] == 1

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from sqlalchemy.exc import OperationalError
 
 from platica import db
 from platica.accounts import DEMO_NUMBERS
@@ -16,6 +17,9 @@ from platica.channels.forms import inbound_form, signature
 from platica.cli.common import load_settings, parse_e164
 from platica.config import Settings
 from platica.models import Channel
+
+# How often a poll that finds the SQLite database locked is asked again (0.2 s apart).
+BUSY_RETRIES = 25
 
 
 class ChannelChoice(StrEnum):
@@ -122,17 +126,29 @@ async def _wait_for_reply(settings: Settings, sid: str, seconds: float) -> tuple
 
     engine = db.create_engine(settings.DATABASE_URL)
     sessionmaker = db.create_sessionmaker(engine)
+
+    async def read(query: Any) -> Any:
+        # On SQLite every transaction takes the write lock first (db/engine.py): a poll that
+        # meets the server's writer at the deadline's cancellation is asked again, not fatal.
+        for attempt in range(BUSY_RETRIES):
+            try:
+                async with sessionmaker() as session:
+                    return await query(session)
+            except OperationalError as error:
+                if "database is locked" not in str(error) or attempt == BUSY_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.2)
+        raise AssertionError("unreachable")
+
     try:
         async with asyncio.timeout(seconds):
             while True:
-                async with sessionmaker() as session:
-                    reply = await find_reply(session, sid)
+                reply = await read(lambda session: find_reply(session, sid))
                 if reply is not None:
                     return reply, True
                 await asyncio.sleep(0.2)
     except TimeoutError:
-        async with sessionmaker() as session:
-            return await _why_unanswered(session, sid, seconds), False
+        return await read(lambda session: _why_unanswered(session, sid, seconds)), False
     finally:
         await engine.dispose()
 
