@@ -192,21 +192,21 @@ INSERT INTO conversations (account_id, channel, contact_id, contact_address, sta
 SELECT account_id, channel, id, address, 'active', true, created_at, now() - interval '1 day'
 FROM contacts WHERE address LIKE '+1999%%';
 
-INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
+INSERT INTO messages (account_id, conversation_id, channel, direction, author, body,
                       twilio_sid, status, part, reply_state, attempts, created_at, updated_at)
 SELECT c.account_id, c.id, 'sms', 'inbound', 'contact',
-       'seeded message ' || k || ' of conversation ' || c.id, '[]'::jsonb,
+       'seeded message ' || k || ' of conversation ' || c.id,
        'SM' || md5(c.id::text || ':' || k::text), 'received', 0, 'answered', 0,
        c.created_at + k * interval '2 minutes', c.created_at + k * interval '2 minutes'
 FROM conversations c, generate_series(0, %(inbound_per_conversation)s - 1) AS k
 WHERE c.contact_address LIKE '+1999%%';
 
 -- One reply to each seeded message, as the worker would have stored and sent it.
-INSERT INTO messages (account_id, conversation_id, channel, direction, author, body, media,
+INSERT INTO messages (account_id, conversation_id, channel, direction, author, body,
                       twilio_sid, status, reply_to_id, part, attempts, model, created_at,
                       updated_at)
 SELECT i.account_id, i.conversation_id, 'sms', 'outbound', 'ai', 'seeded reply to ' || i.id,
-       '[]'::jsonb, 'SM' || md5('reply:' || i.id::text), 'delivered', i.id, 0, 1, 'gpt-4o-mini',
+       'SM' || md5('reply:' || i.id::text), 'delivered', i.id, 0, 1, 'gpt-4o-mini',
        i.created_at + interval '2 seconds', i.created_at + interval '5 seconds'
 FROM messages i WHERE i.direction = 'inbound' AND i.body LIKE 'seeded message %%';
 

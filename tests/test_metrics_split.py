@@ -147,6 +147,35 @@ class TestWorkerMetrics:
         assert not list(shared.glob(f"gauge_live*_{worker}.db"))
 
 
+class TestPrivateDirectory:
+    """The directory `platica serve` makes for its worker's files is in memory by default: on a
+    disk, the workers' page writes competed with PostgreSQL's flushes (the bench's ack p99)."""
+
+    @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this system")
+    def test_in_memory_by_default(self, monkeypatch):
+        monkeypatch.delenv("TMPDIR", raising=False)
+        monkeypatch.delenv(metrics.MULTIPROC_DIR, raising=False)
+        directory, created = metrics.share_with_workers()
+        try:
+            assert created
+            assert directory.parent == Path("/dev/shm")
+            assert os.environ[metrics.MULTIPROC_DIR] == str(directory)
+        finally:
+            metrics.stop_sharing(directory, created=created)
+        assert not directory.exists()
+        assert metrics.MULTIPROC_DIR not in os.environ
+
+    def test_under_tmpdir_when_set(self, monkeypatch, tmp_path):
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        monkeypatch.delenv(metrics.MULTIPROC_DIR, raising=False)
+        monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+        directory, created = metrics.share_with_workers()
+        try:
+            assert directory.parent == tmp_path
+        finally:
+            metrics.stop_sharing(directory, created=created)
+
+
 class TestDeadFiles:
     def test_removes_only_the_files_of_dead_processes(self, tmp_path):
         dead = 2**22 + 7  # above Linux's pid_max default: no such process
