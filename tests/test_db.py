@@ -54,6 +54,31 @@ class TestIdlePing:
             assert await connection.scalar(text("SELECT pg_backend_pid()")) != backend
 
 
+@pytest.mark.postgres
+class TestDriverPoolAfterRestart:
+    async def test_the_first_connection_handed_out_works(self, postgres_url):
+        """A restart kills every pooled connection: the first one found dead has the pool test
+        and replace all the idle ones at once (psycopg's pool alone would try them one by one,
+        1 s, 2 s... apart, and could hand out one used too recently to be pinged)."""
+        pool = await db.open_driver_pool(postgres_url)
+        try:
+            await pool.wait(timeout=10)
+            async with pool.connection() as connection:
+                await connection.execute("SELECT 1")  # used just now: not pinged next time
+            conninfo = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+            async with pool.connection() as connection:
+                cursor = await connection.execute("SELECT 1")
+                assert await cursor.fetchone() == {"?column?": 1}
+        finally:
+            await pool.close()
+
+
 class TestHiddenParameters:
     """Item 16 of issue 12: a failed statement's error (logged, reported to Sentry) carries
     no bound values: phone numbers, message bodies."""

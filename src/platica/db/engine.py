@@ -278,7 +278,14 @@ async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> Dri
 
     async def check(connection: psycopg.AsyncConnection[Any]) -> None:
         if time.monotonic() - idle_since.get(connection, 0.0) >= PING_IDLE_SECONDS:
-            await connection.execute("SELECT 1")  # raising: the pool takes another connection
+            try:
+                await connection.execute("SELECT 1")
+            except psycopg.OperationalError:
+                # A restart closed it, and its idle siblings too. The pool would try those one
+                # at a time, waiting longer before each (1 s, 2 s...): they are all tested and
+                # replaced at once instead.
+                await pool.check()
+                raise  # the pool takes another connection (a new one, once opened)
 
     async def given_back(connection: psycopg.AsyncConnection[Any]) -> None:
         idle_since[connection] = time.monotonic()
