@@ -23,6 +23,8 @@ from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, WHATSAPP_NUMBER
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SETTINGS_VARIABLES = list(Settings.model_fields)
+# Connections per pool of every process a test starts (see _clean_environment).
+TEST_POOL_SIZE = 5
 # Every table of Plática's, dependents first: truncate_all empties them, test_migrations and
 # test_rls check each.
 TABLES = (
@@ -44,9 +46,13 @@ TABLES = (
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """Neither the developer's environment nor a .env file leaks into a test."""
+    """Neither the developer's environment nor a .env file leaks into a test. Every process a
+    test starts (in-process servers, `platica serve` and its worker) holds TEST_POOL_SIZE
+    connections per pool, not the default's 20 opened at start-up: the suite's multi-server
+    cases must fit PostgreSQL's max_connections (100 by default) with room to spare."""
     for name in SETTINGS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_POOL_SIZE", str(TEST_POOL_SIZE))
     monkeypatch.chdir(tmp_path)
     from platica.config import get_settings
 

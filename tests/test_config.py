@@ -121,6 +121,8 @@ class TestMisconfiguration:
             ),
             pytest.param({"ALLOWED_HOSTS": "ex*mple.com"}, "ALLOWED_HOSTS", id="allowed-star"),
             pytest.param({"ALLOWED_HOSTS": "example.com:8000"}, "ALLOWED_HOSTS", id="allowed-port"),
+            pytest.param({"DATABASE_POOL_SIZE": "0"}, "DATABASE_POOL_SIZE", id="pool-empty"),
+            pytest.param({"DATABASE_POOL_SIZE": "500"}, "DATABASE_POOL_SIZE", id="pool-huge"),
         ],
     )
     def test_one_line_naming_the_variable(self, overrides: dict[str, Any], variable: str) -> None:

@@ -12,6 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platica import db
+from platica.app import start_services, stop_services
+from tests.conftest import make_settings
 
 NUMBER = "+14155238886"
 
@@ -77,6 +79,38 @@ class TestDriverPoolAfterRestart:
                 assert await cursor.fetchone() == {"?column?": 1}
         finally:
             await pool.close()
+
+
+@pytest.mark.postgres
+class TestDriverPool:
+    async def test_every_connection_is_open_before_the_first_request(self, postgres_url):
+        """Opening a connection under load (a server process, authentication, statements
+        prepared) stalls the webhooks around it: the pool opens all of its connections at
+        start-up, and keeps them however long they stay idle."""
+        pool = await db.open_driver_pool(postgres_url)
+        try:
+            await pool.wait(timeout=10)
+            assert pool.get_stats()["pool_size"] == db.engine.DRIVER_POOL_SIZE
+            assert pool.min_size == pool.max_size == db.engine.DRIVER_POOL_SIZE
+        finally:
+            await pool.close()
+
+
+@pytest.mark.postgres
+class TestPoolSize:
+    async def test_a_process_holds_database_pool_size_connections_per_pool(self, postgres_url):
+        """DATABASE_POOL_SIZE sizes both pools of a process (to fit a hosted database's cap);
+        the message path's connections are all open once the process has started."""
+        settings = make_settings(postgres_url, DATABASE_POOL_SIZE=3)
+        state = await start_services(settings, work=False)
+        try:
+            pool = state.driver_pool
+            assert pool is not None
+            await pool.wait(timeout=10)
+            assert pool.get_stats()["pool_size"] == 3
+            assert state.engine.pool.size() == 3  # type: ignore[attr-defined]  # QueuePool's
+        finally:
+            await stop_services(state)
 
 
 class TestHiddenParameters:

@@ -171,7 +171,7 @@ async def start_services(settings: Settings, *, work: bool, turns: Turns | None 
     """Engine, clients, task runner and (when `work`) the workers, sweeper and daily cleanup of
     one process. On SQLite, given the server's `turns`, its workers yield to its requests."""
     await asyncio.to_thread(check_schema, settings)
-    engine = db.create_engine(settings.DATABASE_URL)
+    engine = db.create_engine(settings.DATABASE_URL, pool_size=settings.DATABASE_POOL_SIZE)
     sessionmaker = db.create_sessionmaker(engine)
     async with db.session(sessionmaker) as session:
         await ensure_default_account(session, settings)
@@ -183,7 +183,9 @@ async def start_services(settings: Settings, *, work: bool, turns: Turns | None 
     state.transcriber = create_transcriber(settings)
     if not settings.is_sqlite:
         # The statements every message runs (the webhook's, the reply path's) skip SQLAlchemy.
-        state.driver_pool = await db.open_driver_pool(settings.DATABASE_URL)
+        state.driver_pool = await db.open_driver_pool(
+            settings.DATABASE_URL, size=settings.DATABASE_POOL_SIZE
+        )
     locks = LeaseLocks(sessionmaker, driver_pool=state.driver_pool)
     context = ReplyContext(
         settings=settings,

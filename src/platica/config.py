@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     )
 
     DATABASE_URL: str = "sqlite+aiosqlite:///./platica.db"
+    # PostgreSQL: connections in each of a process's two pools (db/engine.py), kept open once
+    # made (the message path's pool opens all of its own at start-up). One `platica serve` and
+    # its worker child hold up to 4 x this + 1: lower it to fit a hosted database's connection
+    # cap (Supabase's session pooler: the project's Pool Size).
+    DATABASE_POOL_SIZE: int = Field(20, ge=1, le=100)
     OPENAI_API_KEY: SecretStr | None = None
     OPENAI_BASE_URL: str | None = None
     OPENAI_MODEL: str = "gpt-4o-mini"

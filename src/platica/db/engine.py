@@ -251,8 +251,11 @@ def _ping_when_idle(sync_engine: Any) -> None:
 
 # --- PostgreSQL without SQLAlchemy: the statements every message runs -------------------------
 
-# Connections of the psycopg pool (open_driver_pool): kept open, and at most.
-DRIVER_POOL_MIN_SIZE = 4
+# Connections of the psycopg pool (open_driver_pool): all opened at start-up and kept. Opened
+# as a burst needed them instead, each new one (a server process forked, authenticated, its
+# statements prepared) stalled the webhooks around it: at 300 webhooks/s on the 2-core bench
+# machine, the one-account load opened 11-15 connections and its ack p99 was 47-210 ms; with
+# the pools full from the start it opened none and the p99 was 19-43 ms.
 DRIVER_POOL_SIZE = 20
 # What Plática's own connections declare (see _declare_service).
 SERVICE_SETTING = "SET platica.service = 'on'"
@@ -263,7 +266,7 @@ async def _prepare_connection(connection: psycopg.AsyncConnection[Any]) -> None:
     await connection.execute(SERVICE_SETTING)
 
 
-async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> DriverPool:
+async def open_driver_pool(url: str, *, size: int = DRIVER_POOL_SIZE) -> DriverPool:
     """Plain psycopg connections, in autocommit, for the statements every message runs: the
     webhook's and the status callback's, and the reply path's (replies/store.py).
 
@@ -282,8 +285,8 @@ async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> Dri
                 await connection.execute("SELECT 1")
             except psycopg.OperationalError:
                 # A restart closed it, and its idle siblings too. The pool would try those one
-                # at a time, waiting longer before each (1 s, 2 s...): they are all tested and
-                # replaced at once instead.
+                # at a time, waiting longer before each (1 s, 2 s...: a full pool outlasts the
+                # request's timeout): they are all tested and replaced at once instead.
                 await pool.check()
                 raise  # the pool takes another connection (a new one, once opened)
 
@@ -303,9 +306,10 @@ async def open_driver_pool(url: str, *, max_size: int = DRIVER_POOL_SIZE) -> Dri
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         },
         timeout=POOL_TIMEOUT_SECONDS,
-        # A few ready before the first burst (opening one costs several milliseconds).
-        min_size=DRIVER_POOL_MIN_SIZE,
-        max_size=max_size,
+        # Every connection opened before the first burst and never closed for being idle (see
+        # DRIVER_POOL_SIZE): the pool never shrinks below min_size.
+        min_size=size,
+        max_size=size,
         configure=_prepare_connection,
         check=check,
         reset=given_back,
