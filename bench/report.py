@@ -902,8 +902,9 @@ def write(results: dict[str, Any], output: Path) -> None:
         f"- Warm-up: each repetition starts with {config.get('warm_up_rate', 0):g} messages/s for "
         f"{config.get('warm_up_seconds', 0):g} s, then {config['bar_rate']:g}/s for "
         f"{config.get('warm_up_peak_seconds', 0):g} s, each answered, before anything is measured "
-        "(a service in use has its connections open and its statements prepared: the pools "
-        "open a few connections at start-up and the rest under concurrent load); those "
+        "(a service in use has its connections open and its statements prepared: the message "
+        "path's pool opens its connections at start-up, the other pool as concurrent load "
+        "needs them); those "
         "messages are checked like the others."
     )
     add(

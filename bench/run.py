@@ -565,10 +565,10 @@ class Bench:
 
     async def warm_up(self, base_url: str, pids: dict[str, int]) -> list[WebhookRequest]:
         """A few seconds of traffic, then a moment at the bar's rate, each message answered,
-        before anything is measured: a service in use has its connections open (its pools
-        open a few at start-up and the rest under concurrent load) and its statements prepared
-        (psycopg prepares one on its fifth use on a connection). The messages still count for
-        the checks."""
+        before anything is measured: a service in use has its connections open (the message
+        path's pool opens them at start-up, the other pool as concurrent load needs them) and
+        its statements prepared (psycopg prepares one on its fifth use on a connection). The
+        messages still count for the checks."""
         config = self.config
         result, _ = await self.open_phase(
             base_url, config.warm_up_rate, config.warm_up_seconds, pids
