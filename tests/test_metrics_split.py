@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from platica import metrics
@@ -185,6 +186,37 @@ class TestDeadFiles:
 
         assert metrics.remove_dead_files(tmp_path) == [dead]
         assert sorted(path.name for path in tmp_path.iterdir()) == [f"counter_{mine}.db"]
+
+
+class TestFileBeingCreated:
+    """prometheus_client creates a process's file and sizes it after: a scrape in between finds
+    it at 0 bytes. Reading that file raised, and /metrics answered 500 while a worker started
+    (seen in TestWorkerMetrics). The empty file is skipped; the others are read."""
+
+    @pytest.mark.parametrize("server_file_backed", [False, True])
+    def test_an_empty_file_is_skipped(self, tmp_path, monkeypatch, server_file_backed):
+        mine = os.getpid()
+        written = MmapedDict(str(tmp_path / f"counter_{mine}.db"))
+        key = mmap_key(
+            "platica_replies_total",
+            "platica_replies_total",
+            ["channel", "outcome"],
+            ["whatsapp", "ai"],
+            "",
+        )
+        written.write_value(key, 3.0, 0.0)
+        written.close()
+        (tmp_path / f"histogram_{mine}.db").write_bytes(b"")  # a worker creating it
+        monkeypatch.setenv(metrics.MULTIPROC_DIR, str(tmp_path))
+        monkeypatch.setattr(metrics, "file_backed", lambda: server_file_backed)
+
+        scraped = {
+            (sample.name, sample.labels.get("channel"), sample.labels.get("outcome")): sample.value
+            for family in text_string_to_metric_families(metrics.exposition().decode())
+            for sample in family.samples
+        }
+
+        assert scraped[("platica_replies_total", "whatsapp", "ai")] >= 3.0
 
 
 class TestCombine:

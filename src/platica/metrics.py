@@ -11,6 +11,7 @@ memory-mapped file: see README, Operations), and /metrics adds up the two (`expo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -297,6 +298,30 @@ def _combine(own: Metric, shared: Metric) -> Metric:
     return combined
 
 
+def _read_files(directory: str) -> list[Metric]:
+    """Every process's metrics in `directory`'s files, added up. A file at 0 bytes is skipped:
+    prometheus_client creates a process's file first and sizes it after, and reading it in
+    between raises, which failed the whole scrape with a 500 while a worker started (one left
+    empty by a process killed in between goes with the dead processes' files)."""
+    paths = []
+    for path in Path(directory).glob("*.db"):
+        with contextlib.suppress(FileNotFoundError):  # its process just went
+            if path.stat().st_size > 0:
+                paths.append(str(path))
+    merged: list[Metric] = multiprocess.MultiProcessCollector.merge(paths, accumulate=True)  # type: ignore[no-untyped-call]
+    return merged
+
+
+class _Files:
+    """A collector: every process's metrics from the files (this one's among them)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(_read_files(self.directory))
+
+
 class _Combined:
     """A collector: this process's registry with the workers' files added in."""
 
@@ -304,11 +329,7 @@ class _Combined:
         self.directory = directory
 
     def collect(self) -> Iterator[Metric]:
-        files = multiprocess.MultiProcessCollector(None, self.directory)  # type: ignore[no-untyped-call]
-        shared: dict[str, Metric] = {
-            metric.name: metric
-            for metric in files.collect()  # type: ignore[no-untyped-call]
-        }
+        shared = {metric.name: metric for metric in _read_files(self.directory)}
         for metric in REGISTRY.collect():
             other = shared.pop(metric.name, None)
             yield metric if other is None else _combine(metric, other)
@@ -324,7 +345,7 @@ def exposition() -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     if file_backed():
         # This process's metrics are in the files too: read them all from there.
-        multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+        registry.register(_Files(directory))
     else:
         registry.register(_Combined(directory))
     return generate_latest(registry)
