@@ -97,6 +97,38 @@ class TestDriverPool:
 
 
 @pytest.mark.postgres
+class TestApplicationName:
+    """Plática's connections are named "platica" in pg_stat_activity (`platica doctor` counts
+    the other clients' apart), unless DATABASE_URL names its own application_name."""
+
+    async def test_both_pools_name_their_connections(self, postgres_url: str) -> None:
+        engine = db.create_engine(postgres_url)
+        pool = await db.open_driver_pool(postgres_url, size=1)
+        try:
+            async with engine.connect() as connection:
+                name = await connection.scalar(text("SELECT current_setting('application_name')"))
+            async with pool.connection() as driver_connection:
+                cursor = await driver_connection.execute(
+                    "SELECT current_setting('application_name') AS name"
+                )
+                row = await cursor.fetchone()
+        finally:
+            await pool.close()
+            await engine.dispose()
+        assert name == "platica"
+        assert row == {"name": "platica"}
+
+    async def test_database_url_names_its_own(self, postgres_url: str) -> None:
+        engine = db.create_engine(postgres_url + "?application_name=panaderia")
+        try:
+            async with engine.connect() as connection:
+                name = await connection.scalar(text("SELECT current_setting('application_name')"))
+        finally:
+            await engine.dispose()
+        assert name == "panaderia"
+
+
+@pytest.mark.postgres
 class TestPoolSize:
     async def test_a_process_holds_database_pool_size_connections_per_pool(self, postgres_url):
         """DATABASE_POOL_SIZE sizes both pools of a process (to fit a hosted database's cap);

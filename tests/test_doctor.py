@@ -3,20 +3,25 @@ all ✓ (exit 0); each deliberate fault gives exactly its ✗ (exit 1)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
+from platica import db
 from platica.cli import app
-from platica.cli.doctor import SKIPPED, clock_skew
+from platica.cli.doctor import SKIPPED, Report, check_connections, clock_skew
 from platica.config import get_settings
 from platica.models import Channel
-from tests.conftest import sqlite_only
+from tests.conftest import make_settings, sqlite_only
 from tests.factories import ACCOUNT_SID, AUTH_TOKEN, SMS_NUMBER, WHATSAPP_NUMBER
 from tests.fakes import FakeOpenAI, FakeTwilio
 from tests.records import add_account, in_session
@@ -105,10 +110,13 @@ class TestGoodSetup:
         skipped = lines(result, SKIPPED)
         if database_url.startswith("postgresql"):
             assert "✓ row-level security on every table" in passed
+            assert "✓ database connections: one `platica serve` and its worker hold up to" in passed
             assert skipped == []
         else:
             assert skipped == [
-                f"{SKIPPED} row-level security: skipped (SQLite has none; it is a PostgreSQL feature)"
+                f"{SKIPPED} row-level security: skipped (SQLite has none; it is a PostgreSQL feature)",
+                f"{SKIPPED} database connections: skipped (SQLite has no connection limit; it is a"
+                " PostgreSQL one)",
             ]
 
     @sqlite_only
@@ -392,6 +400,71 @@ def test_unmigrated_postgresql_database(setup: Setup, postgres_url: str) -> None
         f"{SKIPPED} row-level security: skipped (the database is not reachable or not migrated)"
         in (result.stdout)
     )
+
+
+@pytest.mark.postgres
+class TestConnectionLimits:
+    """The pools of one `platica serve` and its worker (4 x DATABASE_POOL_SIZE + 1 connections at
+    most) checked against the limits the database applies, here a role's CONNECTION LIMIT."""
+
+    @pytest.fixture
+    def limited_url(self, postgres_url: str) -> Iterator[str]:
+        """DATABASE_URL as a login role of this test's own, allowed 30 connections."""
+        name = f"platica_limited_{uuid.uuid4().hex[:8]}"
+        admin = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"CREATE ROLE {name} LOGIN CONNECTION LIMIT 30")
+        try:
+            yield make_url(postgres_url).set(username=name).render_as_string(False)
+        finally:
+            with psycopg.connect(admin, autocommit=True) as connection:
+                connection.execute(f"DROP ROLE {name}")
+
+    def check(
+        self, url: str, pool_size: int, capsys: pytest.CaptureFixture[str]
+    ) -> tuple[bool, str]:
+        report = Report()
+        check_connections(report, make_settings(url, DATABASE_POOL_SIZE=pool_size), True)
+        return report.failed, capsys.readouterr().out.strip()
+
+    def test_pools_larger_than_the_limit_fail_with_the_size_that_fits(
+        self, limited_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        failed, line = self.check(limited_url, 20, capsys)
+
+        assert failed
+        assert line == (
+            "✗ database connections: one `platica serve` and its worker hold up to 81"
+            " (DATABASE_POOL_SIZE=20), more than the 30 left: the role's CONNECTION LIMIT is 30,"
+            " 0 held by other clients — set DATABASE_POOL_SIZE=7 (29 at most) or raise it"
+        )
+        assert self.check(limited_url, 7, capsys) == (
+            False,
+            "✓ database connections: one `platica serve` and its worker hold up to 29"
+            " (DATABASE_POOL_SIZE=7); the role's CONNECTION LIMIT is 30, 0 held by other clients",
+        )
+
+    async def test_other_clients_count_and_platicas_own_do_not(
+        self, limited_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A server already running (its connections named "platica") is the one the pools are
+        for: only the other clients' connections take room."""
+        conninfo = make_url(limited_url).set(drivername="postgresql").render_as_string(False)
+        others = [await psycopg.AsyncConnection.connect(conninfo) for _ in range(2)]
+        running = await db.open_driver_pool(limited_url, size=3)
+        try:
+            await running.wait(timeout=10)
+            failed, line = await asyncio.to_thread(self.check, limited_url, 7, capsys)
+        finally:
+            await running.close()
+            for connection in others:
+                await connection.close()
+
+        assert failed
+        assert line.endswith(
+            "more than the 28 left: the role's CONNECTION LIMIT is 30, 2 held by other clients"
+            " — set DATABASE_POOL_SIZE=6 (25 at most) or raise it"
+        )
 
 
 def head() -> str | None:

@@ -1,5 +1,5 @@
 """`platica doctor`: the settings, the database, the LLM, Twilio, the numbers' webhooks,
-row-level security and the clock checked, one line each with the fix; exit status 1 on a failure."""
+row-level security, the database's connection limits and the clock checked, one line each with the fix; exit status 1 on a failure."""
 
 from __future__ import annotations
 
@@ -222,6 +222,74 @@ def check_row_level_security(report: Report, settings: Settings, at_head: bool) 
         )
     else:
         report.ok(f"{what} on every table ({len(tables)})")
+
+
+# What PostgreSQL reports of the connection limits that apply to DATABASE_URL's role and database,
+# with the connections other clients hold under each (this one and Plática's own left out).
+_CONNECTION_LIMITS = """
+SELECT current_setting('max_connections')::int
+         - CASE WHEN r.rolsuper THEN 0
+                ELSE current_setting('superuser_reserved_connections')::int END AS server,
+       count(*) FILTER (WHERE a.pid IS NOT NULL) AS server_used,
+       r.rolconnlimit AS role,
+       count(*) FILTER (WHERE a.usename = current_user) AS role_used,
+       d.datconnlimit AS database,
+       count(*) FILTER (WHERE a.datname = current_database()) AS database_used
+FROM pg_roles r
+JOIN pg_database d ON d.datname = current_database()
+LEFT JOIN pg_stat_activity a
+       ON a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()
+      AND a.application_name IS DISTINCT FROM :ours
+WHERE r.rolname = current_user
+GROUP BY r.rolsuper, r.rolconnlimit, d.datconnlimit
+"""
+
+
+def check_connections(report: Report, settings: Settings, at_head: bool) -> None:
+    """PostgreSQL: room under every limit that applies (the server's max_connections, the role's
+    and the database's CONNECTION LIMIT) for what one `platica serve` and its worker hold at
+    most, besides the connections of other clients."""
+    what = "database connections"
+    if settings.is_sqlite:
+        report.skip(what, "SQLite has no connection limit; it is a PostgreSQL one")
+        return
+    if not at_head:
+        report.skip(what, "the database is not reachable or not migrated")
+        return
+    from sqlalchemy import text
+
+    from platica import db
+    from platica.cli.common import with_session
+
+    async def work(session: Any) -> Any:
+        result = await session.execute(text(_CONNECTION_LIMITS), {"ours": db.APPLICATION_NAME})
+        return result.one()
+
+    row = with_session(settings, work)
+    limits = [
+        (row.server, row.server_used, "the server's max_connections", "max_connections"),
+        (row.role, row.role_used, "the role's CONNECTION LIMIT", "it"),
+        (row.database, row.database_used, "the database's CONNECTION LIMIT", "it"),
+    ]
+    free, limit, used, name, setting = min(
+        (limit - used, limit, used, name, setting)
+        for limit, used, name, setting in limits
+        if limit >= 0  # -1: no limit
+    )
+    size = settings.DATABASE_POOL_SIZE
+    needed = db.connections_at_most(size)
+    held = f"one `platica serve` and its worker hold up to {needed} (DATABASE_POOL_SIZE={size})"
+    room = f"{name} is {limit}, {used} held by other clients"
+    if needed <= free:
+        report.ok(f"{what}: {held}; {room}")
+        return
+    fit = (free - 1) // 4
+    smaller = f"set DATABASE_POOL_SIZE={fit} ({db.connections_at_most(fit)} at most)" if fit else ""
+    report.fail(
+        what,
+        f"{held}, more than the {free} left: {room}",
+        f"{smaller or 'close other clients'} or raise {setting}",
+    )
 
 
 # -- the LLM --------------------------------------------------------------------------------------
@@ -541,7 +609,8 @@ def _settings_or_report(report: Report) -> Settings | None:
 
 def doctor() -> None:
     """Check the setup end to end: settings, database, LLM and models, Twilio credentials,
-    every number's webhooks, row-level security, the clock. Exit status 1 if any check fails."""
+    every number's webhooks, row-level security, connection limits, the clock. Exit status 1
+    if any check fails."""
     report = Report()
     settings = _settings_or_report(report)
     if settings is None:
@@ -552,4 +621,5 @@ def doctor() -> None:
     check_llm(report, settings, channels)
     check_twilio(report, settings, channels)
     check_row_level_security(report, settings, channels is not None)
+    check_connections(report, settings, channels is not None)
     raise typer.Exit(1 if report.failed else 0)

@@ -9,8 +9,10 @@
 """
 
 from platica.db.engine import (
+    APPLICATION_NAME,
     DriverPool,
     async_url,
+    connections_at_most,
     create_engine,
     create_sessionmaker,
     open_driver_pool,
@@ -46,6 +48,7 @@ from platica.db.tx import (
 )
 
 __all__ = [
+    "APPLICATION_NAME",
     "Base",
     "Database",
     "DriverPool",
@@ -55,6 +58,7 @@ __all__ = [
     "alembic_config",
     "any_of",
     "async_url",
+    "connections_at_most",
     "constant",
     "create_engine",
     "create_sessionmaker",

@@ -166,6 +166,10 @@ async def lend_sqlite(engine: AsyncEngine) -> AsyncIterator[LentSqlite]:
 # pool that opens and closes its overflow connections does that many times a second. Past
 # this, callers queue for a connection instead of piling more work onto the database.
 POOL_SIZE = 20
+# What Plática's connections call themselves in pg_stat_activity, unless DATABASE_URL names
+# another application_name: an operator sees which connections are Plática's, and
+# `platica doctor` leaves them out of what other clients hold.
+APPLICATION_NAME = "platica"
 # While the database is down, how long a caller waits for a connection (from the pool, or a new
 # one) before it fails: Twilio gives a webhook 15 s, and a quick 503 beats a late 500. The
 # webhook's write retries once on a lost connection, so twice this stays under Twilio's limit.
@@ -203,7 +207,10 @@ def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
         max_overflow=0,
         pool_use_lifo=True,
         pool_timeout=POOL_TIMEOUT_SECONDS,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "fallback_application_name": APPLICATION_NAME,
+        },
         hide_parameters=True,
     )
     _declare_service(engine.sync_engine)
@@ -257,6 +264,14 @@ def _ping_when_idle(sync_engine: Any) -> None:
 # machine, the one-account load opened 11-15 connections and its ack p99 was 47-210 ms; with
 # the pools full from the start it opened none and the p99 was 19-43 ms.
 DRIVER_POOL_SIZE = 20
+
+
+def connections_at_most(pool_size: int) -> int:
+    """The connections one `platica serve` and its worker child may hold with DATABASE_POOL_SIZE
+    `pool_size`: two processes with two pools each, and the worker's LISTEN connection."""
+    return 2 * 2 * pool_size + 1
+
+
 # What Plática's own connections declare (see _declare_service).
 SERVICE_SETTING = "SET platica.service = 'on'"
 
@@ -304,6 +319,7 @@ async def open_driver_pool(url: str, *, size: int = DRIVER_POOL_SIZE) -> DriverP
             # message runs (a new connection would otherwise plan each one five times first).
             "prepare_threshold": 0,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "fallback_application_name": APPLICATION_NAME,
         },
         timeout=POOL_TIMEOUT_SECONDS,
         # Every connection opened before the first burst and never closed for being idle (see

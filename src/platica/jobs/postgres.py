@@ -13,7 +13,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from platica.db import DriverPool, transaction
+from platica.db import APPLICATION_NAME, DriverPool, transaction
 from platica.jobs import queue
 from platica.jobs.queue import NOTIFY_SQL, WAKE_CHANNEL
 from platica.jobs.runner import STOP_TIMEOUT_SECONDS, after_crash
@@ -162,7 +162,7 @@ class PostgresRunner:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True
+                    self._conninfo, autocommit=True, fallback_application_name=APPLICATION_NAME
                 ) as connection:
                     await connection.execute(f'LISTEN "{WAKE_CHANNEL}"')
                     self._nudge(due=True)  # whatever was announced while nobody listened
