@@ -184,14 +184,24 @@ async def _ping(url: str) -> None:
         await engine.dispose()
 
 
+def _on_postgresql(report: Report, settings: Settings, what: str, at_head: bool, why: str) -> bool:
+    """Whether a PostgreSQL check can run: skipped, with `why`, on SQLite, and on a database
+    not reachable or not migrated."""
+    if settings.is_sqlite:
+        report.skip(what, why)
+        return False
+    if not at_head:
+        report.skip(what, "the database is not reachable or not migrated")
+        return False
+    return True
+
+
 def check_row_level_security(report: Report, settings: Settings, at_head: bool) -> None:
     """PostgreSQL: every table of Plática's has row-level security on and a policy."""
     what = "row-level security"
-    if settings.is_sqlite:
-        report.skip(what, "SQLite has none; it is a PostgreSQL feature")
-        return
-    if not at_head:
-        report.skip(what, "the database is not reachable or not migrated")
+    if not _on_postgresql(
+        report, settings, what, at_head, "SQLite has none; it is a PostgreSQL feature"
+    ):
         return
     from sqlalchemy import text
 
@@ -250,11 +260,9 @@ def check_connections(report: Report, settings: Settings, at_head: bool) -> None
     and the database's CONNECTION LIMIT) for what one `platica serve` and its worker hold at
     most, besides the connections of other clients."""
     what = "database connections"
-    if settings.is_sqlite:
-        report.skip(what, "SQLite has no connection limit; it is a PostgreSQL one")
-        return
-    if not at_head:
-        report.skip(what, "the database is not reachable or not migrated")
+    if not _on_postgresql(
+        report, settings, what, at_head, "SQLite has no connection limit; it is a PostgreSQL one"
+    ):
         return
     from sqlalchemy import text
 
