@@ -171,6 +171,42 @@ class TestAccountsCreate:
         assert database.count("accounts") == 0
 
 
+class TestAccountsLanguage:
+    """The customers' language, given at creation (Spanish unless told): the channels' built-in
+    texts and default prompt are in it, and a channel added later speaks it too."""
+
+    def languages(self, database: Database) -> dict[str, str]:
+        rows = database.rows("SELECT channel, language FROM channel_configs")
+        return {row.channel: row.language for row in rows}
+
+    def test_spanish_unless_told(self, use_database: str, database: Database) -> None:
+        result = invoke("accounts", "create", "Panadería Sol", "--sms-number", "+34911222334")
+
+        assert result.exit_code == 0, result.output
+        assert self.languages(database) == {"sms": "es"}
+
+    def test_english_for_every_channel_and_one_added_later(
+        self, use_database: str, database: Database
+    ) -> None:
+        created = invoke(
+            "accounts", "create", "Sunny Bakery", "--sms-number", "+15550001111", "--language", "en"
+        )
+        added = invoke("accounts", "set-number", "Sunny Bakery", "--whatsapp", "+15550002222")
+
+        assert created.exit_code == 0, created.output
+        assert added.exit_code == 0, added.output
+        assert self.languages(database) == {"sms": "en", "whatsapp": "en"}
+
+    def test_a_language_without_built_in_texts_is_refused(
+        self, use_database: str, database: Database
+    ) -> None:
+        result = invoke("accounts", "create", "Boulangerie", "--language", "fr")
+
+        assert result.exit_code == 2
+        assert "Invalid value for --language: must be one of es, en" in result.stderr
+        assert database.count("accounts") == 0
+
+
 class TestSimulate:
     @pytest.fixture
     def twilio(self) -> Iterator[FakeTwilio]:

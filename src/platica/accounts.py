@@ -34,6 +34,7 @@ from platica.models import (
     Template,
     WebhookLog,
 )
+from platica.texts import DEFAULT_LANGUAGE
 
 log = get_logger(__name__)
 
@@ -71,14 +72,20 @@ async def create_account(
     *,
     whatsapp_number: str | None = None,
     sms_number: str | None = None,
+    language: str = DEFAULT_LANGUAGE,
 ) -> tuple[Account, str]:
-    """A new account with an API key (returned in clear) and a config for each number given."""
+    """A new account with an API key (returned in clear) and a config for each number given,
+    its customers' language `language` (its built-in texts and default system prompt)."""
     account = Account(name=name)
     session.add(account)
     await session.flush()
     for channel, number in ((Channel.whatsapp, whatsapp_number), (Channel.sms, sms_number)):
         if number:
-            session.add(ChannelConfig(account_id=account.id, channel=channel, phone_number=number))
+            session.add(
+                ChannelConfig(
+                    account_id=account.id, channel=channel, phone_number=number, language=language
+                )
+            )
     await session.flush()
     return account, await create_api_key(session, account.id)
 
@@ -263,7 +270,18 @@ async def set_number(
     if number is not None:
         await check_number_free(session, channel, number)
     if config is None:
-        session.add(ChannelConfig(account_id=account.id, channel=channel, phone_number=number))
+        # A new channel speaks the language the account's other channel does.
+        language = await session.scalar(
+            select(ChannelConfig.language).where(ChannelConfig.account_id == account.id)
+        )
+        session.add(
+            ChannelConfig(
+                account_id=account.id,
+                channel=channel,
+                phone_number=number,
+                language=language or DEFAULT_LANGUAGE,
+            )
+        )
     elif number is None:
         await session.delete(config)
     else:

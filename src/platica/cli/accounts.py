@@ -22,6 +22,7 @@ from platica.cli.common import (
 from platica.config import Settings
 from platica.errors import Conflict, PlaticaError
 from platica.models import Account, Channel
+from platica.texts import DEFAULT_LANGUAGE, LANGUAGES
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,6 +43,12 @@ def accounts_create(
     sms_number: Annotated[
         str | None, typer.Option(help="The SMS number this account owns (E.164).")
     ] = None,
+    language: Annotated[
+        str,
+        typer.Option(
+            help="The customers' language, es or en: the fixed texts' and the default prompt's."
+        ),
+    ] = DEFAULT_LANGUAGE,
 ) -> None:
     """Create an account and print its API key (shown this once only)."""
     settings = load_settings()
@@ -49,6 +56,8 @@ def accounts_create(
     sms = parse_e164(sms_number, "--sms-number")
     if not name.strip() or len(name) > 200:
         raise typer.BadParameter("must be 1 to 200 characters", param_hint="NAME")
+    if language not in LANGUAGES:
+        raise typer.BadParameter(f"must be one of {', '.join(LANGUAGES)}", param_hint="--language")
     if settings.is_sqlite:
         db.upgrade(settings.DATABASE_URL)
 
@@ -65,7 +74,11 @@ def accounts_create(
                     if number is not None:
                         await check_number_free(session, channel, number)
                 account, key = await create_account(
-                    session, name.strip(), whatsapp_number=whatsapp, sms_number=sms
+                    session,
+                    name.strip(),
+                    whatsapp_number=whatsapp,
+                    sms_number=sms,
+                    language=language,
                 )
                 return account.id, key
         except PlaticaError as error:
