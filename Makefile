@@ -24,9 +24,11 @@ serve: $(STAMP)
 db-upgrade: $(STAMP)
 	$(BIN)/platica db upgrade
 
-## test: every test; PostgreSQL ones use TEST_DATABASE_URL (skipped if none answers, unless CI=true)
+## test: every test; PostgreSQL ones use TEST_DATABASE_URL (skipped if none answers, unless CI=true),
+##       in TEST_PROCESSES processes (each with its own PostgreSQL database; 0: all in one)
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

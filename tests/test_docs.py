@@ -31,6 +31,7 @@ DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 # code: see harness_variables().
 NOT_SETTINGS = {
     "PYTEST_ARGS",
+    "TEST_PROCESSES",
     "BENCH_ARGS",
     "KEY",
     "FORWARDED_ALLOW_IPS",
