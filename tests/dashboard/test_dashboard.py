@@ -431,6 +431,9 @@ class TestInbox:
         expect(page.get_by_text("No conversations.")).to_be_visible()
 
         dashboard.send(body="¿Abren el domingo?")
+        # Answered before the next message arrives: replies land in any order, and the list
+        # shows the newest activity first.
+        wait_for(dashboard.settled, "the SMS reply")
         dashboard.send("whatsapp", body="Hola", sender="+34611222333")
         rows = page.locator(".conversation-row")
         expect(rows).to_have_count(2)  # without reloading: the list polls
@@ -442,6 +445,7 @@ class TestInbox:
         expect(rows.first.get_by_text("New")).to_be_visible()
 
         # Paused by an operator: the contact's next message waits for a human.
+        wait_for(dashboard.settled, "the WhatsApp reply")
         dashboard.database.execute(
             "UPDATE conversations SET ai_enabled = false WHERE channel = 'sms'"
         )
