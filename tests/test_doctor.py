@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -408,16 +408,21 @@ class TestConnectionLimits:
     most) checked against the limits the database applies, here a role's CONNECTION LIMIT."""
 
     @pytest.fixture
-    def limited_url(self, postgres_url: str) -> Iterator[str]:
-        """DATABASE_URL as a login role of this test's own, allowed 30 connections."""
-        name = f"platica_limited_{uuid.uuid4().hex[:8]}"
+    def limited_url(self, postgres_url: str) -> Iterator[Callable[[int], str]]:
+        """DATABASE_URL as a login role of this test's own, allowed `limit` connections."""
         admin = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f"CREATE ROLE {name} LOGIN CONNECTION LIMIT 30")
-        try:
-            yield make_url(postgres_url).set(username=name).render_as_string(False)
-        finally:
+        names: list[str] = []
+
+        def make(limit: int) -> str:
+            name = f"platica_limited_{uuid.uuid4().hex[:8]}"
             with psycopg.connect(admin, autocommit=True) as connection:
+                connection.execute(f"CREATE ROLE {name} LOGIN CONNECTION LIMIT {limit}")
+            names.append(name)
+            return make_url(postgres_url).set(username=name).render_as_string(False)
+
+        yield make
+        with psycopg.connect(admin, autocommit=True) as connection:
+            for name in names:
                 connection.execute(f"DROP ROLE {name}")
 
     def check(
@@ -428,9 +433,11 @@ class TestConnectionLimits:
         return report.failed, capsys.readouterr().out.strip()
 
     def test_pools_larger_than_the_limit_fail_with_the_size_that_fits(
-        self, limited_url: str, capsys: pytest.CaptureFixture[str]
+        self, limited_url: Callable[[int], str], capsys: pytest.CaptureFixture[str]
     ) -> None:
-        failed, line = self.check(limited_url, 20, capsys)
+        url = limited_url(30)
+
+        failed, line = self.check(url, 20, capsys)
 
         assert failed
         assert line == (
@@ -438,23 +445,35 @@ class TestConnectionLimits:
             " (DATABASE_POOL_SIZE=20), more than the 30 left: the role's CONNECTION LIMIT is 30,"
             " 0 held by other clients — set DATABASE_POOL_SIZE=7 (29 at most) or raise it"
         )
-        assert self.check(limited_url, 7, capsys) == (
+        assert self.check(url, 7, capsys) == (
             False,
             "✓ database connections: one `platica serve` and its worker hold up to 29"
             " (DATABASE_POOL_SIZE=7); the role's CONNECTION LIMIT is 30, 0 held by other clients",
         )
 
+    def test_a_limit_too_low_for_any_pool_says_to_raise_it(
+        self, limited_url: Callable[[int], str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        failed, line = self.check(limited_url(4), 1, capsys)
+
+        assert failed
+        assert line.endswith(
+            "hold up to 5 (DATABASE_POOL_SIZE=1), more than the 4 left: the role's CONNECTION"
+            " LIMIT is 4, 0 held by other clients — raise it"
+        )
+
     async def test_other_clients_count_and_platicas_own_do_not(
-        self, limited_url: str, capsys: pytest.CaptureFixture[str]
+        self, limited_url: Callable[[int], str], capsys: pytest.CaptureFixture[str]
     ) -> None:
         """A server already running (its connections named "platica") is the one the pools are
         for: only the other clients' connections take room."""
-        conninfo = make_url(limited_url).set(drivername="postgresql").render_as_string(False)
+        url = limited_url(30)
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
         others = [await psycopg.AsyncConnection.connect(conninfo) for _ in range(2)]
-        running = await db.open_driver_pool(limited_url, size=3)
+        running = await db.open_driver_pool(url, size=3)
         try:
             await running.wait(timeout=10)
-            failed, line = await asyncio.to_thread(self.check, limited_url, 7, capsys)
+            failed, line = await asyncio.to_thread(self.check, url, 7, capsys)
         finally:
             await running.close()
             for connection in others:

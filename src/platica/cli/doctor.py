@@ -292,12 +292,14 @@ def check_connections(report: Report, settings: Settings, at_head: bool) -> None
         report.ok(f"{what}: {held}; {room}")
         return
     fit = (free - 1) // 4
-    smaller = f"set DATABASE_POOL_SIZE={fit} ({db.connections_at_most(fit)} at most)" if fit else ""
-    report.fail(
-        what,
-        f"{held}, more than the {free} left: {room}",
-        f"{smaller or 'close other clients'} or raise {setting}",
-    )
+    if fit >= 1:
+        at_most = db.connections_at_most(fit)
+        fix = f"set DATABASE_POOL_SIZE={fit} ({at_most} at most) or raise {setting}"
+    elif used:
+        fix = f"close other clients' connections or raise {setting}"
+    else:
+        fix = f"raise {setting}"
+    report.fail(what, f"{held}, more than the {max(free, 0)} left: {room}", fix)
 
 
 # -- the LLM --------------------------------------------------------------------------------------
