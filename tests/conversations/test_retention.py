@@ -21,7 +21,6 @@ from platica.conversations.retention import (
     last_scheduled_run,
     run_cleanup,
 )
-from platica.jobs.postgres import psycopg_conninfo
 from platica.models import (
     Account,
     Contact,
@@ -327,7 +326,7 @@ class TestRunCleanup:
     async def test_skipped_while_another_process_runs_it(self, postgres_url):
         engine = db.create_engine(postgres_url)
         try:
-            with psycopg.connect(psycopg_conninfo(postgres_url), autocommit=True) as other:
+            with psycopg.connect(db.conninfo(postgres_url), autocommit=True) as other:
                 other.execute("SELECT pg_advisory_lock(hashtext(%s))", [retention.LOCK_NAME])
                 assert await run_cleanup(db.create_sessionmaker(engine), idle_days=30) is None
                 other.execute("SELECT pg_advisory_unlock(hashtext(%s))", [retention.LOCK_NAME])

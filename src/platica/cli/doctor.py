@@ -1,5 +1,6 @@
 """`platica doctor`: the settings, the database, the LLM, Twilio, the numbers' webhooks,
-row-level security, the database's connection limits and the clock checked, one line each with the fix; exit status 1 on a failure."""
+row-level security, the database's connection limits and the clock checked, one line each with
+the fix; exit status 1 on a failure."""
 
 from __future__ import annotations
 
@@ -291,7 +292,7 @@ def check_connections(report: Report, settings: Settings, at_head: bool) -> None
     if needed <= free:
         report.ok(f"{what}: {held}; {room}")
         return
-    fit = (free - 1) // 4
+    fit = db.pool_size_within(free)
     if fit >= 1:
         at_most = db.connections_at_most(fit)
         fix = f"set DATABASE_POOL_SIZE={fit} ({at_most} at most) or raise {setting}"

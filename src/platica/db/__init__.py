@@ -13,9 +13,11 @@ from platica.db.engine import (
     DriverPool,
     async_url,
     connections_at_most,
+    conninfo,
     create_engine,
     create_sessionmaker,
     open_driver_pool,
+    pool_size_within,
     sync_url,
 )
 from platica.db.migrate import (
@@ -59,6 +61,7 @@ __all__ = [
     "any_of",
     "async_url",
     "connections_at_most",
+    "conninfo",
     "constant",
     "create_engine",
     "create_sessionmaker",
@@ -72,6 +75,7 @@ __all__ = [
     "none_of",
     "one_of",
     "open_driver_pool",
+    "pool_size_within",
     "session",
     "sync_url",
     "take_turns",

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import event, exc
@@ -266,10 +267,29 @@ def _ping_when_idle(sync_engine: Any) -> None:
 DRIVER_POOL_SIZE = 20
 
 
+# A `platica serve` and its worker child: two processes with two pools each, and besides them
+# the worker's LISTEN connection.
+POOLS_PER_SERVE = 2 * 2
+
+
 def connections_at_most(pool_size: int) -> int:
     """The connections one `platica serve` and its worker child may hold with DATABASE_POOL_SIZE
-    `pool_size`: two processes with two pools each, and the worker's LISTEN connection."""
-    return 2 * 2 * pool_size + 1
+    `pool_size`."""
+    return POOLS_PER_SERVE * pool_size + 1
+
+
+def pool_size_within(connections: int) -> int:
+    """The largest DATABASE_POOL_SIZE whose connections_at_most fits in `connections` (0 if
+    none does)."""
+    return max(0, (connections - 1) // POOLS_PER_SERVE)
+
+
+def conninfo(url: str) -> str:
+    """libpq's connection string for DATABASE_URL (whatever its driver name) as Plática's
+    connections made without SQLAlchemy use it: named APPLICATION_NAME unless the URL names
+    its own application_name."""
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return make_conninfo(plain, fallback_application_name=APPLICATION_NAME)
 
 
 # What Plática's own connections declare (see _declare_service).
@@ -309,7 +329,7 @@ async def open_driver_pool(url: str, *, size: int = DRIVER_POOL_SIZE) -> DriverP
         idle_since[connection] = time.monotonic()
 
     pool: DriverPool = AsyncConnectionPool(
-        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+        conninfo(url),
         kwargs={
             "autocommit": True,
             "row_factory": dict_row,
@@ -319,7 +339,6 @@ async def open_driver_pool(url: str, *, size: int = DRIVER_POOL_SIZE) -> DriverP
             # message runs (a new connection would otherwise plan each one five times first).
             "prepare_threshold": 0,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "fallback_application_name": APPLICATION_NAME,
         },
         timeout=POOL_TIMEOUT_SECONDS,
         # Every connection opened before the first burst and never closed for being idle (see

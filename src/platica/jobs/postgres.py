@@ -10,10 +10,9 @@ from datetime import timedelta
 from typing import Protocol
 
 import psycopg
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from platica.db import APPLICATION_NAME, DriverPool, transaction
+from platica.db import DriverPool, conninfo, transaction
 from platica.jobs import queue
 from platica.jobs.queue import NOTIFY_SQL, WAKE_CHANNEL
 from platica.jobs.runner import STOP_TIMEOUT_SECONDS, after_crash
@@ -27,10 +26,6 @@ log = get_logger(__name__)
 POLL_SECONDS = 5.0
 CLAIM_RETRY_SECONDS = 1.0
 LISTEN_RETRY_SECONDS = 1.0
-
-
-def psycopg_conninfo(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class ClaimedRun(Protocol):
@@ -80,7 +75,7 @@ class PostgresRunner:
         concurrency: int = 50,
         driver_pool: DriverPool | None = None,
     ) -> None:
-        self._conninfo = psycopg_conninfo(database_url)
+        self._conninfo = conninfo(database_url)
         self._engine = engine
         self._claim_next = claim_next
         self._concurrency = concurrency
@@ -162,7 +157,7 @@ class PostgresRunner:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, fallback_application_name=APPLICATION_NAME
+                    self._conninfo, autocommit=True
                 ) as connection:
                     await connection.execute(f'LISTEN "{WAKE_CHANNEL}"')
                     self._nudge(due=True)  # whatever was announced while nobody listened
