@@ -67,7 +67,7 @@ class TestDriverPoolAfterRestart:
             await pool.wait(timeout=10)
             async with pool.connection() as connection:
                 await connection.execute("SELECT 1")  # used just now: not pinged next time
-            conninfo = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+            conninfo = db.conninfo(postgres_url)
             async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
                 await admin.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
